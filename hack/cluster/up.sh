@@ -11,8 +11,10 @@ start_all=$SECONDS
 "$REPO_ROOT/hack/install-deps.sh"
 "$REPO_ROOT/hack/build-k8s.sh"
 "$REPO_ROOT/hack/cluster/pki.sh"
-mkdir -p "$LOG_DIR" "$PID_DIR" "$CLUSTER_DIR/etc"
+mkdir -p "$LOG_DIR" "$PID_DIR" "$CLUSTER_DIR/etc" "$OUT_DIR/bin"
 K="$K8S_BIN"
+# The machine's kubectl is older than the supported skew: use the pinned one.
+ln -sf "$K/kubectl" "$OUT_DIR/bin/kubectl"
 kc() { "$K/kubectl" --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }
 
 # running NAME: the component's recorded PID is alive.

@@ -65,12 +65,8 @@ func Binaries() (apiserver, etcd string, err error) {
 	if d := os.Getenv("KUBEBUILDER_ASSETS"); d != "" {
 		dirs = append(dirs, d)
 	}
-	cache := os.Getenv("MESH_CACHE")
-	if cache == "" {
-		cache = "/var/cache/ambient-mesh"
-	}
-	if ver, verr := k8sVersion(); verr == nil {
-		dirs = append(dirs, filepath.Join(cache, "k8s", ver, "bin"))
+	if d, derr := BinDir(); derr == nil {
+		dirs = append(dirs, d)
 	}
 	apiserver = find("kube-apiserver", dirs)
 	etcd = find("etcd", append(dirs, "/usr/bin"))
@@ -81,6 +77,20 @@ func Binaries() (apiserver, etcd string, err error) {
 		return "", "", fmt.Errorf("etcd not found: install Debian's etcd-server (`hack/install-deps.sh`)")
 	}
 	return apiserver, etcd, nil
+}
+
+// BinDir is where hack/build-k8s.sh puts the pinned Kubernetes binaries
+// (kube-apiserver, kubelet, kubectl, ...).
+func BinDir() (string, error) {
+	cache := os.Getenv("MESH_CACHE")
+	if cache == "" {
+		cache = "/var/cache/ambient-mesh"
+	}
+	ver, err := k8sVersion()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(cache, "k8s", ver, "bin"), nil
 }
 
 func find(name string, dirs []string) string {

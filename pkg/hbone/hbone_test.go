@@ -1,0 +1,266 @@
+package hbone_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ambient-mesh/mesh/pkg/hbone"
+)
+
+func TestRoundTripHeadersAndIdentity(t *testing.T) {
+	leakCheck(t)
+	m := newMesh(t)
+	up := startEcho(t)
+	var got hbone.Inbound
+	var mu sync.Mutex
+	s := startServer(t, m, hbone.Hooks{
+		Authorize: func(ctx context.Context, in *hbone.Inbound) error {
+			mu.Lock()
+			got = *in
+			mu.Unlock()
+			in.ResponseHeader = http.Header{"Baggage": {"k8s.namespace.name=server-ns"}}
+			return nil
+		},
+	})
+	c := newClient(t, m)
+	req := request(m, s, up.addr)
+	req.Forwarded = `for="10.0.0.1:1234"`
+	req.Baggage = "k8s.namespace.name=client-ns"
+	req.Traceparent = "00-0123456789abcdef0123456789abcdef-0123456789abcdef-00"
+	conn, err := c.Dial(t.Context(), req)
+	if err != nil {
+		t.Fatalf("Dial: %v", err)
+	}
+	defer conn.Close()
+	msg := []byte("hello through the tunnel")
+	if _, err := conn.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	back, err := io.ReadAll(conn)
+	if err != nil {
+		t.Fatalf("ReadAll: %v", err)
+	}
+	if !bytes.Equal(back, msg) {
+		t.Errorf("echo = %q, want %q", back, msg)
+	}
+	if conn.PeerID != m.srvID {
+		t.Errorf("PeerID = %v, want %v", conn.PeerID, m.srvID)
+	}
+	if b := conn.Header.Get("Baggage"); b != "k8s.namespace.name=server-ns" {
+		t.Errorf("response baggage = %q", b)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if got.Peer != m.clientID {
+		t.Errorf("hook Peer = %v, want %v", got.Peer, m.clientID)
+	}
+	if got.Target != up.addr || got.TargetAddr.String() != up.addr {
+		t.Errorf("hook Target = %q / %v, want %q", got.Target, got.TargetAddr, up.addr)
+	}
+	if got.Forwarded != req.Forwarded || got.Baggage != req.Baggage || got.Traceparent != req.Traceparent {
+		t.Errorf("hook headers = %q %q %q", got.Forwarded, got.Baggage, got.Traceparent)
+	}
+	if got.Protocol != hbone.H2 {
+		t.Errorf("Protocol = %v", got.Protocol)
+	}
+}
+
+func TestPoolReuseAndSpill(t *testing.T) {
+	leakCheck(t)
+	m := newMesh(t)
+	up := startEcho(t)
+	s := startServer(t, m, hbone.Hooks{})
+	c := newClient(t, m, func(cc *hbone.ClientConfig) { cc.MaxStreamsPerConn = 4 })
+	req := request(m, s, up.addr)
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			_ = c.Close()
+		}
+	}()
+	for i := range 5 {
+		conn, err := c.Dial(t.Context(), req)
+		if err != nil {
+			t.Fatalf("Dial %d: %v", i, err)
+		}
+		conns = append(conns, conn)
+	}
+	if n := s.ln.n.Load(); n != 2 {
+		t.Errorf("tunnel connections = %d, want 2 (4 streams each)", n)
+	}
+	if pc, ps := c.PoolStats(req); pc != 2 || ps != 5 {
+		t.Errorf("PoolStats = %d conns %d streams, want 2, 5", pc, ps)
+	}
+	// A different key (other expected identities) gets its own connection.
+	req2 := *req
+	req2.Destinations = append(req2.Destinations, m.clientID)
+	conn, err := c.Dial(t.Context(), &req2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conns = append(conns, conn)
+	if n := s.ln.n.Load(); n != 3 {
+		t.Errorf("tunnel connections = %d, want 3", n)
+	}
+}
+
+func TestConcurrentDialsDeduplicated(t *testing.T) {
+	leakCheck(t)
+	m := newMesh(t)
+	up := startEcho(t)
+	s := startServer(t, m, hbone.Hooks{})
+	c := newClient(t, m)
+	req := request(m, s, up.addr)
+	const n = 50
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	conns := make(chan net.Conn, n)
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			conn, err := c.Dial(t.Context(), req)
+			if err != nil {
+				errs <- err
+				return
+			}
+			conns <- conn
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	close(conns)
+	for err := range errs {
+		t.Errorf("Dial: %v", err)
+	}
+	for conn := range conns {
+		_ = conn.Close()
+	}
+	if got := s.ln.n.Load(); got != 1 {
+		t.Errorf("tunnel connections = %d, want 1 for %d concurrent dials", got, n)
+	}
+}
+
+func TestIdleRelease(t *testing.T) {
+	leakCheck(t)
+	m := newMesh(t)
+	up := startEcho(t)
+	s := startServer(t, m, hbone.Hooks{})
+	c := newClient(t, m, func(cc *hbone.ClientConfig) { cc.IdleRelease = 100 * time.Millisecond })
+	req := request(m, s, up.addr)
+	conn, err := c.Dial(t.Context(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pc, _ := c.PoolStats(req); pc != 1 {
+		t.Fatalf("pooled conns = %d, want 1", pc)
+	}
+	_ = conn.CloseWrite()
+	_, _ = io.Copy(io.Discard, conn)
+	_ = conn.Close()
+	eventually(t, "idle connection released", func() bool { pc, _ := c.PoolStats(req); return pc == 0 })
+}
+
+func TestGoAwayConnectionSkipped(t *testing.T) {
+	leakCheck(t)
+	m := newMesh(t)
+	up := startEcho(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	s1 := serveOn(t, m, ln, hbone.Hooks{})
+	c := newClient(t, m)
+	req := request(m, s1, up.addr)
+	held, err := c.Dial(t.Context(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Drain s1: it sends GOAWAY but waits for the held stream.
+	s1.cancel()
+	eventually(t, "GOAWAY seen by the pool", func() bool { pc, _ := c.PoolStats(req); return pc == 0 })
+	ln2, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s2 := serveOn(t, m, ln2, hbone.Hooks{})
+	conn, err := c.Dial(t.Context(), req)
+	if err != nil {
+		t.Fatalf("Dial after GOAWAY: %v", err)
+	}
+	if s2.ln.n.Load() != 1 {
+		t.Errorf("new server accepted %d connections, want 1", s2.ln.n.Load())
+	}
+	// The held stream still works during the drain.
+	if _, err := held.Write([]byte("x")); err != nil {
+		t.Errorf("write on draining stream: %v", err)
+	}
+	_ = held.CloseWrite()
+	if b, err := io.ReadAll(held); err != nil || string(b) != "x" {
+		t.Errorf("draining stream echo = %q, %v", b, err)
+	}
+	_ = held.Close()
+	_ = conn.Close()
+	if err := <-s1.done; err != nil {
+		t.Errorf("Serve: %v", err)
+	}
+	s1.done <- nil // for the cleanup's stop
+}
+
+func TestConnectTimeoutMentionsPort(t *testing.T) {
+	leakCheck(t)
+	m := newMesh(t)
+	// A listener that never accepts: TCP connects, TLS never answers.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	s := &server{}
+	s.addr = netipAddrPort(t, ln.Addr().String())
+	c := newClient(t, m, func(cc *hbone.ClientConfig) { cc.ConnectTimeout = 200 * time.Millisecond })
+	_, err = c.Dial(t.Context(), request(m, s, "127.0.0.1:80"))
+	if !errors.Is(err, hbone.ErrConnectTimeout) {
+		t.Fatalf("err = %v, want ErrConnectTimeout", err)
+	}
+	if !strings.Contains(err.Error(), "15008") {
+		t.Errorf("error %q does not mention port 15008", err)
+	}
+}
+
+func TestDialContextCancelled(t *testing.T) {
+	leakCheck(t)
+	m := newMesh(t)
+	release := make(chan struct{})
+	entered := make(chan struct{}, 1)
+	s := startServer(t, m, hbone.Hooks{
+		DialUpstream: func(ctx context.Context, in *hbone.Inbound) (net.Conn, error) {
+			entered <- struct{}{}
+			select {
+			case <-ctx.Done():
+			case <-release:
+			}
+			return nil, errors.New("gave up")
+		},
+	})
+	defer close(release)
+	c := newClient(t, m)
+	ctx, cancel := context.WithCancel(t.Context())
+	go func() { <-entered; cancel() }()
+	_, err := c.Dial(ctx, request(m, s, "127.0.0.1:9"))
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v, want context.Canceled", err)
+	}
+}

@@ -1,0 +1,467 @@
+package hbone
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"go.uber.org/zap"
+	"golang.org/x/net/http2"
+)
+
+// HTTP/2 settings, from ztunnel (reference §1.5).
+const (
+	StreamWindow       = 4 << 20 // per-stream receive window
+	ConnectionWindow   = 16 << 20
+	MaxFrameSize       = 1 << 20 // largest frame we accept (client side)
+	MaxConcurrentIn    = 200     // server SETTINGS_MAX_CONCURRENT_STREAMS
+	MaxStreamsPerConn  = 100     // client pool: streams per connection
+	PingInterval       = 10 * time.Second
+	PingTimeout        = 20 * time.Second
+	ServerHeaderLimit  = 64 << 10
+	ClientHeaderLimit  = 16 << 10
+	DefaultDrain       = 30 * time.Second
+	DefaultHandshake   = 10 * time.Second
+	DefaultConnTimeout = 10 * time.Second
+	DefaultIdleRelease = 5 * time.Minute
+	// ServerReadFrameSize is the SETTINGS_MAX_FRAME_SIZE our server
+	// advertises. Go's HTTP/2 client holds a scratch buffer of
+	// min(this, 512 KiB) for every open stream, so 1 MiB (ztunnel's value)
+	// would cost 512 KiB per idle pooled stream; 16 KiB keeps idle streams
+	// small at a measured throughput cost (see bench_test.go).
+	ServerReadFrameSize = 16 << 10
+)
+
+// Protocol selects the HBONE transport.
+type Protocol uint8
+
+const (
+	H2 Protocol = iota // HTTP/2 over TLS over TCP (Istio-compatible default)
+	H3                 // HTTP/3 over QUIC (our extension)
+)
+
+func (p Protocol) String() string {
+	if p == H3 {
+		return "h3"
+	}
+	return "h2"
+}
+
+// Inbound describes one accepted CONNECT stream; the server hands it to
+// [Hooks] after validation. Hooks may set ResponseHeader (e.g. a
+// destination "baggage") before the 200 is sent.
+type Inbound struct {
+	Protocol    Protocol
+	Peer        spiffeid.ID         // client's SPIFFE identity (verified, same trust domain)
+	PeerChain   []*x509.Certificate // client's certificate chain, leaf first
+	Target      string              // :authority as sent, "ip:port" or "host:port"
+	TargetAddr  netip.AddrPort      // valid when Target is ip:port
+	Host        string              // host part of Target
+	Port        uint16              // port part of Target
+	Forwarded   string
+	Baggage     string
+	Traceparent string
+	RemoteAddr  net.Addr // the tunnel connection's peer
+	LocalAddr   net.Addr // the tunnel connection's local address (original destination)
+
+	ResponseHeader http.Header
+}
+
+// Hooks are the caller's part of inbound handling; both run before the
+// server answers 200. A returned *Error keeps its Status; any other error
+// maps to 401 (Authorize) or 503 (DialUpstream).
+type Hooks struct {
+	// Authorize decides whether the stream may proceed. Nil allows all.
+	Authorize func(ctx context.Context, in *Inbound) error
+	// DialUpstream connects to the destination. Nil dials in.Target over TCP
+	// with a 10 s timeout. A returned conn that has CloseWrite gets
+	// half-closes propagated.
+	DialUpstream func(ctx context.Context, in *Inbound) (net.Conn, error)
+}
+
+// ServerConfig configures a [Server]. SVID and Bundle are required.
+type ServerConfig struct {
+	SVID        x509svid.Source      // certificate presented (the destination workload's)
+	Bundle      x509bundle.Source    // trust bundle; client chains must lead to it
+	TrustDomain spiffeid.TrustDomain // clients must belong to it; zero: the SVID's
+	Hooks       Hooks
+	Logger      *zap.Logger // nil: no logs
+	// DrainTimeout bounds graceful shutdown after the serve context ends;
+	// streams still open then are force-closed. Zero: 30 s.
+	DrainTimeout time.Duration
+	// HandshakeTimeout bounds the TLS handshake. Zero: 10 s.
+	HandshakeTimeout time.Duration
+	// ReadFrameSize overrides ServerReadFrameSize (16 KiB .. 16 MiB).
+	ReadFrameSize uint32
+}
+
+// Server terminates HBONE. One Server may serve several listeners at once
+// (Serve and ServeH3 each block until their context ends). It holds no
+// per-listener state; each Serve call owns its connections.
+type Server struct {
+	cfg  ServerConfig
+	log  *zap.Logger
+	td   spiffeid.TrustDomain
+	tlsC *tls.Config // h2
+}
+
+// NewServer checks cfg and builds a Server.
+func NewServer(cfg ServerConfig) (*Server, error) {
+	if cfg.SVID == nil || cfg.Bundle == nil {
+		return nil, &Error{Op: "new server", Err: errors.New("SVID and Bundle are required")}
+	}
+	td := cfg.TrustDomain
+	if td.IsZero() {
+		s, err := cfg.SVID.GetX509SVID()
+		if err != nil {
+			return nil, &Error{Op: "new server", Err: fmt.Errorf("get SVID: %w", err)}
+		}
+		td = s.ID.TrustDomain()
+	}
+	if cfg.DrainTimeout == 0 {
+		cfg.DrainTimeout = DefaultDrain
+	}
+	if cfg.HandshakeTimeout == 0 {
+		cfg.HandshakeTimeout = DefaultHandshake
+	}
+	if cfg.ReadFrameSize == 0 {
+		cfg.ReadFrameSize = ServerReadFrameSize
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
+	return &Server{
+		cfg:  cfg,
+		log:  log.Named("hbone"),
+		td:   td,
+		tlsC: ServerTLSConfig(cfg.SVID, cfg.Bundle, td, ALPNH2),
+	}, nil
+}
+
+// h2Serve is the state of one Serve call.
+//
+// Invariants: conns holds every accepted connection until its goroutine
+// ends (guarded by mu); wg counts those goroutines. force is cancelled only
+// after the drain deadline, and cancels every stream's context.
+type h2Serve struct {
+	s     *Server
+	hs    *http.Server // carries MaxHeaderBytes and triggers GOAWAY on Shutdown
+	h2s   *http2.Server
+	force context.Context
+	mu    sync.Mutex
+	conns map[net.Conn]struct{}
+	wg    sync.WaitGroup
+}
+
+// Serve accepts HBONE over HTTP/2 on ln (a TCP listener; TLS is done here)
+// until ctx ends, then stops accepting, sends GOAWAY on every connection,
+// waits up to DrainTimeout for open streams and force-closes the rest.
+// It returns nil after a drain caused by ctx, or the accept error.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	force, cancelForce := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelForce()
+	st := &h2Serve{
+		s:     s,
+		hs:    &http.Server{MaxHeaderBytes: ServerHeaderLimit, ErrorLog: zap.NewStdLog(s.log)},
+		force: force,
+		conns: map[net.Conn]struct{}{},
+		h2s: &http2.Server{
+			MaxConcurrentStreams:         MaxConcurrentIn,
+			MaxReadFrameSize:             s.cfg.ReadFrameSize,
+			MaxUploadBufferPerConnection: ConnectionWindow,
+			MaxUploadBufferPerStream:     StreamWindow,
+			ReadIdleTimeout:              PingInterval,
+			PingTimeout:                  PingTimeout,
+		},
+	}
+	if err := http2.ConfigureServer(st.hs, st.h2s); err != nil {
+		return &Error{Op: "configure http2", Err: err}
+	}
+
+	acceptErr := make(chan error, 1)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				acceptErr <- err
+				return
+			}
+			st.track(c, true)
+			go st.serveConn(c)
+		}
+	}()
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-acceptErr:
+	}
+	_ = ln.Close()
+	if err == nil {
+		<-acceptErr
+	} else if errors.Is(err, net.ErrClosed) && ctx.Err() != nil {
+		err = nil
+	}
+	st.drain(cancelForce)
+	if err != nil {
+		return &Error{Op: "accept", Peer: ln.Addr().String(), Err: err}
+	}
+	return nil
+}
+
+func (st *h2Serve) track(c net.Conn, add bool) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if add {
+		st.conns[c] = struct{}{}
+		st.wg.Add(1)
+		return
+	}
+	delete(st.conns, c)
+	st.wg.Done()
+}
+
+// drain sends GOAWAY, waits for connections to finish until the deadline,
+// then force-closes what is left.
+func (st *h2Serve) drain(cancelForce context.CancelFunc) {
+	st.s.log.Info("draining", zap.Int("connections", st.count()))
+	dctx, cancel := context.WithTimeout(context.Background(), st.s.cfg.DrainTimeout)
+	defer cancel()
+	_ = st.hs.Shutdown(dctx) // runs the HTTP/2 graceful shutdown (GOAWAY) hook
+	done := make(chan struct{})
+	go func() { st.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return
+	case <-dctx.Done():
+	}
+	st.s.log.Warn("drain deadline passed, closing connections", zap.Int("connections", st.count()))
+	cancelForce()
+	st.mu.Lock()
+	for c := range st.conns {
+		_ = c.Close()
+	}
+	st.mu.Unlock()
+	<-done
+}
+
+func (st *h2Serve) count() int {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return len(st.conns)
+}
+
+func (st *h2Serve) serveConn(raw net.Conn) {
+	defer st.track(raw, false)
+	defer raw.Close()
+	setTCPOptions(raw)
+	tc := tls.Server(raw, st.s.tlsC)
+	hctx, cancel := context.WithTimeout(st.force, st.s.cfg.HandshakeTimeout)
+	err := tc.HandshakeContext(hctx)
+	cancel()
+	if err != nil {
+		st.s.log.Debug("tls handshake failed", zap.Stringer("peer", raw.RemoteAddr()), zap.Error(err))
+		return
+	}
+	if p := tc.ConnectionState().NegotiatedProtocol; p != ALPNH2 {
+		st.s.log.Debug("alpn mismatch", zap.Stringer("peer", raw.RemoteAddr()), zap.String("alpn", p))
+		return
+	}
+	// CONNECT requests carry no :scheme, so r.TLS is nil: keep the state here.
+	cs := tc.ConnectionState()
+	st.h2s.ServeConn(tc, &http2.ServeConnOpts{
+		Context:    st.force,
+		BaseConfig: st.hs,
+		Handler:    http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { st.s.handleH2(w, r, tc, &cs) }),
+	})
+}
+
+// setTCPOptions applies ztunnel's socket settings (NODELAY is Go's default).
+func setTCPOptions(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: 180 * time.Second, Interval: 180 * time.Second, Count: 9})
+	}
+}
+
+// parseInbound is phase 1: validate the request and describe it.
+func parseInbound(method, authority string, h http.Header, state *tls.ConnectionState) (*Inbound, error) {
+	if method != http.MethodConnect {
+		return nil, &Error{Status: http.StatusBadRequest, Op: "parse", Err: fmt.Errorf("%w: method %q is not CONNECT", ErrBadRequest, method)}
+	}
+	host, port, err := parseAuthority(authority)
+	if err != nil {
+		return nil, &Error{Status: http.StatusBadRequest, Op: "parse", Peer: authority, Err: fmt.Errorf("%w: %w", ErrBadRequest, err)}
+	}
+	in := &Inbound{
+		Target:      authority,
+		Host:        host,
+		Port:        port,
+		Forwarded:   h.Get("Forwarded"),
+		Baggage:     h.Get("Baggage"),
+		Traceparent: h.Get("Traceparent"),
+	}
+	if a, err := netip.ParseAddr(host); err == nil {
+		in.TargetAddr = netip.AddrPortFrom(a, port)
+	}
+	if state == nil || len(state.PeerCertificates) == 0 {
+		return nil, &Error{Status: http.StatusUnauthorized, Op: "parse", Err: fmt.Errorf("%w: no client certificate", ErrUnauthorized)}
+	}
+	in.PeerChain = state.PeerCertificates
+	id, err := x509svid.IDFromCert(state.PeerCertificates[0])
+	if err != nil {
+		return nil, &Error{Status: http.StatusUnauthorized, Op: "parse", Err: fmt.Errorf("%w: %w", ErrUnauthorized, err)}
+	}
+	in.Peer = id
+	return in, nil
+}
+
+// parseAuthority accepts "ip:port", "[v6]:port" and "hostname:port".
+func parseAuthority(a string) (string, uint16, error) {
+	host, ps, err := net.SplitHostPort(a)
+	if err != nil {
+		return "", 0, fmt.Errorf("authority %q: %w", a, err)
+	}
+	p, err := strconv.ParseUint(ps, 10, 16)
+	if err != nil || p == 0 {
+		return "", 0, fmt.Errorf("authority %q: bad port", a)
+	}
+	if host == "" {
+		return "", 0, fmt.Errorf("authority %q: empty host", a)
+	}
+	if _, err := netip.ParseAddr(host); err == nil {
+		if strings.Contains(host, "%") {
+			return "", 0, fmt.Errorf("authority %q: zoned address", a)
+		}
+		return host, uint16(p), nil
+	}
+	if !validHostname(host) {
+		return "", 0, fmt.Errorf("authority %q: invalid hostname", a)
+	}
+	return host, uint16(p), nil
+}
+
+func validHostname(h string) bool {
+	if len(h) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(strings.TrimSuffix(h, "."), ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, c := range []byte(label) {
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// admit runs phases 1 and 2: parse, authorize, dial upstream. On error the
+// returned status is what the server answers.
+func (s *Server) admit(ctx context.Context, in *Inbound) (net.Conn, error) {
+	if s.cfg.Hooks.Authorize != nil {
+		if err := s.cfg.Hooks.Authorize(ctx, in); err != nil {
+			return nil, &Error{Status: statusFor(err, http.StatusUnauthorized), Op: "authorize", Peer: in.Target, Err: errors.Join(ErrUnauthorized, err)}
+		}
+	}
+	dial := s.cfg.Hooks.DialUpstream
+	if dial == nil {
+		dial = defaultDialUpstream
+	}
+	up, err := dial(ctx, in)
+	if err != nil {
+		return nil, &Error{Status: statusFor(err, http.StatusServiceUnavailable), Op: "dial upstream", Peer: in.Target, Err: errors.Join(ErrUpstream, err)}
+	}
+	return up, nil
+}
+
+func defaultDialUpstream(ctx context.Context, in *Inbound) (net.Conn, error) {
+	d := net.Dialer{Timeout: DefaultConnTimeout}
+	c, err := d.DialContext(ctx, "tcp", in.Target)
+	if err != nil {
+		return nil, fmt.Errorf("connect %s: %w", in.Target, err)
+	}
+	return c, nil
+}
+
+func (s *Server) reject(w http.ResponseWriter, err error, in *Inbound) {
+	status := statusFor(err, http.StatusBadRequest)
+	fields := []zap.Field{zap.Int("status", status), zap.Error(err)}
+	if in != nil {
+		fields = append(fields, zap.String("target", in.Target), zap.Stringer("peer", in.Peer))
+	}
+	s.log.Debug("stream rejected", fields...)
+	w.WriteHeader(status)
+}
+
+// handleH2 runs one CONNECT stream: phases 1-2 in admit, then the copy.
+//
+// HTTP/2 limit of Go's server: a response stream can only end (END_STREAM)
+// when the handler returns, and returning while the request body is still
+// open resets the client's send side (RST_STREAM NO_ERROR). So when the
+// upstream closes its write side first, the stream ends both ways; when the
+// client half-closes first, the upstream gets a FIN and its reply keeps
+// flowing (true half-close). HTTP/3 streams half-close both ways.
+func (s *Server) handleH2(w http.ResponseWriter, r *http.Request, tc *tls.Conn, state *tls.ConnectionState) {
+	in, err := parseInbound(r.Method, r.Host, r.Header, state)
+	if err != nil {
+		s.reject(w, err, in)
+		return
+	}
+	in.Protocol = H2
+	in.RemoteAddr, in.LocalAddr = tc.RemoteAddr(), tc.LocalAddr()
+	ctx := r.Context()
+	up, err := s.admit(ctx, in)
+	if err != nil {
+		s.reject(w, err, in)
+		return
+	}
+	defer up.Close()
+	stop := context.AfterFunc(ctx, func() { _ = up.Close() })
+	defer stop()
+	for k, v := range in.ResponseHeader {
+		w.Header()[k] = v
+	}
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+	if err := rc.Flush(); err != nil {
+		return
+	}
+	// client -> upstream runs in its own goroutine; upstream -> client here.
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, err := copyHalf(up, r.Body, nil, closeWriter(up))
+		if err != nil && !isClosedErr(err) {
+			s.log.Debug("copy to upstream ended", zap.String("target", in.Target), zap.Error(err))
+		}
+	}()
+	_, err = copyHalf(w, up, func() { _ = rc.Flush() }, nil)
+	if err != nil && !isClosedErr(err) {
+		s.log.Debug("copy to client ended", zap.String("target", in.Target), zap.Error(err))
+		_ = up.Close()
+	}
+	select {
+	case <-done:
+	default:
+		// Upstream finished first: returning ends the stream; close the
+		// body so the other copy ends now rather than on its next read.
+		_ = r.Body.Close()
+		_ = up.Close()
+		<-done
+	}
+}

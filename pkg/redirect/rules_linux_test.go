@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -380,5 +381,82 @@ func nftScript(t *testing.T, ns testNS, script string) {
 	cmd.Stdin = strings.NewReader(script)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("nft -f in %s: %v: %s", ns.name, err, out)
+	}
+}
+
+// TestReinstallHasNoWindow: while the rules are replaced again and again,
+// every outbound connection is still captured; a window with the table half
+// built (or absent) would let one through to the node.
+func TestReinstallHasNoWindow(t *testing.T) {
+	t.Parallel()
+	p := newCapturedPod(t)
+	r := NewPodRules(PodConfig{DNSCapture: true}, nil)
+	const wantInstalls, maxDials = 50, 20000
+
+	var installs atomic.Int64
+	stop := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				done <- nil
+				return
+			default:
+			}
+			if err := r.Install(p.pod.h); err != nil {
+				done <- err
+				return
+			}
+			installs.Add(1)
+		}
+	}()
+	dst := ap(nodeIP, 8080)
+	dials := 0
+	for ; dials < maxDials && installs.Load() < wantInstalls; dials++ {
+		c, err := Dial(t.Context(), p.pod.h, net.Dialer{Timeout: ioTimeout}, "tcp", dst.String(), SocketOptions{})
+		if err != nil {
+			t.Fatalf("dial: %v", err)
+		}
+		p.out.SetDeadline(time.Now().Add(ioTimeout))
+		s, err := p.out.Accept()
+		c.Close()
+		if err != nil {
+			t.Fatalf("dial %d: accept on 15001: %v", dials, err)
+		}
+		s.Close()
+	}
+	close(stop)
+	if err := <-done; err != nil {
+		t.Fatalf("install: %v", err)
+	}
+	noPending(t, p.nodeSrv)
+	t.Logf("%d dials captured during %d reinstalls", dials, installs.Load())
+	if installs.Load() < wantInstalls {
+		t.Errorf("only %d reinstalls overlapped the dials, want %d", installs.Load(), wantInstalls)
+	}
+}
+
+// TestConcurrentInstalls: PodRules may be used from many goroutines, also
+// on the same netns; the result is the same as one install.
+func TestConcurrentInstalls(t *testing.T) {
+	t.Parallel()
+	topo := newPodTopology(t)
+	r := NewPodRules(PodConfig{DNSCapture: true}, nil)
+	if err := r.Install(topo.pod.h); err != nil {
+		t.Fatalf("install: %v", err)
+	}
+	once := netnsState(t, topo.pod)
+	errs := make(chan error, 8)
+	for range cap(errs) {
+		go func() { errs <- r.Install(topo.pod.h) }()
+	}
+	for range cap(errs) {
+		if err := <-errs; err != nil {
+			t.Errorf("concurrent install: %v", err)
+		}
+	}
+	if got := netnsState(t, topo.pod); got != once {
+		t.Errorf("after concurrent installs:\n%s\nwant:\n%s", got, once)
 	}
 }

@@ -44,7 +44,7 @@ type testNS struct {
 }
 
 // newNS creates a named netns with loopback up.
-func newNS(t *testing.T, role string) testNS {
+func newNS(t testing.TB, role string) testNS {
 	t.Helper()
 	testenv.RequireRoot(t)
 	name := fmt.Sprintf("rdt%d-%d-%s", os.Getpid(), nsSeq.Add(1), role)
@@ -82,7 +82,7 @@ func newNS(t *testing.T, role string) testNS {
 	return testNS{name: name, h: h}
 }
 
-func nlHandle(t *testing.T, ns netns.NsHandle) *netlink.Handle {
+func nlHandle(t testing.TB, ns netns.NsHandle) *netlink.Handle {
 	t.Helper()
 	nl, err := netlink.NewHandleAt(ns)
 	if err != nil {
@@ -169,7 +169,7 @@ func setupLink(t *testing.T, nl *netlink.Handle, name string, a4, a6, gw4, gw6 n
 	}
 }
 
-func run(t *testing.T, name string, args ...string) string {
+func run(t testing.TB, name string, args ...string) string {
 	t.Helper()
 	out, err := exec.Command(name, args...).CombinedOutput()
 	if err != nil {

@@ -1,0 +1,33 @@
+package redirect
+
+import (
+	"testing"
+)
+
+// BenchmarkInstallRemove measures one capture of a pod (Install) and one
+// release (Remove) in a netns of its own: the per-pod cost of the node agent
+// and the CNI plugin. Run: go test -run '^$' -bench . ./pkg/redirect
+func BenchmarkInstallRemove(b *testing.B) {
+	for _, bc := range []struct {
+		name string
+		op   func(r *PodRules, ns testNS) error
+	}{
+		{"install", func(r *PodRules, ns testNS) error { return r.Install(ns.h) }},
+		{"install+remove", func(r *PodRules, ns testNS) error {
+			if err := r.Install(ns.h); err != nil {
+				return err
+			}
+			return r.Remove(ns.h)
+		}},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			ns := newNS(b, "bench")
+			r := NewPodRules(PodConfig{DNSCapture: true}, nil)
+			for b.Loop() {
+				if err := bc.op(r, ns); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

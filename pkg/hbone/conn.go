@@ -26,6 +26,9 @@ type Conn struct {
 	w          io.Writer
 	closeWrite func() error
 	abort      func(err error) // resets both directions; idempotent
+	// graceful, if set, closes the send side and resets the receive side
+	// once what was written is sent (Close of a TCP socket).
+	graceful func()
 	done       func()          // returns the stream slot to the pool
 
 	// PeerID is the identity the tunnel peer presented.
@@ -62,10 +65,17 @@ func (c *Conn) Write(b []byte) (int, error) {
 // CloseWrite ends the send direction; reads continue until the peer ends.
 func (c *Conn) CloseWrite() error { return c.closeWrite() }
 
-// Close resets whatever is still open of the stream and frees its slot.
+// Close ends the stream like closing a TCP socket: bytes already written
+// are still delivered (END_STREAM/FIN follows them), the receive side is
+// reset, and the stream's pool slot is freed once the send side finishes
+// (at most Linger later).
 func (c *Conn) Close() error {
 	c.closeOnce.Do(func() {
-		c.abort(net.ErrClosed)
+		if c.graceful != nil && !c.expired.Load() {
+			c.graceful()
+		} else {
+			c.abort(net.ErrClosed)
+		}
 		c.dmu.Lock()
 		if c.rTimer != nil {
 			c.rTimer.Stop()
@@ -173,6 +183,7 @@ func (h *h2Conn) open(ctx, life context.Context, req *Request) (*Conn, error) {
 	sctx, cancel := context.WithCancel(life)
 	stop := context.AfterFunc(ctx, cancel)
 	pr, pw := io.Pipe()
+	sent := make(chan struct{})
 	hdr := make(http.Header, 3)
 	if req.Forwarded != "" {
 		hdr["Forwarded"] = []string{req.Forwarded}
@@ -190,7 +201,7 @@ func (h *h2Conn) open(ctx, life context.Context, req *Request) (*Conn, error) {
 		Proto:         "HTTP/2.0",
 		ProtoMajor:    2,
 		Header:        hdr,
-		Body:          pr,
+		Body:          &reqBody{PipeReader: pr, sent: sent},
 		ContentLength: -1,
 	}).WithContext(sctx)
 	resp, err := h.cc.RoundTrip(hreq)
@@ -216,16 +227,30 @@ func (h *h2Conn) open(ctx, life context.Context, req *Request) (*Conn, error) {
 	}
 	var abortOnce sync.Once
 	body := resp.Body
+	abort := func(err error) {
+		abortOnce.Do(func() {
+			_ = pw.CloseWithError(err)
+			_ = body.Close()
+			cancel()
+		})
+	}
 	return &Conn{
 		r:          body,
 		w:          pw,
 		closeWrite: pw.Close,
-		abort: func(err error) {
-			abortOnce.Do(func() {
-				_ = pw.CloseWithError(err)
-				_ = body.Close()
-				cancel()
-			})
+		abort:      abort,
+		graceful: func() {
+			_ = pw.Close()
+			go func() {
+				t := time.NewTimer(Linger)
+				defer t.Stop()
+				select {
+				case <-sent:
+				case <-t.C:
+				case <-sctx.Done():
+				}
+				abort(net.ErrClosed)
+			}()
 		},
 		done:   func() { h.lastUsed.Store(time.Now().UnixNano()) },
 		PeerID: h.peer,
@@ -233,4 +258,21 @@ func (h *h2Conn) open(ctx, life context.Context, req *Request) (*Conn, error) {
 		local:  h.local,
 		remote: h.remote,
 	}, nil
+}
+
+// Linger bounds how long a closed Conn keeps sending what was written
+// before it (for a peer that stopped reading).
+const Linger = 10 * time.Second
+
+// reqBody is the HTTP/2 request body; the transport closes it once the
+// body is fully sent (END_STREAM written) or the stream aborted.
+type reqBody struct {
+	*io.PipeReader
+	once sync.Once
+	sent chan struct{}
+}
+
+func (b *reqBody) Close() error {
+	b.once.Do(func() { close(b.sent) })
+	return b.PipeReader.Close()
 }

@@ -39,7 +39,7 @@ func (r *PodRules) Install(ns netns.NsHandle) error {
 	if err := conn.Flush(); err != nil {
 		return errors.Join(fmt.Errorf("redirect: nftables batch installing table inet %s: %w", PodTable, err), delPolicyRouting(nl))
 	}
-	r.log.Debug("capture rules installed", zap.Bool("dns", r.cfg.DNSCapture), zap.Bool("ipv6", v6))
+	r.log.Debug("capture rules installed", zap.Stringer("netns", ns), zap.Bool("dns", r.cfg.DNSCapture), zap.Bool("ipv6", v6))
 	return nil
 }
 
@@ -65,7 +65,7 @@ func (r *PodRules) Remove(ns netns.NsHandle) error {
 	if err := delPolicyRouting(nl); err != nil {
 		return err
 	}
-	r.log.Debug("capture rules removed")
+	r.log.Debug("capture rules removed", zap.Stringer("netns", ns))
 	return nil
 }
 

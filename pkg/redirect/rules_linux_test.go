@@ -239,6 +239,39 @@ func TestDNSCapture(t *testing.T) {
 	if err != nil || string(buf[:n]) != "query" {
 		t.Fatalf("15053/udp read = %q from %v, %v; want the query", buf[:n], from, err)
 	}
+
+	// ztunnel forwards the query upstream with its mark, from the same pod:
+	// it reaches the real server and the answer comes back (conntrack zone).
+	upstream, err := ListenPacket(t.Context(), p.node.h, "udp", dst.String(), SocketOptions{})
+	if err != nil {
+		t.Fatalf("listen udp in node: %v", err)
+	}
+	t.Cleanup(func() { upstream.Close() })
+	var zc net.Conn
+	if err := Do(p.pod.h, func() error {
+		var err error
+		d := net.Dialer{Control: ztunnelOpts.Control}
+		zc, err = d.Dial("udp", dst.String())
+		return err
+	}); err != nil {
+		t.Fatalf("dial udp with mark: %v", err)
+	}
+	t.Cleanup(func() { zc.Close() })
+	if _, err := zc.Write([]byte("upstream")); err != nil {
+		t.Fatalf("udp write: %v", err)
+	}
+	upstream.SetReadDeadline(time.Now().Add(ioTimeout))
+	n, from, err = upstream.ReadFrom(buf)
+	if err != nil || string(buf[:n]) != "upstream" {
+		t.Fatalf("node :53 read = %q, %v; want ztunnel's query", buf[:n], err)
+	}
+	if _, err := upstream.WriteTo([]byte("answer"), from); err != nil {
+		t.Fatalf("udp answer: %v", err)
+	}
+	zc.SetReadDeadline(time.Now().Add(ioTimeout))
+	if n, err := zc.Read(buf); err != nil || string(buf[:n]) != "answer" {
+		t.Fatalf("ztunnel read = %q, %v; want the answer", buf[:n], err)
+	}
 }
 
 func TestInstallTwiceEqualsOnce(t *testing.T) {
@@ -458,5 +491,62 @@ func TestConcurrentInstalls(t *testing.T) {
 	}
 	if got := netnsState(t, topo.pod); got != once {
 		t.Errorf("after concurrent installs:\n%s\nwant:\n%s", got, once)
+	}
+}
+
+// TestInstallIPv4OnlyNetns: with IPv6 disabled in the pod, the IPv6 policy
+// route is skipped (adding it would fail) and the rest works as usual.
+func TestInstallIPv4OnlyNetns(t *testing.T) {
+	t.Parallel()
+	ns := newNS(t, "v4only")
+	if err := Do(ns.h, func() error {
+		return os.WriteFile("/proc/sys/net/ipv6/conf/all/disable_ipv6", []byte("1"), 0)
+	}); err != nil {
+		t.Fatalf("disable ipv6: %v", err)
+	}
+	before := netnsState(t, ns)
+	r := NewPodRules(PodConfig{DNSCapture: true}, zaptest.NewLogger(t))
+	if err := r.Install(ns.h); err != nil {
+		t.Fatalf("install: %v", err)
+	}
+	got := run(t, "ip", "-n", ns.name, "-4", "rule", "show")
+	if !strings.Contains(got, "fwmark 0x111/0xfff lookup 100") {
+		t.Errorf("no IPv4 policy rule after install:\n%s", got)
+	}
+	if got := run(t, "ip", "-n", ns.name, "-6", "rule", "show"); strings.Contains(got, "lookup 100") {
+		t.Errorf("IPv6 policy rule in a netns without IPv6:\n%s", got)
+	}
+	if err := r.Remove(ns.h); err != nil {
+		t.Fatalf("remove: %v", err)
+	}
+	if after := netnsState(t, ns); after != before {
+		t.Errorf("after install+remove:\n%s\nwant:\n%s", after, before)
+	}
+}
+
+// TestFailedInstallLeavesNothing: an install that fails part way (here: the
+// IPv6 local route, refused because loopback is down) reports the error and
+// leaves the netns as it was, so a caller never runs half captured.
+func TestFailedInstallLeavesNothing(t *testing.T) {
+	t.Parallel()
+	ns := newNS(t, "fail")
+	nl := nlHandle(t, ns.h)
+	lo, err := nl.LinkByName("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nl.LinkSetDown(lo); err != nil {
+		t.Fatal(err)
+	}
+	before := netnsState(t, ns)
+	err = NewPodRules(PodConfig{DNSCapture: true}, zaptest.NewLogger(t)).Install(ns.h)
+	if err == nil {
+		t.Fatal("install with loopback down succeeded, want an error")
+	}
+	if !strings.Contains(err.Error(), "route replace") {
+		t.Errorf("error %q does not name the failing netlink call", err)
+	}
+	if after := netnsState(t, ns); after != before {
+		t.Errorf("after failed install:\n%s\nwant:\n%s", after, before)
 	}
 }

@@ -45,9 +45,10 @@ stop containerd
 # Shims whose containerd is gone exit on their own once their task is deleted;
 # any left are ours by their -address argument.
 for p in /proc/[0-9]*; do
-  if tr '\0' ' ' < "$p/cmdline" 2>/dev/null | grep -q -- "-address $CONTAINERD_SOCK"; then
-    kill -KILL "${p#/proc/}" 2>/dev/null || true
-  fi
+  cmdline="$(tr '\0' ' ' 2>/dev/null < "$p/cmdline" || true)"
+  case "$cmdline" in
+    *"-address $CONTAINERD_SOCK"*) kill -KILL "${p#/proc/}" 2>/dev/null || true ;;
+  esac
 done
 for ns in $(printf '%s\n' "${netns[@]}" | sort -u); do
   ip netns delete "$(basename "$ns")" 2>/dev/null || { umount "$ns" 2>/dev/null; rm -f "$ns"; }
@@ -60,6 +61,17 @@ stop etcd
 if [ -x "$K8S_BIN/kube-proxy" ]; then
   "$K8S_BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true
 fi
+
+# The kubelet's own chains (iptables and ip6tables): canaries, the localnet
+# firewall and the iptables hint.
+for ipt in iptables ip6tables; do
+  $ipt -D INPUT -j KUBE-FIREWALL 2>/dev/null || true
+  $ipt -D OUTPUT -j KUBE-FIREWALL 2>/dev/null || true
+  for tc in filter:KUBE-FIREWALL filter:KUBE-KUBELET-CANARY nat:KUBE-KUBELET-CANARY mangle:KUBE-KUBELET-CANARY mangle:KUBE-IPTABLES-HINT; do
+    $ipt -t "${tc%%:*}" -F "${tc#*:}" 2>/dev/null || true
+    $ipt -t "${tc%%:*}" -X "${tc#*:}" 2>/dev/null || true
+  done
+done
 
 # Mounts under the kubelet and containerd directories, deepest first.
 for dir in "$KUBELET_DIR" "$CONTAINERD_ROOT" "$CONTAINERD_STATE"; do
@@ -75,6 +87,7 @@ for p in /usr/lib/cni/*; do
 done
 rmdir "$CNI_BIN_DIR" "$CNI_CONF_DIR" 2>/dev/null || true
 rm -rf "/var/lib/cni/networks/$CNI_NETWORK" "/var/lib/cni/results"
+rmdir /var/lib/cni/networks /var/lib/cni 2>/dev/null || true
 
 rm -rf "$KUBELET_DIR" "$CONTAINERD_ROOT" "$CONTAINERD_STATE" "$CLUSTER_DIR"
 rmdir /var/lib/ambient-mesh /run/ambient-mesh 2>/dev/null || true

@@ -47,6 +47,11 @@ type testNS struct {
 func newNS(t testing.TB, role string) testNS {
 	t.Helper()
 	testenv.RequireRoot(t)
+	for _, bin := range []string{"ip", "nft"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			testenv.Unavailable(t, "needs the %s binary (Debian iproute2, nftables; hack/install-deps.sh): %v", bin, err)
+		}
+	}
 	name := fmt.Sprintf("rdt%d-%d-%s", os.Getpid(), nsSeq.Add(1), role)
 	run(t, "ip", "netns", "add", name)
 	t.Cleanup(func() {

@@ -16,30 +16,42 @@ import (
 )
 
 // Install puts the capture rules into the netns ns (see [PodRules]). The
-// netns' loopback must be up (the CNI loopback plugin does that). On failure
-// nothing of ours is left behind.
+// netns' loopback must be up (the CNI loopback plugin does that). If it fails
+// on a pod that was not captured, nothing of ours is left behind; on a pod
+// that was, the previous rules stay as they were.
 func (r *PodRules) Install(ns netns.NsHandle) error {
+	conn, err := nftables.New(nftables.WithNetNSFd(int(ns)))
+	if err != nil {
+		return fmt.Errorf("redirect: nftables netlink socket: %w", err)
+	}
+	was, err := tableExists(conn)
+	if err != nil {
+		return err
+	}
 	nl, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
 	if err != nil {
 		return fmt.Errorf("redirect: netlink socket in pod netns: %w", err)
 	}
 	defer nl.Close()
+	rollback := func(err error) error {
+		if was {
+			return err // the old table still needs its routes
+		}
+		return errors.Join(err, delPolicyRouting(nl))
+	}
 	v6, err := hasIPv6(ns)
 	if err != nil {
 		return err
 	}
 	if err := addPolicyRouting(nl, v6); err != nil {
-		return errors.Join(err, delPolicyRouting(nl))
-	}
-	conn, err := nftables.New(nftables.WithNetNSFd(int(ns)))
-	if err != nil {
-		return errors.Join(fmt.Errorf("redirect: nftables netlink socket: %w", err), delPolicyRouting(nl))
+		return rollback(err)
 	}
 	replacePodTable(conn, r.cfg)
 	if err := conn.Flush(); err != nil {
-		return errors.Join(fmt.Errorf("redirect: nftables batch installing table inet %s: %w", PodTable, err), delPolicyRouting(nl))
+		return rollback(fmt.Errorf("redirect: nftables batch installing table inet %s: %w", PodTable, err))
 	}
-	r.log.Debug("capture rules installed", zap.Stringer("netns", ns), zap.Bool("dns", r.cfg.DNSCapture), zap.Bool("ipv6", v6))
+	r.log.Debug("capture rules installed", zap.Stringer("netns", ns), zap.Bool("dns", r.cfg.DNSCapture),
+		zap.Bool("ipv6", v6), zap.Bool("replaced", was))
 	return nil
 }
 
@@ -75,7 +87,11 @@ func Installed(ns netns.NsHandle) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("redirect: nftables netlink socket: %w", err)
 	}
-	_, err = conn.ListTableOfFamily(PodTable, nftables.TableFamilyINet)
+	return tableExists(conn)
+}
+
+func tableExists(conn *nftables.Conn) (bool, error) {
+	_, err := conn.ListTableOfFamily(PodTable, nftables.TableFamilyINet)
 	if errors.Is(err, unix.ENOENT) {
 		return false, nil
 	}

@@ -550,3 +550,31 @@ func TestFailedInstallLeavesNothing(t *testing.T) {
 		t.Errorf("after failed install:\n%s\nwant:\n%s", after, before)
 	}
 }
+
+// TestFailedReinstallKeepsRules: when replacing the rules of a captured pod
+// fails, the pod keeps its previous table and policy rule.
+func TestFailedReinstallKeepsRules(t *testing.T) {
+	t.Parallel()
+	ns := newNS(t, "refail")
+	r := NewPodRules(PodConfig{DNSCapture: true}, zaptest.NewLogger(t))
+	if err := r.Install(ns.h); err != nil {
+		t.Fatalf("install: %v", err)
+	}
+	nl := nlHandle(t, ns.h)
+	lo, err := nl.LinkByName("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nl.LinkSetDown(lo); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Install(ns.h); err == nil {
+		t.Fatal("reinstall with loopback down succeeded, want an error")
+	}
+	if ok, err := Installed(ns.h); err != nil || !ok {
+		t.Errorf("Installed after failed reinstall = %v, %v; want true", ok, err)
+	}
+	if got := run(t, "ip", "-n", ns.name, "rule", "show"); !strings.Contains(got, "fwmark 0x111/0xfff lookup 100") {
+		t.Errorf("policy rule gone after failed reinstall:\n%s", got)
+	}
+}

@@ -20,43 +20,49 @@ import (
 // used afterwards. fn must not start goroutines that expect to be in ns (they
 // run on other threads), and should not block for long: it holds an OS thread.
 //
-// If the thread cannot be switched back, it is not unlocked, so the runtime
-// throws it away rather than reuse a thread in the wrong namespace.
+// A panic in fn is re-raised on the caller's goroutine, after the thread is
+// switched back. If the thread cannot be switched back, it is not unlocked,
+// so the runtime throws it away rather than reuse a thread in the wrong
+// namespace.
 func Do(ns netns.NsHandle, fn func() error) error {
-	type result struct{ err error }
+	type result struct {
+		err      error
+		panicked any
+	}
 	done := make(chan result, 1)
 	go func() {
 		runtime.LockOSThread()
 		orig, err := netns.Get()
 		if err != nil {
 			runtime.UnlockOSThread()
-			done <- result{fmt.Errorf("redirect: open current netns: %w", err)}
+			done <- result{err: fmt.Errorf("redirect: open current netns: %w", err)}
 			return
 		}
 		defer orig.Close()
 		if err := netns.Set(ns); err != nil {
 			runtime.UnlockOSThread()
-			done <- result{fmt.Errorf("redirect: setns into %s: %w", ns, err)}
+			done <- result{err: fmt.Errorf("redirect: setns into %s: %w", ns, err)}
 			return
 		}
-		var fnErr error
+		var res result
 		func() {
-			defer func() {
-				if p := recover(); p != nil {
-					fnErr = fmt.Errorf("redirect: panic in netns func: %v", p)
-				}
-			}()
-			fnErr = fn()
+			defer func() { res.panicked = recover() }()
+			res.err = fn()
 		}()
 		if err := netns.Set(orig); err != nil {
 			// Stay locked: the goroutine exits and the thread dies with it.
-			done <- result{errors.Join(fnErr, fmt.Errorf("redirect: setns back to %s: %w", orig, err))}
+			res.err = errors.Join(res.err, fmt.Errorf("redirect: setns back to %s: %w", orig, err))
+			done <- res
 			return
 		}
 		runtime.UnlockOSThread()
-		done <- result{fnErr}
+		done <- res
 	}()
-	return (<-done).err
+	res := <-done
+	if res.panicked != nil {
+		panic(res.panicked)
+	}
+	return res.err
 }
 
 // Control is a net.ListenConfig / net.Dialer Control func setting o.

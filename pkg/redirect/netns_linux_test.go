@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"runtime"
 	"syscall"
 	"testing"
 
@@ -40,9 +41,14 @@ func TestDoRunsInNetnsAndRestores(t *testing.T) {
 	if err := Do(ns.h, func() error { return sentinel }); !errors.Is(err, sentinel) {
 		t.Errorf("Do error = %v, want fn's error", err)
 	}
-	if err := Do(ns.h, func() error { panic("boom") }); err == nil {
-		t.Error("Do swallowed a panic")
-	}
+	func() {
+		defer func() {
+			if p := recover(); p != "boom" {
+				t.Errorf("recovered %v from Do, want fn's panic", p)
+			}
+		}()
+		Do(ns.h, func() error { panic("boom") })
+	}()
 	if err := Do(netns.None(), func() error { return nil }); err == nil {
 		t.Error("Do into a closed handle: no error")
 	}
@@ -54,6 +60,33 @@ func TestDoRunsInNetnsAndRestores(t *testing.T) {
 	defer after.Close()
 	if !after.Equal(before) {
 		t.Error("caller's thread changed netns")
+	}
+
+	// Threads Do used go back to the pool in the original netns: after many
+	// calls, every thread the runtime hands out is there.
+	for range 50 {
+		if err := Do(ns.h, func() error { return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wrong := make(chan bool, 50)
+	for range cap(wrong) {
+		go func() {
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			cur, err := netns.Get()
+			if err != nil {
+				wrong <- true
+				return
+			}
+			defer cur.Close()
+			wrong <- !cur.Equal(before)
+		}()
+	}
+	for range cap(wrong) {
+		if <-wrong {
+			t.Fatal("a runtime thread was left in another netns")
+		}
 	}
 }
 

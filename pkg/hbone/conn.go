@@ -2,6 +2,7 @@ package hbone
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -29,7 +30,9 @@ type Conn struct {
 	// graceful, if set, closes the send side and resets the receive side
 	// once what was written is sent (Close of a TCP socket).
 	graceful func()
-	done       func()          // returns the stream slot to the pool
+	// setRD/setWD, if set, are native deadlines (HTTP/3): not terminal.
+	setRD, setWD func(time.Time) error
+	done         func() // returns the stream slot to the pool
 
 	// PeerID is the identity the tunnel peer presented.
 	PeerID spiffeid.ID
@@ -93,12 +96,24 @@ func (c *Conn) LocalAddr() net.Addr  { return c.local }
 func (c *Conn) RemoteAddr() net.Addr { return c.remote }
 
 func (c *Conn) SetDeadline(t time.Time) error {
+	return errors.Join(c.SetReadDeadline(t), c.SetWriteDeadline(t))
+}
+
+func (c *Conn) SetReadDeadline(t time.Time) error {
+	if c.setRD != nil {
+		return c.setRD(t)
+	}
 	c.setTimer(&c.rTimer, t)
+	return nil
+}
+
+func (c *Conn) SetWriteDeadline(t time.Time) error {
+	if c.setWD != nil {
+		return c.setWD(t)
+	}
 	c.setTimer(&c.wTimer, t)
 	return nil
 }
-func (c *Conn) SetReadDeadline(t time.Time) error  { c.setTimer(&c.rTimer, t); return nil }
-func (c *Conn) SetWriteDeadline(t time.Time) error { c.setTimer(&c.wTimer, t); return nil }
 
 func (c *Conn) setTimer(tp **time.Timer, t time.Time) {
 	c.dmu.Lock()

@@ -16,6 +16,12 @@ import (
 )
 
 func TestRoundTripHeadersAndIdentity(t *testing.T) {
+	for _, p := range protocols {
+		t.Run(p.String(), func(t *testing.T) { testRoundTrip(t, p) })
+	}
+}
+
+func testRoundTrip(t *testing.T, proto hbone.Protocol) {
 	leakCheck(t)
 	m := newMesh(t)
 	up := startEcho(t)
@@ -31,7 +37,7 @@ func TestRoundTripHeadersAndIdentity(t *testing.T) {
 		},
 	})
 	c := newClient(t, m)
-	req := request(m, s, up.addr)
+	req := request(m, s, up.addr, proto)
 	req.Forwarded = `for="10.0.0.1:1234"`
 	req.Baggage = "k8s.namespace.name=client-ns"
 	req.Traceparent = "00-0123456789abcdef0123456789abcdef-0123456789abcdef-00"
@@ -71,7 +77,7 @@ func TestRoundTripHeadersAndIdentity(t *testing.T) {
 	if got.Forwarded != req.Forwarded || got.Baggage != req.Baggage || got.Traceparent != req.Traceparent {
 		t.Errorf("hook headers = %q %q %q", got.Forwarded, got.Baggage, got.Traceparent)
 	}
-	if got.Protocol != hbone.H2 {
+	if got.Protocol != proto {
 		t.Errorf("Protocol = %v", got.Protocol)
 	}
 }
@@ -181,7 +187,7 @@ func TestGoAwayConnectionSkipped(t *testing.T) {
 		t.Fatal(err)
 	}
 	addr := ln.Addr().String()
-	s1 := serveOn(t, m, ln, hbone.Hooks{})
+	s1 := serveOn(t, m, ln, nil, hbone.Hooks{})
 	c := newClient(t, m)
 	req := request(m, s1, up.addr)
 	held, err := c.Dial(t.Context(), req)
@@ -195,7 +201,7 @@ func TestGoAwayConnectionSkipped(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s2 := serveOn(t, m, ln2, hbone.Hooks{})
+	s2 := serveOn(t, m, ln2, nil, hbone.Hooks{})
 	conn, err := c.Dial(t.Context(), req)
 	if err != nil {
 		t.Fatalf("Dial after GOAWAY: %v", err)

@@ -67,17 +67,25 @@ type server struct {
 	addr   netip.AddrPort
 	ln     *countingListener
 	cancel context.CancelFunc
-	done   chan error
+	done   chan error // Serve's result
+	doneH3 chan error // ServeH3's result, if started
 }
 
-// stop cancels Serve and waits for it to return.
+// stop cancels Serve (and ServeH3) and waits for them to return.
 func (s *server) stop(t testing.TB) {
 	t.Helper()
 	s.cancel()
 	if err := <-s.done; err != nil {
 		t.Errorf("Serve returned %v", err)
 	}
+	if s.doneH3 != nil {
+		if err := <-s.doneH3; err != nil {
+			t.Errorf("ServeH3 returned %v", err)
+		}
+	}
 }
+
+var protocols = []hbone.Protocol{hbone.H2, hbone.H3}
 
 func startServer(t testing.TB, m *mesh, hooks hbone.Hooks, mut ...func(*hbone.ServerConfig)) *server {
 	t.Helper()
@@ -85,10 +93,15 @@ func startServer(t testing.TB, m *mesh, hooks hbone.Hooks, mut ...func(*hbone.Se
 	if err != nil {
 		t.Fatal(err)
 	}
-	return serveOn(t, m, ln, hooks, mut...)
+	// HTTP/3 on the same port number, over UDP.
+	pc, err := net.ListenPacket("udp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return serveOn(t, m, ln, pc, hooks, mut...)
 }
 
-func serveOn(t testing.TB, m *mesh, ln net.Listener, hooks hbone.Hooks, mut ...func(*hbone.ServerConfig)) *server {
+func serveOn(t testing.TB, m *mesh, ln net.Listener, pc net.PacketConn, hooks hbone.Hooks, mut ...func(*hbone.ServerConfig)) *server {
 	t.Helper()
 	cfg := hbone.ServerConfig{SVID: m.server, Bundle: m.ca.Bundle(), Hooks: hooks, DrainTimeout: 5 * time.Second}
 	for _, f := range mut {
@@ -101,6 +114,10 @@ func serveOn(t testing.TB, m *mesh, ln net.Listener, hooks hbone.Hooks, mut ...f
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &server{addr: netip.MustParseAddrPort(ln.Addr().String()), ln: &countingListener{Listener: ln}, cancel: cancel, done: make(chan error, 1)}
 	go func() { s.done <- srv.Serve(ctx, s.ln) }()
+	if pc != nil {
+		s.doneH3 = make(chan error, 1)
+		go func() { s.doneH3 <- srv.ServeH3(ctx, pc); _ = pc.Close() }()
+	}
 	var once sync.Once
 	t.Cleanup(func() { once.Do(func() { s.stop(t) }) })
 	return s
@@ -156,13 +173,17 @@ func newClient(t testing.TB, m *mesh, mut ...func(*hbone.ClientConfig)) *hbone.C
 	return c
 }
 
-func request(m *mesh, s *server, authority string) *hbone.Request {
-	return &hbone.Request{
+func request(m *mesh, s *server, authority string, proto ...hbone.Protocol) *hbone.Request {
+	r := &hbone.Request{
 		Source:       m.client,
 		Destinations: []spiffeid.ID{m.srvID},
 		Address:      s.addr,
 		Authority:    authority,
 	}
+	if len(proto) > 0 {
+		r.Protocol = proto[0]
+	}
+	return r
 }
 
 // eventually polls cond until it holds or the deadline passes.

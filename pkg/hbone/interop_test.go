@@ -201,4 +201,3 @@ func TestInteropOurClientIstioServer(t *testing.T) {
 	checkHashes(t, size, got, <-upGot)
 	_ = c.Close()
 }
-

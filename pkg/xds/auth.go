@@ -3,9 +3,11 @@ package xds
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"google.golang.org/grpc/metadata"
 )
 
@@ -87,4 +89,37 @@ func (f *FakeAuthenticator) Authenticate(ctx context.Context) (Identity, error) 
 		return Identity{}, errors.Join(ErrUnauthenticated, errors.New("unknown bearer token"))
 	}
 	return id, nil
+}
+
+// ZtunnelNodeVerifier returns a VerifyNode check for ztunnel clients: the
+// node id must be ztunnel's "ztunnel~<ip>~<pod>.<namespace>~<namespace>.svc.<domain>",
+// the caller's service account must be one of allowed ("<ns>/<sa>", e.g.
+// "istio-system/ztunnel"), and the namespace and (when the token is bound to
+// a pod) pod name in the id must be the caller's.
+func ZtunnelNodeVerifier(allowed ...string) func(Identity, *core.Node) error {
+	return func(id Identity, n *core.Node) error {
+		parts := strings.Split(n.GetId(), "~")
+		if len(parts) != 4 || parts[0] != "ztunnel" {
+			return fmt.Errorf("node id %q is not ztunnel~<ip>~<pod>.<namespace>~<domain>", n.GetId())
+		}
+		pod, ns, ok := strings.Cut(parts[2], ".")
+		if !ok {
+			return fmt.Errorf("node id %q: %q is not <pod>.<namespace>", n.GetId(), parts[2])
+		}
+		caller := id.Namespace + "/" + id.ServiceAccount
+		found := false
+		for _, a := range allowed {
+			found = found || a == caller
+		}
+		if !found {
+			return fmt.Errorf("service account %s may not connect as a ztunnel", caller)
+		}
+		if ns != id.Namespace {
+			return fmt.Errorf("node namespace %q is not the caller's %q", ns, id.Namespace)
+		}
+		if id.PodName != "" && pod != id.PodName {
+			return fmt.Errorf("node pod %q is not the caller's %q", pod, id.PodName)
+		}
+		return nil
+	}
 }

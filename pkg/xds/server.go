@@ -41,6 +41,10 @@ var TypeURLs = []string{model.AddressTypeURL, model.AuthorizationTypeURL}
 type Options struct {
 	// Authenticator checks every stream at open. Required.
 	Authenticator Authenticator
+	// VerifyNode, if set, checks the node a client claims (its first
+	// request's Node) against its authenticated identity; an error ends the
+	// stream with PermissionDenied. See ZtunnelNodeVerifier.
+	VerifyNode func(Identity, *core.Node) error
 	// Logger; zap.NewNop() when nil.
 	Logger *zap.Logger
 	// Registerer for the server's metrics; none registered when nil.
@@ -87,6 +91,7 @@ type Server struct {
 	opts    Options
 	log     *zap.Logger
 	caches  map[string]*cache.LinearCache
+	aliases *aliasCache // wraps caches[model.AddressTypeURL]
 	mux     *cache.MuxCache
 	metrics *metrics
 
@@ -154,6 +159,8 @@ func New(opts Options) (*Server, error) {
 		s.caches[t] = c
 		caches[t] = c
 	}
+	s.aliases = newAliasCache(s.caches[model.AddressTypeURL])
+	caches[model.AddressTypeURL] = s.aliases
 	s.mux = &cache.MuxCache{
 		Classify:      func(r *cache.Request) string { return r.GetTypeUrl() },
 		ClassifyDelta: func(r *cache.DeltaRequest) string { return r.GetTypeUrl() },
@@ -224,6 +231,7 @@ func (s *Server) apply(next model.Resources) {
 	start := time.Now()
 	authUpd, authDel := diff(s.applied.Authorizations, next.Authorizations)
 	addrUpd, addrDel := diff(s.applied.Addresses, next.Addresses)
+	s.aliases.setAddresses(next.Addresses)
 	for _, step := range []struct {
 		typeURL string
 		upd     map[string]types.Resource
@@ -393,6 +401,13 @@ func (c *callbacks) OnStreamDeltaRequest(id int64, req *discovery.DeltaDiscovery
 		return nil
 	}
 	if n := req.GetNode(); n != nil && cl.status.NodeID == "" {
+		if s.opts.VerifyNode != nil {
+			if err := s.opts.VerifyNode(cl.status.Identity, n); err != nil {
+				s.metrics.authFailures.Inc()
+				s.log.Info("stream refused", zap.Int64("stream", id), zap.String("node", n.GetId()), zap.Error(err))
+				return status.Error(codes.PermissionDenied, "xds: node not allowed: "+err.Error())
+			}
+		}
 		cl.status.NodeID = n.GetId()
 	}
 	ts := cl.status.Types[typ]

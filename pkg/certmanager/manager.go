@@ -69,7 +69,13 @@ type Certificate struct {
 	Root *x509.Certificate
 	// RefreshAt is the half life: not_before + (not_after - not_before)/2.
 	RefreshAt time.Time
+
+	svid *x509svid.SVID
 }
+
+// SVID is the certificate as go-spiffe's X509-SVID (leaf and intermediates),
+// for hbone.Request.Source.
+func (c *Certificate) SVID() *x509svid.SVID { return c.svid }
 
 // ValidAt reports whether the certificate may be used at t.
 func (c *Certificate) ValidAt(t time.Time) bool {
@@ -338,6 +344,7 @@ func buildCertificate(id spiffeid.ID, key *ecdsa.PrivateKey, chain []*x509.Certi
 		Leaf:      leaf,
 		Root:      root,
 		RefreshAt: leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2),
+		svid:      &x509svid.SVID{ID: id, Certificates: chain[:len(chain)-1], PrivateKey: key},
 	}, nil
 }
 
@@ -379,6 +386,29 @@ func (m *Manager) Fetch(ctx context.Context, id spiffeid.ID) (*Certificate, erro
 			return nil, fmt.Errorf("certificate of %s: identity forgotten (no local pods)", id)
 		}
 	}
+}
+
+// SVIDSource is an x509svid.Source for id (hbone.ServerConfig.SVID): each
+// handshake gets the current certificate, waiting up to FetchTimeout for a
+// RealTime fetch when none is held (the interface carries no context).
+func (m *Manager) SVIDSource(id spiffeid.ID) x509svid.Source { return svidSource{m, id} }
+
+type svidSource struct {
+	m  *Manager
+	id spiffeid.ID
+}
+
+func (s svidSource) GetX509SVID() (*x509svid.SVID, error) {
+	if c, ok := s.m.Current(s.id); ok {
+		return c.svid, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.m.cfg.FetchTimeout)
+	defer cancel()
+	c, err := s.m.Fetch(ctx, s.id)
+	if err != nil {
+		return nil, err
+	}
+	return c.svid, nil
 }
 
 // Current returns id's certificate if one is held and valid, without fetching.

@@ -14,7 +14,6 @@ import (
 	typev1beta1 "istio.io/api/type/v1beta1"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	"istio.io/istio/pkg/workloadapi/security"
-	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/validation"
 )
 
@@ -468,7 +467,7 @@ func peerAuthKeys(s Snapshot, ns string, podLabels map[string]string) []string {
 			if olderPA(pa, nsCfg) {
 				nsCfg = pa
 			}
-		case ns != root && labels.SelectorFromSet(pa.Spec.GetSelector().GetMatchLabels()).Matches(labels.Set(podLabels)):
+		case ns != root && selects(pa.Spec.GetSelector().GetMatchLabels(), podLabels):
 			if olderPA(pa, wlCfg) {
 				wlCfg = pa
 			}
@@ -543,7 +542,7 @@ func workloadPolicies(s Snapshot, auths []*authzInfo, ns string, podLabels map[s
 		if a.auth.Namespace != ns && a.auth.Namespace != s.Mesh.RootNamespace {
 			continue
 		}
-		if labels.SelectorFromSet(a.selector).Matches(labels.Set(podLabels)) {
+		if selects(a.selector, podLabels) {
 			out = append(out, a.auth.Namespace+"/"+a.auth.Name)
 		}
 	}

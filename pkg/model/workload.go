@@ -8,7 +8,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
-	"k8s.io/apimachinery/pkg/labels"
 
 	"istio.io/istio/pkg/workloadapi"
 )
@@ -127,7 +126,7 @@ func translateWorkloads(s Snapshot, idx *index, svcs []*serviceInfo, auths []*au
 
 		var matched []*serviceInfo
 		for _, si := range byNamespace[p.Namespace] {
-			if len(si.selector) > 0 && labels.SelectorFromSet(si.selector).Matches(labels.Set(p.Labels)) {
+			if len(si.selector) > 0 && selects(si.selector, p.Labels) {
 				matched = append(matched, si)
 			}
 		}
@@ -316,4 +315,14 @@ func canonicalService(l map[string]string, workload string) (string, string) {
 		}
 	}
 	return name, rev
+}
+
+// selects reports whether every label of sel is in l (a matchLabels selector).
+func selects(sel, l map[string]string) bool {
+	for k, v := range sel {
+		if lv, ok := l[k]; !ok || lv != v {
+			return false
+		}
+	}
+	return true
 }

@@ -20,8 +20,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -247,3 +249,64 @@ func TestModelPodsComeAndGo(t *testing.T) {
 		t.Errorf("scale-down delta updated %v removed %v, want removed [%s]", names(d), d.Removed, pod1)
 	}
 }
+
+// TestReconnectAfterServerRestart: a new istiod-lite with the same state
+// resends nothing the client holds (versions are content hashes), only what
+// changed while it was down.
+func TestReconnectAfterServerRestart(t *testing.T) {
+	auth := xds.NewFakeAuthenticator(map[string]xds.Identity{goodToken: {Namespace: "istio-system", ServiceAccount: "ztunnel"}})
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := lis.Addr().String()
+	serve := func(lis net.Listener, r model.Resources) (stop func()) {
+		ctx, cancel := context.WithCancel(t.Context())
+		srv, err := xds.New(xds.Options{Authenticator: auth, Logger: zaptest.NewLogger(t), Debounce: time.Millisecond, ShutdownGrace: time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv.Update(r)
+		var wg sync.WaitGroup
+		wg.Go(func() { _ = srv.Start(ctx) })
+		wg.Go(func() { _ = srv.Serve(ctx, lis) })
+		stop = func() { cancel(); wg.Wait() }
+		t.Cleanup(stop)
+		return stop
+	}
+	stop1 := serve(lis, resources(workload("a", "10.0.0.1", true), workload("b", "10.0.0.2", true)))
+
+	conn, err := grpc.NewClient("passthrough:///"+addr,
+		grpc.WithTransportCredentials(insecureCreds()),
+		grpc.WithPerRPCCredentials(bearer(goodToken)),
+		grpc.WithConnectParams(fastReconnect))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	rec := newRecorder()
+	c := newClient(conn, rec, xdsclient.Subscription{TypeURL: model.AddressTypeURL})
+	runClient(t, t.Context(), c)
+	if d := rec.next(t, model.AddressTypeURL); len(d.Updated) != 2 {
+		t.Fatalf("first delta has %d resources, want 2", len(d.Updated))
+	}
+	eventually(t, "versions recorded", func() bool { return len(c.Versions(model.AddressTypeURL)) == 2 })
+	stop1()
+
+	lis2, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatalf("listen again on %s: %v", addr, err)
+	}
+	serve(lis2, resources(workload("a", "10.0.0.1", true), workload("b", "10.0.0.2", false)))
+	d := rec.next(t, model.AddressTypeURL)
+	if got := names(d); !slices.Equal(got, []string{uid("b")}) || len(d.Removed) != 0 {
+		t.Errorf("after restart: updated %v removed %v, want only [%s] updated", got, d.Removed, uid("b"))
+	}
+}
+
+var fastReconnect = grpc.ConnectParams{
+	Backoff:           backoff.Config{BaseDelay: 10 * time.Millisecond, Multiplier: 1.6, MaxDelay: 100 * time.Millisecond},
+	MinConnectTimeout: time.Second,
+}
+
+func insecureCreds() credentials.TransportCredentials { return insecure.NewCredentials() }

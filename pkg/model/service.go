@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"istio.io/istio/pkg/workloadapi"
 )
@@ -87,11 +88,17 @@ func translateServices(s Snapshot, idx *index) ([]*serviceInfo, []Diagnostic) {
 				w.IpFamilies = workloadapi.IPFamilies_IPV4_ONLY
 			}
 		}
+		var nsMeta metav1.ObjectMeta
+		if ns := idx.namespaces[svc.Namespace]; ns != nil {
+			nsMeta = ns.ObjectMeta
+		}
 		if itp := svc.Spec.InternalTrafficPolicy; itp != nil && *itp == corev1.ServiceInternalTrafficPolicyLocal {
 			w.LoadBalancing = &workloadapi.LoadBalancing{
 				RoutingPreference: []workloadapi.LoadBalancing_Scope{workloadapi.LoadBalancing_NODE},
 				Mode:              workloadapi.LoadBalancing_STRICT,
 			}
+		} else {
+			w.LoadBalancing = trafficDistribution(svc, nsMeta.Annotations)
 		}
 		if svc.Spec.PublishNotReadyAddresses {
 			if w.LoadBalancing == nil {
@@ -106,6 +113,20 @@ func translateServices(s Snapshot, idx *index) ([]*serviceInfo, []Diagnostic) {
 			w.Waypoint = addr
 			if d != nil {
 				diags = append(diags, *d)
+			}
+			if addr != nil {
+				v, ok := svc.Labels[LabelIngressUseWaypoint]
+				if !ok {
+					v, ok = nsMeta.Labels[LabelIngressUseWaypoint]
+				}
+				if ok {
+					b, err := strconv.ParseBool(v)
+					if err != nil {
+						diags = append(diags, Diagnostic{Kind: "Service", Namespace: svc.Namespace, Name: svc.Name,
+							Field: "metadata.labels[" + LabelIngressUseWaypoint + "]", Reason: "InvalidValue", Message: err.Error()})
+					}
+					w.IngressUseWaypoint = b
+				}
 			}
 		}
 		info.svc = w
@@ -159,4 +180,27 @@ func ipString(b []byte) string {
 		return ""
 	}
 	return a.String()
+}
+
+// trafficDistribution maps spec.trafficDistribution (or istio's annotation,
+// on the Service then its namespace) to locality-aware load balancing.
+func trafficDistribution(svc *corev1.Service, nsAnnotations map[string]string) *workloadapi.LoadBalancing {
+	v := ""
+	switch {
+	case svc.Spec.TrafficDistribution != nil:
+		v = *svc.Spec.TrafficDistribution
+	case svc.Annotations[AnnotationTrafficDist] != "":
+		v = svc.Annotations[AnnotationTrafficDist]
+	default:
+		v = nsAnnotations[AnnotationTrafficDist]
+	}
+	scopes := []workloadapi.LoadBalancing_Scope{workloadapi.LoadBalancing_NETWORK, workloadapi.LoadBalancing_REGION, workloadapi.LoadBalancing_ZONE}
+	switch strings.ToLower(v) {
+	case strings.ToLower(corev1.ServiceTrafficDistributionPreferClose), strings.ToLower(corev1.ServiceTrafficDistributionPreferSameZone):
+	case strings.ToLower(corev1.ServiceTrafficDistributionPreferSameNode):
+		scopes = append(scopes, workloadapi.LoadBalancing_SUBZONE, workloadapi.LoadBalancing_NODE)
+	default:
+		return nil
+	}
+	return &workloadapi.LoadBalancing{RoutingPreference: scopes, Mode: workloadapi.LoadBalancing_FAILOVER}
 }

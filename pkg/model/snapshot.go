@@ -28,6 +28,9 @@ const (
 	LabelGatewayName           = "gateway.networking.k8s.io/gateway-name"
 	LabelGatewayManaged        = "gateway.istio.io/managed"
 	LabelServiceWorkloadName   = "service.istio.io/workload-name"
+	LabelIngressUseWaypoint    = "istio.io/ingress-use-waypoint"
+	LabelTopologySubzone       = "topology.istio.io/subzone"
+	AnnotationTrafficDist      = "networking.istio.io/traffic-distribution"
 	AnnotationRedirection      = "ambient.istio.io/redirection"
 	AnnotationDryRun           = "istio.io/dry-run"
 	WaypointGatewayClassName   = "istio-waypoint"
@@ -82,6 +85,7 @@ func (m MeshConfig) withDefaults() MeshConfig {
 type Snapshot struct {
 	Mesh                  MeshConfig
 	Namespaces            []*corev1.Namespace
+	Nodes                 []*corev1.Node
 	Pods                  []*corev1.Pod
 	Services              []*corev1.Service
 	EndpointSlices        []*discoveryv1.EndpointSlice

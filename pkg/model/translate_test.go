@@ -19,6 +19,7 @@ import (
 	"istio.io/istio/pkg/workloadapi/security"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
@@ -312,6 +313,37 @@ func translateCases() []struct {
 			},
 		},
 		{
+			name: "locality_and_load_balancing",
+			snap: Snapshot{
+				Namespaces: []*corev1.Namespace{
+					{ObjectMeta: metav1.ObjectMeta{Name: "demo", Labels: map[string]string{
+						LabelDataplaneMode: DataplaneModeAmbient, LabelUseWaypoint: "wp", LabelIngressUseWaypoint: "true",
+					}, Annotations: map[string]string{AnnotationTrafficDist: "PreferSameNode"}}},
+				},
+				Nodes: []*corev1.Node{
+					{ObjectMeta: metav1.ObjectMeta{Name: "node-1", Labels: map[string]string{
+						corev1.LabelTopologyRegion: "eu-west", corev1.LabelTopologyZone: "eu-west-1a", LabelTopologySubzone: "rack-3",
+					}}},
+				},
+				Gateways: []*gatewayv1.Gateway{waypointGateway("demo", "wp")},
+				Pods:     []*corev1.Pod{pod("demo", "api", "a", "10.6.0.1", map[string]string{"app": "api"})},
+				Services: []*corev1.Service{
+					service("demo", "close", "10.96.6.1", map[string]string{"app": "api"}, func(s *corev1.Service) {
+						s.Spec.TrafficDistribution = ptr.To(corev1.ServiceTrafficDistributionPreferClose)
+					}),
+					service("demo", "inherits", "10.96.6.2", nil, withLabels(map[string]string{LabelIngressUseWaypoint: "false"})),
+					service("demo", "local", "10.96.6.3", nil, func(s *corev1.Service) {
+						s.Spec.InternalTrafficPolicy = ptr.To(corev1.ServiceInternalTrafficPolicyLocal)
+						s.Spec.PublishNotReadyAddresses = true
+					}),
+					service("demo", "badlabel", "10.96.6.4", nil, withLabels(map[string]string{LabelIngressUseWaypoint: "yes please"})),
+					service("demo", "headless", "None", map[string]string{"app": "api"}, func(s *corev1.Service) {
+						s.Spec.IPFamilies = []corev1.IPFamily{corev1.IPv4Protocol, corev1.IPv6Protocol}
+					}),
+				},
+			},
+		},
+		{
 			name: "mesh_config",
 			snap: Snapshot{
 				Mesh:       MeshConfig{ClusterID: "east", TrustDomain: "corp.example", DomainSuffix: "mesh.internal", RootNamespace: "mesh-root", Network: "net-1"},
@@ -357,6 +389,7 @@ func TestTranslateDeterministic(t *testing.T) {
 				s.Pods = shuffled(r, s.Pods)
 				s.Services = shuffled(r, s.Services)
 				s.Namespaces = shuffled(r, s.Namespaces)
+				s.Nodes = shuffled(r, s.Nodes)
 				s.Gateways = shuffled(r, s.Gateways)
 				s.EndpointSlices = shuffled(r, s.EndpointSlices)
 				s.AuthorizationPolicies = shuffled(r, s.AuthorizationPolicies)

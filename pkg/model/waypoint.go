@@ -26,17 +26,25 @@ type waypoint struct {
 // index holds lookups over a snapshot, built once per translation.
 type index struct {
 	namespaces map[string]*corev1.Namespace
-	waypoints  map[string]*waypoint // "ns/name"
+	localities map[string]*workloadapi.Locality // by node name
+	waypoints  map[string]*waypoint             // "ns/name"
 	diags      []Diagnostic
 }
 
 func newIndex(s Snapshot) *index {
 	idx := &index{
 		namespaces: map[string]*corev1.Namespace{},
+		localities: map[string]*workloadapi.Locality{},
 		waypoints:  map[string]*waypoint{},
 	}
 	for _, ns := range s.Namespaces {
 		idx.namespaces[ns.Name] = ns
+	}
+	for _, n := range s.Nodes {
+		region, zone, subzone := n.Labels[corev1.LabelTopologyRegion], n.Labels[corev1.LabelTopologyZone], n.Labels[LabelTopologySubzone]
+		if region != "" || zone != "" || subzone != "" {
+			idx.localities[n.Name] = &workloadapi.Locality{Region: region, Zone: zone, Subzone: subzone}
+		}
 	}
 	for _, gw := range s.Gateways {
 		if string(gw.Spec.GatewayClassName) != WaypointGatewayClassName {

@@ -9,6 +9,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 
+	"google.golang.org/protobuf/proto"
 	"istio.io/istio/pkg/workloadapi"
 )
 
@@ -112,6 +113,9 @@ func translateWorkloads(s Snapshot, idx *index, svcs []*serviceInfo, auths []*au
 			WorkloadType:   workloadapi.WorkloadType_POD,
 			WorkloadName:   workloadName(p),
 			Status:         workloadapi.WorkloadStatus_HEALTHY,
+		}
+		if l := idx.localities[p.Spec.NodeName]; l != nil {
+			w.Locality = proto.Clone(l).(*workloadapi.Locality)
 		}
 		if !podReady(p) || p.DeletionTimestamp != nil {
 			w.Status = workloadapi.WorkloadStatus_UNHEALTHY

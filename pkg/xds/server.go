@@ -76,8 +76,31 @@ type TypeStatus struct {
 	LastAck        time.Time
 	LastNack       time.Time
 	NackError      string
-	// Subscribed is true once the client asked for the type.
+	// Subscribed is true once the client asked for the type; Wildcard when it
+	// asked for all resources (otherwise it subscribes on demand).
 	Subscribed bool
+	Wildcard   bool
+}
+
+// Sync states of a client for one type, as istioctl proxy-status shows them.
+const (
+	SyncStateSynced  = "SYNCED"   // the last response was ACKed
+	SyncStateStale   = "STALE"    // a response awaits its ACK
+	SyncStateNack    = "NACK"     // the last response was rejected
+	SyncStateNotSent = "NOT SENT" // nothing sent yet
+)
+
+// SyncState summarizes the status.
+func (t TypeStatus) SyncState() string {
+	switch {
+	case t.LastResponseAt.IsZero():
+		return SyncStateNotSent
+	case !t.LastNack.IsZero() && !t.LastNack.Before(t.LastResponseAt):
+		return SyncStateNack
+	case !t.LastAck.IsZero() && !t.LastAck.Before(t.LastResponseAt):
+		return SyncStateSynced
+	}
+	return SyncStateStale
 }
 
 // Server is a delta ADS server for the ambient resource types.
@@ -411,7 +434,16 @@ func (c *callbacks) OnStreamDeltaRequest(id int64, req *discovery.DeltaDiscovery
 		cl.status.NodeID = n.GetId()
 	}
 	ts := cl.status.Types[typ]
+	if !ts.Subscribed {
+		ts.Wildcard = len(req.GetResourceNamesSubscribe()) == 0
+	}
 	ts.Subscribed = true
+	for _, n := range req.GetResourceNamesSubscribe() {
+		ts.Wildcard = ts.Wildcard || n == "*"
+	}
+	for _, n := range req.GetResourceNamesUnsubscribe() {
+		ts.Wildcard = ts.Wildcard && n != "*"
+	}
 	now := time.Now()
 	if nonce := req.GetResponseNonce(); nonce != "" {
 		if e := req.GetErrorDetail(); e != nil {

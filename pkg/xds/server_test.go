@@ -351,7 +351,7 @@ func TestNackIsCounted(t *testing.T) {
 		t.Fatalf("Clients() = %d entries, want 1", len(cs))
 	}
 	ts := cs[0].Types[model.AddressTypeURL]
-	if ts.LastNack.IsZero() || ts.NackError == "" {
+	if ts.LastNack.IsZero() || ts.NackError == "" || ts.SyncState() != xds.SyncStateNack {
 		t.Errorf("client status %+v does not record the NACK", ts)
 	}
 

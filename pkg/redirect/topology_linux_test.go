@@ -119,31 +119,72 @@ func newPodTopology(t *testing.T) podTopology {
 	podNL := nlHandle(t, pod.h)
 	setupLink(t, podNL, "eth0", podIP, podIP6, nodeIP, nodeIP6)
 	// The kernel reports carrier asynchronously (linkwatch, up to a second
-	// later); IPv6 drops packets on a link without it. Wait for it.
-	waitOperUp(t, nl, "vpod")
-	waitOperUp(t, podNL, "eth0")
+	// later), IPv6 drops packets on a link without it, and the link-local
+	// address and its routes appear after that. Wait until all is in place,
+	// so the netns state the tests compare does not change under them.
+	waitSettled(t, nl, "vpod")
+	waitSettled(t, podNL, "eth0")
 	return podTopology{node: node, pod: pod}
 }
 
-// waitOperUp polls, bounded, until the link's operational state is up.
-func waitOperUp(t *testing.T, nl *netlink.Handle, name string) {
+// waitSettled polls, bounded, until the link is operationally up, has an
+// IPv6 link-local address, and every IPv6 address of it is past DAD with its
+// local route installed.
+func waitSettled(t *testing.T, nl *netlink.Handle, name string) {
 	t.Helper()
 	deadline := time.Now().Add(ioTimeout)
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		l, err := nl.LinkByName(name)
-		if err != nil {
-			t.Fatalf("get link %s: %v", name, err)
-		}
-		if l.Attrs().OperState == netlink.OperUp {
+		why := settled(nl, name)
+		if why == "" {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("link %s: operstate %s after %s, want up", name, l.Attrs().OperState, ioTimeout)
+			t.Fatalf("link %s not settled after %s: %s", name, ioTimeout, why)
 		}
 		<-tick.C
 	}
+}
+
+// settled says what link name still lacks, or "" when it is ready.
+func settled(nl *netlink.Handle, name string) string {
+	l, err := nl.LinkByName(name)
+	if err != nil {
+		return err.Error()
+	}
+	if st := l.Attrs().OperState; st != netlink.OperUp {
+		return "operstate " + st.String()
+	}
+	addrs, err := nl.AddrList(l, netlink.FAMILY_V6)
+	if err != nil {
+		return err.Error()
+	}
+	local, err := nl.RouteListFiltered(netlink.FAMILY_V6,
+		&netlink.Route{Table: unix.RT_TABLE_LOCAL}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return err.Error()
+	}
+	linkLocal := false
+	for _, a := range addrs {
+		if a.IP.IsLinkLocalUnicast() {
+			linkLocal = true
+		}
+		if a.Flags&unix.IFA_F_TENTATIVE != 0 {
+			return a.IP.String() + " tentative"
+		}
+		found := false
+		for _, r := range local {
+			found = found || (r.Dst != nil && r.Dst.IP.Equal(a.IP) && r.Type == unix.RTN_LOCAL)
+		}
+		if !found {
+			return "no local route for " + a.IP.String()
+		}
+	}
+	if !linkLocal {
+		return "no IPv6 link-local address"
+	}
+	return ""
 }
 
 // setupLink addresses and raises a link and, given gateways, adds default

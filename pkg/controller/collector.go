@@ -1,0 +1,188 @@
+// Package controller holds istiod-lite's Kubernetes controllers that are not
+// owned by a feature package: the Collector, which turns the watched cluster
+// state into a model.Snapshot, translates it (pkg/model) and hands the
+// resources to the xDS server (pkg/xds). Only istiod-lite imports it.
+package controller
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+
+	"go.uber.org/zap"
+
+	"github.com/ambient-mesh/mesh/pkg/model"
+)
+
+// Collector rebuilds the mesh model whenever a watched object changes.
+//
+// It is level-based: every event enqueues the same single key, and Reconcile
+// lists everything from the manager's informer cache, translates the whole
+// snapshot and hands it to Sink. Bursts of events collapse into one
+// reconcile (the workqueue de-duplicates the key), and the xDS server diffs
+// what it is given against what clients hold, so only changes are pushed.
+//
+// Optional kinds (Gateway API Gateways, Istio security CRDs) are watched only
+// when their CRDs are installed when the Collector is set up; Missing lists the
+// ones that were not.
+type Collector struct {
+	Client client.Reader
+	Mesh   model.MeshConfig
+	// Sink receives every translation (normally xds.Server.Update).
+	Sink   func(model.Resources)
+	Logger *zap.Logger
+
+	optional map[string]bool // kind -> watched; written in SetupWithManager only
+	mu       sync.Mutex      // guards last
+	last     time.Time
+}
+
+// key is the single work item every event maps to.
+var key = reconcile.Request{NamespacedName: types.NamespacedName{Name: "mesh"}}
+
+func toKey(context.Context, client.Object) []reconcile.Request { return []reconcile.Request{key} }
+
+// SetupWithManager registers the Collector. It runs on every replica (not only
+// the leader): every replica serves xDS from its own model.
+func (c *Collector) SetupWithManager(mgr ctrl.Manager) error {
+	if c.Logger == nil {
+		c.Logger = zap.NewNop()
+	}
+	b := ctrl.NewControllerManagedBy(mgr).
+		Named("ambient-model").
+		WithOptions(controller.Options{NeedLeaderElection: ptr.To(false), MaxConcurrentReconciles: 1})
+	always := []client.Object{&corev1.Namespace{}, &corev1.Node{}, &corev1.Pod{}, &corev1.Service{}, &discoveryv1.EndpointSlice{}}
+	for _, o := range always {
+		b = b.Watches(o, handler.EnqueueRequestsFromMapFunc(toKey))
+	}
+	c.optional = map[string]bool{}
+	optional := []struct {
+		gvk schema.GroupVersionKind
+		obj client.Object
+	}{
+		{gatewayv1.SchemeGroupVersion.WithKind("Gateway"), &gatewayv1.Gateway{}},
+		{securityv1.SchemeGroupVersion.WithKind("AuthorizationPolicy"), &securityv1.AuthorizationPolicy{}},
+		{securityv1.SchemeGroupVersion.WithKind("PeerAuthentication"), &securityv1.PeerAuthentication{}},
+	}
+	for _, o := range optional {
+		_, err := mgr.GetRESTMapper().RESTMapping(o.gvk.GroupKind(), o.gvk.Version)
+		switch {
+		case meta.IsNoMatchError(err):
+			c.Logger.Warn("crd not installed; kind ignored until restart", zap.String("kind", o.gvk.String()))
+			continue
+		case err != nil:
+			return fmt.Errorf("look up %s in the API: %w", o.gvk, err)
+		}
+		c.optional[o.gvk.Kind] = true
+		b = b.Watches(o.obj, handler.EnqueueRequestsFromMapFunc(toKey))
+	}
+	return b.Complete(c)
+}
+
+// Missing lists the optional kinds that are not watched (CRD absent).
+func (c *Collector) Missing() []string {
+	var out []string
+	for _, k := range []string{"Gateway", "AuthorizationPolicy", "PeerAuthentication"} {
+		if !c.optional[k] {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// Reconcile lists the cluster state from the cache and pushes a translation.
+func (c *Collector) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.Result, error) {
+	start := time.Now()
+	snap, err := c.Snapshot(ctx)
+	if err != nil {
+		return reconcile.Result{}, err
+	}
+	res := model.Translate(snap)
+	for _, d := range res.Diagnostics {
+		c.Logger.Warn("resource not translated",
+			zap.String("kind", d.Kind), zap.String("namespace", d.Namespace), zap.String("name", d.Name),
+			zap.String("field", d.Field), zap.String("reason", d.Reason))
+	}
+	c.Sink(res)
+	c.mu.Lock()
+	c.last = time.Now()
+	c.mu.Unlock()
+	c.Logger.Debug("model rebuilt", zap.Int("pods", len(snap.Pods)), zap.Int("services", len(snap.Services)),
+		zap.Int("addresses", len(res.Addresses)), zap.Int("authorizations", len(res.Authorizations)),
+		zap.Duration("took", time.Since(start)))
+	return reconcile.Result{}, nil
+}
+
+// Built reports whether at least one translation reached the Sink.
+func (c *Collector) Built() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return !c.last.IsZero()
+}
+
+// Snapshot reads every watched kind from the cache.
+func (c *Collector) Snapshot(ctx context.Context) (model.Snapshot, error) {
+	s := model.Snapshot{Mesh: c.Mesh}
+	var (
+		nss   corev1.NamespaceList
+		nodes corev1.NodeList
+		pods  corev1.PodList
+		svcs  corev1.ServiceList
+		eps   discoveryv1.EndpointSliceList
+	)
+	for _, l := range []client.ObjectList{&nss, &nodes, &pods, &svcs, &eps} {
+		if err := c.Client.List(ctx, l); err != nil {
+			return s, fmt.Errorf("list %T from the cache: %w", l, err)
+		}
+	}
+	s.Namespaces = ptrs(nss.Items)
+	s.Nodes = ptrs(nodes.Items)
+	s.Pods = ptrs(pods.Items)
+	s.Services = ptrs(svcs.Items)
+	s.EndpointSlices = ptrs(eps.Items)
+	if c.optional["Gateway"] {
+		var l gatewayv1.GatewayList
+		if err := c.Client.List(ctx, &l); err != nil {
+			return s, fmt.Errorf("list gateways: %w", err)
+		}
+		s.Gateways = ptrs(l.Items)
+	}
+	if c.optional["AuthorizationPolicy"] {
+		var l securityv1.AuthorizationPolicyList
+		if err := c.Client.List(ctx, &l); err != nil {
+			return s, fmt.Errorf("list authorizationpolicies: %w", err)
+		}
+		s.AuthorizationPolicies = l.Items
+	}
+	if c.optional["PeerAuthentication"] {
+		var l securityv1.PeerAuthenticationList
+		if err := c.Client.List(ctx, &l); err != nil {
+			return s, fmt.Errorf("list peerauthentications: %w", err)
+		}
+		s.PeerAuthentications = l.Items
+	}
+	return s, nil
+}
+
+func ptrs[T any](items []T) []*T {
+	out := make([]*T, len(items))
+	for i := range items {
+		out[i] = &items[i]
+	}
+	return out
+}

@@ -1,0 +1,318 @@
+package istiod
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.uber.org/zap/zaptest"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"istio.io/istio/pkg/workloadapi"
+	authnv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/ptr"
+
+	"github.com/ambient-mesh/mesh/internal/kubetest"
+	"github.com/ambient-mesh/mesh/pkg/certmanager"
+	"github.com/ambient-mesh/mesh/pkg/model"
+	"github.com/ambient-mesh/mesh/pkg/xds/xdsclient"
+)
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func waitFor(t *testing.T, timeout time.Duration, what string, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not true after %s: %v", what, timeout, err)
+		}
+		select {
+		case <-t.Context().Done():
+			t.Fatalf("%s: %v", what, t.Context().Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+type harness struct {
+	cs  kubernetes.Interface
+	cfg Config
+}
+
+func (h *harness) pod(t *testing.T, ns, name, sa, node, ip string) *corev1.Pod {
+	t.Helper()
+	p := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: map[string]string{"app": name},
+			// What the node agent sets once the pod's traffic is captured.
+			Annotations: map[string]string{model.AnnotationRedirection: model.RedirectionEnabled}},
+		Spec: corev1.PodSpec{
+			ServiceAccountName: sa, NodeName: node,
+			AutomountServiceAccountToken: ptr.To(false),
+			Containers:                   []corev1.Container{{Name: "app", Image: "app"}},
+		},
+	}
+	if _, err := h.cs.CoreV1().ServiceAccounts(ns).Create(t.Context(), &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: sa}}, metav1.CreateOptions{}); err != nil && !strings.Contains(err.Error(), "already exists") {
+		t.Fatal(err)
+	}
+	p, err := h.cs.CoreV1().Pods(ns).Create(t.Context(), p, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("create pod %s/%s: %v", ns, name, err)
+	}
+	p.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip, PodIPs: []corev1.PodIP{{IP: ip}},
+		Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}}
+	p, err = h.cs.CoreV1().Pods(ns).UpdateStatus(t.Context(), p, metav1.UpdateOptions{})
+	if err != nil {
+		t.Fatalf("set status of pod %s/%s: %v", ns, name, err)
+	}
+	return p
+}
+
+func (h *harness) token(t *testing.T, p *corev1.Pod) string {
+	t.Helper()
+	tr, err := h.cs.CoreV1().ServiceAccounts(p.Namespace).CreateToken(t.Context(), p.Spec.ServiceAccountName, &authnv1.TokenRequest{
+		Spec: authnv1.TokenRequestSpec{
+			Audiences:         []string{"istio-ca"},
+			ExpirationSeconds: ptr.To[int64](3600),
+			BoundObjectRef:    &authnv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: p.Name, UID: p.UID},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("token request for %s/%s: %v", p.Namespace, p.Name, err)
+	}
+	return tr.Status.Token
+}
+
+type bearer string
+
+func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + string(b)}, nil
+}
+func (bearer) RequireTransportSecurity() bool { return true }
+
+// TestIstiodLite runs istiod-lite against a real kube-apiserver and checks
+// the whole control plane from a ztunnel's point of view: the root is
+// published, 15012 serves TLS with a certificate for istiod.<ns>.svc, a
+// ztunnel's pod-bound token opens an xDS stream that receives the workload of
+// a new ambient pod and its removal when the pod goes, and the same token
+// gets a certificate for a pod on its node through CreateCertificate.
+func TestIstiodLite(t *testing.T) {
+	env := kubetest.Start(t, kubetest.Options{})
+	cs, err := kubernetes.NewForConfig(env.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &harness{cs: cs}
+	for _, ns := range []*corev1.Namespace{
+		{ObjectMeta: metav1.ObjectMeta{Name: "istio-system"}},
+		{ObjectMeta: metav1.ObjectMeta{Name: "demo", Labels: map[string]string{model.LabelDataplaneMode: model.DataplaneModeAmbient}}},
+	} {
+		if _, err := cs.CoreV1().Namespaces().Create(t.Context(), ns, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var fs = newFlagSet(t)
+	cfg := Config{}
+	cfg.RegisterFlags(fs)
+	cfg.GRPCAddr, cfg.MetricsAddr, cfg.DebugAddr = freeAddr(t), freeAddr(t), freeAddr(t)
+	cfg.XDSDebounce = 20 * time.Millisecond
+	h.cfg = cfg
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, cfg, env.Config, zaptest.NewLogger(t)) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Run returned %v on shutdown, want nil", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Errorf("Run did not return within 30s of cancellation")
+		}
+	})
+
+	waitFor(t, 60*time.Second, "istiod-lite /ready", func() error {
+		resp, err := http.Get("http://" + cfg.DebugAddr + "/ready")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("status %d", resp.StatusCode)
+		}
+		return nil
+	})
+
+	// The root is published in every namespace.
+	var rootPEM string
+	waitFor(t, 30*time.Second, "ConfigMap istio-ca-root-cert in demo", func() error {
+		cm, err := cs.CoreV1().ConfigMaps("demo").Get(t.Context(), "istio-ca-root-cert", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		rootPEM = cm.Data["root-cert.pem"]
+		if !strings.Contains(rootPEM, "BEGIN CERTIFICATE") {
+			return errors.New("no certificate in root-cert.pem")
+		}
+		return nil
+	})
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM([]byte(rootPEM))
+
+	zt := h.pod(t, "istio-system", "ztunnel-a", "ztunnel", "node-a", "198.18.16.10")
+	tok := h.token(t, zt)
+	conn, err := grpc.NewClient(cfg.GRPCAddr,
+		grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: roots, ServerName: "istiod.istio-system.svc", MinVersion: tls.VersionTLS12})),
+		grpc.WithPerRPCCredentials(bearer(tok)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+
+	// xDS: the ztunnel sees workloads come and go.
+	var mu sync.Mutex
+	held := map[string]*workloadapi.Address{}
+	client := xdsclient.New(xdsclient.Config{
+		Conn:          conn,
+		Node:          &core.Node{Id: "ztunnel~198.18.16.10~ztunnel-a.istio-system~istio-system.svc.cluster.local"},
+		Subscriptions: []xdsclient.Subscription{{TypeURL: model.AddressTypeURL}, {TypeURL: model.AuthorizationTypeURL}},
+		Handler: func(d xdsclient.Delta) error {
+			if d.TypeURL != model.AddressTypeURL {
+				return nil
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			for _, r := range d.Updated {
+				var a workloadapi.Address
+				if err := r.Resource.UnmarshalTo(&a); err != nil {
+					return err
+				}
+				held[r.Name] = &a
+			}
+			for _, n := range d.Removed {
+				delete(held, n)
+			}
+			return nil
+		},
+		Logger:         zaptest.NewLogger(t),
+		InitialBackoff: 50 * time.Millisecond,
+	})
+	cctx, ccancel := context.WithCancel(t.Context())
+	cdone := make(chan struct{})
+	go func() { defer close(cdone); _ = client.Run(cctx) }()
+	defer func() { ccancel(); <-cdone }()
+
+	app := h.pod(t, "demo", "app", "default", "node-a", "198.18.16.11")
+	findApp := func() (string, *workloadapi.Workload) {
+		mu.Lock()
+		defer mu.Unlock()
+		for name, a := range held {
+			if w := a.GetWorkload(); w != nil && w.Name == "app" && w.Namespace == "demo" {
+				return name, w
+			}
+		}
+		return "", nil
+	}
+	waitFor(t, 30*time.Second, "workload demo/app delivered over xDS", func() error {
+		_, w := findApp()
+		if w == nil {
+			return errors.New("not received")
+		}
+		if w.ServiceAccount != "default" || w.Node != "node-a" || w.TunnelProtocol != workloadapi.TunnelProtocol_HBONE {
+			return fmt.Errorf("workload = sa %q node %q tunnel %v, want default, node-a, HBONE", w.ServiceAccount, w.Node, w.TunnelProtocol)
+		}
+		return nil
+	})
+
+	// CA: the ztunnel's token gets demo/default's certificate (pod on its node).
+	ca := certmanager.NewCAClient(conn, func(context.Context) (string, error) { return tok, nil }, certmanager.CAClientOptions{Impersonate: true})
+	id := spiffeid.RequireFromString("spiffe://cluster.local/ns/demo/sa/default")
+	chain, err := ca.Fetch(t.Context(), id, csrFor(t, id), time.Hour)
+	if err != nil {
+		t.Fatalf("CreateCertificate for %s: %v", id, err)
+	}
+	if len(chain) == 0 || len(chain[0].URIs) != 1 || chain[0].URIs[0].String() != id.String() {
+		t.Fatalf("issued chain leaf URIs = %v, want [%s]", chain[0].URIs, id)
+	}
+	inter := x509.NewCertPool()
+	for _, c := range chain[1:] {
+		inter.AddCert(c)
+	}
+	if _, err := chain[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		t.Errorf("issued leaf does not verify against the published root: %v", err)
+	}
+	// ... and is refused an identity with no pod on its node.
+	other := spiffeid.RequireFromString("spiffe://cluster.local/ns/demo/sa/nobody")
+	if _, err := ca.Fetch(t.Context(), other, csrFor(t, other), time.Hour); err == nil {
+		t.Errorf("CreateCertificate for %s (no pod on node-a) succeeded, want a refusal", other)
+	}
+
+	// The pod goes: the ztunnel is told to drop it.
+	if err := cs.CoreV1().Pods("demo").Delete(t.Context(), app.Name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "removal of demo/app delivered over xDS", func() error {
+		if name, _ := findApp(); name != "" {
+			return fmt.Errorf("%s still held", name)
+		}
+		return nil
+	})
+
+	// The debug endpoint lists the connected ztunnel.
+	resp, err := http.Get("http://" + cfg.DebugAddr + "/debug/connections")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var b strings.Builder
+	_, _ = fmt.Fprint(&b, readAll(t, resp))
+	if !strings.Contains(b.String(), "ztunnel-a") {
+		t.Errorf("/debug/connections does not list ztunnel-a:\n%s", b.String())
+	}
+}
+
+func csrFor(t *testing.T, id spiffeid.ID) []byte {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, _ := url.Parse(id.String())
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{u}}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})
+}

@@ -125,7 +125,8 @@ func (p ClientPods) Pod(ctx context.Context, namespace, name string) (*corev1.Po
 // OnNode lists the namespace's pods and looks for one of serviceAccount on node.
 func (p ClientPods) OnNode(ctx context.Context, node, namespace, serviceAccount string) (bool, error) {
 	var pods corev1.PodList
-	if err := p.Reader.List(ctx, &pods, client.InNamespace(namespace)); err != nil {
+	// Read-only scan: a cache reader may skip its deep copy.
+	if err := p.Reader.List(ctx, &pods, client.InNamespace(namespace), client.UnsafeDisableDeepCopy); err != nil {
 		return false, fmt.Errorf("list pods in %s: %w", namespace, err)
 	}
 	for i := range pods.Items {

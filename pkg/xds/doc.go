@@ -2,9 +2,13 @@
 // built by pkg/model (istio.workload.Address, istio.security.Authorization)
 // to ztunnels over envoy's DeltaAggregatedResources RPC.
 //
-// It is built on go-control-plane: one LinearCache per type URL behind a
-// MuxCache, and the delta stream server with Callbacks for authentication at
-// stream open, NACK accounting and per-client status. Callers hand it whole
+// It is built on go-control-plane's delta stream server, with Callbacks for
+// authentication at stream open, NACK accounting and per-client status. The
+// watches are served by a cache of our own per type URL (cache.go): it keeps
+// LinearCache's contract and content-hash versions, but compares an ACKing
+// wildcard client only against the changes since its last response, which
+// LinearCache does against every resource (at 11,000 resources and 100
+// clients that was 0.7 s per pod change). Callers hand the server whole
 // model.Resources snapshots with [Server.Update]; pushes are debounced and a
 // client receives only resources that changed or were removed since what it
 // holds, including across reconnects (initial_resource_versions).

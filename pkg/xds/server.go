@@ -12,7 +12,6 @@ import (
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
-	cache "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/server/delta/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
@@ -113,9 +112,7 @@ func (t TypeStatus) SyncState() string {
 type Server struct {
 	opts    Options
 	log     *zap.Logger
-	caches  map[string]*cache.LinearCache
-	aliases *aliasCache // wraps caches[model.AddressTypeURL]
-	mux     *cache.MuxCache
+	caches  typeMux // one deltaCache per type URL
 	metrics *metrics
 
 	mu      sync.Mutex
@@ -165,7 +162,7 @@ func New(opts Options) (*Server, error) {
 	s := &Server{
 		opts:    opts,
 		log:     opts.Logger.Named("xds"),
-		caches:  map[string]*cache.LinearCache{},
+		caches:  typeMux{},
 		kick:    make(chan struct{}, 1),
 		synced:  make(chan struct{}),
 		clients: map[int64]*clientState{},
@@ -175,19 +172,8 @@ func New(opts Options) (*Server, error) {
 		return nil, err
 	}
 	s.metrics = m
-	cl := cacheLogger{s.log.Sugar()}
-	caches := map[string]cache.Cache{}
 	for _, t := range TypeURLs {
-		c := cache.NewLinearCache(t, cache.WithLogger(cl))
-		s.caches[t] = c
-		caches[t] = c
-	}
-	s.aliases = newAliasCache(s.caches[model.AddressTypeURL])
-	caches[model.AddressTypeURL] = s.aliases
-	s.mux = &cache.MuxCache{
-		Classify:      func(r *cache.Request) string { return r.GetTypeUrl() },
-		ClassifyDelta: func(r *cache.DeltaRequest) string { return r.GetTypeUrl() },
-		Caches:        caches,
+		s.caches[t] = newDeltaCache(t)
 	}
 	return s, nil
 }
@@ -254,7 +240,13 @@ func (s *Server) apply(next model.Resources) {
 	start := time.Now()
 	authUpd, authDel := diff(s.applied.Authorizations, next.Authorizations)
 	addrUpd, addrDel := diff(s.applied.Addresses, next.Addresses)
-	s.aliases.setAddresses(next.Addresses)
+	aliases := make(map[string][]string, len(next.Addresses))
+	for name, a := range next.Addresses {
+		for _, al := range model.Aliases(a) {
+			aliases[al] = append(aliases[al], name)
+		}
+	}
+	s.caches[model.AddressTypeURL].setAliases(aliases)
 	for _, step := range []struct {
 		typeURL string
 		upd     map[string]types.Resource
@@ -266,7 +258,7 @@ func (s *Server) apply(next model.Resources) {
 		if len(step.upd) == 0 && len(step.del) == 0 {
 			continue
 		}
-		if err := s.caches[step.typeURL].UpdateResources(step.upd, step.del); err != nil {
+		if err := s.caches[step.typeURL].update(step.upd, step.del); err != nil {
 			// Only a resource that fails to marshal gets here; clients keep
 			// their previous state for it.
 			s.log.Error("cache update failed", zap.String("type", step.typeURL), zap.Error(err))
@@ -286,7 +278,9 @@ func diff[T proto.Message](old, next map[string]T) (map[string]types.Resource, [
 	upd := map[string]types.Resource{}
 	var del []string
 	for name, r := range next {
-		if o, ok := old[name]; !ok || !proto.Equal(o, r) {
+		// Callers that keep unchanged messages between snapshots skip the
+		// deep comparison.
+		if o, ok := old[name]; !ok || (proto.Message(o) != proto.Message(r) && !proto.Equal(o, r)) {
 			upd[name] = r
 		}
 	}
@@ -301,7 +295,7 @@ func diff[T proto.Message](old, next map[string]T) (map[string]types.Resource, [
 // Register adds the ADS service to g, e.g. the 15012 server shared with the
 // CA. Only the delta RPC is served. ctx bounds every stream.
 func (s *Server) Register(ctx context.Context, g *grpc.Server) {
-	ds := delta.NewServer(ctx, s.mux, s.callbacks())
+	ds := delta.NewServer(ctx, s.caches, s.callbacks(), delta.WithLogger(cacheLogger{s.log.Sugar()}))
 	discovery.RegisterAggregatedDiscoveryServiceServer(g, &ads{delta: ds})
 }
 
@@ -317,6 +311,10 @@ func (s *Server) GRPCServerOptions() []grpc.ServerOption {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.MaxRecvMsgSize(16 << 20),
+		// A full push to a ztunnel is megabytes: let it flow without waiting
+		// for window updates at every 64 KiB.
+		grpc.InitialWindowSize(4 << 20),
+		grpc.InitialConnWindowSize(16 << 20),
 	}
 }
 
@@ -516,11 +514,10 @@ func (s *Server) Resources(typeURL string) map[string]types.Resource {
 	if !ok {
 		return nil
 	}
-	return c.GetResources()
+	return c.resources()
 }
 
-// cacheLogger sends go-control-plane's cache chatter (a line per watch) to
-// debug level.
+// cacheLogger sends go-control-plane's chatter to debug level.
 type cacheLogger struct{ l *zap.SugaredLogger }
 
 func (c cacheLogger) Debugf(f string, a ...any) { c.l.Debugf(f, a...) }

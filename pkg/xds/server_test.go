@@ -15,6 +15,7 @@ import (
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
+	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -42,13 +43,17 @@ type env struct {
 	addr string
 }
 
-func startServer(t *testing.T, debounce time.Duration) *env {
+func startServer(t testing.TB, debounce time.Duration) *env {
 	t.Helper()
 	ctx, cancel := context.WithCancel(t.Context())
 	reg := prometheus.NewRegistry()
+	logger := zap.NewNop()
+	if _, bench := t.(*testing.B); !bench {
+		logger = zaptest.NewLogger(t)
+	}
 	srv, err := xds.New(xds.Options{
 		Authenticator: xds.NewFakeAuthenticator(map[string]xds.Identity{goodToken: {Namespace: "istio-system", ServiceAccount: "ztunnel"}}),
-		Logger:        zaptest.NewLogger(t),
+		Logger:        logger,
 		Registerer:    reg,
 		Debounce:      debounce,
 		ShutdownGrace: time.Second,
@@ -85,7 +90,7 @@ func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]strin
 }
 func (bearer) RequireTransportSecurity() bool { return false }
 
-func dial(t *testing.T, addr, token string) *grpc.ClientConn {
+func dial(t testing.TB, addr, token string) *grpc.ClientConn {
 	t.Helper()
 	conn, err := grpc.NewClient("passthrough:///"+addr,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
@@ -132,7 +137,7 @@ func (r *recorder) next(t *testing.T, typeURL string) xdsclient.Delta {
 	}
 }
 
-func runClient(t *testing.T, ctx context.Context, c *xdsclient.Client) (stop func()) {
+func runClient(t testing.TB, ctx context.Context, c *xdsclient.Client) (stop func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup

@@ -1,0 +1,380 @@
+package xds
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"sync"
+
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cache "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+// seqKey is a sentinel entry this cache adds to the returned-versions maps it
+// builds: the cache sequence number the client's state reflects. Clients
+// never see these maps; go-control-plane hands them back on the next watch.
+const seqKey = "\x00xds/seq"
+
+// deltaCache is a delta-only resource cache for one type URL, in the role of
+// go-control-plane's LinearCache (same watch contract, resource versions are
+// content hashes so they survive server restarts) but cheaper at scale:
+//
+//   - Resources are marshaled and hashed once per change, and the same
+//     discovery.Resource is shared read-only by every client's response.
+//   - A wildcard client that ACKs a response is compared only against the
+//     changes logged since that response, not against every resource; and a
+//     change notifies a wildcard watch with only the changed names. The
+//     returned-versions map is updated in place rather than cloned.
+//   - Clients may subscribe to an Address by alias ("<network>/<ip>"); an
+//     alias is resolved when the watch is created (each request). A resource
+//     that takes the address later reaches the client on its next request.
+//
+// Concurrency: mu guards everything. A registered watch's returned-versions
+// map is written only under mu; go-control-plane writes it on the stream
+// goroutine only after cancelling the watch (which takes mu) or from the
+// response this cache produced.
+type deltaCache struct {
+	typeURL string
+
+	mu      sync.Mutex
+	seq     uint64            // incremented by every update batch
+	entries map[string]*entry // by resource name
+	log     []change          // changes ordered by seq; complete after logFloor
+	// logFloor: every change with seq > logFloor is in log.
+	logFloor uint64
+	aliases  map[string][]string // alias -> resource names
+	nextID   uint64
+	wildcard map[uint64]*deltaWatch
+	named    map[string]map[uint64]*deltaWatch // by resolved resource name
+}
+
+type entry struct {
+	msg types.Resource
+	res *discovery.Resource // shared, read-only
+}
+
+type change struct {
+	seq  uint64
+	name string
+}
+
+type deltaWatch struct {
+	req   *cache.DeltaRequest
+	sub   cache.Subscription
+	names map[string]struct{} // resolved names for a non-wildcard watch
+	ch    chan cache.DeltaResponse
+}
+
+func newDeltaCache(typeURL string) *deltaCache {
+	return &deltaCache{
+		typeURL:  typeURL,
+		entries:  map[string]*entry{},
+		aliases:  map[string][]string{},
+		wildcard: map[uint64]*deltaWatch{},
+		named:    map[string]map[uint64]*deltaWatch{},
+	}
+}
+
+// version is a content hash: 64 bits of SHA-256 of the deterministic encoding.
+func version(b []byte) string {
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:8])
+}
+
+// update applies a batch and notifies the watches it concerns. Resources
+// whose encoding did not change are ignored.
+func (c *deltaCache) update(upd map[string]types.Resource, del []string) error {
+	type prepared struct {
+		name string
+		msg  types.Resource
+		res  *discovery.Resource
+	}
+	ready := make([]prepared, 0, len(upd))
+	var errs []error
+	for name, m := range upd {
+		b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("marshal %s: %w", name, err))
+			continue
+		}
+		ready = append(ready, prepared{name: name, msg: m, res: &discovery.Resource{
+			Name: name, Version: version(b), Resource: &anypb.Any{TypeUrl: c.typeURL, Value: b},
+		}})
+	}
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.seq++
+	modified := make([]string, 0, len(ready)+len(del))
+	for _, p := range ready {
+		if old := c.entries[p.name]; old != nil && old.res.Version == p.res.Version {
+			continue
+		}
+		c.entries[p.name] = &entry{msg: p.msg, res: p.res}
+		modified = append(modified, p.name)
+	}
+	listed := make(map[string]bool, len(modified))
+	for _, name := range modified {
+		listed[name] = true
+	}
+	for _, name := range del {
+		if _, ok := c.entries[name]; ok {
+			delete(c.entries, name)
+			if !listed[name] { // updated and deleted in one batch: list it once
+				listed[name] = true
+				modified = append(modified, name)
+			}
+		}
+	}
+	for _, name := range modified {
+		c.log = append(c.log, change{seq: c.seq, name: name})
+	}
+	c.pruneLog()
+	if len(modified) > 0 {
+		c.notify(modified)
+	}
+	return errors.Join(errs...)
+}
+
+// pruneLog keeps the change log to about twice the resource count.
+func (c *deltaCache) pruneLog() {
+	limit := 2*len(c.entries) + 4096
+	if len(c.log) <= limit {
+		return
+	}
+	drop := len(c.log) - limit/2
+	c.logFloor = c.log[drop-1].seq
+	c.log = append([]change(nil), c.log[drop:]...)
+}
+
+func (c *deltaCache) setAliases(a map[string][]string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.aliases = a
+}
+
+func (c *deltaCache) resources() map[string]types.Resource {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make(map[string]types.Resource, len(c.entries))
+	for k, e := range c.entries {
+		out[k] = e.msg
+	}
+	return out
+}
+
+// notify answers the watches concerned by modified names; called under mu.
+func (c *deltaCache) notify(modified []string) {
+	for id, w := range c.wildcard {
+		if resp := c.respond(w, modified); resp != nil {
+			delete(c.wildcard, id)
+			w.ch <- resp
+		}
+	}
+	seen := map[uint64]bool{}
+	for _, name := range modified {
+		for id, w := range c.named[name] {
+			if seen[id] {
+				continue
+			}
+			seen[id] = true
+			if resp := c.respond(w, nil); resp != nil {
+				c.removeNamed(id, w)
+				w.ch <- resp
+			}
+		}
+	}
+}
+
+func (c *deltaCache) removeNamed(id uint64, w *deltaWatch) {
+	for name := range w.names {
+		ws := c.named[name]
+		delete(ws, id)
+		if len(ws) == 0 {
+			delete(c.named, name)
+		}
+	}
+}
+
+// respond computes what the watch's client lacks and, if anything, builds
+// the response and records the new state in its returned-versions map.
+// candidates limits a wildcard comparison to those names (the client is
+// known to match the cache elsewhere); nil means work it out. Called under mu.
+func (c *deltaCache) respond(w *deltaWatch, candidates []string) *deltaResponse {
+	known := w.sub.ReturnedResources()
+	var upd []*discovery.Resource
+	var removed []string
+	consider := func(name string) {
+		e := c.entries[name]
+		v, has := known[name]
+		switch {
+		case e != nil && (!has || v != e.res.Version):
+			upd = append(upd, e.res)
+		case e == nil && has:
+			removed = append(removed, name)
+		}
+	}
+	switch {
+	case w.names != nil:
+		for name := range w.names {
+			consider(name)
+		}
+		for name := range known {
+			if _, ok := w.names[name]; !ok && name != seqKey {
+				removed = append(removed, name) // no longer subscribed
+			}
+		}
+	case candidates != nil:
+		for _, name := range candidates {
+			consider(name)
+		}
+	default:
+		if s, ok := c.knownSeq(w); ok {
+			start := sort.Search(len(c.log), func(i int) bool { return c.log[i].seq > s })
+			done := map[string]bool{}
+			for _, ch := range c.log[start:] {
+				if !done[ch.name] {
+					done[ch.name] = true
+					consider(ch.name)
+				}
+			}
+		} else {
+			for name := range c.entries {
+				consider(name)
+			}
+			for name := range known {
+				if _, ok := c.entries[name]; !ok && name != seqKey {
+					removed = append(removed, name)
+				}
+			}
+		}
+	}
+	// A wildcard client expects an answer to its first request, even empty.
+	firstWildcard := w.names == nil && w.req.GetResponseNonce() == ""
+	if len(upd) == 0 && len(removed) == 0 && !firstWildcard {
+		return nil
+	}
+	for _, r := range upd {
+		known[r.GetName()] = r.GetVersion()
+	}
+	for _, name := range removed {
+		delete(known, name)
+	}
+	known[seqKey] = strconv.FormatUint(c.seq, 10)
+	return &deltaResponse{req: w.req, resources: upd, removed: removed, next: known, version: strconv.FormatUint(c.seq, 10)}
+}
+
+// knownSeq returns the cache sequence a wildcard client's state reflects, if
+// its returned-versions map is one this cache built and nothing else changed it.
+func (c *deltaCache) knownSeq(w *deltaWatch) (uint64, bool) {
+	if len(w.req.GetResourceNamesSubscribe()) > 0 || len(w.req.GetResourceNamesUnsubscribe()) > 0 {
+		return 0, false // go-control-plane may have edited the map for this request
+	}
+	v, ok := w.sub.ReturnedResources()[seqKey]
+	if !ok {
+		return 0, false
+	}
+	s, err := strconv.ParseUint(v, 10, 64)
+	if err != nil || s < c.logFloor || s > c.seq {
+		return 0, false
+	}
+	return s, true
+}
+
+// CreateDeltaWatch implements cache.ConfigWatcher.
+func (c *deltaCache) CreateDeltaWatch(req *cache.DeltaRequest, sub cache.Subscription, ch chan cache.DeltaResponse) (func(), error) {
+	if req.GetTypeUrl() != c.typeURL {
+		return nil, fmt.Errorf("request type %s does not match cache type %s", req.GetTypeUrl(), c.typeURL)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	w := &deltaWatch{req: req, sub: sub, ch: ch}
+	if !sub.IsWildcard() {
+		w.names = map[string]struct{}{}
+		for name := range sub.SubscribedResources() {
+			if targets, ok := c.aliases[name]; ok {
+				for _, t := range targets {
+					w.names[t] = struct{}{}
+				}
+				continue
+			}
+			w.names[name] = struct{}{}
+		}
+	}
+	if resp := c.respond(w, nil); resp != nil {
+		ch <- resp
+		return func() {}, nil
+	}
+	c.nextID++
+	id := c.nextID
+	if w.names == nil {
+		c.wildcard[id] = w
+		return func() {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			delete(c.wildcard, id)
+		}, nil
+	}
+	for name := range w.names {
+		if c.named[name] == nil {
+			c.named[name] = map[uint64]*deltaWatch{}
+		}
+		c.named[name][id] = w
+	}
+	return func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		c.removeNamed(id, w)
+	}, nil
+}
+
+// CreateWatch implements cache.ConfigWatcher; only delta xDS is served.
+func (c *deltaCache) CreateWatch(*cache.Request, cache.Subscription, chan cache.Response) (func(), error) {
+	return nil, errors.New("state-of-the-world xDS is not supported")
+}
+
+// typeMux routes watches to the cache of their type.
+type typeMux map[string]*deltaCache
+
+func (m typeMux) CreateDeltaWatch(req *cache.DeltaRequest, sub cache.Subscription, ch chan cache.DeltaResponse) (func(), error) {
+	c, ok := m[req.GetTypeUrl()]
+	if !ok {
+		return nil, fmt.Errorf("unsupported type %s", req.GetTypeUrl())
+	}
+	return c.CreateDeltaWatch(req, sub, ch)
+}
+
+func (m typeMux) CreateWatch(*cache.Request, cache.Subscription, chan cache.Response) (func(), error) {
+	return nil, errors.New("state-of-the-world xDS is not supported")
+}
+
+// deltaResponse implements cache.DeltaResponse over shared resources.
+type deltaResponse struct {
+	req       *cache.DeltaRequest
+	resources []*discovery.Resource
+	removed   []string
+	next      map[string]string
+	version   string
+}
+
+func (r *deltaResponse) GetDeltaDiscoveryResponse() (*discovery.DeltaDiscoveryResponse, error) {
+	return &discovery.DeltaDiscoveryResponse{
+		Resources:         r.resources,
+		RemovedResources:  r.removed,
+		TypeUrl:           r.req.GetTypeUrl(),
+		SystemVersionInfo: r.version,
+	}, nil
+}
+func (r *deltaResponse) GetDeltaRequest() *discovery.DeltaDiscoveryRequest { return r.req }
+func (r *deltaResponse) GetSystemVersion() (string, error)                 { return r.version, nil }
+func (r *deltaResponse) GetResponseVersion() string                        { return r.version }
+func (r *deltaResponse) GetNextVersionMap() map[string]string              { return r.next }
+func (r *deltaResponse) GetReturnedResources() map[string]string           { return r.next }
+func (r *deltaResponse) GetContext() context.Context                       { return context.Background() }

@@ -47,7 +47,7 @@ func TestDebugHandler(t *testing.T) {
 	e := startServer(t, 10*time.Millisecond)
 	rec := newRecorder()
 	e.srv.Update(resources(workload("a", "10.0.0.1", true)))
-	c := newClient(dial(t, e.addr, goodToken), rec,
+	c := newClient(t, dial(t, e.addr, goodToken), rec,
 		xdsclient.Subscription{TypeURL: model.AddressTypeURL},
 		xdsclient.Subscription{TypeURL: model.AuthorizationTypeURL, OnDemand: true})
 	runClient(t, t.Context(), c)

@@ -39,7 +39,7 @@ func TestOnDemandByAddress(t *testing.T) {
 	e := startServer(t, 10*time.Millisecond)
 	rec := newRecorder()
 	e.srv.Update(resources(workload("a", "10.0.0.1", true), workload("b", "10.0.0.2", true)))
-	c := newClient(dial(t, e.addr, goodToken), rec, xdsclient.Subscription{TypeURL: model.AddressTypeURL, OnDemand: true})
+	c := newClient(t, dial(t, e.addr, goodToken), rec, xdsclient.Subscription{TypeURL: model.AddressTypeURL, OnDemand: true})
 	runClient(t, t.Context(), c)
 
 	// ztunnel asks for "<network>/<ip>" when it meets an unknown address.
@@ -178,7 +178,7 @@ func TestServeTLS(t *testing.T) {
 	}
 	t.Cleanup(func() { conn.Close() })
 	rec := newRecorder()
-	runClient(t, t.Context(), newClient(conn, rec, xdsclient.Subscription{TypeURL: model.AddressTypeURL}))
+	runClient(t, t.Context(), newClient(t, conn, rec, xdsclient.Subscription{TypeURL: model.AddressTypeURL}))
 	if got := names(rec.next(t, model.AddressTypeURL)); !slices.Equal(got, []string{uid("a")}) {
 		t.Errorf("over TLS got %v, want [%s]", got, uid("a"))
 	}
@@ -189,7 +189,7 @@ func TestServeTLS(t *testing.T) {
 func TestModelPodsComeAndGo(t *testing.T) {
 	e := startServer(t, 10*time.Millisecond)
 	rec := newRecorder()
-	runClient(t, t.Context(), newClient(dial(t, e.addr, goodToken), rec, xdsclient.Subscription{TypeURL: model.AddressTypeURL}))
+	runClient(t, t.Context(), newClient(t, dial(t, e.addr, goodToken), rec, xdsclient.Subscription{TypeURL: model.AddressTypeURL}))
 
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "demo", Labels: map[string]string{model.LabelDataplaneMode: "ambient"}}}
 	mkPod := func(name, ip string, ready bool) *corev1.Pod {
@@ -285,7 +285,7 @@ func TestReconnectAfterServerRestart(t *testing.T) {
 	}
 	t.Cleanup(func() { conn.Close() })
 	rec := newRecorder()
-	c := newClient(conn, rec, xdsclient.Subscription{TypeURL: model.AddressTypeURL})
+	c := newClient(t, conn, rec, xdsclient.Subscription{TypeURL: model.AddressTypeURL})
 	runClient(t, t.Context(), c)
 	if d := rec.next(t, model.AddressTypeURL); len(d.Updated) != 2 {
 		t.Fatalf("first delta has %d resources, want 2", len(d.Updated))

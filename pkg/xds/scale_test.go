@@ -44,7 +44,7 @@ func runScale(b *testing.B, clients, pods, changes int) {
 	e.srv.Update(r)
 	var counts sync.Map
 	for i := range clients {
-		c := xdsclient.New(xdsclient.Config{
+		c, err := xdsclient.New(xdsclient.Config{
 			Conn: dial(b, e.addr, goodToken), Subscriptions: []xdsclient.Subscription{{TypeURL: model.AddressTypeURL}},
 			Handler: func(d xdsclient.Delta) error {
 				v, _ := counts.LoadOrStore(i, new(int))
@@ -67,6 +67,9 @@ func runScale(b *testing.B, clients, pods, changes int) {
 				return nil
 			},
 		})
+		if err != nil {
+			b.Fatal(err)
+		}
 		runClient(b, b.Context(), c)
 	}
 	for range clients {

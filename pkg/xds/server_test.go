@@ -150,11 +150,12 @@ func runClient(t testing.TB, ctx context.Context, c *xdsclient.Client) (stop fun
 	return stop
 }
 
-func newClient(conn *grpc.ClientConn, rec *recorder, subs ...xdsclient.Subscription) *xdsclient.Client {
+func newClient(t testing.TB, conn *grpc.ClientConn, rec *recorder, subs ...xdsclient.Subscription) *xdsclient.Client {
+	t.Helper()
 	if len(subs) == 0 {
 		subs = []xdsclient.Subscription{{TypeURL: model.AddressTypeURL}, {TypeURL: model.AuthorizationTypeURL}}
 	}
-	return xdsclient.New(xdsclient.Config{
+	c, err := xdsclient.New(xdsclient.Config{
 		Conn:           conn,
 		Node:           &core.Node{Id: "ztunnel~10.0.0.1~ztunnel-abc.istio-system~istio-system.svc.cluster.local"},
 		Subscriptions:  subs,
@@ -162,6 +163,10 @@ func newClient(conn *grpc.ClientConn, rec *recorder, subs ...xdsclient.Subscript
 		InitialBackoff: 10 * time.Millisecond,
 		MaxBackoff:     50 * time.Millisecond,
 	})
+	if err != nil {
+		t.Fatalf("xdsclient.New: %v", err)
+	}
+	return c
 }
 
 func workload(name, ip string, healthy bool) *workloadapi.Address {
@@ -257,7 +262,7 @@ func TestAddUpdateRemove(t *testing.T) {
 	rec := newRecorder()
 	// The client connects before the first snapshot: its stream is held,
 	// so its first delta is the real state, not an empty one.
-	runClient(t, t.Context(), newClient(dial(t, e.addr, goodToken), rec))
+	runClient(t, t.Context(), newClient(t, dial(t, e.addr, goodToken), rec))
 	e.srv.Update(resources(workload("a", "10.0.0.1", true), workload("b", "10.0.0.2", true)))
 
 	d := rec.next(t, model.AddressTypeURL)
@@ -313,7 +318,7 @@ func TestAddUpdateRemove(t *testing.T) {
 func TestReconnectSendsOnlyChanges(t *testing.T) {
 	e := startServer(t, 10*time.Millisecond)
 	rec := newRecorder()
-	c := newClient(dial(t, e.addr, goodToken), rec, xdsclient.Subscription{TypeURL: model.AddressTypeURL})
+	c := newClient(t, dial(t, e.addr, goodToken), rec, xdsclient.Subscription{TypeURL: model.AddressTypeURL})
 	e.srv.Update(resources(workload("a", "10.0.0.1", true), workload("b", "10.0.0.2", true), workload("c", "10.0.0.3", true)))
 	stop := runClient(t, t.Context(), c)
 	if d := rec.next(t, model.AddressTypeURL); len(d.Updated) != 3 {
@@ -343,7 +348,7 @@ func TestNackIsCounted(t *testing.T) {
 	e := startServer(t, 10*time.Millisecond)
 	rec := newRecorder()
 	rec.reject = uid("bad")
-	runClient(t, t.Context(), newClient(dial(t, e.addr, goodToken), rec, xdsclient.Subscription{TypeURL: model.AddressTypeURL}))
+	runClient(t, t.Context(), newClient(t, dial(t, e.addr, goodToken), rec, xdsclient.Subscription{TypeURL: model.AddressTypeURL}))
 	e.srv.Update(resources(workload("good", "10.0.0.1", true)))
 	rec.next(t, model.AddressTypeURL)
 
@@ -413,7 +418,7 @@ func TestOnDemand(t *testing.T) {
 	e := startServer(t, 10*time.Millisecond)
 	rec := newRecorder()
 	e.srv.Update(resources(workload("a", "10.0.0.1", true), workload("b", "10.0.0.2", true)))
-	c := newClient(dial(t, e.addr, goodToken), rec, xdsclient.Subscription{TypeURL: model.AddressTypeURL, OnDemand: true})
+	c := newClient(t, dial(t, e.addr, goodToken), rec, xdsclient.Subscription{TypeURL: model.AddressTypeURL, OnDemand: true})
 	runClient(t, t.Context(), c)
 	if err := c.Subscribe(t.Context(), model.AddressTypeURL, uid("b")); err != nil {
 		t.Fatal(err)
@@ -434,7 +439,7 @@ func TestOnDemand(t *testing.T) {
 func TestDebounceCoalescesUpdates(t *testing.T) {
 	e := startServer(t, 200*time.Millisecond)
 	rec := newRecorder()
-	runClient(t, t.Context(), newClient(dial(t, e.addr, goodToken), rec, xdsclient.Subscription{TypeURL: model.AddressTypeURL}))
+	runClient(t, t.Context(), newClient(t, dial(t, e.addr, goodToken), rec, xdsclient.Subscription{TypeURL: model.AddressTypeURL}))
 	e.srv.Update(resources(workload("a", "10.0.0.1", true)))
 	rec.next(t, model.AddressTypeURL)
 

@@ -80,7 +80,10 @@ type Client struct {
 }
 
 // New returns a Client; call Run to connect.
-func New(cfg Config) *Client {
+func New(cfg Config) (*Client, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
 	}
@@ -104,7 +107,7 @@ func New(cfg Config) *Client {
 			c.names[s.TypeURL][n] = true
 		}
 	}
-	return c
+	return c, nil
 }
 
 // Versions returns the versions of the resources the client holds for a type.
@@ -267,16 +270,22 @@ func (c *Client) handle(resp *discovery.DeltaDiscoveryResponse) *discovery.Delta
 	return ack
 }
 
-// ErrNoHandler is returned by Validate for a Config without a Handler.
-var ErrNoHandler = errors.New("xdsclient: Config.Handler is required")
-
 // Validate checks a Config.
 func (cfg Config) Validate() error {
+	var errs []error
 	if cfg.Handler == nil {
-		return ErrNoHandler
+		errs = append(errs, errors.New("xdsclient: Config.Handler is required"))
 	}
 	if cfg.Conn == nil {
-		return errors.New("xdsclient: Config.Conn is required")
+		errs = append(errs, errors.New("xdsclient: Config.Conn is required"))
 	}
-	return nil
+	if len(cfg.Subscriptions) == 0 {
+		errs = append(errs, errors.New("xdsclient: Config.Subscriptions is empty"))
+	}
+	for i, s := range cfg.Subscriptions {
+		if s.TypeURL == "" {
+			errs = append(errs, fmt.Errorf("xdsclient: Config.Subscriptions[%d].TypeURL is empty", i))
+		}
+	}
+	return errors.Join(errs...)
 }

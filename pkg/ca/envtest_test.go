@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/grpc"
@@ -471,3 +472,100 @@ func (m *minter) token(t *testing.T, pod *corev1.Pod, exp time.Time) string {
 	return signing + "." + base64.RawURLEncoding.EncodeToString(sig)
 }
 
+// TestStagedRootRotation walks the leader's RootRotator through a rotation:
+// the next root is published in the bundle first while the old one still
+// signs, becomes the signing root after the propagation time, and the old
+// root leaves the bundle after the overlap.
+func TestStagedRootRotation(t *testing.T) {
+	c := startCluster(t)
+	now := time.Now()
+	clock := func() time.Time { return now }
+	keys0, err := ca.EnsureSelfSignedRoot(t.Context(), c.cs, systemNS, ca.RootOptions{TTL: 365 * 24 * time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	authority, err := ca.New(keys0, ca.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reloader := &ca.Reloader{CA: authority, Client: c.cs, Namespace: systemNS}
+	rot := &ca.RootRotator{Client: c.cs, Namespace: systemNS, RenewBefore: 2 * 365 * 24 * time.Hour,
+		Options: ca.RootOptions{Now: clock, Propagation: 5 * time.Minute, Overlap: time.Hour}}
+	id := mustSPIFFE(t, spiffe("demo", "app"))
+	signedBy := func() *x509.Certificate {
+		t.Helper()
+		if err := reloader.ReloadOnce(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		csr, _ := newCSR(t, id.String())
+		issued, err := authority.Sign([]byte(csr), id, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range authority.Keys().Roots {
+			if issued.Leaf.CheckSignatureFrom(r) == nil {
+				return r
+			}
+		}
+		t.Fatalf("leaf signed by no root of the bundle")
+		return nil
+	}
+	bundle := func() []*x509.Certificate {
+		roots, _ := certmanager.ParseCertificates(authority.RootsPEM())
+		return roots
+	}
+
+	// Phase 1: the root has less than RenewBefore left, so a next root is staged.
+	if _, err := rot.RunOnce(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if got := signedBy(); !got.Equal(keys0.Root()) {
+		t.Fatalf("a staged root signs before its propagation time")
+	}
+	if b := bundle(); len(b) != 2 || !b[0].Equal(keys0.Root()) {
+		t.Fatalf("bundle while staged has %d roots, want the current one first and the staged one", len(b))
+	}
+	staged := bundle()[1]
+	if _, err := rot.RunOnce(t.Context()); err != nil { // idempotent while staged
+		t.Fatal(err)
+	}
+	signedBy() // reload
+	if b := bundle(); len(b) != 2 {
+		t.Fatalf("a second check staged another root: %d roots", len(b))
+	}
+
+	// Phase 2: after the propagation time the staged root signs.
+	now = now.Add(6 * time.Minute)
+	if _, err := rot.RunOnce(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if got := signedBy(); !got.Equal(staged) {
+		t.Fatalf("after the propagation time leaves are signed by %v, want the staged root", got.SerialNumber)
+	}
+	if b := bundle(); len(b) != 2 || !b[0].Equal(staged) || !b[1].Equal(keys0.Root()) {
+		t.Fatalf("bundle during the overlap has %d roots, want the new root then the old one", len(b))
+	}
+
+	// After the overlap the old root leaves the bundle; a restart keeps the new one.
+	now = now.Add(2 * time.Hour)
+	if _, err := rot.RunOnce(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	signedBy()
+	if b := bundle(); len(b) != 1 || !b[0].Equal(staged) {
+		t.Fatalf("bundle after the overlap has %d roots, want only the new root", len(b))
+	}
+	restarted, err := ca.LoadKeys(t.Context(), c.cs, systemNS)
+	if err != nil || !restarted.Root().Equal(staged) {
+		t.Fatalf("after a restart the root is %v (err %v), want the rotated root", restarted, err)
+	}
+}
+
+func mustSPIFFE(t *testing.T, s string) spiffeid.ID {
+	t.Helper()
+	id, err := spiffeid.FromString(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}

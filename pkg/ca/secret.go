@@ -30,6 +30,11 @@ const (
 	// OverlapUntilAnnotation on istio-ca-secret says until when root-cert.pem
 	// keeps the roots that a rotation replaced (RFC 3339).
 	OverlapUntilAnnotation = "ca.ambient-mesh.io/root-overlap-until"
+	// ActivateAfterAnnotation says when a staged root may start signing.
+	ActivateAfterAnnotation = "ca.ambient-mesh.io/next-root-activate-after"
+	// NextCACertKey and NextCAKeyKey hold a staged root in istio-ca-secret.
+	NextCACertKey = "next-ca-cert.pem"
+	NextCAKeyKey  = "next-ca-key.pem"
 )
 
 // ErrNoKeys means neither cacerts nor istio-ca-secret exists yet.
@@ -45,6 +50,10 @@ type RootOptions struct {
 	// should outlast the leaves the old root signed. Default 48 h, twice the
 	// default leaf TTL.
 	Overlap time.Duration
+	// Propagation is how long a staged root sits in the bundle before it
+	// signs: long enough for istio-ca-root-cert to reach every ztunnel.
+	// Default 5 min.
+	Propagation time.Duration
 	// Now is the clock; default time.Now.
 	Now func() time.Time
 	// Logger; default a no-op logger.
@@ -60,6 +69,9 @@ func (o RootOptions) withDefaults() RootOptions {
 	}
 	if o.Overlap == 0 {
 		o.Overlap = 48 * time.Hour
+	}
+	if o.Propagation == 0 {
+		o.Propagation = 5 * time.Minute
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -107,10 +119,11 @@ func WaitForKeys(ctx context.Context, cs kubernetes.Interface, namespace string,
 	return keys, nil
 }
 
-// EnsureSelfSignedRoot is what the leader calls at start (and may call again
-// at any time; it is idempotent). With a plug-in cacerts Secret it just loads
-// it. Otherwise it generates a self-signed root once and stores it in
-// istio-ca-secret, reuses it after restarts, and prunes replaced roots whose
+// EnsureSelfSignedRoot is what the leader calls at start and then
+// periodically (RootRotator does); it is idempotent. With a plug-in cacerts
+// Secret it just loads it. Otherwise it generates a self-signed root once and
+// stores it in istio-ca-secret, reuses it after restarts, activates a staged
+// root once its propagation time has passed, and prunes replaced roots whose
 // overlap has ended. Concurrent callers converge on the Secret that won the
 // create.
 func EnsureSelfSignedRoot(ctx context.Context, cs kubernetes.Interface, namespace string, opts RootOptions) (*Keys, error) {
@@ -124,7 +137,7 @@ func EnsureSelfSignedRoot(ctx context.Context, cs kubernetes.Interface, namespac
 	s, err := secrets.Get(ctx, SelfSignedSecretName, metav1.GetOptions{})
 	switch {
 	case err == nil:
-		return pruneRoots(ctx, cs, s, opts)
+		return maintain(ctx, cs, s, opts)
 	case !apierrors.IsNotFound(err):
 		return nil, fmt.Errorf("get secret %s/%s: %w", namespace, SelfSignedSecretName, err)
 	}
@@ -148,49 +161,142 @@ func EnsureSelfSignedRoot(ctx context.Context, cs kubernetes.Interface, namespac
 	return keysFromSecret(created)
 }
 
-// RotateSelfSignedRoot replaces the self-signed root with a new one. The
-// bundle (root-cert.pem) carries the new root and the replaced ones until
-// opts.Overlap has passed, so peers holding certificates of either root trust
-// each other. A plug-in cacerts is rotated by its owner, not here.
-func RotateSelfSignedRoot(ctx context.Context, cs kubernetes.Interface, namespace string, opts RootOptions) (*Keys, error) {
+// Root rotation is two-phase, so that every peer trusts the new root before
+// any certificate is signed with it:
+//
+//  1. StageRootRotation generates the next root and adds it to the bundle
+//     (root-cert.pem, hence istio-ca-root-cert) while the CA keeps signing
+//     with the current one.
+//  2. After RootOptions.Propagation, ActivateStagedRoot (or the leader's
+//     periodic EnsureSelfSignedRoot) makes the CA sign with the new root; the
+//     bundle keeps the replaced root until RootOptions.Overlap has passed, so
+//     certificates it signed stay trusted until they expire.
+//
+// RotateSelfSignedRoot does both at once (tests, emergencies). A plug-in
+// cacerts is rotated by its owner: write both roots into its root-cert.pem
+// first, then the new signing certificate.
+
+// StageRootRotation is phase 1 (idempotent: a staged root is kept).
+func StageRootRotation(ctx context.Context, cs kubernetes.Interface, namespace string, opts RootOptions) (*Keys, error) {
 	opts = opts.withDefaults()
-	secrets := cs.CoreV1().Secrets(namespace)
-	if _, err := secrets.Get(ctx, PluginSecretName, metav1.GetOptions{}); err == nil {
-		return nil, fmt.Errorf("rotate root: secret %s/%s is in use; rotate it by writing a new %s with both roots in %s", namespace, PluginSecretName, PluginSecretName, RootCertKey)
-	}
-	old, err := secrets.Get(ctx, SelfSignedSecretName, metav1.GetOptions{})
+	cur, keys, err := selfSignedSecret(ctx, cs, namespace)
 	if err != nil {
-		return nil, fmt.Errorf("rotate root: get secret %s/%s: %w", namespace, SelfSignedSecretName, err)
+		return nil, fmt.Errorf("stage root: %w", err)
 	}
-	oldKeys, err := keysFromSecret(old)
-	if err != nil {
-		return nil, err
+	if len(cur.Data[NextCACertKey]) != 0 {
+		return keys, nil
 	}
 	root, key, err := newRoot(opts)
 	if err != nil {
 		return nil, err
 	}
-	bundle := append([]*x509.Certificate{root}, oldKeys.ValidRoots(opts.Now())...)
-	s, err := rootSecret(namespace, root, key, bundle, opts.Now().Add(opts.Overlap))
+	keyPEM, err := encodeKey(key)
 	if err != nil {
 		return nil, err
 	}
-	s.ResourceVersion = old.ResourceVersion
-	updated, err := secrets.Update(ctx, s, metav1.UpdateOptions{})
-	if err != nil {
-		return nil, fmt.Errorf("rotate root: update secret %s/%s: %w", namespace, SelfSignedSecretName, err)
+	s := cur.DeepCopy()
+	s.Data[RootCertKey] = append(keys.RootsPEM(), encodeCerts(root)...)
+	s.Data[NextCACertKey] = encodeCerts(root)
+	s.Data[NextCAKeyKey] = keyPEM
+	if s.Annotations == nil {
+		s.Annotations = map[string]string{}
 	}
-	opts.Logger.Info("rotated self-signed root", zap.String("secret", namespace+"/"+SelfSignedSecretName),
-		zap.String("serial", root.SerialNumber.Text(16)), zap.String("old_serial", oldKeys.Root().SerialNumber.Text(16)),
+	s.Annotations[ActivateAfterAnnotation] = opts.Now().Add(opts.Propagation).UTC().Format(time.RFC3339)
+	updated, err := cs.CoreV1().Secrets(namespace).Update(ctx, s, metav1.UpdateOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("stage root: update secret %s/%s: %w", namespace, SelfSignedSecretName, err)
+	}
+	opts.Logger.Info("staged next root in the trust bundle", zap.String("secret", namespace+"/"+SelfSignedSecretName),
+		zap.String("serial", root.SerialNumber.Text(16)), zap.String("activate_after", s.Annotations[ActivateAfterAnnotation]))
+	return keysFromSecret(updated)
+}
+
+// ActivateStagedRoot is phase 2: the staged root becomes the signing root,
+// whether or not its propagation time has passed.
+func ActivateStagedRoot(ctx context.Context, cs kubernetes.Interface, namespace string, opts RootOptions) (*Keys, error) {
+	opts = opts.withDefaults()
+	cur, keys, err := selfSignedSecret(ctx, cs, namespace)
+	if err != nil {
+		return nil, fmt.Errorf("activate root: %w", err)
+	}
+	return activate(ctx, cs, cur, keys, opts)
+}
+
+func activate(ctx context.Context, cs kubernetes.Interface, cur *corev1.Secret, keys *Keys, opts RootOptions) (*Keys, error) {
+	certs, err := parseCerts(cur.Data[NextCACertKey])
+	if err != nil || len(certs) != 1 {
+		return nil, fmt.Errorf("activate root: secret %s/%s has no staged root (%s): %v", cur.Namespace, cur.Name, NextCACertKey, err)
+	}
+	key, err := parseKey(cur.Data[NextCAKeyKey])
+	if err != nil {
+		return nil, fmt.Errorf("activate root: %s: %w", NextCAKeyKey, err)
+	}
+	root := certs[0]
+	var bundle []*x509.Certificate
+	bundle = append(bundle, root)
+	for _, r := range keys.ValidRoots(opts.Now()) {
+		if !r.Equal(root) {
+			bundle = append(bundle, r)
+		}
+	}
+	s, err := rootSecret(cur.Namespace, root, key, bundle, opts.Now().Add(opts.Overlap))
+	if err != nil {
+		return nil, err
+	}
+	s.ResourceVersion = cur.ResourceVersion
+	updated, err := cs.CoreV1().Secrets(cur.Namespace).Update(ctx, s, metav1.UpdateOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("activate root: update secret %s/%s: %w", cur.Namespace, cur.Name, err)
+	}
+	opts.Logger.Info("activated new signing root", zap.String("secret", cur.Namespace+"/"+cur.Name),
+		zap.String("serial", root.SerialNumber.Text(16)), zap.String("old_serial", keys.Root().SerialNumber.Text(16)),
 		zap.Time("overlap_until", opts.Now().Add(opts.Overlap)))
 	return keysFromSecret(updated)
 }
 
-func pruneRoots(ctx context.Context, cs kubernetes.Interface, s *corev1.Secret, opts RootOptions) (*Keys, error) {
+// RotateSelfSignedRoot stages and activates a new root at once. Peers learn
+// the new root only when the bundle reaches them, so prefer the two phases.
+func RotateSelfSignedRoot(ctx context.Context, cs kubernetes.Interface, namespace string, opts RootOptions) (*Keys, error) {
+	if _, err := StageRootRotation(ctx, cs, namespace, opts); err != nil {
+		return nil, err
+	}
+	return ActivateStagedRoot(ctx, cs, namespace, opts)
+}
+
+func selfSignedSecret(ctx context.Context, cs kubernetes.Interface, namespace string) (*corev1.Secret, *Keys, error) {
+	secrets := cs.CoreV1().Secrets(namespace)
+	if _, err := secrets.Get(ctx, PluginSecretName, metav1.GetOptions{}); err == nil {
+		return nil, nil, fmt.Errorf("secret %s/%s is in use; rotate it by writing both roots into its %s first, then the new signing certificate", namespace, PluginSecretName, RootCertKey)
+	}
+	cur, err := secrets.Get(ctx, SelfSignedSecretName, metav1.GetOptions{})
+	if err != nil {
+		return nil, nil, fmt.Errorf("get secret %s/%s: %w", namespace, SelfSignedSecretName, err)
+	}
+	keys, err := keysFromSecret(cur)
+	if err != nil {
+		return nil, nil, err
+	}
+	return cur, keys, nil
+}
+
+// maintain activates a staged root once due and prunes replaced roots once
+// their overlap has ended.
+func maintain(ctx context.Context, cs kubernetes.Interface, s *corev1.Secret, opts RootOptions) (*Keys, error) {
 	keys, err := keysFromSecret(s)
 	if err != nil {
 		return nil, err
 	}
+	if len(s.Data[NextCACertKey]) != 0 {
+		after, err := time.Parse(time.RFC3339, s.Annotations[ActivateAfterAnnotation])
+		if err != nil || !opts.Now().Before(after) {
+			return activate(ctx, cs, s, keys, opts)
+		}
+		return keys, nil // staged; the bundle is still propagating
+	}
+	return pruneRoots(ctx, cs, s, keys, opts)
+}
+
+func pruneRoots(ctx context.Context, cs kubernetes.Interface, s *corev1.Secret, keys *Keys, opts RootOptions) (*Keys, error) {
 	until, ok := s.Annotations[OverlapUntilAnnotation]
 	if !ok || len(keys.Roots) <= 1 {
 		return keys, nil

@@ -359,10 +359,11 @@ func xTestStreamResetMidCopy(t *testing.T, proto hbone.Protocol) {
 		}
 		// The send side is gone too: writes fail eventually.
 		var werr error
-		for range 100 {
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
 			if _, werr = conn.Write([]byte("x")); werr != nil {
 				break
 			}
+			time.Sleep(time.Millisecond) // let the peer's reset arrive
 		}
 		if werr == nil {
 			t.Error("writes still succeed after the upstream reset")

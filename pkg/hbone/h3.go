@@ -129,12 +129,17 @@ func (s *Server) handleH3(w http.ResponseWriter, r *http.Request, force context.
 	done := make(chan error, 1)
 	go func() {
 		_, err := copyHalf(up, str, nil, closeWriter(up))
+		if err != nil {
+			// Stream reset or connection lost: end the other direction too.
+			_ = up.Close()
+		}
 		done <- err
 	}()
 	_, werr := copyHalf(str, up, nil, str.Close)
 	if werr != nil && !isClosedErr(werr) {
 		str.CancelWrite(h3ConnectError)
 		str.CancelRead(h3ConnectError)
+		_ = up.Close()
 	}
 	rerr := <-done
 	if rerr != nil && !isClosedErr(rerr) {

@@ -446,8 +446,12 @@ func (s *Server) handleH2(w http.ResponseWriter, r *http.Request, tc *tls.Conn, 
 	go func() {
 		defer close(done)
 		_, err := copyHalf(up, r.Body, nil, closeWriter(up))
-		if err != nil && !isClosedErr(err) {
-			s.log.Debug("copy to upstream ended", zap.String("target", in.Target), zap.Error(err))
+		if err != nil {
+			// Stream reset or upstream gone: end the other direction too.
+			_ = up.Close()
+			if !isClosedErr(err) {
+				s.log.Debug("copy to upstream ended", zap.String("target", in.Target), zap.Error(err))
+			}
 		}
 	}()
 	_, err = copyHalf(w, up, func() { _ = rc.Flush() }, nil)

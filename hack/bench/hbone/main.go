@@ -1,0 +1,144 @@
+// Command hbone is the driver of `make bench-hbone`: it measures package
+// hbone against plain TCP, plain TLS 1.3 and Istio's pkg/hbone on
+// loopback in one run, writes the figures as one flat JSON object and
+// prints a one-line summary. It is bounded in time (-timeout).
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/ambient-mesh/mesh/pkg/hbone"
+	"github.com/ambient-mesh/mesh/pkg/hbone/hbonetest"
+)
+
+func main() {
+	out := flag.String("out", "_output/bench/hbone.json", "where to write the JSON figures")
+	size := flag.Int64("size", 256<<20, "bytes per single-stream transfer")
+	runs := flag.Int("runs", 3, "single-stream transfers per path (best is kept)")
+	timeout := flag.Duration("timeout", 150*time.Second, "bound on the whole run")
+	flag.Parse()
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	fig, err := run(ctx, *size, *runs)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench-hbone:", err)
+		os.Exit(1)
+	}
+	if err := os.MkdirAll(filepath.Dir(*out), 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, "bench-hbone:", err)
+		os.Exit(1)
+	}
+	b, _ := json.MarshalIndent(fig, "", "  ")
+	if err := os.WriteFile(*out, append(b, '\n'), 0o644); err != nil {
+		fmt.Fprintln(os.Stderr, "bench-hbone:", err)
+		os.Exit(1)
+	}
+	fmt.Printf("bench-hbone: single-stream %.2fx TLS, %.2fx Istio (h2 %.2f Gbit/s, tls %.2f, istio %.2f, tcp %.2f); 64 streams %.2fx TLS; h3 %.2fx h2; rtt +%.0f us; idle %.1f KiB/stream; %.0f allocs/stream; cpu %.1f s, rss %.0f MB -> %s\n",
+		fig["single_stream_ratio_vs_tls"], fig["single_stream_ratio_vs_istio"], fig["single_stream_h2_gbps"], fig["single_stream_tls_gbps"], fig["single_stream_istio_gbps"], fig["single_stream_tcp_gbps"],
+		fig["aggregate_64_ratio_vs_tls"], fig["h3_single_stream_ratio_vs_h2"], fig["rtt_1k_added_us"], fig["idle_stream_kib"], fig["allocs_per_stream"], fig["cpu_s"], fig["rss_mb"], *out)
+}
+
+func run(ctx context.Context, size int64, runs int) (map[string]float64, error) {
+	fig := map[string]float64{}
+	env, err := hbonetest.New()
+	if err != nil {
+		return nil, err
+	}
+	defer env.Close()
+
+	single := map[hbonetest.Path]float64{}
+	for _, p := range hbonetest.Paths {
+		n := size
+		if p == hbonetest.Istio || p == hbonetest.H3 {
+			n = size / 2 // slower paths: keep the run bounded
+		}
+		g, err := env.Throughput(ctx, p, n, runs)
+		if err != nil {
+			return nil, err
+		}
+		single[p] = g
+		fig[fmt.Sprintf("single_stream_%s_gbps", p)] = g
+	}
+	fig["single_stream_ratio_vs_tls"] = single[hbonetest.H2] / single[hbonetest.TLS]
+	fig["single_stream_ratio_vs_istio"] = single[hbonetest.H2] / single[hbonetest.Istio]
+	fig["single_stream_ratio_vs_tcp"] = single[hbonetest.H2] / single[hbonetest.TCP]
+	fig["h3_single_stream_ratio_vs_h2"] = single[hbonetest.H3] / single[hbonetest.H2]
+
+	agg := map[hbonetest.Path]float64{}
+	for _, p := range []hbonetest.Path{hbonetest.TCP, hbonetest.TLS, hbonetest.H2, hbonetest.H3} {
+		g, err := env.Aggregate(ctx, p, 64, size/64)
+		if err != nil {
+			return nil, err
+		}
+		agg[p] = g
+		fig[fmt.Sprintf("aggregate_64_%s_gbps", p)] = g
+	}
+	fig["aggregate_64_ratio_vs_tls"] = agg[hbonetest.H2] / agg[hbonetest.TLS]
+	fig["aggregate_64_h3_ratio_vs_h2"] = agg[hbonetest.H3] / agg[hbonetest.H2]
+
+	rtt := map[hbonetest.Path]time.Duration{}
+	for _, p := range hbonetest.Paths {
+		d, err := env.RTT(ctx, p, 1024, 2000)
+		if err != nil {
+			return nil, err
+		}
+		rtt[p] = d
+		fig[fmt.Sprintf("rtt_1k_%s_us", p)] = us(d)
+	}
+	fig["rtt_1k_added_us"] = us(rtt[hbonetest.H2] - rtt[hbonetest.TCP])
+	fig["rtt_1k_added_vs_tls_us"] = us(rtt[hbonetest.H2] - rtt[hbonetest.TLS])
+	fig["rtt_1k_h3_added_us"] = us(rtt[hbonetest.H3] - rtt[hbonetest.TCP])
+
+	for _, p := range []hbonetest.Path{hbonetest.TCP, hbonetest.TLS, hbonetest.H2, hbonetest.H3} {
+		d, err := env.Setup(ctx, p, 50, true)
+		if err != nil {
+			return nil, err
+		}
+		fig[fmt.Sprintf("setup_new_conn_%s_us", p)] = us(d)
+	}
+	for _, p := range []hbonetest.Path{hbonetest.H2, hbonetest.H3} {
+		d, err := env.Setup(ctx, p, 200, false)
+		if err != nil {
+			return nil, err
+		}
+		fig[fmt.Sprintf("setup_pooled_stream_%s_us", p)] = us(d)
+	}
+
+	a, err := env.AllocsPerStream(ctx, hbonetest.H2, 500)
+	if err != nil {
+		return nil, err
+	}
+	fig["allocs_per_stream"] = a
+	if a, err = env.AllocsPerStream(ctx, hbonetest.H3, 500); err != nil {
+		return nil, err
+	}
+	fig["allocs_per_stream_h3"] = a
+
+	k, err := hbonetest.IdleStreamKiB(ctx, hbone.H2, 1000)
+	if err != nil {
+		return nil, err
+	}
+	fig["idle_stream_kib"] = k
+	if k, err = hbonetest.IdleStreamKiB(ctx, hbone.H3, 500); err != nil {
+		return nil, err
+	}
+	fig["idle_stream_h3_kib"] = k
+
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err == nil {
+		fig["cpu_s"] = tv(ru.Utime) + tv(ru.Stime)
+		fig["rss_mb"] = float64(ru.Maxrss) / 1024 // KiB on Linux
+	}
+	return fig, nil
+}
+
+func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
+
+func tv(t syscall.Timeval) float64 { return float64(t.Sec) + float64(t.Usec)/1e6 }

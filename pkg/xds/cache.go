@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -154,10 +155,26 @@ func (c *deltaCache) pruneLog() {
 	c.log = append([]change(nil), c.log[drop:]...)
 }
 
-func (c *deltaCache) setAliases(a map[string][]string) {
+// updateAliases moves resources between aliases: changes maps a resource
+// name to its {old, new} aliases.
+func (c *deltaCache) updateAliases(changes map[string][2][]string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.aliases = a
+	for name, ch := range changes {
+		for _, al := range ch[0] {
+			names := slices.DeleteFunc(c.aliases[al], func(n string) bool { return n == name })
+			if len(names) == 0 {
+				delete(c.aliases, al)
+			} else {
+				c.aliases[al] = names
+			}
+		}
+		for _, al := range ch[1] {
+			if !slices.Contains(c.aliases[al], name) {
+				c.aliases[al] = append(c.aliases[al], name)
+			}
+		}
+	}
 }
 
 func (c *deltaCache) resources() map[string]types.Resource {

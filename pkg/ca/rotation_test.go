@@ -203,23 +203,33 @@ func TestRotationUnderLoad(t *testing.T) {
 		})
 	}
 
-	// Rotate the root halfway. The bundle (what istio-ca-root-cert carries)
-	// holds both roots and reaches the ztunnels before the CA signs with the
-	// new root; each manager moves to the new root at its next refresh.
+	// Rotate the root halfway, in the two phases the leader uses: stage the
+	// next root in the bundle, let the bundle (istio-ca-root-cert) reach both
+	// ztunnels, then activate it. Each manager moves to the new root at its
+	// next refresh.
 	select {
 	case <-time.After(run / 2):
 	case <-ctx.Done():
 	}
-	keys, err := ca.RotateSelfSignedRoot(t.Context(), c.cs, systemNS, ca.RootOptions{Overlap: time.Hour, Logger: log})
-	if err != nil {
-		t.Fatalf("rotate root: %v", err)
+	reloader := &ca.Reloader{CA: srv.ca, Client: c.cs, Namespace: systemNS}
+	if _, err := ca.StageRootRotation(t.Context(), c.cs, systemNS, ca.RootOptions{Logger: log}); err != nil {
+		t.Fatalf("stage root: %v", err)
+	}
+	if err := reloader.ReloadOnce(t.Context()); err != nil {
+		t.Fatal(err)
 	}
 	for _, m := range []*certmanager.Manager{mgrA, mgrB} {
-		if err := m.SetRootsPEM(keys.RootsPEM()); err != nil {
+		if err := m.SetRootsPEM(srv.ca.RootsPEM()); err != nil {
 			t.Fatal(err)
 		}
 	}
-	srv.ca.SetKeys(keys)
+	keys, err := ca.ActivateStagedRoot(t.Context(), c.cs, systemNS, ca.RootOptions{Overlap: time.Hour, Logger: log})
+	if err != nil {
+		t.Fatalf("activate root: %v", err)
+	}
+	if err := reloader.ReloadOnce(t.Context()); err != nil {
+		t.Fatal(err)
+	}
 	newRoot := keys.Root()
 	workers.Wait()
 

@@ -37,7 +37,7 @@ func Example() {
 	go srv.Start(ctx) // debounced pushes; streams wait for the first snapshot
 
 	g := grpc.NewServer(srv.GRPCServerOptions()...) // TLS from Options.TLS
-	srv.Register(ctx, g) // the CA registers its service on g too
+	srv.Register(ctx, g)                            // the CA registers its service on g too
 	lis, _ := net.Listen("tcp", ":15012")
 	go g.Serve(lis)
 

@@ -312,6 +312,10 @@ func (c *deltaCache) CreateDeltaWatch(req *cache.DeltaRequest, sub cache.Subscri
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if req.GetResponseNonce() == "" {
+		// A new stream: versions come from the client, never a sequence.
+		delete(sub.ReturnedResources(), seqKey)
+	}
 	w := &deltaWatch{req: req, sub: sub, ch: ch}
 	if !sub.IsWildcard() {
 		w.names = map[string]struct{}{}

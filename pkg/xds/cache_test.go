@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"maps"
 	"math/rand/v2"
+	"strconv"
 	"testing"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
@@ -204,5 +205,20 @@ func TestDeltaCacheUnchangedContentIsNotAChange(t *testing.T) {
 	}
 	if c.seq != seq+1 || len(c.log) != 1 {
 		t.Errorf("seq %d log %d; want seq %d and no new log entry", c.seq, len(c.log), seq+1)
+	}
+}
+
+func TestDeltaCacheIgnoresClientSuppliedSequence(t *testing.T) {
+	c := newDeltaCache(testType)
+	if err := c.update(map[string]types.Resource{"a": wrapperspb.String("x")}, nil); err != nil {
+		t.Fatal(err)
+	}
+	// A client claiming to be up to date at the current sequence still gets
+	// what it lacks.
+	cl := newFakeClient(t, c, map[string]string{seqKey: strconv.FormatUint(c.seq, 10)})
+	cl.held = map[string]string{}
+	cl.watch()
+	if !cl.drain() || cl.held["a"] == "" {
+		t.Errorf("client holds %v, want resource a", cl.held)
 	}
 }

@@ -53,15 +53,15 @@ type Snapshot struct {
 	// Version counts applied deltas; it grows by one with each change.
 	Version uint64
 
-	workloads    map[string]*workloadapi.Workload  // by uid
-	workloadByIP map[NetworkAddr]*workloadapi.Workload // by network/ip
-	services     map[string]*workloadapi.Service   // by "namespace/hostname"
-	serviceByIP  map[NetworkAddr]*workloadapi.Service  // by network/VIP
-	serviceByHost map[string][]*workloadapi.Service // by hostname, several namespaces possible
-	endpoints    map[string][]*workloadapi.Workload // service key -> workloads, sorted by uid
-	policies     map[string]*security.Authorization // by "namespace/name"
-	policyByNS   map[string][]*security.Authorization // NAMESPACE-scoped, by namespace, sorted by key
-	global       []*security.Authorization            // GLOBAL-scoped, sorted by key
+	workloads     map[string]*workloadapi.Workload      // by uid
+	workloadByIP  map[NetworkAddr]*workloadapi.Workload // by network/ip
+	services      map[string]*workloadapi.Service       // by "namespace/hostname"
+	serviceByIP   map[NetworkAddr]*workloadapi.Service  // by network/VIP
+	serviceByHost map[string][]*workloadapi.Service     // by hostname, several namespaces possible
+	endpoints     map[string][]*workloadapi.Workload    // service key -> workloads, sorted by uid
+	policies      map[string]*security.Authorization    // by "namespace/name"
+	policyByNS    map[string][]*security.Authorization  // NAMESPACE-scoped, by namespace, sorted by key
+	global        []*security.Authorization             // GLOBAL-scoped, sorted by key
 }
 
 // Empty returns a snapshot holding nothing.

@@ -1,0 +1,384 @@
+package ztunnel
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"go.uber.org/zap/zaptest"
+	"google.golang.org/protobuf/types/known/emptypb"
+	"istio.io/istio/pkg/workloadapi"
+	"istio.io/istio/pkg/workloadapi/security"
+
+	"github.com/ambient-mesh/mesh/internal/meshtest"
+	"github.com/ambient-mesh/mesh/internal/testenv"
+	"github.com/ambient-mesh/mesh/pkg/redirect"
+	"github.com/ambient-mesh/mesh/pkg/ztunnel/state"
+)
+
+// Topology: a "node" netns joined to two "pod" netns A and B by veth pairs,
+// forwarding between them. All namespaces are created here and deleted at
+// cleanup; nothing touches the host's own netns.
+var (
+	nodeA  = netip.MustParseAddr("10.78.1.1")
+	podA   = netip.MustParseAddr("10.78.1.2")
+	nodeB  = netip.MustParseAddr("10.78.2.1")
+	podB   = netip.MustParseAddr("10.78.2.2")
+	svcVIP = netip.MustParseAddr("10.96.78.10")
+)
+
+const ioTimeout = 5 * time.Second
+
+var nsSeq atomic.Int64
+
+func newNS(t *testing.T, role string) (string, netns.NsHandle) {
+	t.Helper()
+	name := fmt.Sprintf("zt%d-%d-%s", os.Getpid(), nsSeq.Add(1), role)
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add %s: %v: %s", name, err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
+			t.Errorf("ip netns del %s: %v: %s", name, err, out)
+		}
+	})
+	h, err := netns.GetFromName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	nl := nlHandle(t, h)
+	lo, err := nl.LinkByName("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nl.LinkSetUp(lo); err != nil {
+		t.Fatal(err)
+	}
+	return name, h
+}
+
+func nlHandle(t *testing.T, h netns.NsHandle) *netlink.Handle {
+	t.Helper()
+	nl, err := netlink.NewHandleAt(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nl.Close)
+	return nl
+}
+
+func addr(t *testing.T, nl *netlink.Handle, link string, a netip.Addr, gw netip.Addr) {
+	t.Helper()
+	l, err := nl.LinkByName(link)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nl.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(24, 32)}}); err != nil {
+		t.Fatalf("addr %s on %s: %v", a, link, err)
+	}
+	if err := nl.LinkSetUp(l); err != nil {
+		t.Fatal(err)
+	}
+	if gw.IsValid() {
+		if err := nl.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Gw: gw.AsSlice()}); err != nil {
+			t.Fatalf("default route via %s: %v", gw, err)
+		}
+	}
+}
+
+type topo struct {
+	nodeName     string
+	a, b         netns.NsHandle
+	aName, bName string
+}
+
+func newTopo(t *testing.T) topo {
+	t.Helper()
+	testenv.RequireRoot(t)
+	for _, bin := range []string{"ip", "nft"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			testenv.Unavailable(t, "needs %s: %v", bin, err)
+		}
+	}
+	nodeName, node := newNS(t, "node")
+	aName, a := newNS(t, "a")
+	bName, b := newNS(t, "b")
+	nl := nlHandle(t, node)
+	for _, p := range []struct {
+		veth      string
+		pod       netns.NsHandle
+		gw, ip    netip.Addr
+		podHandle *netlink.Handle
+	}{{"va", a, nodeA, podA, nlHandle(t, a)}, {"vb", b, nodeB, podB, nlHandle(t, b)}} {
+		if err := nl.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: p.veth}, PeerName: "eth0", PeerNamespace: netlink.NsFd(int(p.pod))}); err != nil {
+			t.Fatalf("veth %s: %v", p.veth, err)
+		}
+		addr(t, nl, p.veth, p.gw, netip.Addr{})
+		addr(t, p.podHandle, "eth0", p.ip, p.gw)
+	}
+	if err := redirect.Do(node, func() error {
+		return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	rules := redirect.NewPodRules(redirect.PodConfig{}, nil)
+	for _, h := range []netns.NsHandle{a, b} {
+		if err := rules.Install(h); err != nil {
+			t.Fatalf("install capture rules: %v", err)
+		}
+	}
+	return topo{nodeName: nodeName, a: a, b: b, aName: aName, bName: bName}
+}
+
+// echoApp listens on :8080 in ns; each connection first gets
+// "from <client ip>\n", then its bytes echoed back.
+type echoApp struct {
+	accepted atomic.Int64
+}
+
+func startEcho(t *testing.T, ns netns.NsHandle) *echoApp {
+	t.Helper()
+	ln, err := redirect.Listen(t.Context(), ns, "tcp", ":8080", redirect.SocketOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	app := &echoApp{}
+	done := make(chan struct{})
+	t.Cleanup(func() { ln.Close(); <-done })
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			app.accepted.Add(1)
+			go func() {
+				defer c.Close()
+				fmt.Fprintf(c, "from %s\n", addrIP(c.RemoteAddr()))
+				_, _ = io.Copy(c, c)
+			}()
+		}
+	}()
+	return app
+}
+
+func clientWorkload(a netip.Addr, ns, sa string, svcs ...string) *workloadapi.Workload {
+	w := &workloadapi.Workload{Uid: "Kubernetes//Pod/" + ns + "/" + sa, Name: sa, Namespace: ns, ServiceAccount: sa,
+		Addresses: [][]byte{a.AsSlice()}, TunnelProtocol: workloadapi.TunnelProtocol_HBONE, Services: map[string]*workloadapi.PortList{}}
+	for _, s := range svcs {
+		w.Services[s] = &workloadapi.PortList{Ports: []*workloadapi.Port{{ServicePort: 80, TargetPort: 8080}}}
+	}
+	return w
+}
+
+// dialApp connects from the app in ns to dst and reads the greeting line.
+func dialFromApp(t *testing.T, ns netns.NsHandle, dst netip.AddrPort) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), ioTimeout)
+	defer cancel()
+	c, err := redirect.Dial(ctx, ns, net.Dialer{}, "tcp", dst.String(), redirect.SocketOptions{})
+	if err != nil {
+		t.Fatalf("app dial %s: %v", dst, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(ioTimeout))
+	return c, bufio.NewReader(c)
+}
+
+func expectEcho(t *testing.T, c net.Conn, r *bufio.Reader, wantFrom netip.Addr) {
+	t.Helper()
+	line, err := r.ReadString('\n')
+	if err != nil {
+		t.Fatalf("read greeting: %v", err)
+	}
+	if want := "from " + wantFrom.String() + "\n"; line != want {
+		t.Fatalf("greeting %q, want %q (the app must see the original source IP)", line, want)
+	}
+	msg := "ping " + time.Now().String() + "\n"
+	if _, err := io.WriteString(c, msg); err != nil {
+		t.Fatal(err)
+	}
+	got, err := r.ReadString('\n')
+	if err != nil || got != msg {
+		t.Fatalf("echo = %q, %v; want %q", got, err, msg)
+	}
+}
+
+// expectClosed waits (bounded by the conn's deadline) for the connection to
+// end without data.
+func expectClosed(t *testing.T, c net.Conn, r *bufio.Reader) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(ioTimeout))
+	b, err := r.ReadByte()
+	if err == nil {
+		t.Fatalf("connection still carries data (%q), want it closed", b)
+	}
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("connection still open after %s, want it closed", ioTimeout)
+	}
+}
+
+func principal(ns, sa string) *security.StringMatch {
+	return &security.StringMatch{MatchType: &security.StringMatch_Exact{Exact: "cluster.local/ns/" + ns + "/sa/" + sa}}
+}
+
+func TestPodsOverHBONE(t *testing.T) {
+	tp := newTopo(t)
+	ca, err := meshtest.NewCA("cluster.local")
+	if err != nil {
+		t.Fatal(err)
+	}
+	certs := &StaticCerts{Bundle: ca.Bundle()}
+	for _, id := range [][2]string{{"a", "client"}, {"b", "server"}} {
+		s, err := ca.SVID(id[0], id[1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		certs.Add(s)
+	}
+	svcKey := "b/server.b.svc.cluster.local"
+	wA := clientWorkload(podA, "a", "client")
+	wB := clientWorkload(podB, "b", "server", svcKey)
+	svc := &workloadapi.Service{Name: "server", Namespace: "b", Hostname: "server.b.svc.cluster.local",
+		Addresses: []*workloadapi.NetworkAddress{{Address: svcVIP.AsSlice()}},
+		Ports:     []*workloadapi.Port{{ServicePort: 80, TargetPort: 8080}}}
+	store := state.NewStore()
+	setPolicies := func(ps ...*security.Authorization) {
+		store.Replace(state.NewSnapshot([]*workloadapi.Workload{wA, wB}, []*workloadapi.Service{svc}, ps))
+	}
+	setPolicies()
+
+	proxy, err := New(Config{Store: store, Certs: certs, DrainTimeout: 300 * time.Millisecond, ConnectTimeout: ioTimeout, Logger: zaptest.NewLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(t.Context())
+	runDone := make(chan error, 1)
+	go func() { runDone <- proxy.Run(runCtx) }()
+	t.Cleanup(func() {
+		stop()
+		if err := <-runDone; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	for _, p := range []struct {
+		name, ns, sa string
+	}{{tp.aName, "a", "client"}, {tp.bName, "b", "server"}} {
+		h, err := netns.GetFromName(p.name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := proxy.AddPod(t.Context(), PodInfo{UID: p.ns + "-uid", Name: p.sa, Namespace: p.ns, ServiceAccount: p.sa}, h); err != nil {
+			t.Fatalf("AddPod %s: %v", p.ns, err)
+		}
+	}
+	app := startEcho(t, tp.b)
+
+	t.Run("pod ip over hbone", func(t *testing.T) {
+		c, r := dialFromApp(t, tp.a, netip.AddrPortFrom(podB, 8080))
+		expectEcho(t, c, r, podA)
+	})
+	t.Run("service vip", func(t *testing.T) {
+		c, r := dialFromApp(t, tp.a, netip.AddrPortFrom(svcVIP, 80))
+		expectEcho(t, c, r, podA)
+	})
+	t.Run("allow not matching denies", func(t *testing.T) {
+		setPolicies(&security.Authorization{Name: "only-x", Namespace: "b", Scope: security.Scope_NAMESPACE, Action: security.Action_ALLOW,
+			Groups: []*security.Group{{Rules: []*security.Rules{{Matches: []*security.Match{{Principals: []*security.StringMatch{principal("x", "y")}}}}}}}})
+		before := app.accepted.Load()
+		c, r := dialFromApp(t, tp.a, netip.AddrPortFrom(podB, 8080))
+		expectClosed(t, c, r)
+		if got := app.accepted.Load(); got != before {
+			t.Errorf("the app accepted %d connections while denied", got-before)
+		}
+		setPolicies(&security.Authorization{Name: "only-a", Namespace: "b", Scope: security.Scope_NAMESPACE, Action: security.Action_ALLOW,
+			Groups: []*security.Group{{Rules: []*security.Rules{{Matches: []*security.Match{{Principals: []*security.StringMatch{principal("a", "client")}}}}}}}})
+		c, r = dialFromApp(t, tp.a, netip.AddrPortFrom(podB, 8080))
+		expectEcho(t, c, r, podA)
+	})
+	t.Run("deny added closes open connection", func(t *testing.T) {
+		setPolicies()
+		c, r := dialFromApp(t, tp.a, netip.AddrPortFrom(podB, 8080))
+		expectEcho(t, c, r, podA)
+		setPolicies(&security.Authorization{Name: "deny-a", Namespace: "b", Scope: security.Scope_NAMESPACE, Action: security.Action_DENY,
+			Groups: []*security.Group{{Rules: []*security.Rules{{Matches: []*security.Match{{Principals: []*security.StringMatch{principal("a", "client")}}}}}}}})
+		expectClosed(t, c, r)
+	})
+	t.Run("plaintext inbound strict vs permissive", func(t *testing.T) {
+		// The node netns is outside the mesh: its connection to B lands on
+		// B's 15006.
+		node, err := netns.GetFromName(tp.nodeName)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer node.Close()
+		setPolicies()
+		c, r := dialFromApp(t, node, netip.AddrPortFrom(podB, 8080))
+		expectEcho(t, c, r, nodeB)
+		strict := &security.Authorization{Name: "istio_converted_peer_authentication_strict", Namespace: "b", Scope: security.Scope_NAMESPACE, Action: security.Action_DENY,
+			Groups: []*security.Group{{Rules: []*security.Rules{{Matches: []*security.Match{{NotPrincipals: []*security.StringMatch{{MatchType: &security.StringMatch_Presence{Presence: &emptypb.Empty{}}}}}}}}}}}
+		setPolicies(strict)
+		expectClosed(t, c, r) // the open plaintext connection is re-checked too
+		c, r = dialFromApp(t, node, netip.AddrPortFrom(podB, 8080))
+		expectClosed(t, c, r)
+		c, r = dialFromApp(t, tp.a, netip.AddrPortFrom(podB, 8080))
+		expectEcho(t, c, r, podA) // mTLS still passes STRICT
+		setPolicies()
+	})
+	t.Run("outside the mesh passthrough", func(t *testing.T) {
+		// The node's own address is not in the state: plain TCP from A.
+		ln, err := redirect.Listen(t.Context(), mustNS(t, tp.nodeName), "tcp", nodeA.String()+":9000", redirect.SocketOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		c, _ := dialFromApp(t, tp.a, netip.AddrPortFrom(nodeA, 9000))
+		ln.(*net.TCPListener).SetDeadline(time.Now().Add(ioTimeout))
+		sc, err := ln.Accept()
+		if err != nil {
+			t.Fatalf("passthrough connection never arrived: %v", err)
+		}
+		defer sc.Close()
+		if got := addrIP(sc.RemoteAddr()); got != podA {
+			t.Errorf("passthrough arrived from %s, want %s", got, podA)
+		}
+		c.Close()
+	})
+	t.Run("removed pod drains and closes", func(t *testing.T) {
+		c, r := dialFromApp(t, tp.a, netip.AddrPortFrom(podB, 8080))
+		expectEcho(t, c, r, podA)
+		start := time.Now()
+		if err := proxy.RemovePod(t.Context(), "b-uid"); err != nil {
+			t.Fatal(err)
+		}
+		if d := time.Since(start); d > 2*time.Second {
+			t.Errorf("RemovePod took %s with a 300ms drain", d)
+		}
+		expectClosed(t, c, r)
+		c, r = dialFromApp(t, tp.a, netip.AddrPortFrom(podB, 8080))
+		expectClosed(t, c, r)
+	})
+}
+
+func mustNS(t *testing.T, name string) netns.NsHandle {
+	t.Helper()
+	h, err := netns.GetFromName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	return h
+}

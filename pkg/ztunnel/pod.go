@@ -1,0 +1,375 @@
+package ztunnel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/vishvananda/netns"
+	"go.uber.org/zap"
+
+	"github.com/ambient-mesh/mesh/pkg/hbone"
+	"github.com/ambient-mesh/mesh/pkg/redirect"
+	"github.com/ambient-mesh/mesh/pkg/ztunnel/authz"
+	"github.com/ambient-mesh/mesh/pkg/ztunnel/route"
+	"github.com/ambient-mesh/mesh/pkg/ztunnel/state"
+)
+
+// pod is one captured pod's proxy: three listeners in its netns, an HBONE
+// client dialing from its netns with its certificate, and its connections.
+//
+// Concurrency: mu guards conns (every proxied connection, for draining and
+// policy re-checks). ctx ends when the pod is removed; wg counts the accept
+// loops, the HBONE server and every connection handler.
+type pod struct {
+	p      *Proxy
+	info   PodInfo
+	id     spiffeid.ID
+	ns     netns.NsHandle
+	log    *zap.Logger
+	client *hbone.Client
+	server *hbone.Server
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu    sync.Mutex
+	conns map[*tracked]struct{}
+}
+
+// tracked is one proxied connection. For inbound ones az holds what the
+// policy was evaluated on, so a policy change can re-check it.
+type tracked struct {
+	inbound bool
+	az      authz.Conn
+	close   func()
+}
+
+func startPod(p *Proxy, info PodInfo, id spiffeid.ID, ns netns.NsHandle) (*pod, error) {
+	log := p.log.With(zap.String("pod", info.Namespace+"/"+info.Name))
+	client, err := hbone.NewClient(hbone.ClientConfig{
+		Bundle:         p.cfg.Certs,
+		Logger:         log.Named("hbone-client"),
+		ConnectTimeout: p.cfg.ConnectTimeout,
+		Control:        nsControl(ns, redirect.SocketOptions{Mark: p.cfg.Mark}),
+	})
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(p.life)
+	pd := &pod{p: p, info: info, id: id, ns: ns, log: log, client: client, ctx: ctx, cancel: cancel, conns: map[*tracked]struct{}{}}
+	pd.server, err = hbone.NewServer(hbone.ServerConfig{
+		SVID:         svidSource{certs: p.cfg.Certs, id: id, timeout: p.cfg.ConnectTimeout},
+		Bundle:       p.cfg.Certs,
+		TrustDomain:  p.td,
+		Hooks:        hbone.Hooks{Authorize: pd.authorizeHBONE, DialUpstream: pd.dialApp},
+		Logger:       log.Named("hbone-server"),
+		DrainTimeout: p.cfg.DrainTimeout,
+	})
+	if err != nil {
+		cancel()
+		_ = client.Close()
+		return nil, err
+	}
+	lo := redirect.SocketOptions{Mark: p.cfg.Mark, ReusePort: true}
+	var lns []net.Listener
+	for _, port := range []int{route.OutboundPort, route.InboundPlaintextPort, route.HBONEPort} {
+		ln, err := redirect.Listen(ctx, ns, "tcp", ":"+strconv.Itoa(port), lo)
+		if err != nil {
+			for _, l := range lns {
+				_ = l.Close()
+			}
+			cancel()
+			_ = client.Close()
+			return nil, fmt.Errorf("listen :%d in pod netns: %w", port, err)
+		}
+		lns = append(lns, ln)
+	}
+	pd.wg.Add(3)
+	go pd.acceptLoop(lns[0], pd.outbound)
+	go pd.acceptLoop(lns[1], pd.plaintextInbound)
+	go func() {
+		defer pd.wg.Done()
+		if err := pd.server.Serve(ctx, lns[2]); err != nil && ctx.Err() == nil {
+			log.Error("hbone listener failed", zap.Error(err))
+		}
+	}()
+	return pd, nil
+}
+
+func (pd *pod) acceptLoop(ln net.Listener, handle func(net.Conn)) {
+	defer pd.wg.Done()
+	stop := context.AfterFunc(pd.ctx, func() { _ = ln.Close() })
+	defer stop()
+	defer ln.Close()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if pd.ctx.Err() == nil {
+				pd.log.Error("accept failed", zap.Stringer("addr", ln.Addr()), zap.Error(err))
+			}
+			return
+		}
+		pd.wg.Add(1)
+		go func() {
+			defer pd.wg.Done()
+			handle(c)
+		}()
+	}
+}
+
+// track registers a connection; the returned func unregisters it.
+func (pd *pod) track(t *tracked) (untrack func(), ok bool) {
+	pd.mu.Lock()
+	defer pd.mu.Unlock()
+	if pd.ctx.Err() != nil {
+		return nil, false
+	}
+	pd.conns[t] = struct{}{}
+	return func() {
+		pd.mu.Lock()
+		delete(pd.conns, t)
+		pd.mu.Unlock()
+	}, true
+}
+
+// outbound handles one connection the app made, redirected to 15001.
+func (pd *pod) outbound(c net.Conn) {
+	start := time.Now()
+	dst, err := redirect.OriginalDst(c)
+	if err != nil {
+		pd.log.Warn("outbound: no original destination", zap.Error(err))
+		_ = c.Close()
+		return
+	}
+	src := c.RemoteAddr().(*net.TCPAddr).AddrPort()
+	src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+	snap := pd.p.cfg.Store.Snapshot()
+	srcIP := src.Addr().Unmap()
+	srcW := snap.WorkloadByIP(state.NetworkAddr{Network: pd.p.cfg.Network, IP: srcIP})
+	req, err := route.Outbound(snap, route.Source{Workload: srcW, IP: srcIP, Network: pd.p.cfg.Network}, dst, pd.p.pick)
+	log := pd.log.With(zap.String("direction", "outbound"), zap.Stringer("src.addr", src), zap.Stringer("dst.addr", dst))
+	if err != nil {
+		log.Warn("connection failed", zap.Error(err))
+		_ = c.Close()
+		return
+	}
+	ctx, cancel := context.WithTimeout(pd.ctx, pd.p.cfg.ConnectTimeout)
+	up, err := pd.dialOutbound(ctx, req, src)
+	cancel()
+	if err != nil {
+		log.Warn("connection failed", zap.Stringer("route", req), zap.Error(err))
+		_ = c.Close()
+		return
+	}
+	t := &tracked{close: func() { _ = c.Close(); _ = up.Close() }}
+	untrack, ok := pd.track(t)
+	if !ok {
+		t.close()
+		return
+	}
+	sent, recv := pipe(c, up)
+	untrack()
+	log.Info("connection complete", zap.Stringer("route", req),
+		zap.Int64("bytes_sent", sent), zap.Int64("bytes_recv", recv), zap.Duration("duration", time.Since(start)))
+}
+
+func (pd *pod) dialOutbound(ctx context.Context, req *route.Request, src netip.AddrPort) (net.Conn, error) {
+	if req.Kind == route.Passthrough {
+		return redirect.Dial(ctx, pd.ns, net.Dialer{}, "tcp", req.Dial.String(), redirect.SocketOptions{Mark: pd.p.cfg.Mark})
+	}
+	svid, err := pd.p.cfg.Certs.SVID(ctx, pd.id)
+	if err != nil {
+		return nil, fmt.Errorf("certificate for %s: %w", pd.id, err)
+	}
+	return pd.client.Dial(ctx, &hbone.Request{
+		Source:       svid,
+		Destinations: req.Identities,
+		Address:      req.Dial,
+		Authority:    req.Authority,
+		Forwarded:    fmt.Sprintf("for=%q", src.String()),
+	})
+}
+
+// local resolves an inbound target to this pod's workload and checks it is
+// not one of ztunnel's own ports.
+func (pd *pod) local(target netip.AddrPort, arrivedOn netip.Addr) (*state.Snapshot, error) {
+	if arrivedOn.IsValid() && target.Addr().Unmap() != arrivedOn {
+		return nil, &hbone.Error{Status: 400, Op: "validate", Peer: target.String(), Err: fmt.Errorf("target IP is not the pod's address %s", arrivedOn)}
+	}
+	for _, p := range route.OwnPorts {
+		if target.Port() == p {
+			return nil, &hbone.Error{Status: 503, Op: "validate", Peer: target.String(), Err: route.ErrLoop}
+		}
+	}
+	return pd.p.cfg.Store.Snapshot(), nil
+}
+
+func (pd *pod) decide(snap *state.Snapshot, c authz.Conn) authz.Decision {
+	w := snap.WorkloadByIP(state.NetworkAddr{Network: pd.p.cfg.Network, IP: c.Dst.Addr()})
+	return authz.Evaluate(snap.PoliciesFor(w), c)
+}
+
+func inboundConn(in *hbone.Inbound) authz.Conn {
+	return authz.Conn{Source: in.Peer, SrcIP: addrIP(in.RemoteAddr), Dst: netip.AddrPortFrom(in.TargetAddr.Addr().Unmap(), in.TargetAddr.Port())}
+}
+
+// authorizeHBONE is the HBONE server's Authorize hook.
+func (pd *pod) authorizeHBONE(_ context.Context, in *hbone.Inbound) error {
+	if !in.TargetAddr.IsValid() {
+		return &hbone.Error{Status: 400, Op: "validate", Peer: in.Target, Err: errors.New("service hostname targets are not supported yet")}
+	}
+	snap, err := pd.local(in.TargetAddr, addrIP(in.LocalAddr))
+	if err != nil {
+		return err
+	}
+	c := inboundConn(in)
+	if d := pd.decide(snap, c); !d.Allow {
+		pd.log.Info("connection denied", zap.String("direction", "inbound"), zap.Stringer("src.identity", in.Peer),
+			zap.Stringer("src.addr", in.RemoteAddr), zap.String("dst.hbone_addr", in.Target), zap.String("policy", d.Policy), zap.String("reason", d.Reason))
+		return &hbone.Error{Status: 401, Op: "authorize", Peer: in.Target, Err: fmt.Errorf("%w: %s %s", hbone.ErrUnauthorized, d.Reason, d.Policy)}
+	}
+	return nil
+}
+
+// dialApp is the HBONE server's DialUpstream hook: connect to the app from
+// the original source IP and track the connection for policy re-checks.
+func (pd *pod) dialApp(ctx context.Context, in *hbone.Inbound) (net.Conn, error) {
+	c := inboundConn(in)
+	up, err := pd.dialFrom(ctx, c.SrcIP, c.Dst)
+	if err != nil {
+		return nil, &hbone.Error{Status: 503, Op: "dial upstream", Peer: in.Target, Err: err}
+	}
+	return pd.trackInbound(up, c)
+}
+
+// dialFrom connects to the app at dst inside the pod netns, from src
+// (IP_TRANSPARENT, ztunnel's mark: the capture rules deliver the app's
+// replies back to this socket).
+func (pd *pod) dialFrom(ctx context.Context, src netip.Addr, dst netip.AddrPort) (*net.TCPConn, error) {
+	ctx, cancel := context.WithTimeout(ctx, pd.p.cfg.ConnectTimeout)
+	defer cancel()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: src.AsSlice()}}
+	up, err := redirect.Dial(ctx, pd.ns, d, "tcp", dst.String(), redirect.SocketOptions{Mark: pd.p.cfg.Mark, Transparent: true})
+	if err != nil {
+		return nil, err
+	}
+	return up.(*net.TCPConn), nil
+}
+
+// appConn is an inbound upstream connection that leaves the pod's set when
+// closed. Embedding *net.TCPConn keeps CloseWrite, ReadFrom and WriteTo.
+type appConn struct {
+	*net.TCPConn
+	once    sync.Once
+	untrack func()
+}
+
+func (a *appConn) Close() error {
+	a.once.Do(a.untrack)
+	return a.TCPConn.Close()
+}
+
+func (pd *pod) trackInbound(up *net.TCPConn, c authz.Conn) (net.Conn, error) {
+	t := &tracked{inbound: true, az: c, close: func() { _ = up.Close() }}
+	untrack, ok := pd.track(t)
+	if !ok {
+		_ = up.Close()
+		return nil, &hbone.Error{Status: 503, Op: "dial upstream", Peer: c.Dst.String(), Err: errors.New("pod is draining")}
+	}
+	return &appConn{TCPConn: up, untrack: untrack}, nil
+}
+
+// plaintextInbound handles a non-HBONE connection redirected to 15006. It is
+// authorized with no peer identity, so a STRICT PeerAuthentication (a DENY
+// on not_principals presence, from istiod) refuses it and PERMISSIVE lets it
+// through.
+func (pd *pod) plaintextInbound(c net.Conn) {
+	start := time.Now()
+	dst, err := redirect.OriginalDst(c)
+	if err != nil {
+		pd.log.Warn("inbound plaintext: no original destination", zap.Error(err))
+		_ = c.Close()
+		return
+	}
+	dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
+	log := pd.log.With(zap.String("direction", "inbound"), zap.Stringer("src.addr", c.RemoteAddr()), zap.Stringer("dst.addr", dst))
+	snap, err := pd.local(dst, netip.Addr{})
+	if err != nil {
+		log.Warn("connection failed", zap.Error(err))
+		_ = c.Close()
+		return
+	}
+	az := authz.Conn{SrcIP: addrIP(c.RemoteAddr()), Dst: dst}
+	if d := pd.decide(snap, az); !d.Allow {
+		log.Info("connection denied", zap.String("policy", d.Policy), zap.String("reason", d.Reason))
+		_ = c.Close()
+		return
+	}
+	up, err := pd.dialFrom(pd.ctx, az.SrcIP, dst)
+	if err != nil {
+		log.Warn("connection failed", zap.Error(err))
+		_ = c.Close()
+		return
+	}
+	app, err := pd.trackInbound(up, az)
+	if err != nil {
+		_ = c.Close()
+		return
+	}
+	sent, recv := pipe(c, app)
+	log.Info("connection complete", zap.Int64("bytes_sent", recv), zap.Int64("bytes_recv", sent), zap.Duration("duration", time.Since(start)))
+}
+
+// recheck closes inbound connections the current policies deny.
+func (pd *pod) recheck(snap *state.Snapshot) {
+	pd.mu.Lock()
+	var deny []*tracked
+	for t := range pd.conns {
+		if t.inbound && !pd.decide(snap, t.az).Allow {
+			deny = append(deny, t)
+		}
+	}
+	pd.mu.Unlock()
+	for _, t := range deny {
+		pd.log.Info("connection closed by policy change", zap.Stringer("src.identity", t.az.Source), zap.Stringer("src.addr", t.az.SrcIP), zap.Stringer("dst.addr", t.az.Dst))
+		t.close()
+	}
+}
+
+// stopAndDrain closes the listeners, waits up to DrainTimeout for the
+// connections to end, closes what is left, and releases the pod.
+func (pd *pod) stopAndDrain() {
+	pd.mu.Lock()
+	pd.cancel() // under mu: no connection is tracked after this
+	pd.mu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		pd.wg.Wait()
+		close(done)
+	}()
+	timer := time.NewTimer(pd.p.cfg.DrainTimeout)
+	defer timer.Stop()
+	select {
+	case <-done:
+	case <-timer.C:
+		pd.mu.Lock()
+		left := make([]*tracked, 0, len(pd.conns))
+		for t := range pd.conns {
+			left = append(left, t)
+		}
+		pd.mu.Unlock()
+		for _, t := range left {
+			t.close()
+		}
+		<-done
+	}
+	_ = pd.client.Close()
+	_ = pd.ns.Close()
+}

@@ -42,6 +42,7 @@ func translateAuthorizations(s Snapshot) ([]*authzInfo, []Diagnostic) {
 		}
 	}
 	for _, pa := range s.PeerAuthentications {
+		diags = append(diags, validatePeerAuthentication(s.Mesh.RootNamespace, pa)...)
 		if a := convertPeerAuthentication(s, pa); a != nil {
 			out = append(out, &authzInfo{auth: a, selector: pa.Spec.GetSelector().GetMatchLabels()})
 		}
@@ -409,6 +410,9 @@ func convertPeerAuthentication(s Snapshot, pa *securityv1.PeerAuthentication) *s
 	foundNonStrict := false
 	ports := slices.Sorted(maps.Keys(spec.GetPortLevelMtls()))
 	for _, port := range ports {
+		if port == 0 || port > 65535 {
+			continue // reported by validatePeerAuthentication
+		}
 		switch modeOf(spec.GetPortLevelMtls()[port]) {
 		case modeStrict:
 			if mode == modeStrict || (mode == modeUnset && inheritedStrict) {
@@ -548,4 +552,25 @@ func workloadPolicies(s Snapshot, auths []*authzInfo, ns string, podLabels map[s
 	}
 	slices.Sort(out)
 	return append(out, peerAuthKeys(s, ns, podLabels)...)
+}
+
+// validatePeerAuthentication reports settings ztunnel ignores.
+func validatePeerAuthentication(root string, pa *securityv1.PeerAuthentication) []Diagnostic {
+	diag := func(field, reason, msg string) Diagnostic {
+		return Diagnostic{Kind: "PeerAuthentication", Namespace: pa.Namespace, Name: pa.Name, Field: field, Reason: reason, Message: msg}
+	}
+	var out []Diagnostic
+	if err := validSelector(pa.Spec.GetSelector()); err != nil {
+		out = append(out, diag("spec.selector.matchLabels", "InvalidSelector", err.Error()))
+	}
+	if len(pa.Spec.GetPortLevelMtls()) > 0 && (!isWorkloadPA(pa) || pa.Namespace == root) {
+		out = append(out, diag("spec.portLevelMtls", "UnsupportedValue",
+			"port-level mTLS applies only to a workload selector outside the root namespace; ignored"))
+	}
+	for _, port := range slices.Sorted(maps.Keys(pa.Spec.GetPortLevelMtls())) {
+		if port == 0 || port > 65535 {
+			out = append(out, diag(fmt.Sprintf("spec.portLevelMtls[%d]", port), "InvalidPort", "port out of range"))
+		}
+	}
+	return out
 }

@@ -309,6 +309,9 @@ func translateCases() []struct {
 					peerAuth("b", "web", 1, map[string]string{"app": "web"}, unset, map[uint32]mtls{9000: strict}),
 					// c: namespace DISABLE overrides mesh STRICT.
 					peerAuth("c", "ns", 1, nil, disable, nil),
+					// Ignored settings, reported.
+					peerAuth("c", "ns-ports", 3, nil, unset, map[uint32]mtls{80: strict}),
+					peerAuth("c", "bad-port", 1, map[string]string{"app": "none"}, unset, map[uint32]mtls{70000: strict}),
 				},
 			},
 		},

@@ -11,6 +11,26 @@
 // shared/reference/istio-ambient-facts.md §3 and §6); upstream istiod code was
 // read for facts only.
 //
+// Decisions, where istiod's behaviour had to be chosen or was unclear:
+//
+//   - A Workload's tunnel protocol is HBONE only when the pod carries
+//     ambient.istio.io/redirection=enabled, which the node agent sets once
+//     capture is in place; the dataplane-mode labels alone (see
+//     [AmbientEnabled]) would make peers send HBONE to a pod nobody listens
+//     for yet.
+//   - An istio-waypoint Gateway is usable once its status has an address
+//     (hostname preferred, else IP), as in istiod; the controller that deploys
+//     waypoints must publish it. Until then users of the waypoint get none and
+//     a WaypointNotReady diagnostic.
+//   - AuthorizationPolicy attributes ztunnel cannot enforce fail closed as in
+//     istiod's code: the rule is dropped from an ALLOW policy (it never
+//     matches, so an ALLOW policy made only of such rules denies all) and a
+//     DENY rule is kept without them (it matches more). Values that do not
+//     parse (ports, IPs, principals written as spiffe:// URIs, which ztunnel
+//     would never match) are treated the same way, never silently widened.
+//   - Every problem is returned as a [Diagnostic] naming the object and
+//     field; translation of everything else goes on.
+//
 // Imported by the istiod-lite controller (which fills the snapshot from its
 // informers) and by tests and benchmarks that build snapshots by hand.
 package model

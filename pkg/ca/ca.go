@@ -263,9 +263,10 @@ func chainPEM(leaf *x509.Certificate, keys *Keys) []string {
 // at half life, TLS 1.2+ with ALPN h2.
 func (c *CA) ServerTLSConfig(dnsNames ...string) *tls.Config {
 	var (
-		mu   sync.Mutex
-		cur  *tls.Certificate
-		half time.Time
+		mu     sync.Mutex
+		cur    *tls.Certificate
+		signer *Keys // the keys cur was signed with; new keys mean a new certificate
+		half   time.Time
 	)
 	return &tls.Config{
 		MinVersion: tls.VersionTLS12,
@@ -273,26 +274,26 @@ func (c *CA) ServerTLSConfig(dnsNames ...string) *tls.Config {
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 			mu.Lock()
 			defer mu.Unlock()
-			if cur != nil && c.opts.Now().Before(half) && cur.Leaf.CheckSignatureFrom(c.Keys().Cert) == nil {
+			keys := c.Keys()
+			if cur != nil && signer == keys && c.opts.Now().Before(half) {
 				return cur, nil
 			}
-			cert, err := c.servingCertificate(dnsNames)
+			cert, err := c.servingCertificate(keys, dnsNames)
 			if err != nil {
 				return nil, err
 			}
-			cur = cert
+			cur, signer = cert, keys
 			half = cert.Leaf.NotBefore.Add(cert.Leaf.NotAfter.Sub(cert.Leaf.NotBefore) / 2)
 			return cur, nil
 		},
 	}
 }
 
-func (c *CA) servingCertificate(dnsNames []string) (*tls.Certificate, error) {
+func (c *CA) servingCertificate(keys *Keys, dnsNames []string) (*tls.Certificate, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, fmt.Errorf("generate serving key: %w", err)
 	}
-	keys := c.Keys()
 	leaf, err := c.signLeaf(keys, key.Public(), c.opts.DefaultTTL, func(t *x509.Certificate) {
 		t.DNSNames = dnsNames
 		t.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}

@@ -6,6 +6,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
@@ -234,5 +235,45 @@ func TestRootsPEMCurrentFirst(t *testing.T) {
 	roots, _ := parseCerts(keys.RootsPEM())
 	if len(roots) != 2 || !roots[0].Equal(f.root) || !roots[1].Equal(old.root) {
 		t.Errorf("bundle = %d roots, want current root then the old one", len(roots))
+	}
+}
+
+func TestServerTLSConfigFollowsKeys(t *testing.T) {
+	f1, f2 := newPluginFiles(t), newPluginFiles(t)
+	k1, err := ParseKeys(f1.caCert, f1.caKey, f1.certChain, f1.rootCert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k2, err := ParseKeys(f2.caCert, f2.caKey, f2.certChain, f2.rootCert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := New(k1, Options{})
+	cfg := c.ServerTLSConfig("istiod.istio-system.svc")
+	verify := func(root *x509.Certificate) *x509.Certificate {
+		t.Helper()
+		cert, err := cfg.GetCertificate(&tls.ClientHelloInfo{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		roots := x509.NewCertPool()
+		roots.AddCert(root)
+		inter := x509.NewCertPool()
+		for _, der := range cert.Certificate[1:] {
+			ic, _ := x509.ParseCertificate(der)
+			inter.AddCert(ic)
+		}
+		if _, err := cert.Leaf.Verify(x509.VerifyOptions{DNSName: "istiod.istio-system.svc", Roots: roots, Intermediates: inter}); err != nil {
+			t.Fatalf("serving certificate does not verify for istiod.istio-system.svc: %v", err)
+		}
+		return cert.Leaf
+	}
+	first := verify(f1.root)
+	if again := verify(f1.root); !again.Equal(first) {
+		t.Errorf("a second handshake got a new serving certificate; want the cached one until half life")
+	}
+	c.SetKeys(k2)
+	if rotated := verify(f2.root); rotated.Equal(first) {
+		t.Errorf("serving certificate not reissued after the CA keys changed")
 	}
 }

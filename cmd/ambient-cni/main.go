@@ -1,49 +1,99 @@
-// Command ambient-cni is the chained CNI plugin of the ambient mesh: on ADD it
-// will install the capture rules (pkg/redirect) in the new pod's netns before
-// its containers start. Until the capture issue lands it passes the previous
-// plugin's result through unchanged, so a chain that includes it keeps working.
+// Command ambient-cni is the ambient mesh's capture on a node, in one binary
+// with two roles:
+//
+//   - run by the container runtime (CNI_COMMAND set), it is the chained CNI
+//     plugin (pkg/cni): on ADD it has the node agent capture the new pod
+//     before its containers start, and returns the previous result;
+//   - `ambient-cni agent` is the node agent (pkg/nodeagent), run by the
+//     DaemonSet in manifests/cni: it installs the plugin into the node's CNI
+//     chain (and removes it on SIGTERM), captures and releases running pods as
+//     namespaces are labelled, and hands pods to ztunnel over ZDS (pkg/zds).
+//
+// `ambient-cni agent --help` lists the agent's flags.
 package main
 
 import (
-	"encoding/json"
+	"context"
+	"errors"
+	"flag"
 	"fmt"
-	"io"
 	"os"
+	"os/signal"
+	"syscall"
 
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/ambient-mesh/mesh/pkg/cni"
+	"github.com/ambient-mesh/mesh/pkg/nodeagent"
 	"github.com/ambient-mesh/mesh/pkg/version"
 )
 
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == "--version" {
+	if os.Getenv("CNI_COMMAND") != "" {
+		cni.PluginMain(version.String())
+		return
+	}
+	if len(os.Args) > 1 && (os.Args[1] == "--version" || os.Args[1] == "version") {
 		fmt.Println("ambient-cni", version.String())
 		return
 	}
-	switch os.Getenv("CNI_COMMAND") {
-	case "VERSION":
-		fmt.Println(`{"cniVersion":"1.0.0","supportedVersions":["0.4.0","1.0.0","1.1.0"]}`)
-	case "ADD":
-		// Pass the previous result through: a chained plugin's output is the chain's result.
-		conf, err := io.ReadAll(os.Stdin)
-		if err != nil {
-			fail(err)
-		}
-		var c struct {
-			PrevResult json.RawMessage `json:"prevResult"`
-		}
-		if err := json.Unmarshal(conf, &c); err != nil {
-			fail(fmt.Errorf("parse network config from stdin: %w", err))
-		}
-		if len(c.PrevResult) == 0 {
-			fail(fmt.Errorf("ambient-cni must be chained after an interface plugin: no prevResult in the config"))
-		}
-		os.Stdout.Write(c.PrevResult)
-	case "DEL", "CHECK", "GC", "STATUS":
-	default:
-		fail(fmt.Errorf("CNI_COMMAND %q not supported", os.Getenv("CNI_COMMAND")))
+	if len(os.Args) < 2 || os.Args[1] != "agent" {
+		fmt.Fprintln(os.Stderr, "usage: ambient-cni agent [flags]   (node agent; as a CNI plugin the runtime runs it with CNI_COMMAND set)")
+		os.Exit(2)
+	}
+	var f nodeagent.Flags
+	fs := flag.NewFlagSet("ambient-cni agent", flag.ExitOnError)
+	f.Register(fs)
+	_ = fs.Parse(os.Args[2:])
+	if err := runAgent(f); err != nil {
+		fmt.Fprintln(os.Stderr, "ambient-cni agent:", err)
+		os.Exit(1)
 	}
 }
 
-func fail(err error) {
-	json.NewEncoder(os.Stdout).Encode(map[string]any{"cniVersion": "1.0.0", "code": 999, "msg": "ambient-cni: " + err.Error()})
-	os.Exit(1)
+func runAgent(f nodeagent.Flags) error {
+	if f.NodeName == "" {
+		return errors.New("--node-name (or env NODE_NAME) is required")
+	}
+	level, err := zapcore.ParseLevel(f.LogLevel)
+	if err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	zc := zap.NewProductionConfig()
+	zc.Level = zap.NewAtomicLevelAt(level)
+	log, err := zc.Build()
+	if err != nil {
+		return fmt.Errorf("logger: %w", err)
+	}
+	defer log.Sync() //nolint:errcheck
+	log = log.Named("ambient-cni")
+	var restCfg *rest.Config
+	if f.Kubeconfig != "" {
+		restCfg, err = clientcmd.BuildConfigFromFlags("", f.Kubeconfig)
+	} else {
+		restCfg, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		return fmt.Errorf("kubernetes config (--kubeconfig %q, or in-cluster): %w", f.Kubeconfig, err)
+	}
+	restCfg.QPS, restCfg.Burst = 50, 100
+	client, err := kubernetes.NewForConfig(restCfg)
+	if err != nil {
+		return err
+	}
+	if f.Install {
+		self, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("locate own binary: %w", err)
+		}
+		f.Config.Installer = &cni.Installer{Binary: self, BinDir: f.CNIBinDir, ConfDir: f.CNIConfDir, Entry: f.PluginEntry(), Log: log.Named("install")}
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	log.Info("version", zap.String("version", version.String()), zap.String("node", f.NodeName))
+	return nodeagent.New(f.Config, client, log).Start(ctx)
 }

@@ -27,7 +27,7 @@ import "net/netip"
 const PluginType = "ambient-cni"
 
 // DefaultAgentSocket is where the node agent serves the plugin.
-const DefaultAgentSocket = "/var/run/ambient-mesh/cni.sock"
+const DefaultAgentSocket = "/var/run/ambient-mesh/cni/agent.sock"
 
 // Paths of the plugin's HTTP API on the agent socket.
 const (

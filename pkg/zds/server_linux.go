@@ -25,8 +25,9 @@ import (
 // its Ack), so messages never interleave and a pod added during a snapshot is
 // either in it or sent after it. Each exchange is bounded by MessageTimeout
 // per message. Only the newest connection (active) receives changes; an older
-// one (a ztunnel being replaced during an upgrade) keeps what it had until it
-// goes away, as in Istio.
+// one (a ztunnel being replaced during an upgrade) keeps what it had, as in
+// Istio. When the active connection ends, the older ones are closed, so their
+// ztunnels reconnect and get a snapshot of what they missed.
 type Server struct {
 	path     string
 	log      *zap.Logger
@@ -263,7 +264,12 @@ func (s *Server) handle(ctx context.Context, c *net.UnixConn) {
 		s.mu.Lock()
 		delete(s.conns, sc)
 		if s.active == sc {
+			// Older connections missed what was sent here: close them,
+			// so their ztunnels reconnect and get a fresh snapshot.
 			s.active = nil
+			for other := range s.conns {
+				other.c.Close()
+			}
 		}
 		s.mu.Unlock()
 	}()

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"go.uber.org/zap/zaptest"
@@ -25,6 +26,7 @@ import (
 	"github.com/ambient-mesh/mesh/internal/testenv"
 	"github.com/ambient-mesh/mesh/pkg/redirect"
 	"github.com/ambient-mesh/mesh/pkg/ztunnel/state"
+	"github.com/ambient-mesh/mesh/pkg/ztunnel/telemetry"
 )
 
 // Topology: a "node" netns joined to two "pod" netns A and B by veth pairs,
@@ -261,7 +263,12 @@ func TestPodsOverHBONE(t *testing.T) {
 	}
 	setPolicies()
 
-	proxy, err := New(Config{Store: store, Certs: certs, DrainTimeout: 300 * time.Millisecond, ConnectTimeout: ioTimeout, Logger: zaptest.NewLogger(t)})
+	reg := prometheus.NewRegistry()
+	metrics, err := telemetry.NewMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy, err := New(Config{Store: store, Certs: certs, Metrics: metrics, DrainTimeout: 300 * time.Millisecond, ConnectTimeout: ioTimeout, Logger: zaptest.NewLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -291,6 +298,27 @@ func TestPodsOverHBONE(t *testing.T) {
 		c, r := dialFromApp(t, tp.a, netip.AddrPortFrom(podB, 8080))
 		expectEcho(t, c, r, podA)
 	})
+	t.Run("metrics", func(t *testing.T) {
+		c, r := dialFromApp(t, tp.a, netip.AddrPortFrom(podB, 8080))
+		expectEcho(t, c, r, podA)
+		c.Close()
+		dstLabels := map[string]string{"reporter": "destination", "source_principal": "spiffe://cluster.local/ns/a/sa/client",
+			"destination_principal": "spiffe://cluster.local/ns/b/sa/server", "source_workload": "client", "destination_workload_namespace": "b",
+			"connection_security_policy": "mutual_tls", "response_flags": "-", "request_protocol": "tcp"}
+		srcLabels := map[string]string{"reporter": "source", "source_principal": "spiffe://cluster.local/ns/a/sa/client", "destination_workload": "server"}
+		waitFor(t, "closed connections reported by both sides", func() bool {
+			return counter(t, reg, "istio_tcp_connections_closed_total", dstLabels) >= 1 && counter(t, reg, "istio_tcp_connections_closed_total", srcLabels) >= 1
+		})
+		if got := counter(t, reg, "istio_tcp_connections_opened_total", dstLabels); got < 1 {
+			t.Errorf("opened (destination) = %v, want >= 1", got)
+		}
+		// The app sent its greeting (from 10.78.1.2\n) and one echo: the
+		// response direction is the larger one.
+		recv, sent := counter(t, reg, "istio_tcp_received_bytes_total", dstLabels), counter(t, reg, "istio_tcp_sent_bytes_total", dstLabels)
+		if recv <= 0 || sent <= recv {
+			t.Errorf("destination bytes received %v, sent %v: want both > 0 and sent > received", recv, sent)
+		}
+	})
 	t.Run("service vip", func(t *testing.T) {
 		c, r := dialFromApp(t, tp.a, netip.AddrPortFrom(svcVIP, 80))
 		expectEcho(t, c, r, podA)
@@ -303,6 +331,9 @@ func TestPodsOverHBONE(t *testing.T) {
 		expectClosed(t, c, r)
 		if got := app.accepted.Load(); got != before {
 			t.Errorf("the app accepted %d connections while denied", got-before)
+		}
+		if got := counter(t, reg, "istio_tcp_connections_closed_total", map[string]string{"reporter": "destination", "response_flags": "DENY"}); got < 1 {
+			t.Errorf("denied connections (destination, DENY) = %v, want >= 1", got)
 		}
 		setPolicies(&security.Authorization{Name: "only-a", Namespace: "b", Scope: security.Scope_NAMESPACE, Action: security.Action_ALLOW,
 			Groups: []*security.Group{{Rules: []*security.Rules{{Matches: []*security.Match{{Principals: []*security.StringMatch{principal("a", "client")}}}}}}}})
@@ -381,4 +412,45 @@ func mustNS(t *testing.T, name string) netns.NsHandle {
 	}
 	t.Cleanup(func() { h.Close() })
 	return h
+}
+
+// counter sums the samples of a counter whose labels include want.
+func counter(t *testing.T, g prometheus.Gatherer, name string, want map[string]string) float64 {
+	t.Helper()
+	mfs, err := g.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	metric:
+		for _, m := range mf.GetMetric() {
+			got := map[string]string{}
+			for _, l := range m.GetLabel() {
+				got[l.GetName()] = l.GetValue()
+			}
+			for k, v := range want {
+				if got[k] != v {
+					continue metric
+				}
+			}
+			sum += m.GetCounter().GetValue()
+		}
+	}
+	return sum
+}
+
+// waitFor polls cond every 10 ms until it holds, failing after ioTimeout.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(ioTimeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", ioTimeout, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

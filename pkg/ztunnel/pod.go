@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -19,6 +20,7 @@ import (
 	"github.com/ambient-mesh/mesh/pkg/ztunnel/authz"
 	"github.com/ambient-mesh/mesh/pkg/ztunnel/route"
 	"github.com/ambient-mesh/mesh/pkg/ztunnel/state"
+	"github.com/ambient-mesh/mesh/pkg/ztunnel/telemetry"
 )
 
 // pod is one captured pod's proxy: three listeners in its netns, an HBONE
@@ -148,23 +150,34 @@ func (pd *pod) outbound(c net.Conn) {
 		_ = c.Close()
 		return
 	}
+	dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
 	src := c.RemoteAddr().(*net.TCPAddr).AddrPort()
 	src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
 	snap := pd.p.cfg.Store.Snapshot()
-	srcIP := src.Addr().Unmap()
-	srcW := snap.WorkloadByIP(state.NetworkAddr{Network: pd.p.cfg.Network, IP: srcIP})
-	req, err := route.Outbound(snap, route.Source{Workload: srcW, IP: srcIP, Network: pd.p.cfg.Network}, dst, pd.p.pick)
-	log := pd.log.With(zap.String("direction", "outbound"), zap.Stringer("src.addr", src), zap.Stringer("dst.addr", dst))
+	srcW := snap.WorkloadByIP(state.NetworkAddr{Network: pd.p.cfg.Network, IP: src.Addr()})
+	req, err := route.Outbound(snap, route.Source{Workload: srcW, IP: src.Addr(), Network: pd.p.cfg.Network}, dst, pd.p.pick)
 	if err != nil {
-		log.Warn("connection failed", zap.Error(err))
+		pd.p.acc.Warn("connection failed", zap.String("direction", "outbound"), zap.Stringer("src.addr", src), zap.Stringer("dst.addr", dst), zap.Error(err))
 		_ = c.Close()
 		return
 	}
+	tc := &telemetry.Conn{Reporter: telemetry.Source, Src: src.String(), Dst: req.Dial.String(), HBONETarget: req.Authority,
+		SrcWorkload: srcW, SrcIdentity: pd.id, DstWorkload: req.Workload, DstService: req.Service,
+		MutualTLS: req.Kind == route.HBONE, Start: start}
+	if len(req.Identities) > 0 {
+		tc.DstIdentity = req.Identities[0]
+	}
+	pd.p.cfg.Metrics.Opened(tc)
 	ctx, cancel := context.WithTimeout(pd.ctx, pd.p.cfg.ConnectTimeout)
 	up, err := pd.dialOutbound(ctx, req, src)
 	cancel()
 	if err != nil {
-		log.Warn("connection failed", zap.Stringer("route", req), zap.Error(err))
+		tc.ResponseFlags = telemetry.FlagConnect
+		if hbone.StatusOf(err) == 401 {
+			tc.ResponseFlags = telemetry.FlagDeny
+		}
+		pd.p.cfg.Metrics.Closed(tc, 0, 0)
+		telemetry.Log(pd.p.acc, tc, 0, 0, err)
 		_ = c.Close()
 		return
 	}
@@ -176,8 +189,8 @@ func (pd *pod) outbound(c net.Conn) {
 	}
 	sent, recv := pipe(c, up)
 	untrack()
-	log.Info("connection complete", zap.Stringer("route", req),
-		zap.Int64("bytes_sent", sent), zap.Int64("bytes_recv", recv), zap.Duration("duration", time.Since(start)))
+	pd.p.cfg.Metrics.Closed(tc, sent, recv)
+	telemetry.Log(pd.p.acc, tc, sent, recv, nil)
 }
 
 func (pd *pod) dialOutbound(ctx context.Context, req *route.Request, src netip.AddrPort) (net.Conn, error) {
@@ -231,7 +244,12 @@ func (pd *pod) authorizeHBONE(_ context.Context, in *hbone.Inbound) error {
 	}
 	c := inboundConn(in)
 	if d := pd.decide(snap, c); !d.Allow {
-		pd.log.Info("connection denied", zap.String("direction", "inbound"), zap.Stringer("src.identity", in.Peer),
+		tc := pd.inboundTelemetry(snap, c, in.Target, true)
+		tc.Src = in.RemoteAddr.String()
+		tc.ResponseFlags = telemetry.FlagDeny
+		pd.p.cfg.Metrics.Opened(tc)
+		pd.p.cfg.Metrics.Closed(tc, 0, 0)
+		pd.p.acc.Info("connection denied", zap.String("direction", "inbound"), zap.Stringer("src.identity", in.Peer),
 			zap.Stringer("src.addr", in.RemoteAddr), zap.String("dst.hbone_addr", in.Target), zap.String("policy", d.Policy), zap.String("reason", d.Reason))
 		return &hbone.Error{Status: 401, Op: "authorize", Peer: in.Target, Err: fmt.Errorf("%w: %s %s", hbone.ErrUnauthorized, d.Reason, d.Policy)}
 	}
@@ -242,11 +260,25 @@ func (pd *pod) authorizeHBONE(_ context.Context, in *hbone.Inbound) error {
 // the original source IP and track the connection for policy re-checks.
 func (pd *pod) dialApp(ctx context.Context, in *hbone.Inbound) (net.Conn, error) {
 	c := inboundConn(in)
+	tc := pd.inboundTelemetry(pd.p.cfg.Store.Snapshot(), c, in.Target, true)
+	tc.Src = in.RemoteAddr.String()
+	pd.p.cfg.Metrics.Opened(tc)
 	up, err := pd.dialFrom(ctx, c.SrcIP, c.Dst)
 	if err != nil {
+		tc.ResponseFlags = telemetry.FlagConnect
+		pd.p.cfg.Metrics.Closed(tc, 0, 0)
+		telemetry.Log(pd.p.acc, tc, 0, 0, err)
 		return nil, &hbone.Error{Status: 503, Op: "dial upstream", Peer: in.Target, Err: err}
 	}
-	return pd.trackInbound(up, c)
+	return pd.trackInbound(up, c, tc)
+}
+
+// inboundTelemetry describes an inbound connection to this pod.
+func (pd *pod) inboundTelemetry(snap *state.Snapshot, c authz.Conn, target string, mtls bool) *telemetry.Conn {
+	return &telemetry.Conn{Reporter: telemetry.Destination, Src: c.SrcIP.String(), Dst: c.Dst.String(), HBONETarget: target,
+		SrcWorkload: snap.WorkloadByIP(state.NetworkAddr{Network: pd.p.cfg.Network, IP: c.SrcIP}), SrcIdentity: c.Source,
+		DstWorkload: snap.WorkloadByIP(state.NetworkAddr{Network: pd.p.cfg.Network, IP: c.Dst.Addr()}), DstIdentity: pd.id,
+		MutualTLS: mtls, Start: time.Now()}
 }
 
 // dialFrom connects to the app at dst inside the pod netns, from src
@@ -263,27 +295,55 @@ func (pd *pod) dialFrom(ctx context.Context, src netip.Addr, dst netip.AddrPort)
 	return up.(*net.TCPConn), nil
 }
 
-// appConn is an inbound upstream connection that leaves the pod's set when
-// closed. Embedding *net.TCPConn keeps CloseWrite, ReadFrom and WriteTo.
+// appConn is an inbound connection to the app: it counts bytes each way
+// and, when closed, leaves the pod's set and reports the connection. It
+// hides *net.TCPConn's ReadFrom/WriteTo so every byte passes Read/Write.
 type appConn struct {
-	*net.TCPConn
+	tcp     *net.TCPConn
+	toApp   atomic.Int64 // client -> app (request direction)
+	fromApp atomic.Int64 // app -> client
 	once    sync.Once
-	untrack func()
+	onClose func(toApp, fromApp int64)
 }
+
+func (a *appConn) Read(b []byte) (int, error) {
+	n, err := a.tcp.Read(b)
+	a.fromApp.Add(int64(n))
+	return n, err
+}
+
+func (a *appConn) Write(b []byte) (int, error) {
+	n, err := a.tcp.Write(b)
+	a.toApp.Add(int64(n))
+	return n, err
+}
+
+func (a *appConn) CloseWrite() error                  { return a.tcp.CloseWrite() }
+func (a *appConn) LocalAddr() net.Addr                { return a.tcp.LocalAddr() }
+func (a *appConn) RemoteAddr() net.Addr               { return a.tcp.RemoteAddr() }
+func (a *appConn) SetDeadline(t time.Time) error      { return a.tcp.SetDeadline(t) }
+func (a *appConn) SetReadDeadline(t time.Time) error  { return a.tcp.SetReadDeadline(t) }
+func (a *appConn) SetWriteDeadline(t time.Time) error { return a.tcp.SetWriteDeadline(t) }
 
 func (a *appConn) Close() error {
-	a.once.Do(a.untrack)
-	return a.TCPConn.Close()
+	err := a.tcp.Close()
+	a.once.Do(func() { a.onClose(a.toApp.Load(), a.fromApp.Load()) })
+	return err
 }
 
-func (pd *pod) trackInbound(up *net.TCPConn, c authz.Conn) (net.Conn, error) {
+func (pd *pod) trackInbound(up *net.TCPConn, c authz.Conn, tc *telemetry.Conn) (*appConn, error) {
 	t := &tracked{inbound: true, az: c, close: func() { _ = up.Close() }}
 	untrack, ok := pd.track(t)
 	if !ok {
 		_ = up.Close()
+		pd.p.cfg.Metrics.Closed(tc, 0, 0)
 		return nil, &hbone.Error{Status: 503, Op: "dial upstream", Peer: c.Dst.String(), Err: errors.New("pod is draining")}
 	}
-	return &appConn{TCPConn: up, untrack: untrack}, nil
+	return &appConn{tcp: up, onClose: func(toApp, fromApp int64) {
+		untrack()
+		pd.p.cfg.Metrics.Closed(tc, toApp, fromApp)
+		telemetry.Log(pd.p.acc, tc, toApp, fromApp, nil)
+	}}, nil
 }
 
 // plaintextInbound handles a non-HBONE connection redirected to 15006. It is
@@ -291,7 +351,6 @@ func (pd *pod) trackInbound(up *net.TCPConn, c authz.Conn) (net.Conn, error) {
 // on not_principals presence, from istiod) refuses it and PERMISSIVE lets it
 // through.
 func (pd *pod) plaintextInbound(c net.Conn) {
-	start := time.Now()
 	dst, err := redirect.OriginalDst(c)
 	if err != nil {
 		pd.log.Warn("inbound plaintext: no original destination", zap.Error(err))
@@ -299,32 +358,38 @@ func (pd *pod) plaintextInbound(c net.Conn) {
 		return
 	}
 	dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
-	log := pd.log.With(zap.String("direction", "inbound"), zap.Stringer("src.addr", c.RemoteAddr()), zap.Stringer("dst.addr", dst))
 	snap, err := pd.local(dst, netip.Addr{})
 	if err != nil {
-		log.Warn("connection failed", zap.Error(err))
+		pd.p.acc.Warn("connection failed", zap.String("direction", "inbound"), zap.Stringer("src.addr", c.RemoteAddr()), zap.Stringer("dst.addr", dst), zap.Error(err))
 		_ = c.Close()
 		return
 	}
 	az := authz.Conn{SrcIP: addrIP(c.RemoteAddr()), Dst: dst}
+	tc := pd.inboundTelemetry(snap, az, "", false)
+	tc.Src = c.RemoteAddr().String()
+	pd.p.cfg.Metrics.Opened(tc)
 	if d := pd.decide(snap, az); !d.Allow {
-		log.Info("connection denied", zap.String("policy", d.Policy), zap.String("reason", d.Reason))
+		tc.ResponseFlags = telemetry.FlagDeny
+		pd.p.cfg.Metrics.Closed(tc, 0, 0)
+		pd.p.acc.Info("connection denied", zap.String("direction", "inbound"), zap.Stringer("src.addr", c.RemoteAddr()), zap.Stringer("dst.addr", dst),
+			zap.String("policy", d.Policy), zap.String("reason", d.Reason))
 		_ = c.Close()
 		return
 	}
 	up, err := pd.dialFrom(pd.ctx, az.SrcIP, dst)
 	if err != nil {
-		log.Warn("connection failed", zap.Error(err))
+		tc.ResponseFlags = telemetry.FlagConnect
+		pd.p.cfg.Metrics.Closed(tc, 0, 0)
+		telemetry.Log(pd.p.acc, tc, 0, 0, err)
 		_ = c.Close()
 		return
 	}
-	app, err := pd.trackInbound(up, az)
+	app, err := pd.trackInbound(up, az, tc)
 	if err != nil {
 		_ = c.Close()
 		return
 	}
-	sent, recv := pipe(c, app)
-	log.Info("connection complete", zap.Int64("bytes_sent", recv), zap.Int64("bytes_recv", sent), zap.Duration("duration", time.Since(start)))
+	pipe(c, app)
 }
 
 // recheck closes inbound connections the current policies deny.

@@ -27,6 +27,7 @@ import (
 
 	"github.com/ambient-mesh/mesh/pkg/redirect"
 	"github.com/ambient-mesh/mesh/pkg/ztunnel/state"
+	"github.com/ambient-mesh/mesh/pkg/ztunnel/telemetry"
 )
 
 // PodInfo is what the node agent says about a pod (ZDS WorkloadInfo).
@@ -65,8 +66,10 @@ type Config struct {
 	// ConnectTimeout bounds upstream connects; default 10 s.
 	ConnectTimeout time.Duration
 	// Mark is SO_MARK on every socket in a pod netns; default ZtunnelMark.
-	Mark   uint32
-	Logger *zap.Logger
+	Mark uint32
+	// Metrics, if set, counts connections with Istio's TCP metrics.
+	Metrics *telemetry.Metrics
+	Logger  *zap.Logger
 }
 
 // Proxy serves the node's captured pods.
@@ -78,6 +81,7 @@ type Config struct {
 type Proxy struct {
 	cfg  Config
 	log  *zap.Logger
+	acc  *zap.Logger // access log
 	td   spiffeid.TrustDomain
 	rr   atomic.Uint64
 	life context.Context
@@ -115,7 +119,7 @@ func New(cfg Config) (*Proxy, error) {
 		cfg.Logger = zap.NewNop()
 	}
 	life, stop := context.WithCancel(context.Background())
-	return &Proxy{cfg: cfg, log: cfg.Logger.Named("ztunnel"), td: td, life: life, stop: stop, pods: map[string]*pod{}}, nil
+	return &Proxy{cfg: cfg, log: cfg.Logger.Named("ztunnel"), acc: cfg.Logger.Named("access"), td: td, life: life, stop: stop, pods: map[string]*pod{}}, nil
 }
 
 // Run re-checks live inbound connections against the policies on every

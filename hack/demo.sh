@@ -12,8 +12,9 @@ cd "$REPO_ROOT"
 kc() { "$K8S_BIN/kubectl" --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }
 
 if [ -f manifests/kustomization.yaml ]; then
-  log "demo: installing the mesh (kubectl apply -k manifests/)"
-  kc apply -k manifests/ >/dev/null
+  log "demo: installing the mesh (kubectl apply --server-side -k manifests/)"
+  kc apply --server-side --force-conflicts -k manifests/ >/dev/null
+  kc -n istio-system rollout status deploy/istiod-lite --timeout=180s >/dev/null
 else
   log "demo: manifests/ has no mesh to install yet; the app runs without it"
 fi

@@ -13,7 +13,7 @@ import (
 
 func newEnv(b *testing.B) *hbonetest.Env {
 	b.Helper()
-	e, err := hbonetest.New()
+	e, err := hbonetest.New(hbonetest.Options{})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -10,7 +10,7 @@ import (
 // Copy buffers start small so that idle streams stay cheap, and grow to a
 // large pooled buffer once a read fills the small one (a bulk transfer).
 const (
-	smallBuf = 16 << 10
+	smallBuf = 4 << 10
 	largeBuf = 256 << 10
 )
 

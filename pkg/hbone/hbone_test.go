@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -268,5 +269,38 @@ func TestDialContextCancelled(t *testing.T) {
 	_, err := c.Dial(ctx, request(m, s, "127.0.0.1:9"))
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("err = %v, want context.Canceled", err)
+	}
+}
+
+// TestDrainForceCloses: on shutdown the server sends GOAWAY, waits for open
+// streams up to DrainTimeout, then closes them, and Serve returns nil.
+func TestDrainForceCloses(t *testing.T) {
+	for _, p := range protocols {
+		t.Run(p.String(), func(t *testing.T) {
+			leakCheck(t)
+			m := newMesh(t)
+			up := startEcho(t)
+			s := startServer(t, m, hbone.Hooks{}, func(c *hbone.ServerConfig) { c.DrainTimeout = 200 * time.Millisecond })
+			c := newClient(t, m)
+			conn, err := c.Dial(t.Context(), request(m, s, up.addr, p))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			start := time.Now()
+			s.stop(t) // returns only after the held stream is force-closed
+			if d := time.Since(start); d > 5*time.Second {
+				t.Errorf("drain took %v with a 200ms DrainTimeout", d)
+			}
+			_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := io.ReadAll(conn); errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Errorf("held stream still open after drain: %v", err)
+			}
+			s.cancel = func() {}
+			s.done <- nil
+			if s.doneH3 != nil {
+				s.doneH3 <- nil
+			}
+		})
 	}
 }

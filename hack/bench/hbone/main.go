@@ -21,12 +21,13 @@ import (
 func main() {
 	out := flag.String("out", "_output/bench/hbone.json", "where to write the JSON figures")
 	size := flag.Int64("size", 256<<20, "bytes per single-stream transfer")
-	runs := flag.Int("runs", 3, "single-stream transfers per path (best is kept)")
+	runs := flag.Int("runs", 5, "interleaved rounds of transfers per path (best is kept)")
+	frame := flag.Uint("frame", 0, "server SETTINGS_MAX_FRAME_SIZE to test (0: the package default, 16 KiB)")
 	timeout := flag.Duration("timeout", 150*time.Second, "bound on the whole run")
 	flag.Parse()
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	fig, err := run(ctx, *size, *runs)
+	fig, err := run(ctx, *size, *runs, uint32(*frame))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench-hbone:", err)
 		os.Exit(1)
@@ -45,25 +46,31 @@ func main() {
 		fig["aggregate_64_ratio_vs_tls"], fig["h3_single_stream_ratio_vs_h2"], fig["rtt_1k_added_us"], fig["idle_stream_kib"], fig["allocs_per_stream"], fig["cpu_s"], fig["rss_mb"], *out)
 }
 
-func run(ctx context.Context, size int64, runs int) (map[string]float64, error) {
+func run(ctx context.Context, size int64, runs int, frame uint32) (map[string]float64, error) {
 	fig := map[string]float64{}
-	env, err := hbonetest.New()
+	env, err := hbonetest.New(hbonetest.Options{ReadFrameSize: frame})
 	if err != nil {
 		return nil, err
 	}
 	defer env.Close()
 
+	// Rounds interleave the paths so that load from other processes on
+	// this shared machine hits them alike; the best round of each counts.
 	single := map[hbonetest.Path]float64{}
-	for _, p := range hbonetest.Paths {
-		n := size
-		if p == hbonetest.Istio || p == hbonetest.H3 {
-			n = size / 2 // slower paths: keep the run bounded
+	for range runs {
+		for _, p := range hbonetest.Paths {
+			n := size
+			if p == hbonetest.Istio || p == hbonetest.H3 {
+				n = size / 2 // slower paths: keep the run bounded
+			}
+			g, err := env.Throughput(ctx, p, n, 1)
+			if err != nil {
+				return nil, err
+			}
+			single[p] = max(single[p], g)
 		}
-		g, err := env.Throughput(ctx, p, n, runs)
-		if err != nil {
-			return nil, err
-		}
-		single[p] = g
+	}
+	for p, g := range single {
 		fig[fmt.Sprintf("single_stream_%s_gbps", p)] = g
 	}
 	fig["single_stream_ratio_vs_tls"] = single[hbonetest.H2] / single[hbonetest.TLS]
@@ -72,12 +79,16 @@ func run(ctx context.Context, size int64, runs int) (map[string]float64, error) 
 	fig["h3_single_stream_ratio_vs_h2"] = single[hbonetest.H3] / single[hbonetest.H2]
 
 	agg := map[hbonetest.Path]float64{}
-	for _, p := range []hbonetest.Path{hbonetest.TCP, hbonetest.TLS, hbonetest.H2, hbonetest.H3} {
-		g, err := env.Aggregate(ctx, p, 64, size/64)
-		if err != nil {
-			return nil, err
+	for range runs {
+		for _, p := range []hbonetest.Path{hbonetest.TCP, hbonetest.TLS, hbonetest.H2, hbonetest.H3} {
+			g, err := env.Aggregate(ctx, p, 64, size/64)
+			if err != nil {
+				return nil, err
+			}
+			agg[p] = max(agg[p], g)
 		}
-		agg[p] = g
+	}
+	for p, g := range agg {
 		fig[fmt.Sprintf("aggregate_64_%s_gbps", p)] = g
 	}
 	fig["aggregate_64_ratio_vs_tls"] = agg[hbonetest.H2] / agg[hbonetest.TLS]
@@ -121,6 +132,7 @@ func run(ctx context.Context, size int64, runs int) (map[string]float64, error) 
 	}
 	fig["allocs_per_stream_h3"] = a
 
+	fig["streams_per_conn"] = hbone.MaxStreamsPerConn
 	k, err := hbonetest.IdleStreamKiB(ctx, hbone.H2, 1000)
 	if err != nil {
 		return nil, err

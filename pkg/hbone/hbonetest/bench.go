@@ -68,9 +68,15 @@ func init() {
 	}
 }
 
+// Options tune New; the zero value is the package defaults.
+type Options struct {
+	// ReadFrameSize is passed to hbone.ServerConfig (0: the default).
+	ReadFrameSize uint32
+}
+
 // New starts the upstreams, our HBONE server (h2 and h3 on one port
 // number) and Istio's HBONE server.
-func New() (*Env, error) {
+func New(opt Options) (*Env, error) {
 	ca, err := meshtest.NewCA("cluster.local")
 	if err != nil {
 		return nil, err
@@ -101,7 +107,7 @@ func New() (*Env, error) {
 	e.upTLS = tls.NewListener(tl, e.mesh.serverTLS)
 	e.serveUpstream(e.upTLS)
 
-	srv, err := hbone.NewServer(hbone.ServerConfig{SVID: sv, Bundle: ca.Bundle(), DrainTimeout: time.Second})
+	srv, err := hbone.NewServer(hbone.ServerConfig{SVID: sv, Bundle: ca.Bundle(), DrainTimeout: time.Second, ReadFrameSize: opt.ReadFrameSize})
 	if err != nil {
 		return nil, err
 	}

@@ -1,0 +1,382 @@
+package app
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/ambient-mesh/mesh/pkg/certmanager"
+	"github.com/ambient-mesh/mesh/pkg/xds/xdsclient"
+	"github.com/ambient-mesh/mesh/pkg/ztunnel"
+	"github.com/ambient-mesh/mesh/pkg/ztunnel/state"
+	"github.com/ambient-mesh/mesh/pkg/ztunnel/telemetry"
+)
+
+// App is a configured ztunnel. Build it with New, then Run it.
+type App struct {
+	cfg      Config
+	log      *zap.Logger
+	level    zap.AtomicLevel
+	store    *state.Store
+	certs    *certmanager.Manager
+	proxy    *ztunnel.Proxy
+	xds      *xdsclient.Client
+	conns    []*grpc.ClientConn
+	registry *prometheus.Registry
+
+	synced     sync.Map // type URL -> true once a response was applied
+	podsSynced atomic.Bool
+	stopping   atomic.Bool
+}
+
+// New builds the App: it reads the root certificate, prepares the gRPC
+// connections (not dialed until Run) and every component. level, if
+// non-nil, is the logger's level, which /logging changes.
+func New(cfg Config, log *zap.Logger, level *zap.AtomicLevel) (*App, error) {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	a := &App{cfg: cfg, log: log.Named("app"), store: state.NewStore(), registry: prometheus.NewRegistry()}
+	if level != nil {
+		a.level = *level
+	} else {
+		a.level = zap.NewAtomicLevel()
+	}
+	a.podsSynced.Store(!cfg.WaitForPodSync)
+	pem, err := os.ReadFile(cfg.RootCertFile)
+	if err != nil {
+		return nil, fmt.Errorf("read root certificate: %w", err)
+	}
+	roots, err := certmanager.ParseCertificates(pem)
+	if err != nil || len(roots) == 0 {
+		return nil, fmt.Errorf("parse root certificate %s: %d certificates, %v", cfg.RootCertFile, len(roots), err)
+	}
+	pool := x509.NewCertPool()
+	for _, r := range roots {
+		pool.AddCert(r)
+	}
+	caAddr := cfg.CAAddress
+	if caAddr == "" {
+		caAddr = cfg.XDSAddress
+	}
+	tokens := certmanager.FileToken(cfg.TokenFile)
+	caConn, err := certmanager.DialCA(caAddr, pool, serverName(cfg.ServerName, caAddr))
+	if err != nil {
+		return nil, err
+	}
+	xdsConn, err := grpc.NewClient(cfg.XDSAddress,
+		grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool, ServerName: serverName(cfg.ServerName, cfg.XDSAddress)})),
+		grpc.WithPerRPCCredentials(bearer{tokens: tokens, clusterID: cfg.ClusterID}),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(200<<20)))
+	if err != nil {
+		_ = caConn.Close()
+		return nil, fmt.Errorf("dial xds %s: %w", cfg.XDSAddress, err)
+	}
+	a.conns = []*grpc.ClientConn{caConn, xdsConn}
+	a.certs, err = certmanager.New(certmanager.Config{
+		Fetcher:     certmanager.NewCAClient(caConn, tokens, certmanager.CAClientOptions{Impersonate: true, ClusterID: cfg.ClusterID}),
+		TrustDomain: cfg.TrustDomain,
+		Roots:       roots,
+		Logger:      log.Named("certs"),
+	})
+	if err != nil {
+		a.close()
+		return nil, err
+	}
+	a.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics, err := telemetry.NewMetrics(a.registry)
+	if err != nil {
+		a.close()
+		return nil, err
+	}
+	a.proxy, err = ztunnel.New(ztunnel.Config{
+		Store: a.store, Certs: ztunnel.CertManager(a.certs), TrustDomain: cfg.TrustDomain, Network: cfg.Network,
+		DrainTimeout: cfg.DrainTimeout, Metrics: metrics, Logger: log,
+	})
+	if err != nil {
+		a.close()
+		return nil, err
+	}
+	a.xds, err = xdsclient.New(xdsclient.Config{
+		Conn: xdsConn,
+		Node: a.node(),
+		Subscriptions: []xdsclient.Subscription{
+			{TypeURL: state.AddressTypeURL},
+			{TypeURL: state.AuthorizationTypeURL},
+		},
+		Handler:        a.xdsHandler(),
+		Logger:         log.Named("xds"),
+		InitialBackoff: 10 * time.Millisecond, // issue 7: reconnect 10 ms .. 15 s
+		MaxBackoff:     15 * time.Second,
+	})
+	if err != nil {
+		a.close()
+		return nil, err
+	}
+	return a, nil
+}
+
+// xdsHandler applies deltas to the store and records, per type, that a
+// response arrived (a NACKed batch still applied its valid part).
+func (a *App) xdsHandler() xdsclient.Handler {
+	h := a.store.Handler()
+	return func(d xdsclient.Delta) error {
+		err := h(d)
+		a.synced.Store(d.TypeURL, true)
+		return err
+	}
+}
+
+func serverName(explicit, addr string) string {
+	if explicit != "" {
+		return explicit
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	return host
+}
+
+// node is ztunnel's xDS node (zt:src/xds/client.rs node()).
+func (a *App) node() *core.Node {
+	md, _ := structpb.NewStruct(map[string]any{
+		"NAME": a.cfg.PodName, "NAMESPACE": a.cfg.PodNamespace, "INSTANCE_IPS": a.cfg.InstanceIP,
+		"NODE_NAME": a.cfg.NodeName, "CLUSTER_ID": a.cfg.ClusterID,
+	})
+	return &core.Node{
+		Id:       fmt.Sprintf("ztunnel~%s~%s.%s~%s.svc.cluster.local", a.cfg.InstanceIP, a.cfg.PodName, a.cfg.PodNamespace, a.cfg.PodNamespace),
+		Metadata: md,
+	}
+}
+
+// bearer puts the projected token (re-read on every call) and the cluster
+// id on each xDS RPC.
+type bearer struct {
+	tokens    certmanager.TokenSource
+	clusterID string
+}
+
+func (b bearer) GetRequestMetadata(ctx context.Context, _ ...string) (map[string]string, error) {
+	tok, err := b.tokens(ctx)
+	if err != nil {
+		return nil, err
+	}
+	md := map[string]string{"authorization": "Bearer " + tok}
+	if b.clusterID != "" {
+		md["clusterid"] = b.clusterID
+	}
+	return md, nil
+}
+
+func (bearer) RequireTransportSecurity() bool { return true }
+
+// Pods is where the node agent feed (pkg/zds) hands over pods.
+func (a *App) Pods() ztunnel.PodSink { return a.proxy }
+
+// MarkPodsSynced tells readiness the node agent's snapshot has been applied.
+func (a *App) MarkPodsSynced() { a.podsSynced.Store(true) }
+
+// Store is the xDS-fed state (for tests and the DNS proxy).
+func (a *App) Store() *state.Store { return a.store }
+
+// Ready reports whether ztunnel may take traffic: not stopping, both xDS
+// types received, and the pod snapshot applied (when waited for).
+func (a *App) Ready() error {
+	if a.stopping.Load() {
+		return errors.New("stopping")
+	}
+	for _, t := range []string{state.AddressTypeURL, state.AuthorizationTypeURL} {
+		if _, ok := a.synced.Load(t); !ok {
+			return fmt.Errorf("xds %s not received", t)
+		}
+	}
+	if !a.podsSynced.Load() {
+		return errors.New("pod snapshot not received")
+	}
+	return nil
+}
+
+func (a *App) close() {
+	for _, c := range a.conns {
+		_ = c.Close()
+	}
+}
+
+// Run serves until ctx ends (SIGTERM in main): readiness turns false, the
+// pods' listeners close and their connections drain for DrainTimeout,
+// then everything stops. It returns the first component failure, or nil.
+func (a *App) Run(ctx context.Context) error {
+	defer a.close()
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var wg sync.WaitGroup
+	run := func(name string, fn func(context.Context) error) {
+		wg.Go(func() {
+			if err := fn(ctx); err != nil && !errors.Is(err, context.Canceled) {
+				cancel(fmt.Errorf("%s: %w", name, err))
+			}
+		})
+	}
+	go func() { <-ctx.Done(); a.stopping.Store(true) }()
+	run("certificates", a.certs.Start)
+	run("xds", a.xds.Run)
+	run("proxy", a.proxy.Run)
+	run("metrics", serveHTTP(a.cfg.MetricsAddr, a.metricsMux()))
+	run("readiness", serveHTTP(a.cfg.ReadinessAddr, a.readinessMux()))
+	run("admin", serveHTTP(a.cfg.AdminAddr, a.adminMux()))
+	a.log.Info("started", zap.String("xds", a.cfg.XDSAddress), zap.String("node", a.cfg.NodeName))
+	wg.Wait()
+	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}
+
+// serveHTTP serves mux on addr until ctx ends, then shuts down within 5 s.
+func serveHTTP(addr string, mux http.Handler) func(context.Context) error {
+	return func(ctx context.Context) error {
+		if addr == "" || addr == "0" {
+			<-ctx.Done()
+			return nil
+		}
+		srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("listen %s: %w", addr, err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- srv.Serve(ln) }()
+		select {
+		case err := <-done:
+			return err
+		case <-ctx.Done():
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = srv.Shutdown(sctx)
+			<-done
+			return nil
+		}
+	}
+}
+
+func (a *App) metricsMux() http.Handler {
+	mux := http.NewServeMux()
+	h := promhttp.HandlerFor(a.registry, promhttp.HandlerOpts{})
+	mux.Handle("/metrics", h)
+	mux.Handle("/stats/prometheus", h)
+	return mux
+}
+
+func (a *App) readinessMux() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz/ready", func(w http.ResponseWriter, _ *http.Request) {
+		if err := a.Ready(); err != nil {
+			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ready\n"))
+	})
+	return mux
+}
+
+func (a *App) adminMux() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/config_dump", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(ConfigDump(a.store.Snapshot(), a.certInfo(), a.proxy.Pods()))
+	})
+	mux.HandleFunc("/logging", func(w http.ResponseWriter, r *http.Request) {
+		if lv := r.URL.Query().Get("level"); lv != "" {
+			l, err := zapcore.ParseLevel(lv)
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			a.level.SetLevel(l)
+		}
+		fmt.Fprintf(w, "level=%s\n", a.level.Level())
+	})
+	return mux
+}
+
+// CertInfo is a certificate as the config dump shows it: never the key.
+type CertInfo struct {
+	Identity  string    `json:"identity"`
+	NotBefore time.Time `json:"not_before"`
+	NotAfter  time.Time `json:"not_after"`
+	RefreshAt time.Time `json:"refresh_at"`
+	Serial    string    `json:"serial"`
+}
+
+func (a *App) certInfo() []CertInfo {
+	var out []CertInfo
+	for _, id := range a.certs.Identities() {
+		c, ok := a.certs.Current(id)
+		if !ok {
+			out = append(out, CertInfo{Identity: id.String()})
+			continue
+		}
+		out = append(out, CertInfo{Identity: id.String(), NotBefore: c.Leaf.NotBefore, NotAfter: c.Leaf.NotAfter, RefreshAt: c.RefreshAt, Serial: c.Leaf.SerialNumber.String()})
+	}
+	return out
+}
+
+// ConfigDump renders the state, certificates and pods as JSON (protos in
+// their protojson form).
+func ConfigDump(snap *state.Snapshot, certs []CertInfo, pods []string) []byte {
+	raw := func(ms []json.RawMessage) []json.RawMessage {
+		if ms == nil {
+			return []json.RawMessage{}
+		}
+		return ms
+	}
+	var ws, ss, ps []json.RawMessage
+	for _, w := range snap.Workloads() {
+		b, _ := protojson.Marshal(w)
+		ws = append(ws, b)
+	}
+	for _, s := range snap.Services() {
+		b, _ := protojson.Marshal(s)
+		ss = append(ss, b)
+	}
+	for _, p := range snap.Policies() {
+		b, _ := protojson.Marshal(p)
+		ps = append(ps, b)
+	}
+	if certs == nil {
+		certs = []CertInfo{}
+	}
+	if pods == nil {
+		pods = []string{}
+	}
+	out, _ := json.MarshalIndent(map[string]any{
+		"version":      snap.Version,
+		"workloads":    raw(ws),
+		"services":     raw(ss),
+		"policies":     raw(ps),
+		"certificates": certs,
+		"pods":         pods,
+	}, "", "  ")
+	return out
+}

@@ -1,0 +1,89 @@
+// Package app wires ztunnel together: the delta xDS client filling the
+// state store, the certificate manager talking to the mesh CA, the per-pod
+// proxy, and ztunnel's own HTTP endpoints (metrics on 15020, readiness on
+// 15021, admin with a config dump and log-level control on localhost:15000).
+//
+// cmd/ztunnel is a thin main over it: Config.RegisterFlags, New, Run. The
+// node agent feed (pkg/zds) hands pods to App.Pods() and reports its
+// snapshot with App.MarkPodsSynced.
+package app
+
+import (
+	"flag"
+	"os"
+	"strconv"
+	"time"
+)
+
+// Config is every setting of ztunnel. RegisterFlags is the one place that
+// names them, with their environment variable, default and help.
+type Config struct {
+	XDSAddress     string // istiod-lite's gRPC (xDS) address
+	CAAddress      string // the CA's address (same port as xDS by default)
+	ServerName     string // name the istiod-lite serving certificate is checked for; default the address host
+	RootCertFile   string // mesh root(s), PEM
+	TokenFile      string // projected service-account token (audience istio-ca)
+	ClusterID      string
+	TrustDomain    string
+	Network        string
+	PodName        string
+	PodNamespace   string
+	NodeName       string
+	InstanceIP     string
+	MetricsAddr    string
+	ReadinessAddr  string
+	AdminAddr      string
+	LogLevel       string
+	DrainTimeout   time.Duration
+	WaitForPodSync bool // readiness also waits for MarkPodsSynced (the node agent's snapshot)
+}
+
+// env returns the environment value of key or def.
+func env(key, def string) string {
+	if v, ok := os.LookupEnv(key); ok {
+		return v
+	}
+	return def
+}
+
+// drainDefault is Istio's self-termination deadline: the pod's
+// terminationGracePeriodSeconds minus 5 s (minus 1 s when it is 10 s or
+// less), 5 s when unset (zt:src/config.rs).
+func drainDefault() time.Duration {
+	v, err := strconv.Atoi(os.Getenv("TERMINATION_GRACE_PERIOD_SECONDS"))
+	switch {
+	case err != nil || v <= 0:
+		return 5 * time.Second
+	case v <= 10:
+		return time.Duration(v-1) * time.Second
+	default:
+		return time.Duration(v-5) * time.Second
+	}
+}
+
+// RegisterFlags registers every setting on fs; each flag's default comes
+// from its environment variable (named in the help), else the built-in one.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	s := func(p *string, name, envKey, def, help string) {
+		fs.StringVar(p, name, env(envKey, def), help+" (env "+envKey+")")
+	}
+	s(&c.XDSAddress, "xds-address", "XDS_ADDRESS", "istiod.istio-system.svc:15012", "istiod-lite xDS address")
+	s(&c.CAAddress, "ca-address", "CA_ADDRESS", "", "mesh CA address; empty: the xDS address")
+	s(&c.ServerName, "server-name", "XDS_SERVER_NAME", "", "server name in istiod-lite's certificate; empty: the address host")
+	s(&c.RootCertFile, "root-cert", "ROOT_CERT_FILE", "/var/run/secrets/istio/root-cert.pem", "mesh root certificate(s), PEM")
+	s(&c.TokenFile, "token", "TOKEN_FILE", "/var/run/secrets/tokens/istio-token", "service-account token for xDS and the CA")
+	s(&c.ClusterID, "cluster-id", "CLUSTER_ID", "Kubernetes", "cluster id sent to the CA and in xDS metadata")
+	s(&c.TrustDomain, "trust-domain", "TRUST_DOMAIN", "cluster.local", "mesh trust domain")
+	s(&c.Network, "network", "NETWORK", "", "network of this node's pods")
+	s(&c.PodName, "pod-name", "POD_NAME", "", "ztunnel's own pod name")
+	s(&c.PodNamespace, "pod-namespace", "POD_NAMESPACE", "istio-system", "ztunnel's own namespace")
+	s(&c.NodeName, "node-name", "NODE_NAME", "", "the node ztunnel serves")
+	s(&c.InstanceIP, "instance-ip", "INSTANCE_IP", "", "ztunnel's own pod IP")
+	s(&c.MetricsAddr, "metrics-address", "METRICS_ADDRESS", ":15020", "Prometheus metrics (/metrics, /stats/prometheus)")
+	s(&c.ReadinessAddr, "readiness-address", "READINESS_ADDRESS", ":15021", "readiness (/healthz/ready)")
+	s(&c.AdminAddr, "admin-address", "ADMIN_ADDRESS", "localhost:15000", "admin: /config_dump, /logging")
+	s(&c.LogLevel, "log-level", "LOG_LEVEL", "info", "log level: debug, info, warn, error")
+	fs.DurationVar(&c.DrainTimeout, "drain-timeout", drainDefault(), "how long a stopping ztunnel or a removed pod drains connections (env TERMINATION_GRACE_PERIOD_SECONDS minus 5 s)")
+	wait, _ := strconv.ParseBool(env("WAIT_FOR_POD_SYNC", "false"))
+	fs.BoolVar(&c.WaitForPodSync, "wait-for-pod-sync", wait, "readiness waits for the node agent's pod snapshot (env WAIT_FOR_POD_SYNC)")
+}

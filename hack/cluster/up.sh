@@ -34,6 +34,14 @@ start() {
   setsid "$@" >>"$LOG_DIR/$name.log" 2>&1 < /dev/null &
   echo $! > "$PID_DIR/$name.pid"
 }
+# write_if_changed FILE: write stdin to FILE only when it differs, so a
+# running component that watches its config (kube-proxy exits when its file
+# changes) is left alone by a second cluster-up.
+write_if_changed() {
+  local tmp="$1.tmp.$$"
+  cat > "$tmp"
+  if [ -f "$1" ] && cmp -s "$tmp" "$1"; then rm -f "$tmp"; else mv "$tmp" "$1"; fi
+}
 # wait_for WHAT SECONDS CMD...: poll CMD until it succeeds.
 wait_for() {
   local what=$1 limit=$2; shift 2
@@ -63,8 +71,9 @@ for p in /usr/lib/cni/*; do
 done
 # ptp gives each pod a veth with a /32 route through the host, so every packet
 # (pod to service to pod too) is routed and seen by conntrack; no bridge and no
-# br_netfilter are needed.
-cat > "$CNI_CONF_DIR/10-$CNI_NETWORK.conflist" <<CNI
+# br_netfilter are needed. Written only when missing: the mesh's CNI installer
+# appends its plugin to this chain, and a second cluster-up must keep that.
+[ -f "$CNI_CONF_DIR/10-$CNI_NETWORK.conflist" ] || cat > "$CNI_CONF_DIR/10-$CNI_NETWORK.conflist" <<CNI
 {
   "cniVersion": "1.0.0",
   "name": "$CNI_NETWORK",
@@ -119,7 +128,7 @@ start kube-scheduler "$K/kube-scheduler" \
 
 # --- containerd --------------------------------------------------------------
 mkdir -p "$CONTAINERD_ROOT" "$CONTAINERD_STATE"
-cat > "$CLUSTER_DIR/etc/containerd.toml" <<TOML
+write_if_changed "$CLUSTER_DIR/etc/containerd.toml" <<TOML
 version = 2
 root = "$CONTAINERD_ROOT"
 state = "$CONTAINERD_STATE"
@@ -148,7 +157,7 @@ wait_for containerd 30 ctr --address "$CONTAINERD_SOCK" version
 
 # --- kubelet -----------------------------------------------------------------
 mkdir -p "$KUBELET_DIR"
-cat > "$CLUSTER_DIR/etc/kubelet.yaml" <<YAML
+write_if_changed "$CLUSTER_DIR/etc/kubelet.yaml" <<YAML
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 failCgroupV1: false
@@ -178,13 +187,14 @@ start kubelet "$K/kubelet" --config "$CLUSTER_DIR/etc/kubelet.yaml" \
   --node-ip "$NODE_IP" --root-dir "$KUBELET_DIR" --v=1
 
 # --- kube-proxy --------------------------------------------------------------
-cat > "$CLUSTER_DIR/etc/kube-proxy.yaml" <<YAML
+write_if_changed "$CLUSTER_DIR/etc/kube-proxy.yaml" <<YAML
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 mode: iptables
 clientConnection: {kubeconfig: "$CLUSTER_DIR/kube-proxy.kubeconfig"}
 hostnameOverride: $NODE_NAME
 clusterCIDR: $POD_CIDR
+nodePortAddresses: [primary]
 conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
 YAML
 start kube-proxy "$K/kube-proxy" --config "$CLUSTER_DIR/etc/kube-proxy.yaml"

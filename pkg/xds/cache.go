@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"strconv"
@@ -51,6 +52,11 @@ type deltaCache struct {
 	// logFloor: every change with seq > logFloor is in log.
 	logFloor uint64
 	aliases  map[string][]string // alias -> resource names
+	aliasOf  map[string][]string // resource name -> its aliases
+	// members maps a Service's resource name to the Workloads that serve it:
+	// a client watching a Service on demand also gets (and keeps getting)
+	// its Workloads, as istiod's AdditionalPodSubscriptions does.
+	members  map[string]map[string]struct{}
 	nextID   uint64
 	wildcard map[uint64]*deltaWatch
 	named    map[string]map[uint64]*deltaWatch // by resolved resource name
@@ -71,6 +77,11 @@ type deltaWatch struct {
 	sub   cache.Subscription
 	names map[string]struct{} // resolved names for a non-wildcard watch
 	ch    chan cache.DeltaResponse
+	// answer is set while handling a request that must be answered even with
+	// nothing (a new stream, or a change of subscriptions); unknown lists the
+	// names it asked for that resolve to nothing, reported as removed.
+	answer  bool
+	unknown []string
 }
 
 func newDeltaCache(typeURL string) *deltaCache {
@@ -78,6 +89,8 @@ func newDeltaCache(typeURL string) *deltaCache {
 		typeURL:  typeURL,
 		entries:  map[string]*entry{},
 		aliases:  map[string][]string{},
+		aliasOf:  map[string][]string{},
+		members:  map[string]map[string]struct{}{},
 		wildcard: map[uint64]*deltaWatch{},
 		named:    map[string]map[uint64]*deltaWatch{},
 	}
@@ -90,8 +103,10 @@ func version(b []byte) string {
 }
 
 // update applies a batch and notifies the watches it concerns. Resources
-// whose encoding did not change are ignored.
-func (c *deltaCache) update(upd map[string]types.Resource, del []string) error {
+// whose encoding did not change are ignored. also names further resources
+// whose watchers must re-evaluate (the Services a changed Workload joined or
+// left).
+func (c *deltaCache) update(upd map[string]types.Resource, del []string, also ...string) error {
 	type prepared struct {
 		name string
 		msg  types.Resource
@@ -139,7 +154,7 @@ func (c *deltaCache) update(upd map[string]types.Resource, del []string) error {
 	}
 	c.pruneLog()
 	if len(modified) > 0 {
-		c.notify(modified)
+		c.notify(modified, also)
 	}
 	return errors.Join(errs...)
 }
@@ -153,6 +168,48 @@ func (c *deltaCache) pruneLog() {
 	drop := len(c.log) - limit/2
 	c.logFloor = c.log[drop-1].seq
 	c.log = append([]change(nil), c.log[drop:]...)
+}
+
+// expand adds to a named subscription the current Workloads of the
+// Services in it; called under mu.
+func (c *deltaCache) expand(names map[string]struct{}) map[string]struct{} {
+	var out map[string]struct{}
+	for name := range names {
+		for m := range c.members[name] {
+			if _, ok := names[m]; ok {
+				continue
+			}
+			if out == nil {
+				out = maps.Clone(names)
+			}
+			out[m] = struct{}{}
+		}
+	}
+	if out == nil {
+		return names
+	}
+	return out
+}
+
+// updateMembers moves Workloads between Services: changes maps a Workload
+// name to its {old, new} Service names.
+func (c *deltaCache) updateMembers(changes map[string][2][]string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for name, ch := range changes {
+		for _, svc := range ch[0] {
+			delete(c.members[svc], name)
+			if len(c.members[svc]) == 0 {
+				delete(c.members, svc)
+			}
+		}
+		for _, svc := range ch[1] {
+			if c.members[svc] == nil {
+				c.members[svc] = map[string]struct{}{}
+			}
+			c.members[svc][name] = struct{}{}
+		}
+	}
 }
 
 // updateAliases moves resources between aliases: changes maps a resource
@@ -174,6 +231,11 @@ func (c *deltaCache) updateAliases(changes map[string][2][]string) {
 				c.aliases[al] = append(c.aliases[al], name)
 			}
 		}
+		if len(ch[1]) == 0 {
+			delete(c.aliasOf, name)
+		} else {
+			c.aliasOf[name] = ch[1]
+		}
 	}
 }
 
@@ -187,8 +249,9 @@ func (c *deltaCache) resources() map[string]types.Resource {
 	return out
 }
 
-// notify answers the watches concerned by modified names; called under mu.
-func (c *deltaCache) notify(modified []string) {
+// notify answers the watches concerned by modified names, and named watches
+// on the also names; called under mu.
+func (c *deltaCache) notify(modified, also []string) {
 	for id, w := range c.wildcard {
 		if resp := c.respond(w, modified); resp != nil {
 			delete(c.wildcard, id)
@@ -196,7 +259,7 @@ func (c *deltaCache) notify(modified []string) {
 		}
 	}
 	seen := map[uint64]bool{}
-	for _, name := range modified {
+	for _, name := range slices.Concat(modified, also) {
 		for id, w := range c.named[name] {
 			if seen[id] {
 				continue
@@ -240,11 +303,12 @@ func (c *deltaCache) respond(w *deltaWatch, candidates []string) *deltaResponse 
 	}
 	switch {
 	case w.names != nil:
-		for name := range w.names {
+		names := c.expand(w.names)
+		for name := range names {
 			consider(name)
 		}
 		for name := range known {
-			if _, ok := w.names[name]; !ok && name != seqKey {
+			if _, ok := names[name]; !ok && name != seqKey {
 				removed = append(removed, name) // no longer subscribed
 			}
 		}
@@ -273,9 +337,27 @@ func (c *deltaCache) respond(w *deltaWatch, candidates []string) *deltaResponse 
 			}
 		}
 	}
-	// A wildcard client expects an answer to its first request, even empty.
+	if w.names != nil {
+		// Names that exist nowhere are reported removed, as the delta
+		// protocol asks and istiod does, so an on-demand client waiting
+		// for them learns they are unknown.
+		for _, name := range w.unknown {
+			if _, has := known[name]; !has && !slices.Contains(removed, name) {
+				removed = append(removed, name)
+			}
+		}
+		// On-demand answers carry each resource's aliases, so a client that
+		// asked for "<network>/<ip>" can tell which resource answered.
+		for i, r := range upd {
+			if al := c.aliasOf[r.GetName()]; len(al) > 0 {
+				upd[i] = &discovery.Resource{Name: r.GetName(), Version: r.GetVersion(), Resource: r.GetResource(), Aliases: al}
+			}
+		}
+	}
+	// A wildcard client expects an answer to its first request, even empty;
+	// an on-demand client to every request that changes what it watches.
 	firstWildcard := w.names == nil && w.req.GetResponseNonce() == ""
-	if len(upd) == 0 && len(removed) == 0 && !firstWildcard {
+	if len(upd) == 0 && len(removed) == 0 && !firstWildcard && !w.answer {
 		return nil
 	}
 	for _, r := range upd {
@@ -328,8 +410,18 @@ func (c *deltaCache) CreateDeltaWatch(req *cache.DeltaRequest, sub cache.Subscri
 			}
 			w.names[name] = struct{}{}
 		}
+		w.answer = req.GetResponseNonce() == "" || len(req.GetResourceNamesSubscribe()) > 0 || len(req.GetResourceNamesUnsubscribe()) > 0
+		for _, name := range req.GetResourceNamesSubscribe() {
+			_, isAlias := c.aliases[name]
+			_, exists := c.entries[name]
+			if _, subscribed := sub.SubscribedResources()[name]; subscribed && !isAlias && !exists {
+				w.unknown = append(w.unknown, name)
+			}
+		}
 	}
-	if resp := c.respond(w, nil); resp != nil {
+	resp := c.respond(w, nil)
+	w.answer, w.unknown = false, nil // later pushes answer only changes
+	if resp != nil {
 		ch <- resp
 		return func() {}, nil
 	}

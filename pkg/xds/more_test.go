@@ -10,6 +10,7 @@ import (
 	"crypto/x509/pkix"
 	"math/big"
 	"net"
+	"net/netip"
 	"slices"
 	"sync"
 	"testing"
@@ -46,12 +47,24 @@ func TestOnDemandByAddress(t *testing.T) {
 	if err := c.Subscribe(t.Context(), model.AddressTypeURL, "/10.0.0.2"); err != nil {
 		t.Fatal(err)
 	}
-	d := rec.next(t, model.AddressTypeURL)
+	d := rec.nextChange(t, model.AddressTypeURL)
 	if got := names(d); !slices.Equal(got, []string{uid("b")}) {
 		t.Fatalf("alias subscription delta %v, want [%s]", got, uid("b"))
 	}
+	if got := d.Updated[0].GetAliases(); !slices.Equal(got, []string{"/10.0.0.2"}) {
+		t.Errorf("on-demand resource aliases = %v, want [/10.0.0.2]", got)
+	}
+
+	// An address nobody has is answered as removed, so the client stops waiting.
+	if err := c.Subscribe(t.Context(), model.AddressTypeURL, "/10.9.9.9"); err != nil {
+		t.Fatal(err)
+	}
+	d = rec.nextChange(t, model.AddressTypeURL)
+	if len(d.Updated) != 0 || !slices.Equal(d.Removed, []string{"/10.9.9.9"}) {
+		t.Fatalf("unknown address: updated %v removed %v, want removed [/10.9.9.9]", names(d), d.Removed)
+	}
 	e.srv.Update(resources(workload("a", "10.0.0.1", true)))
-	d = rec.next(t, model.AddressTypeURL)
+	d = rec.nextChange(t, model.AddressTypeURL)
 	if !slices.Equal(d.Removed, []string{uid("b")}) || len(d.Updated) != 0 {
 		t.Errorf("after b left: updated %v removed %v, want removed [%s]", names(d), d.Removed, uid("b"))
 	}
@@ -310,3 +323,42 @@ var fastReconnect = grpc.ConnectParams{
 }
 
 func insecureCreds() credentials.TransportCredentials { return insecure.NewCredentials() }
+
+// TestOnDemandServiceBringsItsWorkloads: asking for a Service VIP subscribes
+// the client to the Service's Workloads too, including ones that come later.
+func TestOnDemandServiceBringsItsWorkloads(t *testing.T) {
+	e := startServer(t, 10*time.Millisecond)
+	const svcName = "demo/web.demo.svc.cluster.local"
+	svc := &workloadapi.Address{Type: &workloadapi.Address_Service{Service: &workloadapi.Service{
+		Name: "web", Namespace: "demo", Hostname: "web.demo.svc.cluster.local",
+		Addresses: []*workloadapi.NetworkAddress{{Address: netip.MustParseAddr("10.96.0.1").AsSlice()}},
+	}}}
+	member := func(name, ip string) *workloadapi.Address {
+		a := workload(name, ip, true)
+		a.GetWorkload().Services = map[string]*workloadapi.PortList{svcName: {}}
+		return a
+	}
+	e.srv.Update(resources(svc, member("a", "10.0.0.1"), workload("other", "10.0.0.9", true)))
+	rec := newRecorder()
+	c := newClient(t, dial(t, e.addr, goodToken), rec, xdsclient.Subscription{TypeURL: model.AddressTypeURL, OnDemand: true})
+	runClient(t, t.Context(), c)
+	if err := c.Subscribe(t.Context(), model.AddressTypeURL, "/10.96.0.1"); err != nil {
+		t.Fatal(err)
+	}
+	d := rec.nextChange(t, model.AddressTypeURL)
+	if got, want := names(d), sorted([]string{svcName, uid("a")}); !slices.Equal(got, want) {
+		t.Fatalf("VIP subscription delta %v, want %v", got, want)
+	}
+
+	// b joins the service: it is pushed. a leaves: it is removed.
+	e.srv.Update(resources(svc, member("a", "10.0.0.1"), member("b", "10.0.0.2"), workload("other", "10.0.0.9", true)))
+	d = rec.nextChange(t, model.AddressTypeURL)
+	if got := names(d); !slices.Equal(got, []string{uid("b")}) {
+		t.Fatalf("after b joined: %v, want [%s]", got, uid("b"))
+	}
+	e.srv.Update(resources(svc, workload("a", "10.0.0.1", true), member("b", "10.0.0.2"), workload("other", "10.0.0.9", true)))
+	d = rec.nextChange(t, model.AddressTypeURL)
+	if len(d.Updated) != 0 || !slices.Equal(d.Removed, []string{uid("a")}) {
+		t.Errorf("after a left: updated %v removed %v, want removed [%s]", names(d), d.Removed, uid("a"))
+	}
+}

@@ -6,7 +6,9 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -244,26 +246,43 @@ func (s *Server) apply(next model.Resources) {
 	start := time.Now()
 	authUpd, authDel, authBytes := diff(s.applied.Authorizations, s.appliedBytes[model.AuthorizationTypeURL], next.Authorizations)
 	addrUpd, addrDel, addrBytes := diff(s.applied.Addresses, s.appliedBytes[model.AddressTypeURL], next.Addresses)
-	aliasChanges := map[string][2][]string{} // name -> {old aliases, new aliases}
+	// Indexes for on-demand clients: aliases, and the Services each
+	// Workload serves (whose watchers must hear of it).
+	aliasChanges := map[string][2][]string{}  // name -> {old aliases, new aliases}
+	memberChanges := map[string][2][]string{} // workload -> {old services, new services}
+	var touched []string                      // services that gained, lost or changed a workload
+	index := func(name string, next *workloadapi.Address) {
+		prev := s.applied.Addresses[name]
+		aliasChanges[name] = [2][]string{model.Aliases(prev), model.Aliases(next)}
+		before := slices.Collect(maps.Keys(prev.GetWorkload().GetServices()))
+		after := slices.Collect(maps.Keys(next.GetWorkload().GetServices()))
+		if len(before) > 0 || len(after) > 0 {
+			memberChanges[name] = [2][]string{before, after}
+			touched = append(append(touched, before...), after...)
+		}
+	}
 	for name, r := range addrUpd {
-		aliasChanges[name] = [2][]string{model.Aliases(s.applied.Addresses[name]), model.Aliases(r.(*workloadapi.Address))}
+		index(name, r.(*workloadapi.Address))
 	}
 	for _, name := range addrDel {
-		aliasChanges[name] = [2][]string{model.Aliases(s.applied.Addresses[name]), nil}
+		index(name, nil)
 	}
-	s.caches[model.AddressTypeURL].updateAliases(aliasChanges)
+	addrCache := s.caches[model.AddressTypeURL]
+	addrCache.updateAliases(aliasChanges)
+	addrCache.updateMembers(memberChanges)
 	for _, step := range []struct {
 		typeURL string
 		upd     map[string]types.Resource
 		del     []string
+		also    []string
 	}{
-		{model.AuthorizationTypeURL, authUpd, authDel},
-		{model.AddressTypeURL, addrUpd, addrDel},
+		{model.AuthorizationTypeURL, authUpd, authDel, nil},
+		{model.AddressTypeURL, addrUpd, addrDel, touched},
 	} {
 		if len(step.upd) == 0 && len(step.del) == 0 {
 			continue
 		}
-		if err := s.caches[step.typeURL].update(step.upd, step.del); err != nil {
+		if err := s.caches[step.typeURL].update(step.upd, step.del, step.also...); err != nil {
 			// Only a resource that fails to marshal gets here; clients keep
 			// their previous state for it.
 			s.log.Error("cache update failed", zap.String("type", step.typeURL), zap.Error(err))

@@ -34,9 +34,12 @@ const seqKey = "\x00xds/seq"
 //     changes logged since that response, not against every resource; and a
 //     change notifies a wildcard watch with only the changed names. The
 //     returned-versions map is updated in place rather than cloned.
-//   - Clients may subscribe to an Address by alias ("<network>/<ip>"); an
-//     alias is resolved when the watch is created (each request). A resource
-//     that takes the address later reaches the client on its next request.
+//   - On-demand clients (as istiod serves them): a subscription may name an
+//     Address by alias ("<network>/<ip>"), resolved when the watch is created
+//     (each request; a resource that takes the address later reaches the
+//     client on its next request); names that exist nowhere are answered as
+//     removed; answers carry the resources' aliases; and a subscribed
+//     Service brings its Workloads, kept current as they come and go.
 //
 // Concurrency: mu guards everything. A registered watch's returned-versions
 // map is written only under mu; go-control-plane writes it on the stream

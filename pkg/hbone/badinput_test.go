@@ -475,3 +475,58 @@ func xTestSlowReaderBounded(t *testing.T, proto hbone.Protocol) {
 	}
 	<-writerDone
 }
+
+// TestServerSettings checks the HTTP/2 settings the server announces.
+func TestServerSettings(t *testing.T) {
+	leakCheck(t)
+	m := newMesh(t)
+	s := startServer(t, m, hbone.Hooks{})
+	cfg := hbone.ClientTLSConfig(m.client, m.ca.Bundle(), []spiffeid.ID{m.srvID}, hbone.ALPNH2)
+	tc, err := tls.Dial("tcp", s.addr.String(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+	_ = tc.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(tc, http2.ClientPreface); err != nil {
+		t.Fatal(err)
+	}
+	fr := http2.NewFramer(tc, tc)
+	if err := fr.WriteSettings(); err != nil {
+		t.Fatal(err)
+	}
+	got := map[http2.SettingID]uint32{}
+	var connWindow uint32
+	for connWindow == 0 {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch f := f.(type) {
+		case *http2.SettingsFrame:
+			if !f.IsAck() {
+				_ = f.ForeachSetting(func(s http2.Setting) error { got[s.ID] = s.Val; return nil })
+			}
+		case *http2.WindowUpdateFrame:
+			if f.StreamID == 0 {
+				connWindow = 65535 + f.Increment
+			}
+		}
+	}
+	want := map[http2.SettingID]uint32{
+		http2.SettingMaxConcurrentStreams: hbone.MaxConcurrentIn,
+		http2.SettingInitialWindowSize:    hbone.StreamWindow,
+		http2.SettingMaxFrameSize:         hbone.ServerReadFrameSize,
+	}
+	for id, v := range want {
+		if got[id] != v {
+			t.Errorf("SETTINGS %v = %d, want %d", id, got[id], v)
+		}
+	}
+	if hl := got[http2.SettingMaxHeaderListSize]; hl < hbone.ServerHeaderLimit {
+		t.Errorf("SETTINGS_MAX_HEADER_LIST_SIZE = %d, want ≥ %d", hl, hbone.ServerHeaderLimit)
+	}
+	if connWindow != hbone.ConnectionWindow {
+		t.Errorf("connection window = %d, want %d", connWindow, hbone.ConnectionWindow)
+	}
+}

@@ -158,11 +158,19 @@ func (c *Client) Dial(ctx context.Context, req *Request) (*Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	mc, err := p.acquire(ctx, req)
-	if err != nil {
-		return nil, err
+	for attempt := 0; ; attempt++ {
+		mc, err := p.acquire(ctx, req)
+		if err != nil {
+			return nil, err
+		}
+		conn, err := mc.open(ctx, c.life, req)
+		// A connection that went away under us (GOAWAY, lost ping) before
+		// the peer answered: take another one.
+		if err != nil && attempt < 2 && StatusOf(err) == 0 && ctx.Err() == nil && !mc.usable() {
+			continue
+		}
+		return conn, err
 	}
-	return mc.open(ctx, c.life, req)
 }
 
 func validateRequest(req *Request) error {

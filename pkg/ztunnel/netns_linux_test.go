@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/protobuf/types/known/emptypb"
 	"istio.io/istio/pkg/workloadapi"
@@ -44,7 +45,7 @@ const ioTimeout = 5 * time.Second
 
 var nsSeq atomic.Int64
 
-func newNS(t *testing.T, role string) (string, netns.NsHandle) {
+func newNS(t testing.TB, role string) (string, netns.NsHandle) {
 	t.Helper()
 	name := fmt.Sprintf("zt%d-%d-%s", os.Getpid(), nsSeq.Add(1), role)
 	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
@@ -71,7 +72,7 @@ func newNS(t *testing.T, role string) (string, netns.NsHandle) {
 	return name, h
 }
 
-func nlHandle(t *testing.T, h netns.NsHandle) *netlink.Handle {
+func nlHandle(t testing.TB, h netns.NsHandle) *netlink.Handle {
 	t.Helper()
 	nl, err := netlink.NewHandleAt(h)
 	if err != nil {
@@ -81,7 +82,7 @@ func nlHandle(t *testing.T, h netns.NsHandle) *netlink.Handle {
 	return nl
 }
 
-func addr(t *testing.T, nl *netlink.Handle, link string, a netip.Addr, gw netip.Addr) {
+func addr(t testing.TB, nl *netlink.Handle, link string, a netip.Addr, gw netip.Addr) {
 	t.Helper()
 	l, err := nl.LinkByName(link)
 	if err != nil {
@@ -106,7 +107,7 @@ type topo struct {
 	aName, bName string
 }
 
-func newTopo(t *testing.T) topo {
+func newTopo(t testing.TB, capture bool) topo {
 	t.Helper()
 	testenv.RequireRoot(t)
 	for _, bin := range []string{"ip", "nft"} {
@@ -137,6 +138,9 @@ func newTopo(t *testing.T) topo {
 	}
 	rules := redirect.NewPodRules(redirect.PodConfig{}, nil)
 	for _, h := range []netns.NsHandle{a, b} {
+		if !capture {
+			break
+		}
 		if err := rules.Install(h); err != nil {
 			t.Fatalf("install capture rules: %v", err)
 		}
@@ -150,7 +154,7 @@ type echoApp struct {
 	accepted atomic.Int64
 }
 
-func startEcho(t *testing.T, ns netns.NsHandle) *echoApp {
+func startEcho(t testing.TB, ns netns.NsHandle) *echoApp {
 	t.Helper()
 	ln, err := redirect.Listen(t.Context(), ns, "tcp", ":8080", redirect.SocketOptions{})
 	if err != nil {
@@ -187,7 +191,7 @@ func clientWorkload(a netip.Addr, ns, sa string, svcs ...string) *workloadapi.Wo
 }
 
 // dialApp connects from the app in ns to dst and reads the greeting line.
-func dialFromApp(t *testing.T, ns netns.NsHandle, dst netip.AddrPort) (net.Conn, *bufio.Reader) {
+func dialFromApp(t testing.TB, ns netns.NsHandle, dst netip.AddrPort) (net.Conn, *bufio.Reader) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), ioTimeout)
 	defer cancel()
@@ -200,7 +204,7 @@ func dialFromApp(t *testing.T, ns netns.NsHandle, dst netip.AddrPort) (net.Conn,
 	return c, bufio.NewReader(c)
 }
 
-func expectEcho(t *testing.T, c net.Conn, r *bufio.Reader, wantFrom netip.Addr) {
+func expectEcho(t testing.TB, c net.Conn, r *bufio.Reader, wantFrom netip.Addr) {
 	t.Helper()
 	line, err := r.ReadString('\n')
 	if err != nil {
@@ -221,7 +225,7 @@ func expectEcho(t *testing.T, c net.Conn, r *bufio.Reader, wantFrom netip.Addr) 
 
 // expectClosed waits (bounded by the conn's deadline) for the connection to
 // end without data.
-func expectClosed(t *testing.T, c net.Conn, r *bufio.Reader) {
+func expectClosed(t testing.TB, c net.Conn, r *bufio.Reader) {
 	t.Helper()
 	c.SetReadDeadline(time.Now().Add(ioTimeout))
 	b, err := r.ReadByte()
@@ -237,8 +241,23 @@ func principal(ns, sa string) *security.StringMatch {
 	return &security.StringMatch{MatchType: &security.StringMatch_Exact{Exact: "cluster.local/ns/" + ns + "/sa/" + sa}}
 }
 
-func TestPodsOverHBONE(t *testing.T) {
-	tp := newTopo(t)
+// mesh is the two-pod topology with capture rules installed and a Proxy
+// serving both pods (capture false: the same topology, no mesh).
+type mesh struct {
+	topo
+	store       *state.Store
+	reg         *prometheus.Registry
+	proxy       *Proxy
+	setPolicies func(ps ...*security.Authorization)
+}
+
+func newMesh(t testing.TB, capture bool, log *zap.Logger) *mesh {
+	t.Helper()
+	tp := newTopo(t, capture)
+	m := &mesh{topo: tp}
+	if !capture {
+		return m
+	}
 	ca, err := meshtest.NewCA("cluster.local")
 	if err != nil {
 		t.Fatal(err)
@@ -257,24 +276,24 @@ func TestPodsOverHBONE(t *testing.T) {
 	svc := &workloadapi.Service{Name: "server", Namespace: "b", Hostname: "server.b.svc.cluster.local",
 		Addresses: []*workloadapi.NetworkAddress{{Address: svcVIP.AsSlice()}},
 		Ports:     []*workloadapi.Port{{ServicePort: 80, TargetPort: 8080}}}
-	store := state.NewStore()
-	setPolicies := func(ps ...*security.Authorization) {
-		store.Replace(state.NewSnapshot([]*workloadapi.Workload{wA, wB}, []*workloadapi.Service{svc}, ps))
+	m.store = state.NewStore()
+	m.setPolicies = func(ps ...*security.Authorization) {
+		m.store.Replace(state.NewSnapshot([]*workloadapi.Workload{wA, wB}, []*workloadapi.Service{svc}, ps))
 	}
-	setPolicies()
+	m.setPolicies()
 
-	reg := prometheus.NewRegistry()
-	metrics, err := telemetry.NewMetrics(reg)
+	m.reg = prometheus.NewRegistry()
+	metrics, err := telemetry.NewMetrics(m.reg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	proxy, err := New(Config{Store: store, Certs: certs, Metrics: metrics, DrainTimeout: 300 * time.Millisecond, ConnectTimeout: ioTimeout, Logger: zaptest.NewLogger(t)})
+	m.proxy, err = New(Config{Store: m.store, Certs: certs, Metrics: metrics, DrainTimeout: 300 * time.Millisecond, ConnectTimeout: ioTimeout, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
 	runCtx, stop := context.WithCancel(t.Context())
 	runDone := make(chan error, 1)
-	go func() { runDone <- proxy.Run(runCtx) }()
+	go func() { runDone <- m.proxy.Run(runCtx) }()
 	t.Cleanup(func() {
 		stop()
 		if err := <-runDone; err != nil {
@@ -288,10 +307,16 @@ func TestPodsOverHBONE(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := proxy.AddPod(t.Context(), PodInfo{UID: p.ns + "-uid", Name: p.sa, Namespace: p.ns, ServiceAccount: p.sa}, h); err != nil {
+		if err := m.proxy.AddPod(t.Context(), PodInfo{UID: p.ns + "-uid", Name: p.sa, Namespace: p.ns, ServiceAccount: p.sa}, h); err != nil {
 			t.Fatalf("AddPod %s: %v", p.ns, err)
 		}
 	}
+	return m
+}
+
+func TestPodsOverHBONE(t *testing.T) {
+	m := newMesh(t, true, zaptest.NewLogger(t))
+	tp, reg, proxy, setPolicies := m.topo, m.reg, m.proxy, m.setPolicies
 	app := startEcho(t, tp.b)
 
 	t.Run("pod ip over hbone", func(t *testing.T) {
@@ -404,7 +429,7 @@ func TestPodsOverHBONE(t *testing.T) {
 	})
 }
 
-func mustNS(t *testing.T, name string) netns.NsHandle {
+func mustNS(t testing.TB, name string) netns.NsHandle {
 	t.Helper()
 	h, err := netns.GetFromName(name)
 	if err != nil {
@@ -415,7 +440,7 @@ func mustNS(t *testing.T, name string) netns.NsHandle {
 }
 
 // counter sums the samples of a counter whose labels include want.
-func counter(t *testing.T, g prometheus.Gatherer, name string, want map[string]string) float64 {
+func counter(t testing.TB, g prometheus.Gatherer, name string, want map[string]string) float64 {
 	t.Helper()
 	mfs, err := g.Gather()
 	if err != nil {
@@ -444,7 +469,7 @@ func counter(t *testing.T, g prometheus.Gatherer, name string, want map[string]s
 }
 
 // waitFor polls cond every 10 ms until it holds, failing after ioTimeout.
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(ioTimeout)
 	for !cond() {

@@ -38,8 +38,9 @@ const seqKey = "\x00xds/seq"
 //     Address by alias ("<network>/<ip>"), resolved when the watch is created
 //     (each request; a resource that takes the address later reaches the
 //     client on its next request); names that exist nowhere are answered as
-//     removed; answers carry the resources' aliases; and a subscribed
-//     Service brings its Workloads, kept current as they come and go.
+//     removed; answers carry the resources' aliases; a subscribed Service
+//     brings its Workloads, and a client naming its node (NODE_NAME in the
+//     node metadata) that node's Workloads, kept current as they come and go.
 //
 // Concurrency: mu guards everything. A registered watch's returned-versions
 // map is written only under mu; go-control-plane writes it on the stream
@@ -56,9 +57,11 @@ type deltaCache struct {
 	logFloor uint64
 	aliases  map[string][]string // alias -> resource names
 	aliasOf  map[string][]string // resource name -> its aliases
-	// members maps a Service's resource name to the Workloads that serve it:
-	// a client watching a Service on demand also gets (and keeps getting)
-	// its Workloads, as istiod's AdditionalPodSubscriptions does.
+	// members maps a Service's resource name to the Workloads that serve it,
+	// and nodeKey(node) to the Workloads on that node: an on-demand client
+	// watching a Service also gets (and keeps getting) its Workloads, and a
+	// ztunnel gets those of its own node, as istiod's
+	// AdditionalPodSubscriptions does.
 	members  map[string]map[string]struct{}
 	nextID   uint64
 	wildcard map[uint64]*deltaWatch
@@ -390,6 +393,10 @@ func (c *deltaCache) knownSeq(w *deltaWatch) (uint64, bool) {
 	return s, true
 }
 
+// nodeKey is the members key of the Workloads on a node; it cannot be a
+// resource name.
+func nodeKey(node string) string { return "\x00node/" + node }
+
 // CreateDeltaWatch implements cache.ConfigWatcher.
 func (c *deltaCache) CreateDeltaWatch(req *cache.DeltaRequest, sub cache.Subscription, ch chan cache.DeltaResponse) (func(), error) {
 	if req.GetTypeUrl() != c.typeURL {
@@ -412,6 +419,11 @@ func (c *deltaCache) CreateDeltaWatch(req *cache.DeltaRequest, sub cache.Subscri
 				continue
 			}
 			w.names[name] = struct{}{}
+		}
+		// ztunnel names its node in the metadata; its local Workloads are
+		// always part of what it watches.
+		if node := req.GetNode().GetMetadata().GetFields()["NODE_NAME"].GetStringValue(); node != "" {
+			w.names[nodeKey(node)] = struct{}{}
 		}
 		w.answer = req.GetResponseNonce() == "" || len(req.GetResourceNamesSubscribe()) > 0 || len(req.GetResourceNamesUnsubscribe()) > 0
 		for _, name := range req.GetResourceNamesSubscribe() {

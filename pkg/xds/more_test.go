@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -360,5 +361,41 @@ func TestOnDemandServiceBringsItsWorkloads(t *testing.T) {
 	d = rec.nextChange(t, model.AddressTypeURL)
 	if len(d.Updated) != 0 || !slices.Equal(d.Removed, []string{uid("a")}) {
 		t.Errorf("after a left: updated %v removed %v, want removed [%s]", names(d), d.Removed, uid("a"))
+	}
+}
+
+// TestOnDemandGetsNodeLocalWorkloads: a ztunnel on demand still holds the
+// Workloads of its own node, which it serves inbound.
+func TestOnDemandGetsNodeLocalWorkloads(t *testing.T) {
+	e := startServer(t, 10*time.Millisecond)
+	onNode := func(name, ip, node string) *workloadapi.Address {
+		a := workload(name, ip, true)
+		a.GetWorkload().Node = node
+		return a
+	}
+	e.srv.Update(resources(onNode("a", "10.0.0.1", "node-1"), onNode("b", "10.0.0.2", "node-2")))
+	rec := newRecorder()
+	meta, err := structpb.NewStruct(map[string]any{"NODE_NAME": "node-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := xdsclient.New(xdsclient.Config{
+		Conn:          dial(t, e.addr, goodToken),
+		Node:          &core.Node{Id: "ztunnel~10.0.0.100~ztunnel-x.istio-system~istio-system.svc.cluster.local", Metadata: meta},
+		Subscriptions: []xdsclient.Subscription{{TypeURL: model.AddressTypeURL, OnDemand: true}},
+		Handler:       rec.handle,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runClient(t, t.Context(), c)
+	d := rec.nextChange(t, model.AddressTypeURL)
+	if got := names(d); !slices.Equal(got, []string{uid("a")}) {
+		t.Fatalf("initial on-demand delta %v, want the node-local [%s]", got, uid("a"))
+	}
+	// A pod scheduled to node-1 arrives without being asked for.
+	e.srv.Update(resources(onNode("a", "10.0.0.1", "node-1"), onNode("b", "10.0.0.2", "node-2"), onNode("c", "10.0.0.3", "node-1")))
+	if got := names(rec.nextChange(t, model.AddressTypeURL)); !slices.Equal(got, []string{uid("c")}) {
+		t.Errorf("after a pod landed on node-1: %v, want [%s]", got, uid("c"))
 	}
 }

@@ -246,16 +246,22 @@ func (s *Server) apply(next model.Resources) {
 	start := time.Now()
 	authUpd, authDel, authBytes := diff(s.applied.Authorizations, s.appliedBytes[model.AuthorizationTypeURL], next.Authorizations)
 	addrUpd, addrDel, addrBytes := diff(s.applied.Addresses, s.appliedBytes[model.AddressTypeURL], next.Addresses)
-	// Indexes for on-demand clients: aliases, and the Services each
-	// Workload serves (whose watchers must hear of it).
+	// Indexes for on-demand clients: aliases, and the Services and node of
+	// each Workload (whose watchers must hear of it).
 	aliasChanges := map[string][2][]string{}  // name -> {old aliases, new aliases}
 	memberChanges := map[string][2][]string{} // workload -> {old services, new services}
-	var touched []string                      // services that gained, lost or changed a workload
+	var touched []string                      // groups that gained, lost or changed a workload
 	index := func(name string, next *workloadapi.Address) {
 		prev := s.applied.Addresses[name]
 		aliasChanges[name] = [2][]string{model.Aliases(prev), model.Aliases(next)}
-		before := slices.Collect(maps.Keys(prev.GetWorkload().GetServices()))
-		after := slices.Collect(maps.Keys(next.GetWorkload().GetServices()))
+		groups := func(a *workloadapi.Address) []string {
+			g := slices.Collect(maps.Keys(a.GetWorkload().GetServices()))
+			if n := a.GetWorkload().GetNode(); n != "" {
+				g = append(g, nodeKey(n))
+			}
+			return g
+		}
+		before, after := groups(prev), groups(next)
 		if len(before) > 0 || len(after) > 0 {
 			memberChanges[name] = [2][]string{before, after}
 			touched = append(append(touched, before...), after...)

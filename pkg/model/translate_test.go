@@ -188,12 +188,21 @@ func translateCases() []struct {
 					namespace("other", map[string]string{LabelUseWaypoint: "shared", LabelUseWaypointNamespace: "infra"}),
 					namespace("denied", map[string]string{LabelUseWaypoint: "demo-wp", LabelUseWaypointNamespace: "demo"}),
 					namespace("infra", nil),
+					namespace("team-a", map[string]string{"team": "a", LabelUseWaypoint: "team", LabelUseWaypointNamespace: "infra"}),
+					namespace("team-b", map[string]string{"team": "b", LabelUseWaypoint: "team", LabelUseWaypointNamespace: "infra"}),
 				},
 				Gateways: []*gatewayv1.Gateway{
 					waypointGateway("demo", "demo-wp"),
 					waypointGateway("demo", "pod-wp", waypointFor(WaypointForWorkload)),
 					waypointGateway("demo", "pending-wp", notProgrammed),
 					waypointGateway("infra", "shared", waypointFor(WaypointForAll), fromAll),
+					waypointGateway("infra", "bogus", waypointFor("everything")),
+					waypointGateway("infra", "team", func(g *gatewayv1.Gateway) {
+						g.Spec.Listeners[0].AllowedRoutes = &gatewayv1.AllowedRoutes{Namespaces: &gatewayv1.RouteNamespaces{
+							From:     ptr.To(gatewayv1.NamespacesFromSelector),
+							Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"team": "a"}},
+						}}
+					}),
 					{ObjectMeta: waypointGateway("demo", "ingress").ObjectMeta, Spec: gatewayv1.GatewaySpec{GatewayClassName: "istio"}},
 				},
 				Services: []*corev1.Service{
@@ -205,6 +214,9 @@ func translateCases() []struct {
 						withLabels(map[string]string{LabelGatewayManaged: ManagedMeshControllerValue})),
 					service("other", "crossns", "10.96.2.1", nil),
 					service("denied", "blocked", "10.96.3.1", nil),
+					service("team-a", "selected", "10.96.3.2", nil),
+					service("team-b", "unselected", "10.96.3.3", nil),
+					service("infra", "uses-bogus", "10.96.3.4", nil, withLabels(map[string]string{LabelUseWaypoint: "bogus"})),
 				},
 				Pods: []*corev1.Pod{
 					pod("demo", "inherits", "a", "10.1.0.1", map[string]string{"app": "inherits"}),

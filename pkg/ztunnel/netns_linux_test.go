@@ -249,6 +249,8 @@ type mesh struct {
 	reg         *prometheus.Registry
 	proxy       *Proxy
 	setPolicies func(ps ...*security.Authorization)
+	// withoutB publishes a state that lacks pod B's workload.
+	withoutB func()
 }
 
 func newMesh(t testing.TB, capture bool, log *zap.Logger) *mesh {
@@ -281,6 +283,9 @@ func newMesh(t testing.TB, capture bool, log *zap.Logger) *mesh {
 		m.store.Replace(state.NewSnapshot([]*workloadapi.Workload{wA, wB}, []*workloadapi.Service{svc}, ps))
 	}
 	m.setPolicies()
+	m.withoutB = func() {
+		m.store.Replace(state.NewSnapshot([]*workloadapi.Workload{wA}, []*workloadapi.Service{svc}, nil))
+	}
 
 	m.reg = prometheus.NewRegistry()
 	metrics, err := telemetry.NewMetrics(m.reg)
@@ -413,6 +418,35 @@ func TestPodsOverHBONE(t *testing.T) {
 		}
 		c.Close()
 	})
+	t.Run("unknown local workload refused", func(t *testing.T) {
+		// B is not in the state: A sends plain TCP, B's 15006 does not know
+		// which policies apply and refuses rather than guess.
+		m.withoutB()
+		defer setPolicies()
+		before := app.accepted.Load()
+		c, r := dialFromApp(t, tp.a, netip.AddrPortFrom(podB, 8080))
+		expectClosed(t, c, r)
+		if got := app.accepted.Load(); got != before {
+			t.Errorf("the app accepted %d connections for an unknown workload", got-before)
+		}
+	})
+	t.Run("add twice and retain keep serving", func(t *testing.T) {
+		h, err := netns.GetFromName(tp.bName)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := proxy.AddPod(t.Context(), PodInfo{UID: "b-uid", Name: "server", Namespace: "b", ServiceAccount: "server"}, h); err != nil {
+			t.Fatalf("second AddPod: %v", err)
+		}
+		if err := proxy.RetainPods(t.Context(), []string{"a-uid", "b-uid", "gone-uid"}); err != nil {
+			t.Fatal(err)
+		}
+		if got := len(proxy.Pods()); got != 2 {
+			t.Fatalf("%d pods served, want 2", got)
+		}
+		c, r := dialFromApp(t, tp.a, netip.AddrPortFrom(podB, 8080))
+		expectEcho(t, c, r, podA)
+	})
 	t.Run("removed pod drains and closes", func(t *testing.T) {
 		c, r := dialFromApp(t, tp.a, netip.AddrPortFrom(podB, 8080))
 		expectEcho(t, c, r, podA)
@@ -426,6 +460,12 @@ func TestPodsOverHBONE(t *testing.T) {
 		expectClosed(t, c, r)
 		c, r = dialFromApp(t, tp.a, netip.AddrPortFrom(podB, 8080))
 		expectClosed(t, c, r)
+		if err := proxy.RetainPods(t.Context(), nil); err != nil {
+			t.Fatal(err)
+		}
+		if got := proxy.Pods(); len(got) != 0 {
+			t.Errorf("pods %v still served after RetainPods(nil)", got)
+		}
 	})
 }
 

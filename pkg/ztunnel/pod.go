@@ -224,9 +224,19 @@ func (pd *pod) local(target netip.AddrPort, arrivedOn netip.Addr) (*state.Snapsh
 	return pd.p.cfg.Store.Snapshot(), nil
 }
 
-func (pd *pod) decide(snap *state.Snapshot, c authz.Conn) authz.Decision {
+// errNoLocalWorkload: the destination is not (yet) a workload in the state,
+// so the policies that apply to it are unknown; ztunnel answers 503 rather
+// than guess (istio-ambient-facts §1.7).
+var errNoLocalWorkload = errors.New("local workload not found")
+
+// decide evaluates the policies of the destination workload. ok is false
+// when the state does not know that workload.
+func (pd *pod) decide(snap *state.Snapshot, c authz.Conn) (d authz.Decision, ok bool) {
 	w := snap.WorkloadByIP(state.NetworkAddr{Network: pd.p.cfg.Network, IP: c.Dst.Addr()})
-	return authz.Evaluate(snap.PoliciesFor(w), c)
+	if w == nil {
+		return authz.Decision{Reason: errNoLocalWorkload.Error()}, false
+	}
+	return authz.Evaluate(snap.PoliciesFor(w), c), true
 }
 
 func inboundConn(in *hbone.Inbound) authz.Conn {
@@ -243,7 +253,11 @@ func (pd *pod) authorizeHBONE(_ context.Context, in *hbone.Inbound) error {
 		return err
 	}
 	c := inboundConn(in)
-	if d := pd.decide(snap, c); !d.Allow {
+	d, known := pd.decide(snap, c)
+	if !known {
+		return &hbone.Error{Status: 503, Op: "authorize", Peer: in.Target, Err: errNoLocalWorkload}
+	}
+	if !d.Allow {
 		tc := pd.inboundTelemetry(snap, c, in.Target, true)
 		tc.Src = in.RemoteAddr.String()
 		tc.ResponseFlags = telemetry.FlagDeny
@@ -368,7 +382,15 @@ func (pd *pod) plaintextInbound(c net.Conn) {
 	tc := pd.inboundTelemetry(snap, az, "", false)
 	tc.Src = c.RemoteAddr().String()
 	pd.p.cfg.Metrics.Opened(tc)
-	if d := pd.decide(snap, az); !d.Allow {
+	d, known := pd.decide(snap, az)
+	if !known {
+		tc.ResponseFlags = telemetry.FlagConnect
+		pd.p.cfg.Metrics.Closed(tc, 0, 0)
+		pd.p.acc.Warn("connection failed", zap.String("direction", "inbound"), zap.Stringer("src.addr", c.RemoteAddr()), zap.Stringer("dst.addr", dst), zap.Error(errNoLocalWorkload))
+		_ = c.Close()
+		return
+	}
+	if !d.Allow {
 		tc.ResponseFlags = telemetry.FlagDeny
 		pd.p.cfg.Metrics.Closed(tc, 0, 0)
 		pd.p.acc.Info("connection denied", zap.String("direction", "inbound"), zap.Stringer("src.addr", c.RemoteAddr()), zap.Stringer("dst.addr", dst),
@@ -397,7 +419,12 @@ func (pd *pod) recheck(snap *state.Snapshot) {
 	pd.mu.Lock()
 	var deny []*tracked
 	for t := range pd.conns {
-		if t.inbound && !pd.decide(snap, t.az).Allow {
+		if !t.inbound {
+			continue
+		}
+		// A workload missing from the state is left alone: its removal is
+		// the node agent's RemovePod, not a policy decision.
+		if d, known := pd.decide(snap, t.az); known && !d.Allow {
 			deny = append(deny, t)
 		}
 	}

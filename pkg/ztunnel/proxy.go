@@ -49,6 +49,10 @@ type PodSink interface {
 	// RemovePod stops accepting for the pod, drains its connections until
 	// the drain deadline, then closes them. Unknown uids are not an error.
 	RemovePod(ctx context.Context, uid string) error
+	// RetainPods removes (as RemovePod) every pod whose uid is not in keep:
+	// the node agent's snapshot (ZDS SnapshotSent) lists the pods that
+	// still exist, Added or Kept.
+	RetainPods(ctx context.Context, keep []string) error
 }
 
 // Config configures a Proxy.
@@ -219,6 +223,32 @@ func (p *Proxy) RemovePod(ctx context.Context, uid string) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// RetainPods implements PodSink.
+func (p *Proxy) RetainPods(ctx context.Context, keep []string) error {
+	want := make(map[string]bool, len(keep))
+	for _, uid := range keep {
+		want[uid] = true
+	}
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		errs []error
+	)
+	for _, uid := range p.Pods() {
+		if !want[uid] {
+			wg.Go(func() {
+				if err := p.RemovePod(ctx, uid); err != nil {
+					mu.Lock()
+					errs = append(errs, err)
+					mu.Unlock()
+				}
+			})
+		}
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // Pods lists the uids being served.

@@ -123,3 +123,20 @@ func ZtunnelNodeVerifier(allowed ...string) func(Identity, *core.Node) error {
 		return nil
 	}
 }
+
+// BearerAuthenticator adapts a token authenticator (such as the CA's
+// TokenReview one) to Authenticator: it takes the bearer token from the
+// stream's "authorization" metadata and hands it to review.
+func BearerAuthenticator(review func(ctx context.Context, token string) (Identity, error)) Authenticator {
+	return AuthenticatorFunc(func(ctx context.Context) (Identity, error) {
+		tok, ok := BearerToken(ctx)
+		if !ok {
+			return Identity{}, errors.Join(ErrUnauthenticated, errors.New("no bearer token in authorization metadata"))
+		}
+		id, err := review(ctx, tok)
+		if err != nil {
+			return Identity{}, errors.Join(ErrUnauthenticated, err)
+		}
+		return id, nil
+	})
+}

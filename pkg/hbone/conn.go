@@ -197,7 +197,7 @@ func (h *h2Conn) open(ctx, life context.Context, req *Request) (*Conn, error) {
 	h.lastUsed.Store(time.Now().UnixNano())
 	sctx, cancel := context.WithCancel(life)
 	stop := context.AfterFunc(ctx, cancel)
-	pr, pw := io.Pipe()
+	pipe := newBufPipe()
 	sent := make(chan struct{})
 	hdr := make(http.Header, 3)
 	if req.Forwarded != "" {
@@ -216,7 +216,7 @@ func (h *h2Conn) open(ctx, life context.Context, req *Request) (*Conn, error) {
 		Proto:         "HTTP/2.0",
 		ProtoMajor:    2,
 		Header:        hdr,
-		Body:          &reqBody{PipeReader: pr, sent: sent},
+		Body:          &reqBody{bufPipe: pipe, sent: sent},
 		ContentLength: -1,
 	}).WithContext(sctx)
 	resp, err := h.cc.RoundTrip(hreq)
@@ -225,18 +225,18 @@ func (h *h2Conn) open(ctx, life context.Context, req *Request) (*Conn, error) {
 		if err == nil {
 			_ = resp.Body.Close()
 		}
-		_ = pw.Close()
+		_ = pipe.CloseWrite()
 		cancel()
 		return nil, &Error{Op: "connect", Peer: req.Address.String(), Err: ctx.Err()}
 	}
 	if err != nil {
-		_ = pw.Close()
+		_ = pipe.CloseWrite()
 		cancel()
 		return nil, &Error{Op: "connect", Peer: req.Address.String(), Err: err}
 	}
 	if resp.StatusCode != http.StatusOK {
 		_ = resp.Body.Close()
-		_ = pw.Close()
+		_ = pipe.CloseWrite()
 		cancel()
 		return nil, statusError(resp.StatusCode, req)
 	}
@@ -244,18 +244,18 @@ func (h *h2Conn) open(ctx, life context.Context, req *Request) (*Conn, error) {
 	body := resp.Body
 	abort := func(err error) {
 		abortOnce.Do(func() {
-			_ = pw.CloseWithError(err)
+			_ = pipe.CloseWithError(err)
 			_ = body.Close()
 			cancel()
 		})
 	}
 	return &Conn{
 		r:          body,
-		w:          pw,
-		closeWrite: pw.Close,
+		w:          pipe,
+		closeWrite: pipe.CloseWrite,
 		abort:      abort,
 		graceful: func() {
-			_ = pw.Close()
+			_ = pipe.CloseWrite()
 			go func() {
 				t := time.NewTimer(Linger)
 				defer t.Stop()
@@ -282,12 +282,12 @@ const Linger = 10 * time.Second
 // reqBody is the HTTP/2 request body; the transport closes it once the
 // body is fully sent (END_STREAM written) or the stream aborted.
 type reqBody struct {
-	*io.PipeReader
+	*bufPipe
 	once sync.Once
 	sent chan struct{}
 }
 
 func (b *reqBody) Close() error {
 	b.once.Do(func() { close(b.sent) })
-	return b.PipeReader.Close()
+	return b.bufPipe.Close()
 }

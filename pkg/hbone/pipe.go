@@ -1,0 +1,126 @@
+package hbone
+
+import (
+	"io"
+	"sync"
+)
+
+// pipeBuffer is the capacity of a bufPipe: how much a writer may run ahead
+// of the HTTP/2 transport before Write blocks.
+const pipeBuffer = 256 << 10
+
+var pipePool = sync.Pool{New: func() any { b := make([]byte, pipeBuffer); return &b }}
+
+// bufPipe connects Conn.Write to the HTTP/2 transport's request-body
+// reader. Unlike io.Pipe it buffers, so a writer and the transport do not
+// hand off every frame-sized chunk to each other (two goroutine switches
+// per 16 KiB under io.Pipe). The buffer is taken from a pool when data
+// arrives and returned when drained, so idle streams hold none.
+//
+// All fields are guarded by mu; cond signals both readers and writers.
+type bufPipe struct {
+	mu    sync.Mutex
+	cond  sync.Cond
+	buf   *[]byte // nil while empty
+	r, w  int     // unread data is (*buf)[r:w]
+	werr  error   // set by CloseWrite/CloseWithError: reads drain then return it
+	rerr  error   // set by the reader's Close: writes fail with it
+	abort bool    // werr applies immediately, not after draining
+}
+
+func newBufPipe() *bufPipe {
+	p := &bufPipe{}
+	p.cond.L = &p.mu
+	return p
+}
+
+func (p *bufPipe) Write(b []byte) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for len(b) > 0 {
+		switch {
+		case p.rerr != nil:
+			return n, p.rerr
+		case p.werr != nil:
+			return n, io.ErrClosedPipe
+		}
+		if p.buf == nil {
+			p.buf = pipePool.Get().(*[]byte)
+			p.r, p.w = 0, 0
+		}
+		if p.w == len(*p.buf) && p.r > 0 { // compact
+			p.w = copy(*p.buf, (*p.buf)[p.r:p.w])
+			p.r = 0
+		}
+		if p.w == len(*p.buf) {
+			p.cond.Wait()
+			continue
+		}
+		k := copy((*p.buf)[p.w:], b)
+		p.w += k
+		n += k
+		b = b[k:]
+		p.cond.Broadcast()
+	}
+	return n, nil
+}
+
+func (p *bufPipe) Read(b []byte) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for {
+		if p.rerr != nil {
+			return 0, io.ErrClosedPipe
+		}
+		if p.abort {
+			return 0, p.werr
+		}
+		if p.buf != nil && p.w > p.r {
+			k := copy(b, (*p.buf)[p.r:p.w])
+			p.r += k
+			if p.r == p.w {
+				pipePool.Put(p.buf)
+				p.buf = nil
+			}
+			p.cond.Broadcast()
+			return k, nil
+		}
+		if p.werr != nil {
+			return 0, p.werr
+		}
+		p.cond.Wait()
+	}
+}
+
+// CloseWrite ends the data: reads drain what is buffered, then see EOF.
+func (p *bufPipe) CloseWrite() error { return p.closeWrite(io.EOF, false) }
+
+// CloseWithError aborts: reads fail with err at once.
+func (p *bufPipe) CloseWithError(err error) error { return p.closeWrite(err, true) }
+
+func (p *bufPipe) closeWrite(err error, abort bool) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.werr == nil {
+		p.werr = err
+	}
+	p.abort = p.abort || abort
+	p.cond.Broadcast()
+	return nil
+}
+
+// Close is the reader's close: writes fail from now on.
+func (p *bufPipe) Close() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.rerr == nil {
+		p.rerr = io.ErrClosedPipe
+	}
+	if p.buf != nil {
+		pipePool.Put(p.buf)
+		p.buf = nil
+	}
+	p.cond.Broadcast()
+	return nil
+}

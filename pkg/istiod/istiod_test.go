@@ -22,7 +22,9 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
 	"istio.io/istio/pkg/workloadapi"
 	authnv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -66,8 +68,9 @@ func waitFor(t *testing.T, timeout time.Duration, what string, f func() error) {
 }
 
 type harness struct {
-	cs  kubernetes.Interface
-	cfg Config
+	cs    kubernetes.Interface
+	cfg   Config
+	roots *x509.CertPool
 }
 
 func (h *harness) pod(t *testing.T, ns, name, sa, node, ip string) *corev1.Pod {
@@ -126,7 +129,11 @@ func (bearer) RequireTransportSecurity() bool { return true }
 // ztunnel's pod-bound token opens an xDS stream that receives the workload of
 // a new ambient pod and its removal when the pod goes, and the same token
 // gets a certificate for a pod on its node through CreateCertificate.
-func TestIstiodLite(t *testing.T) {
+// startIstiod runs istiod-lite on a fresh envtest apiserver with namespaces
+// istio-system and demo (ambient), waits until it is ready and returns the
+// harness with the published root.
+func startIstiod(t *testing.T) *harness {
+	t.Helper()
 	env := kubetest.Start(t, kubetest.Options{})
 	cs, err := kubernetes.NewForConfig(env.Config)
 	if err != nil {
@@ -191,20 +198,34 @@ func TestIstiodLite(t *testing.T) {
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM([]byte(rootPEM))
 
-	zt := h.pod(t, "istio-system", "ztunnel-a", "ztunnel", "node-a", "198.18.16.10")
-	tok := h.token(t, zt)
-	conn, err := grpc.NewClient(cfg.GRPCAddr,
-		grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: roots, ServerName: "istiod.istio-system.svc", MinVersion: tls.VersionTLS12})),
+	h.roots = roots
+	return h
+}
+
+// dial opens a gRPC connection to istiod-lite's 15012 with a bearer token.
+func (h *harness) dial(t *testing.T, tok string) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient(h.cfg.GRPCAddr,
+		grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: h.roots, ServerName: "istiod.istio-system.svc", MinVersion: tls.VersionTLS12})),
 		grpc.WithPerRPCCredentials(bearer(tok)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+func TestIstiodLite(t *testing.T) {
+	h := startIstiod(t)
+	cs, cfg, roots := h.cs, h.cfg, h.roots
+	zt := h.pod(t, "istio-system", "ztunnel-a", "ztunnel", "node-a", "198.18.16.10")
+	tok := h.token(t, zt)
+	conn := h.dial(t, tok)
 
 	// xDS: the ztunnel sees workloads come and go.
 	var mu sync.Mutex
 	held := map[string]*workloadapi.Address{}
-	client := xdsclient.New(xdsclient.Config{
+	client, err := xdsclient.New(xdsclient.Config{
 		Conn:          conn,
 		Node:          &core.Node{Id: "ztunnel~198.18.16.10~ztunnel-a.istio-system~istio-system.svc.cluster.local"},
 		Subscriptions: []xdsclient.Subscription{{TypeURL: model.AddressTypeURL}, {TypeURL: model.AuthorizationTypeURL}},
@@ -229,6 +250,9 @@ func TestIstiodLite(t *testing.T) {
 		Logger:         zaptest.NewLogger(t),
 		InitialBackoff: 50 * time.Millisecond,
 	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	cctx, ccancel := context.WithCancel(t.Context())
 	cdone := make(chan struct{})
 	go func() { defer close(cdone); _ = client.Run(cctx) }()
@@ -315,4 +339,177 @@ func csrFor(t *testing.T, id spiffeid.ID) []byte {
 		t.Fatal(err)
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})
+}
+
+// addressLog records every delta a client applies, in order.
+type addressLog struct {
+	mu     sync.Mutex
+	held   map[string]*workloadapi.Address
+	events []string // "+name" or "-name", in arrival order
+	nack   string   // workload name to refuse (NACK)
+}
+
+func (l *addressLog) handle(d xdsclient.Delta) error {
+	if d.TypeURL != model.AddressTypeURL {
+		return nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, r := range d.Updated {
+		var a workloadapi.Address
+		if err := r.Resource.UnmarshalTo(&a); err != nil {
+			return err
+		}
+		if w := a.GetWorkload(); w != nil && l.nack != "" && w.Name == l.nack {
+			return fmt.Errorf("workload %s: refused by the test", w.Name)
+		}
+	}
+	for _, r := range d.Updated {
+		var a workloadapi.Address
+		_ = r.Resource.UnmarshalTo(&a)
+		l.held[r.Name] = &a
+		l.events = append(l.events, "+"+r.Name)
+	}
+	for _, n := range d.Removed {
+		delete(l.held, n)
+		l.events = append(l.events, "-"+n)
+	}
+	return nil
+}
+
+func (l *addressLog) workload(name string) (string, *workloadapi.Workload) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for n, a := range l.held {
+		if w := a.GetWorkload(); w != nil && w.Name == name {
+			return n, w
+		}
+	}
+	return "", nil
+}
+
+func (l *addressLog) mark() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.events)
+}
+
+func (l *addressLog) since(i int) []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]string(nil), l.events[i:]...)
+}
+
+// TestXDSStreams covers the stream's life on a real apiserver: a bad token
+// is refused, a pod's label change arrives as an update, a reconnect with
+// initial_resource_versions is sent only what changed while it was away, and
+// a NACK is counted in istiod-lite's metrics.
+func TestXDSStreams(t *testing.T) {
+	h := startIstiod(t)
+	zt := h.pod(t, "istio-system", "ztunnel-b", "ztunnel", "node-b", "198.18.16.20")
+	node := &core.Node{Id: "ztunnel~198.18.16.20~ztunnel-b.istio-system~istio-system.svc.cluster.local"}
+	subs := []xdsclient.Subscription{{TypeURL: model.AddressTypeURL}}
+
+	// A bad token: the stream is refused as unauthenticated.
+	errc := make(chan error, 1)
+	bctx, bcancel := context.WithCancel(t.Context())
+	badCfg := xdsclient.Config{Conn: h.dial(t, "not-a-token"), Node: node, Subscriptions: subs,
+		Handler: func(xdsclient.Delta) error { return nil }, InitialBackoff: time.Hour,
+		OnStreamError: func(err error) {
+			select {
+			case errc <- err:
+			default:
+			}
+			bcancel()
+		}}
+	bad, err := xdsclient.New(badCfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = bad.Run(bctx) }()
+	select {
+	case err := <-errc:
+		if status.Code(errors.Unwrap(err)) != codes.Unauthenticated && status.Code(err) != codes.Unauthenticated && !strings.Contains(err.Error(), "Unauthenticated") {
+			t.Errorf("stream with a bad token ended with %v, want Unauthenticated", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("stream with a bad token was not refused within 30s")
+	}
+
+	log := &addressLog{held: map[string]*workloadapi.Address{}}
+	client, err := xdsclient.New(xdsclient.Config{Conn: h.dial(t, h.token(t, zt)), Node: node, Subscriptions: subs,
+		Handler: log.handle, InitialBackoff: 50 * time.Millisecond, Logger: zaptest.NewLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := func() (stop func()) {
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan struct{})
+		go func() { defer close(done); _ = client.Run(ctx) }()
+		return func() { cancel(); <-done }
+	}
+	stop := run()
+
+	web := h.pod(t, "demo", "web", "default", "node-b", "198.18.16.21")
+	waitFor(t, 30*time.Second, "workload demo/web", func() error {
+		if _, w := log.workload("web"); w == nil {
+			return errors.New("not received")
+		}
+		return nil
+	})
+
+	// Update: relabelling the pod changes its canonical revision.
+	web.Labels["version"] = "v2"
+	if _, err := h.cs.CoreV1().Pods("demo").Update(t.Context(), web, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "update of demo/web with revision v2", func() error {
+		if _, w := log.workload("web"); w == nil || w.CanonicalRevision != "v2" {
+			return fmt.Errorf("workload = %v", w)
+		}
+		return nil
+	})
+
+	// Reconnect: while the client is away one pod arrives; on reconnect with
+	// initial_resource_versions only that pod is sent, nothing it held.
+	stop()
+	h.pod(t, "demo", "late", "default", "node-b", "198.18.16.22")
+	m := log.mark()
+	stop = run()
+	defer func() { stop() }()
+	waitFor(t, 30*time.Second, "workload demo/late after reconnect", func() error {
+		if _, w := log.workload("late"); w == nil {
+			return errors.New("not received")
+		}
+		return nil
+	})
+	lateName, _ := log.workload("late")
+	for _, e := range log.since(m) {
+		if e != "+"+lateName {
+			t.Errorf("after reconnect the client received %s; want only +%s (resources it held must not be resent)", e, lateName)
+		}
+	}
+
+	// NACK: the client refuses a workload; istiod-lite counts the rejection.
+	log.mu.Lock()
+	log.nack = "refused"
+	log.mu.Unlock()
+	h.pod(t, "demo", "refused", "default", "node-b", "198.18.16.23")
+	waitFor(t, 30*time.Second, "NACK counted in pilot_total_xds_rejects", func() error {
+		resp, err := http.Get("http://" + h.cfg.MetricsAddr + "/metrics")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		body := readAll(t, resp)
+		for _, line := range strings.Split(body, "\n") {
+			if strings.HasPrefix(line, "pilot_total_xds_rejects") && !strings.HasSuffix(line, " 0") {
+				return nil
+			}
+		}
+		return errors.New("no non-zero pilot_total_xds_rejects sample on /metrics")
+	})
+	if n, _ := log.workload("refused"); n != "" {
+		t.Errorf("client holds %s although it NACKed it", n)
+	}
 }

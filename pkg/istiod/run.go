@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/go-logr/zapr"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
@@ -19,8 +21,10 @@ import (
 	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
@@ -69,7 +73,7 @@ func Run(ctx context.Context, cfg Config, restCfg *rest.Config, log *zap.Logger)
 	}
 	mgr, err := ctrl.NewManager(restCfg, manager.Options{
 		Scheme:                        scheme,
-		Metrics:                       metricsserver.Options{BindAddress: cfg.MetricsAddr},
+		Metrics:                       metricsserver.Options{BindAddress: "0"}, // served by serveMetrics
 		HealthProbeBindAddress:        "0",
 		LeaderElection:                cfg.LeaderElection,
 		LeaderElectionID:              cfg.LeaderElectionID,
@@ -77,10 +81,16 @@ func Run(ctx context.Context, cfg Config, restCfg *rest.Config, log *zap.Logger)
 		LeaderElectionReleaseOnCancel: true,
 		GracefulShutdownTimeout:       &cfg.ShutdownGrace,
 		Cache:                         cache.Options{DefaultTransform: cache.TransformStripManagedFields()},
+		// One Run per process in production; tests run several in one binary.
+		Controller: config.Controller{SkipNameValidation: ptr.To(true)},
 	})
 	if err != nil {
 		return fmt.Errorf("controller manager: %w", err)
 	}
+
+	// This Run's own metrics, served on MetricsAddr together with
+	// controller-runtime's (process-global) registry.
+	reg := prometheus.NewRegistry()
 
 	// TLS for 15012 is the CA's serving certificate, known once keys exist.
 	var serving atomic.Pointer[tls.Config]
@@ -95,19 +105,15 @@ func Run(ctx context.Context, cfg Config, restCfg *rest.Config, log *zap.Logger)
 	}
 	caAuth := &ca.CachingAuthenticator{Next: &ca.TokenReviewAuthenticator{Client: cs}}
 	xdsSrv, err := xds.New(xds.Options{
-		Authenticator: xds.AuthenticatorFunc(func(ctx context.Context) (xds.Identity, error) {
-			tok, ok := xds.BearerToken(ctx)
-			if !ok {
-				return xds.Identity{}, fmt.Errorf("%w: no bearer token in the authorization metadata", xds.ErrUnauthenticated)
-			}
+		Authenticator: xds.BearerAuthenticator(func(ctx context.Context, tok string) (xds.Identity, error) {
 			c, err := caAuth.Authenticate(ctx, tok)
 			if err != nil {
-				return xds.Identity{}, fmt.Errorf("%w: %v", xds.ErrUnauthenticated, err)
+				return xds.Identity{}, err
 			}
 			return xds.Identity{Namespace: c.Namespace, ServiceAccount: c.ServiceAccount, PodName: c.PodName, PodUID: string(c.PodUID), NodeName: c.NodeName}, nil
 		}),
 		Logger:        log.Named("xds"),
-		Registerer:    crmetrics.Registry,
+		Registerer:    reg,
 		TLS:           grpcTLS,
 		Debounce:      cfg.XDSDebounce,
 		ShutdownGrace: cfg.ShutdownGrace,
@@ -142,6 +148,9 @@ func Run(ctx context.Context, cfg Config, restCfg *rest.Config, log *zap.Logger)
 	var grpcReady atomic.Bool
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return mgr.Start(ctx) })
+	g.Go(func() error {
+		return serveHTTP(ctx, "metrics", cfg.MetricsAddr, promhttp.HandlerFor(prometheus.Gatherers{crmetrics.Registry, reg}, promhttp.HandlerOpts{}))
+	})
 	g.Go(func() error {
 		return serveDebug(ctx, cfg.DebugAddr, xdsSrv, func() error {
 			switch {
@@ -231,10 +240,15 @@ func serveDebug(ctx context.Context, addr string, xdsSrv *xds.Server, ready func
 		fmt.Fprintln(w, "ready")
 	})
 	mux.Handle("/debug/", xdsSrv.DebugHandler())
-	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	return serveHTTP(ctx, "debug", addr, mux)
+}
+
+// serveHTTP serves h on addr until ctx ends.
+func serveHTTP(ctx context.Context, what, addr string, h http.Handler) error {
+	srv := &http.Server{Addr: addr, Handler: h, ReadHeaderTimeout: 5 * time.Second}
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
-		return fmt.Errorf("listen for debug on %s: %w", addr, err)
+		return fmt.Errorf("listen for %s on %s: %w", what, addr, err)
 	}
 	go func() {
 		<-ctx.Done()
@@ -243,7 +257,7 @@ func serveDebug(ctx context.Context, addr string, xdsSrv *xds.Server, ready func
 		_ = srv.Shutdown(sctx)
 	}()
 	if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("debug server on %s: %w", addr, err)
+		return fmt.Errorf("%s server on %s: %w", what, addr, err)
 	}
 	return nil
 }

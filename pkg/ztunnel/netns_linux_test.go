@@ -19,6 +19,7 @@ import (
 	"github.com/vishvananda/netns"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/types/known/emptypb"
 	"istio.io/istio/pkg/workloadapi"
 	"istio.io/istio/pkg/workloadapi/security"
@@ -39,6 +40,10 @@ var (
 	nodeB  = netip.MustParseAddr("10.78.2.1")
 	podB   = netip.MustParseAddr("10.78.2.2")
 	svcVIP = netip.MustParseAddr("10.96.78.10")
+	nodeA6 = netip.MustParseAddr("fd00:78:1::1")
+	podA6  = netip.MustParseAddr("fd00:78:1::2")
+	nodeB6 = netip.MustParseAddr("fd00:78:2::1")
+	podB6  = netip.MustParseAddr("fd00:78:2::2")
 )
 
 const ioTimeout = 5 * time.Second
@@ -61,6 +66,18 @@ func newNS(t testing.TB, role string) (string, netns.NsHandle) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { h.Close() })
+	// No duplicate address detection, link-local addresses included: NDP
+	// needs a usable link-local source, which DAD would delay by seconds.
+	if err := redirect.Do(h, func() error {
+		for _, f := range []string{"all", "default"} {
+			if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+f+"/accept_dad", []byte("0"), 0); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("netns %s: accept_dad: %v", name, err)
+	}
 	nl := nlHandle(t, h)
 	lo, err := nl.LinkByName("lo")
 	if err != nil {
@@ -88,7 +105,12 @@ func addr(t testing.TB, nl *netlink.Handle, link string, a netip.Addr, gw netip.
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := nl.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(24, 32)}}); err != nil {
+	bits := 24
+	if a.Is6() {
+		bits = 64
+	}
+	// No duplicate address detection: IPv6 addresses are usable at once.
+	if err := nl.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(bits, a.BitLen())}, Flags: unix.IFA_F_NODAD}); err != nil {
 		t.Fatalf("addr %s on %s: %v", a, link, err)
 	}
 	if err := nl.LinkSetUp(l); err != nil {
@@ -99,6 +121,16 @@ func addr(t testing.TB, nl *netlink.Handle, link string, a netip.Addr, gw netip.
 			t.Fatalf("default route via %s: %v", gw, err)
 		}
 	}
+}
+
+// waitUp polls (bounded) until the link reports carrier: IPv6 drops
+// packets on a link without it, and veth carrier arrives asynchronously.
+func waitUp(t testing.TB, nl *netlink.Handle, name string) {
+	t.Helper()
+	waitFor(t, "link "+name+" up", func() bool {
+		l, err := nl.LinkByName(name)
+		return err == nil && l.Attrs().OperState == netlink.OperUp
+	})
 }
 
 type topo struct {
@@ -123,15 +155,23 @@ func newTopo(t testing.TB, capture bool) topo {
 		veth      string
 		pod       netns.NsHandle
 		gw, ip    netip.Addr
+		gw6, ip6  netip.Addr
 		podHandle *netlink.Handle
-	}{{"va", a, nodeA, podA, nlHandle(t, a)}, {"vb", b, nodeB, podB, nlHandle(t, b)}} {
+	}{{"va", a, nodeA, podA, nodeA6, podA6, nlHandle(t, a)}, {"vb", b, nodeB, podB, nodeB6, podB6, nlHandle(t, b)}} {
 		if err := nl.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: p.veth}, PeerName: "eth0", PeerNamespace: netlink.NsFd(int(p.pod))}); err != nil {
 			t.Fatalf("veth %s: %v", p.veth, err)
 		}
 		addr(t, nl, p.veth, p.gw, netip.Addr{})
+		addr(t, nl, p.veth, p.gw6, netip.Addr{})
 		addr(t, p.podHandle, "eth0", p.ip, p.gw)
+		addr(t, p.podHandle, "eth0", p.ip6, p.gw6)
+		waitUp(t, nl, p.veth)
+		waitUp(t, p.podHandle, "eth0")
 	}
 	if err := redirect.Do(node, func() error {
+		if err := os.WriteFile("/proc/sys/net/ipv6/conf/all/forwarding", []byte("1"), 0); err != nil {
+			return err
+		}
 		return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0)
 	}); err != nil {
 		t.Fatal(err)
@@ -181,9 +221,12 @@ func startEcho(t testing.TB, ns netns.NsHandle) *echoApp {
 	return app
 }
 
-func clientWorkload(a netip.Addr, ns, sa string, svcs ...string) *workloadapi.Workload {
+func clientWorkload(ips []netip.Addr, ns, sa string, svcs ...string) *workloadapi.Workload {
 	w := &workloadapi.Workload{Uid: "Kubernetes//Pod/" + ns + "/" + sa, Name: sa, Namespace: ns, ServiceAccount: sa,
-		Addresses: [][]byte{a.AsSlice()}, TunnelProtocol: workloadapi.TunnelProtocol_HBONE, Services: map[string]*workloadapi.PortList{}}
+		TunnelProtocol: workloadapi.TunnelProtocol_HBONE, Services: map[string]*workloadapi.PortList{}}
+	for _, a := range ips {
+		w.Addresses = append(w.Addresses, a.AsSlice())
+	}
 	for _, s := range svcs {
 		w.Services[s] = &workloadapi.PortList{Ports: []*workloadapi.Port{{ServicePort: 80, TargetPort: 8080}}}
 	}
@@ -273,8 +316,8 @@ func newMesh(t testing.TB, capture bool, log *zap.Logger) *mesh {
 		certs.Add(s)
 	}
 	svcKey := "b/server.b.svc.cluster.local"
-	wA := clientWorkload(podA, "a", "client")
-	wB := clientWorkload(podB, "b", "server", svcKey)
+	wA := clientWorkload([]netip.Addr{podA, podA6}, "a", "client")
+	wB := clientWorkload([]netip.Addr{podB, podB6}, "b", "server", svcKey)
 	svc := &workloadapi.Service{Name: "server", Namespace: "b", Hostname: "server.b.svc.cluster.local",
 		Addresses: []*workloadapi.NetworkAddress{{Address: svcVIP.AsSlice()}},
 		Ports:     []*workloadapi.Port{{ServicePort: 80, TargetPort: 8080}}}
@@ -327,6 +370,10 @@ func TestPodsOverHBONE(t *testing.T) {
 	t.Run("pod ip over hbone", func(t *testing.T) {
 		c, r := dialFromApp(t, tp.a, netip.AddrPortFrom(podB, 8080))
 		expectEcho(t, c, r, podA)
+	})
+	t.Run("ipv6 pod ip over hbone", func(t *testing.T) {
+		c, r := dialFromApp(t, tp.a, netip.AddrPortFrom(podB6, 8080))
+		expectEcho(t, c, r, podA6)
 	})
 	t.Run("metrics", func(t *testing.T) {
 		c, r := dialFromApp(t, tp.a, netip.AddrPortFrom(podB, 8080))

@@ -43,6 +43,9 @@ type Config struct {
 	ZDSSocket string
 	// NetnsDir holds the runtime's pinned pod netns (/var/run/netns).
 	NetnsDir string
+	// HostNetns is the node's netns, where the probe SNAT rules go; empty
+	// means the agent's own (it runs with hostNetwork). Tests set another.
+	HostNetns string
 	// DNSCapture redirects pods' DNS to ztunnel (Istio's default: on).
 	DNSCapture bool
 	// Workers reconcile pods in parallel (default 4).
@@ -66,6 +69,7 @@ type Agent struct {
 	host   *redirect.HostRules
 	zds    *zds.Server
 	index  *NetnsIndex
+	hostNS netns.NsHandle // netns.None(): the current one
 
 	pods       listersv1.PodLister
 	namespaces listersv1.NamespaceLister
@@ -103,6 +107,7 @@ func New(cfg Config, client kubernetes.Interface, log *zap.Logger) *Agent {
 		rules:    redirect.NewPodRules(redirect.PodConfig{DNSCapture: cfg.DNSCapture}, log),
 		host:     redirect.NewHostRules(log),
 		index:    &NetnsIndex{Dir: cfg.NetnsDir},
+		hostNS:   netns.None(),
 		captured: map[ktypes.UID]*podState{},
 	}
 	a.zds = zds.NewServer(cfg.ZDSSocket, zds.ServerOptions{Log: log, OnSynced: a.onZtunnelSynced})
@@ -115,6 +120,14 @@ func New(cfg Config, client kubernetes.Interface, log *zap.Logger) *Agent {
 // their rules stay in place, so an agent restart (or upgrade) does not
 // disturb them.
 func (a *Agent) Start(ctx context.Context) error {
+	if a.cfg.HostNetns != "" {
+		h, err := netns.GetFromPath(a.cfg.HostNetns)
+		if err != nil {
+			return fmt.Errorf("nodeagent: open host netns: %w", err)
+		}
+		defer h.Close()
+		a.hostNS = h
+	}
 	factory := informers.NewSharedInformerFactoryWithOptions(a.client, 0,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 			o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", a.cfg.NodeName).String()
@@ -240,7 +253,7 @@ func (a *Agent) installHostRules() error {
 			ips = append(ips, podIPs(p)...)
 		}
 	}
-	if err := a.host.Install(netns.None(), ips); err != nil {
+	if err := a.host.Install(a.hostNS, ips); err != nil {
 		return fmt.Errorf("nodeagent: install host probe rules: %w", err)
 	}
 	return nil
@@ -364,7 +377,7 @@ func (a *Agent) capture(ctx context.Context, pod *corev1.Pod, path string, ips [
 		}
 		return "", fmt.Errorf("install capture rules in %s: %w", path, err)
 	}
-	if err := a.host.AddPods(netns.None(), ips...); err != nil {
+	if err := a.host.AddPods(a.hostNS, ips...); err != nil {
 		return "", fmt.Errorf("add pod to the probe set: %w", err)
 	}
 	a.mu.Lock()
@@ -415,7 +428,7 @@ func (a *Agent) release(ctx context.Context, pod *corev1.Pod) error {
 			return fmt.Errorf("remove capture rules: %w", err)
 		}
 	}
-	if err := a.host.RemovePods(netns.None(), ips...); err != nil {
+	if err := a.host.RemovePods(a.hostNS, ips...); err != nil {
 		return fmt.Errorf("remove pod from the probe set: %w", err)
 	}
 	if err := a.annotate(ctx, pod, nil); err != nil {
@@ -436,7 +449,7 @@ func (a *Agent) forget(uid ktypes.UID) {
 		a.log.Warn("ztunnel refused delete", zap.String("uid", string(uid)), zap.Error(err))
 	}
 	if ok {
-		if err := a.host.RemovePods(netns.None(), st.ips...); err != nil {
+		if err := a.host.RemovePods(a.hostNS, st.ips...); err != nil {
 			a.log.Warn("remove pod from the probe set", zap.Error(err))
 		}
 		st.netns.Close()

@@ -41,8 +41,9 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench-hbone:", err)
 		os.Exit(1)
 	}
-	fmt.Printf("bench-hbone: single-stream %.2fx TLS, %.2fx Istio (h2 %.2f Gbit/s, tls %.2f, istio %.2f, tcp %.2f); 64 streams %.2fx TLS; h3 %.2fx h2; rtt +%.0f us; idle %.1f KiB/stream; %.0f allocs/stream; cpu %.1f s, rss %.0f MB -> %s\n",
+	fmt.Printf("bench-hbone: single-stream %.2fx TLS, %.2fx Istio (h2 %.2f Gbit/s, tls %.2f, istio %.2f, tcp %.2f; cpu/byte %.2fx TLS, %.2fx Istio); 64 streams %.2fx TLS; h3 %.2fx h2; rtt +%.0f us; idle %.1f KiB/stream; %.0f allocs/stream; cpu %.1f s, rss %.0f MB -> %s\n",
 		fig["single_stream_ratio_vs_tls"], fig["single_stream_ratio_vs_istio"], fig["single_stream_h2_gbps"], fig["single_stream_tls_gbps"], fig["single_stream_istio_gbps"], fig["single_stream_tcp_gbps"],
+		fig["single_stream_cpu_ratio_vs_tls"], fig["single_stream_cpu_ratio_vs_istio"],
 		fig["aggregate_64_ratio_vs_tls"], fig["h3_single_stream_ratio_vs_h2"], fig["rtt_1k_added_us"], fig["idle_stream_kib"], fig["allocs_per_stream"], fig["cpu_s"], fig["rss_mb"], *out)
 }
 
@@ -56,23 +57,33 @@ func run(ctx context.Context, size int64, runs int, frame uint32) (map[string]fl
 
 	// Rounds interleave the paths so that load from other processes on
 	// this shared machine hits them alike; the best round of each counts.
+	// CPU time per byte (process-wide; nothing else runs meanwhile) is
+	// the load-independent companion of the throughput figures.
 	single := map[hbonetest.Path]float64{}
+	cpuNs := map[hbonetest.Path]float64{}
+	bytes := map[hbonetest.Path]float64{}
 	for range runs {
 		for _, p := range hbonetest.Paths {
 			n := size
 			if p == hbonetest.Istio || p == hbonetest.H3 {
 				n = size / 2 // slower paths: keep the run bounded
 			}
+			c0 := cpuTime()
 			g, err := env.Throughput(ctx, p, n, 1)
 			if err != nil {
 				return nil, err
 			}
+			cpuNs[p] += cpuTime() - c0
+			bytes[p] += float64(n)
 			single[p] = max(single[p], g)
 		}
 	}
 	for p, g := range single {
 		fig[fmt.Sprintf("single_stream_%s_gbps", p)] = g
+		fig[fmt.Sprintf("single_stream_%s_cpu_ns_per_byte", p)] = cpuNs[p] / bytes[p]
 	}
+	fig["single_stream_cpu_ratio_vs_tls"] = fig["single_stream_h2_cpu_ns_per_byte"] / fig["single_stream_tls_cpu_ns_per_byte"]
+	fig["single_stream_cpu_ratio_vs_istio"] = fig["single_stream_h2_cpu_ns_per_byte"] / fig["single_stream_istio_cpu_ns_per_byte"]
 	fig["single_stream_ratio_vs_tls"] = single[hbonetest.H2] / single[hbonetest.TLS]
 	fig["single_stream_ratio_vs_istio"] = single[hbonetest.H2] / single[hbonetest.Istio]
 	fig["single_stream_ratio_vs_tcp"] = single[hbonetest.H2] / single[hbonetest.TCP]
@@ -152,5 +163,12 @@ func run(ctx context.Context, size int64, runs int, frame uint32) (map[string]fl
 }
 
 func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
+
+// cpuTime is this process's user+system CPU time in nanoseconds.
+func cpuTime() float64 {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return float64(ru.Utime.Nano() + ru.Stime.Nano())
+}
 
 func tv(t syscall.Timeval) float64 { return float64(t.Sec) + float64(t.Usec)/1e6 }

@@ -55,7 +55,7 @@ func startSink(tb testing.TB, ns netns.NsHandle) {
 func BenchmarkStream(b *testing.B) {
 	for _, mode := range benchModes {
 		b.Run(mode.name, func(b *testing.B) {
-			m := newMesh(b, mode.capture, zap.NewNop())
+			m := newMesh(b, mode.capture, zap.NewNop(), nil)
 			startSink(b, m.b)
 			c, _ := dialFromApp(b, m.a, netip.AddrPortFrom(podB, 9090))
 			c.SetDeadline(time.Now().Add(2 * time.Minute))
@@ -87,7 +87,7 @@ func BenchmarkStream(b *testing.B) {
 func BenchmarkRequestResponse(b *testing.B) {
 	for _, mode := range benchModes {
 		b.Run(mode.name, func(b *testing.B) {
-			m := newMesh(b, mode.capture, zap.NewNop())
+			m := newMesh(b, mode.capture, zap.NewNop(), nil)
 			startEcho(b, m.b)
 			c, r := dialFromApp(b, m.a, netip.AddrPortFrom(podB, 8080))
 			if _, err := r.ReadString('\n'); err != nil {
@@ -118,7 +118,7 @@ func BenchmarkRequestResponse(b *testing.B) {
 func BenchmarkConnect(b *testing.B) {
 	for _, mode := range benchModes {
 		b.Run(mode.name, func(b *testing.B) {
-			m := newMesh(b, mode.capture, zap.NewNop())
+			m := newMesh(b, mode.capture, zap.NewNop(), nil)
 			startEcho(b, m.b)
 			lat := make([]time.Duration, 0, b.N)
 			b.ResetTimer()

@@ -296,24 +296,29 @@ type mesh struct {
 	withoutB func()
 }
 
-func newMesh(t testing.TB, capture bool, log *zap.Logger) *mesh {
+// newMesh builds the topology; certs nil serves static certificates from a
+// test CA.
+func newMesh(t testing.TB, capture bool, log *zap.Logger, certs Certs) *mesh {
 	t.Helper()
 	tp := newTopo(t, capture)
 	m := &mesh{topo: tp}
 	if !capture {
 		return m
 	}
-	ca, err := meshtest.NewCA("cluster.local")
-	if err != nil {
-		t.Fatal(err)
-	}
-	certs := &StaticCerts{Bundle: ca.Bundle()}
-	for _, id := range [][2]string{{"a", "client"}, {"b", "server"}} {
-		s, err := ca.SVID(id[0], id[1])
+	if certs == nil {
+		ca, err := meshtest.NewCA("cluster.local")
 		if err != nil {
 			t.Fatal(err)
 		}
-		certs.Add(s)
+		static := &StaticCerts{Bundle: ca.Bundle()}
+		for _, id := range [][2]string{{"a", "client"}, {"b", "server"}} {
+			s, err := ca.SVID(id[0], id[1])
+			if err != nil {
+				t.Fatal(err)
+			}
+			static.Add(s)
+		}
+		certs = static
 	}
 	svcKey := "b/server.b.svc.cluster.local"
 	wA := clientWorkload([]netip.Addr{podA, podA6}, "a", "client")
@@ -363,7 +368,7 @@ func newMesh(t testing.TB, capture bool, log *zap.Logger) *mesh {
 }
 
 func TestPodsOverHBONE(t *testing.T) {
-	m := newMesh(t, true, zaptest.NewLogger(t))
+	m := newMesh(t, true, zaptest.NewLogger(t), nil)
 	tp, reg, proxy, setPolicies := m.topo, m.reg, m.proxy, m.setPolicies
 	app := startEcho(t, tp.b)
 

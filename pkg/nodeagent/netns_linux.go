@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 
 	"github.com/vishvananda/netlink"
@@ -30,10 +31,9 @@ func (x *NetnsIndex) Find(ips ...netip.Addr) (string, error) {
 	defer x.mu.Unlock()
 	for attempt := range 2 {
 		for _, ip := range ips {
-			if p, ok := x.byIP[ip.Unmap()]; ok {
-				if _, err := os.Stat(p); err == nil {
-					return p, nil
-				}
+			// Check a cached entry still holds the IP: pod IPs are reused.
+			if p, ok := x.byIP[ip.Unmap()]; ok && holds(p, ip.Unmap()) {
+				return p, nil
 			}
 		}
 		if attempt == 0 {
@@ -63,6 +63,11 @@ func (x *NetnsIndex) scan() error {
 	}
 	x.byIP = byIP
 	return nil
+}
+
+func holds(path string, ip netip.Addr) bool {
+	addrs, err := NetnsAddrs(path)
+	return err == nil && slices.Contains(addrs, ip)
 }
 
 // NetnsAddrs lists the global unicast addresses inside the netns at path.

@@ -16,4 +16,23 @@
 //
 // Errors are *[Error] values; [Error.Status] carries the HTTP status when the
 // failure has one (400, 401, 503, or the status a peer answered).
+//
+// Known limits, each a deliberate trade-off:
+//
+//   - HTTP/2 server half-close: Go's HTTP/2 server can end a response
+//     stream only when the handler returns, which resets the client's send
+//     side. So when the upstream closes first the stream ends both ways;
+//     when the client half-closes first, the upstream gets a FIN and its
+//     reply keeps flowing. HTTP/3 half-closes both ways.
+//   - The server advertises SETTINGS_MAX_FRAME_SIZE 16 KiB, not ztunnel's
+//     1 MiB: Go's HTTP/2 client keeps a scratch buffer of that size (capped
+//     at 512 KiB) for every open stream, which would cost ~0.5 MiB per idle
+//     pooled stream. Measured throughput with 1 MiB frames was within noise
+//     (ServerConfig.ReadFrameSize changes it). Our client accepts 1 MiB frames.
+//   - Deadlines on HTTP/2 Conns are terminal (the stream is reset when one
+//     passes); on HTTP/3 Conns they are ordinary net.Conn deadlines.
+//   - go-spiffe accepts peer certificates with exactly one URI SAN (the
+//     X.509-SVID rule, and what istiod issues).
+//   - HTTP/3 connections learn of a GOAWAY when opening a stream; Dial then
+//     retries on another connection.
 package hbone

@@ -27,6 +27,11 @@ func main() {
 	flag.Parse()
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
+	// Not every transfer watches ctx: a watchdog keeps the bound hard.
+	time.AfterFunc(*timeout+5*time.Second, func() {
+		fmt.Fprintln(os.Stderr, "bench-hbone: timed out")
+		os.Exit(2)
+	})
 	fig, err := run(ctx, *size, *runs, uint32(*frame))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench-hbone:", err)

@@ -48,7 +48,7 @@ type Env struct {
 	CA     *meshtest.CA
 	Client *hbone.Client
 
-	mesh struct{ clientTLS, serverTLS *tls.Config }
+	mesh    struct{ clientTLS, serverTLS *tls.Config }
 	up      net.Listener // TCP upstream
 	upTLS   net.Listener // TLS upstream
 	hbAddr  netip.AddrPort

@@ -182,10 +182,13 @@ func TestRotationUnderLoad(t *testing.T) {
 			for ctx.Err() == nil {
 				cl := pooled
 				if w%2 == 1 { // a fresh client per stream: a new TLS handshake with the current certificates
-					if cl, err = hbone.NewClient(hbone.ClientConfig{Bundle: mgrA}); err != nil {
+					fresh, err := hbone.NewClient(hbone.ClientConfig{Bundle: mgrA})
+					if err != nil {
 						failed.Add(1)
+						firstErr.CompareAndSwap(nil, &err)
 						continue
 					}
+					cl = fresh
 				}
 				err := stream(ctx, cl)
 				if cl != pooled {

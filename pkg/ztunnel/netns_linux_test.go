@@ -48,6 +48,9 @@ var (
 
 const ioTimeout = 5 * time.Second
 
+// drainTimeout is the proxies' drain deadline in these tests.
+const drainTimeout = time.Second
+
 var nsSeq atomic.Int64
 
 func newNS(t testing.TB, role string) (string, netns.NsHandle) {
@@ -340,7 +343,7 @@ func newMesh(t testing.TB, capture bool, log *zap.Logger, certs Certs) *mesh {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m.proxy, err = New(Config{Store: m.store, Certs: certs, Metrics: metrics, DrainTimeout: 300 * time.Millisecond, ConnectTimeout: ioTimeout, Logger: log})
+	m.proxy, err = New(Config{Store: m.store, Certs: certs, Metrics: metrics, DrainTimeout: drainTimeout, ConnectTimeout: ioTimeout, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -503,14 +506,30 @@ func TestPodsOverHBONE(t *testing.T) {
 		c, r := dialFromApp(t, tp.a, netip.AddrPortFrom(podB, 8080))
 		expectEcho(t, c, r, podA)
 		start := time.Now()
-		if err := proxy.RemovePod(t.Context(), "b-uid"); err != nil {
+		removed := make(chan error, 1)
+		go func() { removed <- proxy.RemovePod(t.Context(), "b-uid") }()
+		// Draining: new connections are refused (B's listeners are
+		// closed) while the open one still carries data.
+		waitFor(t, "new connections to B refused", func() bool {
+			nc, nr := dialFromApp(t, tp.a, netip.AddrPortFrom(podB, 8080))
+			defer nc.Close()
+			nc.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+			_, err := nr.ReadByte()
+			return err != nil && !errors.Is(err, os.ErrDeadlineExceeded)
+		})
+		msg := "still draining\n"
+		if _, err := io.WriteString(c, msg); err != nil {
+			t.Fatalf("write while draining: %v", err)
+		}
+		if got, err := r.ReadString('\n'); err != nil || got != msg {
+			t.Fatalf("echo while draining = %q, %v (%s after RemovePod began; drain is %s)", got, err, time.Since(start), drainTimeout)
+		}
+		if err := <-removed; err != nil {
 			t.Fatal(err)
 		}
-		if d := time.Since(start); d > 2*time.Second {
-			t.Errorf("RemovePod took %s with a 300ms drain", d)
+		if d := time.Since(start); d < drainTimeout || d > drainTimeout+2*time.Second {
+			t.Errorf("RemovePod returned after %s with an open connection and a %s drain", d, drainTimeout)
 		}
-		expectClosed(t, c, r)
-		c, r = dialFromApp(t, tp.a, netip.AddrPortFrom(podB, 8080))
 		expectClosed(t, c, r)
 		if err := proxy.RetainPods(t.Context(), nil); err != nil {
 			t.Fatal(err)

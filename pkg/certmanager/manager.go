@@ -4,7 +4,18 @@
 // half life, and hands out the tls.Configs HBONE clients and servers use.
 //
 // It is data-plane code: it imports no Kubernetes packages (an architecture
-// test enforces this). ztunnel (cmd/ztunnel and the proxy packages) imports it.
+// test enforces this). ztunnel (cmd/ztunnel and the proxy packages) imports it:
+//
+//	conn, _ := certmanager.DialCA("istiod.istio-system.svc:15012", roots, "istiod.istio-system.svc")
+//	m, _ := certmanager.New(certmanager.Config{
+//		Fetcher: certmanager.NewCAClient(conn, certmanager.FileToken(tokenPath),
+//			certmanager.CAClientOptions{Impersonate: true}),
+//	})
+//	go m.Start(ctx)
+//	go m.WatchRootsFile(ctx, "/var/run/secrets/istio/root-cert.pem", 0)
+//	m.SetLocalIdentities(idsOfPodsOnThisNode) // on every pod change
+//	inbound := m.ServerTLSConfig(podID)       // or hbone.ServerConfig{SVID: m.SVIDSource(podID), Bundle: m}
+//	outbound := m.ClientTLSConfig(srcID, certmanager.AuthorizeServer(dstIDs...))
 package certmanager
 
 import (

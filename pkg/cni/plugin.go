@@ -43,7 +43,7 @@ type k8sArgs struct {
 
 // PluginMain runs the plugin with the runtime's environment and stdin.
 func PluginMain(versionString string) {
-	skel.PluginMainFuncs(skel.CNIFuncs{Add: CmdAdd, Del: CmdDel, Check: CmdCheck},
+	skel.PluginMainFuncs(skel.CNIFuncs{Add: CmdAdd, Del: CmdDel, Check: CmdCheck, GC: noop, Status: noop},
 		version.All, "ambient-cni "+versionString+": ambient mesh traffic capture")
 }
 
@@ -143,6 +143,10 @@ func CmdCheck(args *skel.CmdArgs) error {
 	_, err := parseConf(args.StdinData)
 	return err
 }
+
+// noop answers GC (the plugin keeps no per-attachment state on the host)
+// and STATUS (ready: per-pod failures are ADD's to report, not the network's).
+func noop(*skel.CmdArgs) error { return nil }
 
 // post sends body as JSON to path on the agent's socket and decodes the
 // answer into out (if not nil). It returns the HTTP status.

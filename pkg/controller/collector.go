@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -46,10 +47,16 @@ type Collector struct {
 	// Sink receives every translation (normally xds.Server.Update).
 	Sink   func(model.Resources)
 	Logger *zap.Logger
+	// Events, when set, gets a Warning Event on each object that could not
+	// be (fully) translated, once per distinct problem, and only while
+	// IsLeader reports true (replicas would otherwise repeat each other).
+	Events   events.EventRecorder
+	IsLeader func() bool
 
 	optional map[string]bool // kind -> watched; written in SetupWithManager only
 	mu       sync.Mutex      // guards last
 	last     time.Time
+	reported map[model.Diagnostic]bool // problems already logged; Reconcile only (one worker)
 }
 
 // key is the single work item every event maps to.
@@ -113,12 +120,8 @@ func (c *Collector) Reconcile(ctx context.Context, _ reconcile.Request) (reconci
 		return reconcile.Result{}, err
 	}
 	res := model.Translate(snap)
-	for _, d := range res.Diagnostics {
-		c.Logger.Warn("resource not translated",
-			zap.String("kind", d.Kind), zap.String("namespace", d.Namespace), zap.String("name", d.Name),
-			zap.String("field", d.Field), zap.String("reason", d.Reason))
-	}
 	c.Sink(res)
+	c.report(ctx, res.Diagnostics)
 	c.mu.Lock()
 	c.last = time.Now()
 	c.mu.Unlock()
@@ -126,6 +129,54 @@ func (c *Collector) Reconcile(ctx context.Context, _ reconcile.Request) (reconci
 		zap.Int("addresses", len(res.Addresses)), zap.Int("authorizations", len(res.Authorizations)),
 		zap.Duration("took", time.Since(start)))
 	return reconcile.Result{}, nil
+}
+
+// report logs each new problem once and records it as a Warning Event on the
+// object, so `kubectl describe` and `kubectl get events` name the field.
+// Problems that went away are forgotten, so they are reported again if they
+// come back.
+func (c *Collector) report(ctx context.Context, diags []model.Diagnostic) {
+	now := make(map[model.Diagnostic]bool, len(diags))
+	for _, d := range diags {
+		now[d] = true
+		if c.reported[d] {
+			continue
+		}
+		c.Logger.Warn("resource not fully translated",
+			zap.String("kind", d.Kind), zap.String("namespace", d.Namespace), zap.String("name", d.Name),
+			zap.String("field", d.Field), zap.String("reason", d.Reason), zap.String("message", d.Message))
+		if c.Events == nil || (c.IsLeader != nil && !c.IsLeader()) {
+			continue
+		}
+		obj := objectFor(d.Kind)
+		if obj == nil {
+			continue
+		}
+		if err := c.Client.Get(ctx, types.NamespacedName{Namespace: d.Namespace, Name: d.Name}, obj); err != nil {
+			continue // gone since the snapshot; nothing to attach the event to
+		}
+		c.Events.Eventf(obj, nil, corev1.EventTypeWarning, d.Reason, "Translate", "%s: %s", d.Field, d.Message)
+	}
+	c.reported = now
+}
+
+// objectFor returns an empty object of a diagnosed kind.
+func objectFor(kind string) client.Object {
+	switch kind {
+	case "AuthorizationPolicy":
+		return &securityv1.AuthorizationPolicy{}
+	case "PeerAuthentication":
+		return &securityv1.PeerAuthentication{}
+	case "Service":
+		return &corev1.Service{}
+	case "Pod":
+		return &corev1.Pod{}
+	case "Gateway":
+		return &gatewayv1.Gateway{}
+	case "EndpointSlice":
+		return &discoveryv1.EndpointSlice{}
+	}
+	return nil
 }
 
 // Built reports whether at least one translation reached the Sink.

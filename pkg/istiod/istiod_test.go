@@ -29,6 +29,9 @@ import (
 	authnv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 
@@ -69,6 +72,7 @@ func waitFor(t *testing.T, timeout time.Duration, what string, f func() error) {
 
 type harness struct {
 	cs    kubernetes.Interface
+	dyn   dynamic.Interface
 	cfg   Config
 	roots *x509.CertPool
 }
@@ -134,12 +138,16 @@ func (bearer) RequireTransportSecurity() bool { return true }
 // harness with the published root.
 func startIstiod(t *testing.T) *harness {
 	t.Helper()
-	env := kubetest.Start(t, kubetest.Options{})
+	env := kubetest.Start(t, kubetest.Options{CRDDirectoryPaths: []string{"../../manifests/crds"}})
 	cs, err := kubernetes.NewForConfig(env.Config)
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &harness{cs: cs}
+	dyn, err := dynamic.NewForConfig(env.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &harness{cs: cs, dyn: dyn}
 	for _, ns := range []*corev1.Namespace{
 		{ObjectMeta: metav1.ObjectMeta{Name: "istio-system"}},
 		{ObjectMeta: metav1.ObjectMeta{Name: "demo", Labels: map[string]string{model.LabelDataplaneMode: model.DataplaneModeAmbient}}},
@@ -512,4 +520,57 @@ func TestXDSStreams(t *testing.T) {
 	if n, _ := log.workload("refused"); n != "" {
 		t.Errorf("client holds %s although it NACKed it", n)
 	}
+}
+
+// TestBadPolicyReported: an AuthorizationPolicy ztunnel cannot fully enforce
+// (an L7 path on a ztunnel-only path) gets a Warning Event naming the field,
+// istiod-lite keeps running, and pushes for other resources go on.
+func TestBadPolicyReported(t *testing.T) {
+	h := startIstiod(t)
+	zt := h.pod(t, "istio-system", "ztunnel-c", "ztunnel", "node-c", "198.18.16.30")
+	log := &addressLog{held: map[string]*workloadapi.Address{}}
+	client, err := xdsclient.New(xdsclient.Config{Conn: h.dial(t, h.token(t, zt)),
+		Node:          &core.Node{Id: "ztunnel~198.18.16.30~ztunnel-c.istio-system~istio-system.svc.cluster.local"},
+		Subscriptions: []xdsclient.Subscription{{TypeURL: model.AddressTypeURL}},
+		Handler:       log.handle, InitialBackoff: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = client.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	ap := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+		"metadata": map[string]any{"name": "l7-on-ztunnel", "namespace": "demo"},
+		"spec": map[string]any{"action": "ALLOW", "rules": []any{map[string]any{
+			"to": []any{map[string]any{"operation": map[string]any{"paths": []any{"/admin"}}}},
+		}}},
+	}}
+	gvr := schema.GroupVersionResource{Group: "security.istio.io", Version: "v1", Resource: "authorizationpolicies"}
+	if _, err := h.dyn.Resource(gvr).Namespace("demo").Create(t.Context(), ap, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create AuthorizationPolicy: %v", err)
+	}
+	waitFor(t, 30*time.Second, "Warning event on the policy naming the field", func() error {
+		evs, err := h.cs.EventsV1().Events("demo").List(t.Context(), metav1.ListOptions{})
+		if err != nil {
+			return err
+		}
+		for _, e := range evs.Items {
+			if e.Regarding.Kind == "AuthorizationPolicy" && e.Regarding.Name == "l7-on-ztunnel" && e.Type == corev1.EventTypeWarning &&
+				strings.Contains(e.Note, "spec.rules[0].to[0].operation.paths") {
+				return nil
+			}
+		}
+		return fmt.Errorf("%d events, none a Warning on l7-on-ztunnel naming spec.rules[0].to[0].operation.paths", len(evs.Items))
+	})
+	// Other resources still flow.
+	h.pod(t, "demo", "after-bad-policy", "default", "node-c", "198.18.16.31")
+	waitFor(t, 30*time.Second, "workload pushed after the bad policy", func() error {
+		if _, w := log.workload("after-bad-policy"); w == nil {
+			return errors.New("not received")
+		}
+		return nil
+	})
 }

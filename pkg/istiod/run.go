@@ -126,6 +126,15 @@ func Run(ctx context.Context, cfg Config, restCfg *rest.Config, log *zap.Logger)
 		Mesh:   model.MeshConfig{ClusterID: cfg.ClusterID, TrustDomain: cfg.TrustDomain, DomainSuffix: cfg.DomainSuffix, RootNamespace: cfg.Namespace},
 		Sink:   xdsSrv.Update,
 		Logger: log.Named("model"),
+		Events: mgr.GetEventRecorder("istiod-lite"),
+		IsLeader: func() bool {
+			select {
+			case <-mgr.Elected():
+				return true
+			default:
+				return false
+			}
+		},
 	}
 	if err := collector.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up the model collector: %w", err)

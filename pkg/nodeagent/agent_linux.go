@@ -120,6 +120,8 @@ func New(cfg Config, client kubernetes.Interface, log *zap.Logger) *Agent {
 // their rules stay in place, so an agent restart (or upgrade) does not
 // disturb them.
 func (a *Agent) Start(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	if a.cfg.HostNetns != "" {
 		h, err := netns.GetFromPath(a.cfg.HostNetns)
 		if err != nil {
@@ -206,21 +208,23 @@ func (a *Agent) Start(ctx context.Context) error {
 	}
 	a.log.Info("node agent ready", zap.String("node", a.cfg.NodeName), zap.String("cni_socket", a.cfg.CNISocket), zap.String("zds_socket", a.cfg.ZDSSocket))
 
+	var runErr error
 	select {
 	case <-ctx.Done():
-	case err := <-zdsErr:
-		if err != nil {
-			return err
+	case runErr = <-zdsErr:
+		if runErr == nil {
+			runErr = errors.New("nodeagent: zds server stopped")
 		}
+		cancel() // a failed agent must not stay in the chain
 	}
 	// Stop order: out of the CNI chain first (the installer sees ctx), then
-	// stop serving the plugin, then ztunnel.
+	// (deferred) stop serving the plugin, then ztunnel.
 	uninstallErr := <-installDone
 	a.queue.ShutDown()
 	if uninstallErr != nil {
-		return fmt.Errorf("nodeagent: uninstall plugin: %w", uninstallErr)
+		runErr = errors.Join(runErr, fmt.Errorf("nodeagent: uninstall plugin: %w", uninstallErr))
 	}
-	return nil
+	return runErr
 }
 
 func (a *Agent) listenCNI() (*http.Server, net.Listener, error) {

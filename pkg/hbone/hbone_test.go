@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"strings"
 	"sync"
@@ -84,51 +85,76 @@ func testRoundTrip(t *testing.T, proto hbone.Protocol) {
 }
 
 func TestPoolReuseAndSpill(t *testing.T) {
-	leakCheck(t)
-	m := newMesh(t)
-	up := startEcho(t)
-	s := startServer(t, m, hbone.Hooks{})
-	c := newClient(t, m, func(cc *hbone.ClientConfig) { cc.MaxStreamsPerConn = 4 })
-	req := request(m, s, up.addr)
-	var conns []net.Conn
-	defer func() {
-		for _, c := range conns {
-			_ = c.Close()
-		}
-	}()
-	for i := range 5 {
-		conn, err := c.Dial(t.Context(), req)
-		if err != nil {
-			t.Fatalf("Dial %d: %v", i, err)
-		}
-		conns = append(conns, conn)
-	}
-	if n := s.ln.n.Load(); n != 2 {
-		t.Errorf("tunnel connections = %d, want 2 (4 streams each)", n)
-	}
-	if pc, ps := c.PoolStats(req); pc != 2 || ps != 5 {
-		t.Errorf("PoolStats = %d conns %d streams, want 2, 5", pc, ps)
-	}
-	// A different key (other expected identities) gets its own connection.
-	req2 := *req
-	req2.Destinations = append(req2.Destinations, m.clientID)
-	conn, err := c.Dial(t.Context(), &req2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	conns = append(conns, conn)
-	if n := s.ln.n.Load(); n != 3 {
-		t.Errorf("tunnel connections = %d, want 3", n)
+	for _, p := range protocols {
+		t.Run(p.String(), func(t *testing.T) {
+			leakCheck(t)
+			m := newMesh(t)
+			up := startEcho(t)
+			s := startServer(t, m, hbone.Hooks{})
+			c := newClient(t, m, func(cc *hbone.ClientConfig) { cc.MaxStreamsPerConn = 4 })
+			req := request(m, s, up.addr, p)
+			var conns []net.Conn
+			defer func() {
+				for _, c := range conns {
+					_ = c.Close()
+				}
+			}()
+			for i := range 5 {
+				conn, err := c.Dial(t.Context(), req)
+				if err != nil {
+					t.Fatalf("Dial %d: %v", i, err)
+				}
+				conns = append(conns, conn)
+			}
+			if pc, ps := c.PoolStats(req); pc != 2 || ps != 5 {
+				t.Errorf("PoolStats = %d conns %d streams, want 2, 5 (4 streams per conn)", pc, ps)
+			}
+			if p == hbone.H2 {
+				if n := s.ln.n.Load(); n != 2 {
+					t.Errorf("tunnel connections = %d, want 2", n)
+				}
+			}
+			// A different key (other expected identities) gets its own connection.
+			req2 := *req
+			req2.Destinations = append(req2.Destinations, m.clientID)
+			conn, err := c.Dial(t.Context(), &req2)
+			if err != nil {
+				t.Fatal(err)
+			}
+			conns = append(conns, conn)
+			if pc, _ := c.PoolStats(&req2); pc != 1 {
+				t.Errorf("second key: %d pooled conns, want 1", pc)
+			}
+			// Closing streams frees slots: the next Dial reuses a connection.
+			for _, c := range conns[:5] {
+				_ = c.Close()
+			}
+			eventually(t, "stream slots freed", func() bool { _, ps := c.PoolStats(req); return ps == 0 })
+			conn, err = c.Dial(t.Context(), req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			conns = append(conns, conn)
+			if pc, _ := c.PoolStats(req); pc != 2 {
+				t.Errorf("after reuse: %d pooled conns, want still 2", pc)
+			}
+		})
 	}
 }
 
 func TestConcurrentDialsDeduplicated(t *testing.T) {
+	for _, p := range protocols {
+		t.Run(p.String(), func(t *testing.T) { testDedup(t, p) })
+	}
+}
+
+func testDedup(t *testing.T, proto hbone.Protocol) {
 	leakCheck(t)
 	m := newMesh(t)
 	up := startEcho(t)
 	s := startServer(t, m, hbone.Hooks{})
 	c := newClient(t, m)
-	req := request(m, s, up.addr)
+	req := request(m, s, up.addr, proto)
 	const n = 50
 	var wg sync.WaitGroup
 	errs := make(chan error, n)
@@ -151,10 +177,13 @@ func TestConcurrentDialsDeduplicated(t *testing.T) {
 	for err := range errs {
 		t.Errorf("Dial: %v", err)
 	}
+	if pc, ps := c.PoolStats(req); pc != 1 || ps != n {
+		t.Errorf("PoolStats = %d conns %d streams, want 1 conn for %d concurrent dials", pc, ps, n)
+	}
 	for conn := range conns {
 		_ = conn.Close()
 	}
-	if got := s.ln.n.Load(); got != 1 {
+	if got := s.ln.n.Load(); proto == hbone.H2 && got != 1 {
 		t.Errorf("tunnel connections = %d, want 1 for %d concurrent dials", got, n)
 	}
 }
@@ -300,6 +329,44 @@ func TestDrainForceCloses(t *testing.T) {
 			s.done <- nil
 			if s.doneH3 != nil {
 				s.doneH3 <- nil
+			}
+		})
+	}
+}
+
+// TestSourceIPBindsAndKeys: SourceIP is the tunnel's local address, and
+// each source IP gets its own pooled connection.
+func TestSourceIPBindsAndKeys(t *testing.T) {
+	for _, p := range protocols {
+		t.Run(p.String(), func(t *testing.T) {
+			leakCheck(t)
+			m := newMesh(t)
+			up := startEcho(t)
+			seen := make(chan string, 4)
+			s := startServer(t, m, hbone.Hooks{Authorize: func(ctx context.Context, in *hbone.Inbound) error {
+				host, _, _ := net.SplitHostPort(in.RemoteAddr.String())
+				seen <- host
+				return nil
+			}})
+			c := newClient(t, m)
+			for _, src := range []string{"127.0.0.2", "127.0.0.3", "127.0.0.2"} {
+				req := request(m, s, up.addr, p)
+				req.SourceIP = netip.MustParseAddr(src)
+				conn, err := c.Dial(t.Context(), req)
+				if err != nil {
+					t.Fatalf("Dial from %s: %v", src, err)
+				}
+				if got := <-seen; got != src {
+					t.Errorf("server saw the tunnel from %s, want %s", got, src)
+				}
+				defer conn.Close()
+			}
+			for _, src := range []string{"127.0.0.2", "127.0.0.3"} {
+				req := request(m, s, up.addr, p)
+				req.SourceIP = netip.MustParseAddr(src)
+				if pc, ps := c.PoolStats(req); pc != 1 {
+					t.Errorf("source %s: %d pooled conns (%d streams), want 1", src, pc, ps)
+				}
 			}
 		})
 	}

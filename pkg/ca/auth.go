@@ -107,6 +107,30 @@ type Pods interface {
 // tests and tools, a direct client.
 type ClientPods struct {
 	Reader client.Reader
+	// Indexed says the reader has the PodNodeServiceAccountIndex (see
+	// IndexPods): OnNode then looks up one key instead of scanning the
+	// namespace's pods.
+	Indexed bool
+}
+
+// PodNodeServiceAccountIndex is the pod field index "<node>/<service account>".
+const PodNodeServiceAccountIndex = "ca.ambient-mesh.io/node-serviceaccount"
+
+// IndexPods registers PodNodeServiceAccountIndex with a manager's field
+// indexer (mgr.GetFieldIndexer()), before the manager starts.
+func IndexPods(ctx context.Context, indexer client.FieldIndexer) error {
+	if err := indexer.IndexField(ctx, &corev1.Pod{}, PodNodeServiceAccountIndex, podIndexValue); err != nil {
+		return fmt.Errorf("index pods by node and service account: %w", err)
+	}
+	return nil
+}
+
+func podIndexValue(o client.Object) []string {
+	p, ok := o.(*corev1.Pod)
+	if !ok || p.Spec.NodeName == "" {
+		return nil
+	}
+	return []string{p.Spec.NodeName + "/" + podServiceAccount(p)}
 }
 
 // Pod gets namespace/name.
@@ -125,8 +149,12 @@ func (p ClientPods) Pod(ctx context.Context, namespace, name string) (*corev1.Po
 // OnNode lists the namespace's pods and looks for one of serviceAccount on node.
 func (p ClientPods) OnNode(ctx context.Context, node, namespace, serviceAccount string) (bool, error) {
 	var pods corev1.PodList
-	// Read-only scan: a cache reader may skip its deep copy.
-	if err := p.Reader.List(ctx, &pods, client.InNamespace(namespace), client.UnsafeDisableDeepCopy); err != nil {
+	// Read-only: a cache reader may skip its deep copy.
+	opts := []client.ListOption{client.InNamespace(namespace), client.UnsafeDisableDeepCopy}
+	if p.Indexed {
+		opts = append(opts, client.MatchingFields{PodNodeServiceAccountIndex: node + "/" + serviceAccount})
+	}
+	if err := p.Reader.List(ctx, &pods, opts...); err != nil {
 		return false, fmt.Errorf("list pods in %s: %w", namespace, err)
 	}
 	for i := range pods.Items {

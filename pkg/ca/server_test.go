@@ -49,14 +49,25 @@ func TestImpersonationRules(t *testing.T) {
 		t.Fatal(err)
 	}
 	authority, _ := New(keys, Options{})
-	reader := fake.NewClientBuilder().WithObjects(
-		pod("istio-system", "zt-a", "uid-zt-a", "ztunnel", "a", corev1.PodRunning),
-		pod("istio-system", "zt-nonode", "uid-zt-nonode", "ztunnel", "", corev1.PodPending),
-		pod("demo", "web-1", "uid-web", "web", "a", corev1.PodRunning),
-		pod("demo", "done-1", "uid-done", "done", "a", corev1.PodSucceeded),
-		pod("demo", "far-1", "uid-far", "far", "b", corev1.PodRunning),
-		pod("demo", "default-1", "uid-def", "", "a", corev1.PodRunning),
-	).Build()
+	for _, indexed := range []bool{false, true} {
+		t.Run(map[bool]string{false: "scan", true: "indexed"}[indexed], func(t *testing.T) {
+			b := fake.NewClientBuilder().WithObjects(
+				pod("istio-system", "zt-a", "uid-zt-a", "ztunnel", "a", corev1.PodRunning),
+				pod("istio-system", "zt-nonode", "uid-zt-nonode", "ztunnel", "", corev1.PodPending),
+				pod("demo", "web-1", "uid-web", "web", "a", corev1.PodRunning),
+				pod("demo", "done-1", "uid-done", "done", "a", corev1.PodSucceeded),
+				pod("demo", "far-1", "uid-far", "far", "b", corev1.PodRunning),
+				pod("demo", "default-1", "uid-def", "", "a", corev1.PodRunning),
+			)
+			if indexed {
+				b = b.WithIndex(&corev1.Pod{}, PodNodeServiceAccountIndex, podIndexValue)
+			}
+			impersonationRules(t, authority, ClientPods{Reader: b.Build(), Indexed: indexed})
+		})
+	}
+}
+
+func impersonationRules(t *testing.T, authority *CA, pods Pods) {
 	zt := func(podName, uid string) *Caller {
 		return &Caller{Namespace: "istio-system", ServiceAccount: "ztunnel", PodName: podName, PodUID: types.UID(uid)}
 	}
@@ -70,7 +81,7 @@ func TestImpersonationRules(t *testing.T) {
 			"web":         {Namespace: "demo", ServiceAccount: "web", PodName: "web-1", PodUID: "uid-web"},
 			"custom-node": {Namespace: "kube-system", ServiceAccount: "node-agent", PodName: "x", PodUID: "y"},
 		},
-		Pods:   ClientPods{Reader: reader},
+		Pods:   pods,
 		Logger: zaptest.NewLogger(t),
 	})
 	if err != nil {

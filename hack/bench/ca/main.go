@@ -289,33 +289,37 @@ func run(ctx context.Context, callers int, duration, baseline time.Duration) (ma
 }
 
 // load runs fn from n goroutines for d and returns the latencies (ms) of the
-// successful calls and the error count.
+// calls that completed inside the window and the error count. Calls get ctx
+// (not the window) so none is cut short; one still running when the window
+// closes is not counted.
 func load(ctx context.Context, n int, d time.Duration, fn func(context.Context, int) error) ([]float64, int) {
-	var firstErr sync.Once
-	ctx, cancel := context.WithTimeout(ctx, d)
-	defer cancel()
 	var (
-		mu   sync.Mutex
-		lat  []float64
-		errs int
-		wg   sync.WaitGroup
+		firstErr sync.Once
+		mu       sync.Mutex
+		lat      []float64
+		errs     int
+		wg       sync.WaitGroup
 	)
+	end := time.Now().Add(d)
 	for w := range n {
 		wg.Go(func() {
 			var mine []float64
 			bad := 0
-			for i := w; ; i += n {
+			for i := w; time.Now().Before(end) && ctx.Err() == nil; i += n {
 				start := time.Now()
-				err := fn(ctx, i)
-				if ctx.Err() != nil {
-					break // the window closed mid-call; not counted
+				cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				err := fn(cctx, i)
+				cancel()
+				done := time.Now()
+				if done.After(end) {
+					break
 				}
 				if err != nil {
 					bad++
 					firstErr.Do(func() { fmt.Fprintln(os.Stderr, "bench-ca: first failed call:", err) })
 					continue
 				}
-				mine = append(mine, float64(time.Since(start).Microseconds())/1000)
+				mine = append(mine, float64(done.Sub(start).Microseconds())/1000)
 			}
 			mu.Lock()
 			lat = append(lat, mine...)
@@ -468,6 +472,9 @@ func serveCA(kubeconfig string) error {
 	if err != nil {
 		return err
 	}
+	if err := ca.IndexPods(ctx, pods); err != nil {
+		return err
+	}
 	go func() { _ = pods.Start(ctx) }()
 	if !pods.WaitForCacheSync(ctx) {
 		return errors.New("pod cache did not sync")
@@ -491,7 +498,7 @@ func serveCA(kubeconfig string) error {
 		authn ca.Authenticator
 	}{{"cached", &ca.CachingAuthenticator{Next: review}}, {"uncached", review}} {
 		srv, err := ca.NewServer(authority, ca.ServerOptions{
-			Authenticator: mode.authn, Pods: ca.ClientPods{Reader: pods}, SystemNamespace: systemNS, Logger: log,
+			Authenticator: mode.authn, Pods: ca.ClientPods{Reader: pods, Indexed: true}, SystemNamespace: systemNS, Logger: log,
 		})
 		if err != nil {
 			return err

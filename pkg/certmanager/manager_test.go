@@ -232,7 +232,7 @@ func TestRefreshAtHalfLife(t *testing.T) {
 
 func TestFailedRefreshKeepsValidCertAndBacksOff(t *testing.T) {
 	ca := newFakeCA(t)
-	ca.ttl = 4 * time.Second // whole seconds: x509 validity has second granularity
+	ca.ttl = 6 * time.Second // whole seconds: x509 validity has second granularity
 	m := start(t, Config{Fetcher: ca, MinBackoff: 40 * time.Millisecond, MaxBackoff: 160 * time.Millisecond})
 	app := id(t, "demo", "app")
 	first, err := m.Fetch(t.Context(), app)
@@ -240,8 +240,8 @@ func TestFailedRefreshKeepsValidCertAndBacksOff(t *testing.T) {
 		t.Fatal(err)
 	}
 	ca.set(func(f *fakeCA) { f.fail = true })
-	// Refresh starts at 2 s; retries at +40, +80, +160, +160 ms (±20 %).
-	eventually(t, 5*time.Second, "five failed refreshes", func() bool { c, _, _ := ca.snapshot(); return len(c) >= 6 })
+	// Refresh starts at 3 s; retries at +40, +80, +160, +160 ms (±20 %).
+	eventually(t, 8*time.Second, "five failed refreshes", func() bool { c, _, _ := ca.snapshot(); return len(c) >= 6 })
 	if c, ok := m.Current(app); !ok || c != first {
 		t.Fatalf("the still-valid certificate was dropped after failed refreshes")
 	}
@@ -258,7 +258,7 @@ func TestFailedRefreshKeepsValidCertAndBacksOff(t *testing.T) {
 		}
 	}
 	// Once the certificate expires it is dropped and Fetch reports the error.
-	eventually(t, 5*time.Second, "expiry", func() bool { _, ok := m.Current(app); return !ok })
+	eventually(t, 8*time.Second, "expiry", func() bool { _, ok := m.Current(app); return !ok })
 	if _, err := m.Fetch(t.Context(), app); err == nil || !strings.Contains(err.Error(), "ca unavailable") {
 		t.Errorf("Fetch after expiry with a failing CA = %v, want the CA error", err)
 	}

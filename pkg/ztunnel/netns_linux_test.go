@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	mdns "github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -27,6 +28,7 @@ import (
 	"github.com/ambient-mesh/mesh/internal/meshtest"
 	"github.com/ambient-mesh/mesh/internal/testenv"
 	"github.com/ambient-mesh/mesh/pkg/redirect"
+	ztdns "github.com/ambient-mesh/mesh/pkg/ztunnel/dns"
 	"github.com/ambient-mesh/mesh/pkg/ztunnel/state"
 	"github.com/ambient-mesh/mesh/pkg/ztunnel/telemetry"
 )
@@ -179,7 +181,7 @@ func newTopo(t testing.TB, capture bool) topo {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	rules := redirect.NewPodRules(redirect.PodConfig{}, nil)
+	rules := redirect.NewPodRules(redirect.PodConfig{DNSCapture: true}, nil)
 	for _, h := range []netns.NsHandle{a, b} {
 		if !capture {
 			break
@@ -343,7 +345,8 @@ func newMesh(t testing.TB, capture bool, log *zap.Logger, certs Certs) *mesh {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m.proxy, err = New(Config{Store: m.store, Certs: certs, Metrics: metrics, DrainTimeout: drainTimeout, ConnectTimeout: ioTimeout, Logger: log})
+	m.proxy, err = New(Config{Store: m.store, Certs: certs, Metrics: metrics, DrainTimeout: drainTimeout, ConnectTimeout: ioTimeout, Logger: log,
+		DNS: &DNSConfig{Upstreams: []string{netip.AddrPortFrom(nodeA, 53).String()}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -502,6 +505,38 @@ func TestPodsOverHBONE(t *testing.T) {
 		c, r := dialFromApp(t, tp.a, netip.AddrPortFrom(podB, 8080))
 		expectEcho(t, c, r, podA)
 	})
+	t.Run("dns proxy", func(t *testing.T) {
+		startFakeResolver(t, mustNS(t, tp.nodeName), netip.AddrPortFrom(nodeA, 53))
+		for _, tc := range []struct{ net, q, want string }{
+			{"udp", "server.", svcVIP.String()},   // short name, resolved in the pod's namespace? no: A is in "a"
+			{"udp", "server.b.", svcVIP.String()}, // namespace-qualified
+			{"tcp", "server.b.svc.cluster.local.", svcVIP.String()},
+			{"udp", "example.org.", "192.0.2.53"}, // forwarded upstream from A's netns
+			{"tcp", "example.org.", "192.0.2.53"},
+		} {
+			if tc.q == "server." {
+				continue // A lives in namespace a; the short name is B's namespace only
+			}
+			// The app asks the node's address on :53; capture sends it to 15053.
+			ctx, cancel := context.WithTimeout(t.Context(), ioTimeout)
+			c, err := redirect.Dial(ctx, tp.a, net.Dialer{}, tc.net, netip.AddrPortFrom(nodeA, 53).String(), redirect.SocketOptions{})
+			if err != nil {
+				cancel()
+				t.Fatal(err)
+			}
+			m := new(mdns.Msg)
+			m.SetQuestion(tc.q, mdns.TypeA)
+			resp, err := ztdns.Exchange(ctx, m, c, tc.net)
+			c.Close()
+			cancel()
+			if err != nil {
+				t.Fatalf("%s %s: %v", tc.net, tc.q, err)
+			}
+			if len(resp.Answer) != 1 || resp.Answer[0].(*mdns.A).A.String() != tc.want {
+				t.Errorf("%s %s: answer %v, want %s", tc.net, tc.q, resp.Answer, tc.want)
+			}
+		}
+	})
 	t.Run("removed pod drains and closes", func(t *testing.T) {
 		c, r := dialFromApp(t, tp.a, netip.AddrPortFrom(podB, 8080))
 		expectEcho(t, c, r, podA)
@@ -527,10 +562,12 @@ func TestPodsOverHBONE(t *testing.T) {
 		if err := <-removed; err != nil {
 			t.Fatal(err)
 		}
+		t.Logf("RemovePod returned %s after it began", time.Since(start))
 		if d := time.Since(start); d < drainTimeout || d > drainTimeout+2*time.Second {
 			t.Errorf("RemovePod returned after %s with an open connection and a %s drain", d, drainTimeout)
 		}
 		expectClosed(t, c, r)
+		c.Close() // A's side was half-closed (EOF); the app ends it
 		if err := proxy.RetainPods(t.Context(), nil); err != nil {
 			t.Fatal(err)
 		}
@@ -538,6 +575,30 @@ func TestPodsOverHBONE(t *testing.T) {
 			t.Errorf("pods %v still served after RetainPods(nil)", got)
 		}
 	})
+}
+
+// startFakeResolver serves DNS on addr (UDP and TCP) in ns, answering every
+// A query with 192.0.2.53: the upstream the DNS proxy forwards to.
+func startFakeResolver(t testing.TB, ns netns.NsHandle, addr netip.AddrPort) {
+	t.Helper()
+	pc, err := redirect.ListenPacket(t.Context(), ns, "udp", addr.String(), redirect.SocketOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := redirect.Listen(t.Context(), ns, "tcp", addr.String(), redirect.SocketOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &ztdns.Server{Store: state.NewStore(), Forward: func(_ context.Context, q *mdns.Msg, _ string) (*mdns.Msg, error) {
+		m := new(mdns.Msg)
+		m.SetReply(q)
+		m.Answer = append(m.Answer, &mdns.A{Hdr: mdns.RR_Header{Name: q.Question[0].Name, Rrtype: mdns.TypeA, Class: mdns.ClassINET, Ttl: 60}, A: net.IPv4(192, 0, 2, 53)})
+		return m, nil
+	}}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, pc, ln) }()
+	t.Cleanup(func() { cancel(); <-done; pc.Close(); ln.Close() })
 }
 
 func mustNS(t testing.TB, name string) netns.NsHandle {

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	mdns "github.com/miekg/dns"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/vishvananda/netns"
 	"go.uber.org/zap"
@@ -18,6 +19,7 @@ import (
 	"github.com/ambient-mesh/mesh/pkg/hbone"
 	"github.com/ambient-mesh/mesh/pkg/redirect"
 	"github.com/ambient-mesh/mesh/pkg/ztunnel/authz"
+	"github.com/ambient-mesh/mesh/pkg/ztunnel/dns"
 	"github.com/ambient-mesh/mesh/pkg/ztunnel/route"
 	"github.com/ambient-mesh/mesh/pkg/ztunnel/state"
 	"github.com/ambient-mesh/mesh/pkg/ztunnel/telemetry"
@@ -93,6 +95,17 @@ func startPod(p *Proxy, info PodInfo, id spiffeid.ID, ns netns.NsHandle) (*pod, 
 		}
 		lns = append(lns, ln)
 	}
+	if p.cfg.DNS != nil {
+		if err := pd.startDNS(lo); err != nil {
+			for _, l := range lns {
+				_ = l.Close()
+			}
+			cancel()
+			pd.wg.Wait()
+			_ = client.Close()
+			return nil, err
+		}
+	}
 	pd.wg.Add(3)
 	go pd.acceptLoop(lns[0], pd.outbound)
 	go pd.acceptLoop(lns[1], pd.plaintextInbound)
@@ -103,6 +116,57 @@ func startPod(p *Proxy, info PodInfo, id spiffeid.ID, ns netns.NsHandle) (*pod, 
 		}
 	}()
 	return pd, nil
+}
+
+// startDNS opens 15053 (UDP and TCP) in the pod netns and serves the DNS
+// proxy there until the pod is removed.
+func (pd *pod) startDNS(o redirect.SocketOptions) error {
+	addr := ":" + strconv.Itoa(route.DNSPort)
+	pc, err := redirect.ListenPacket(pd.ctx, pd.ns, "udp", addr, o)
+	if err != nil {
+		return fmt.Errorf("listen udp %s in pod netns: %w", addr, err)
+	}
+	ln, err := redirect.Listen(pd.ctx, pd.ns, "tcp", addr, o)
+	if err != nil {
+		_ = pc.Close()
+		return fmt.Errorf("listen tcp %s in pod netns: %w", addr, err)
+	}
+	srv := &dns.Server{Store: pd.p.cfg.Store, Network: pd.p.cfg.Network, Namespace: pd.info.Namespace, Domain: pd.p.cfg.DNS.Domain,
+		Forward: pd.forwardDNS, Logger: pd.log.Named("dns")}
+	pd.wg.Add(1)
+	go func() {
+		defer pd.wg.Done()
+		defer pc.Close()
+		defer ln.Close()
+		if err := srv.Serve(pd.ctx, pc, ln); err != nil && pd.ctx.Err() == nil {
+			pd.log.Error("dns proxy failed", zap.Error(err))
+		}
+	}()
+	return nil
+}
+
+// forwardDNS sends a query the mesh does not answer to the upstreams in
+// turn, from the pod's netns with ztunnel's mark (so it is not captured
+// again; the capture rules put it in its own conntrack zone).
+func (pd *pod) forwardDNS(ctx context.Context, q *mdns.Msg, network string) (*mdns.Msg, error) {
+	var errs []error
+	for _, up := range pd.p.cfg.DNS.Upstreams {
+		c, err := redirect.Dial(ctx, pd.ns, net.Dialer{}, network, up, redirect.SocketOptions{Mark: pd.p.cfg.Mark})
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		resp, err := dns.Exchange(ctx, q, c, network)
+		_ = c.Close()
+		if err == nil {
+			return resp, nil
+		}
+		errs = append(errs, fmt.Errorf("upstream %s: %w", up, err))
+	}
+	if len(errs) == 0 {
+		return nil, errors.New("no dns upstream configured")
+	}
+	return nil, errors.Join(errs...)
 }
 
 func (pd *pod) acceptLoop(ln net.Listener, handle func(net.Conn)) {
@@ -457,6 +521,7 @@ func (pd *pod) stopAndDrain() {
 			left = append(left, t)
 		}
 		pd.mu.Unlock()
+		pd.log.Info("drain deadline reached, closing connections", zap.Int("connections", len(left)))
 		for _, t := range left {
 			t.close()
 		}

@@ -1,6 +1,7 @@
 // Package ztunnel is the per-node L4 proxy of the ambient mesh: for each
 // captured pod it listens inside the pod's network namespace on 15001
-// (outbound), 15006 (plaintext inbound) and 15008 (HBONE inbound), serves the
+// (outbound), 15006 (plaintext inbound), 15008 (HBONE inbound) and, with
+// Config.DNS, 15053 (the DNS proxy of pkg/ztunnel/dns), serves the
 // pod with its own workload certificate, routes outbound connections with
 // pkg/ztunnel/route over HBONE (pkg/hbone) or plain TCP, authorizes inbound
 // ones with pkg/ztunnel/authz against the xDS state (pkg/ztunnel/state), and
@@ -71,9 +72,20 @@ type Config struct {
 	ConnectTimeout time.Duration
 	// Mark is SO_MARK on every socket in a pod netns; default ZtunnelMark.
 	Mark uint32
+	// DNS, if set, runs the DNS proxy on 15053 in every pod.
+	DNS *DNSConfig
 	// Metrics, if set, counts connections with Istio's TCP metrics.
 	Metrics *telemetry.Metrics
 	Logger  *zap.Logger
+}
+
+// DNSConfig configures the per-pod DNS proxy.
+type DNSConfig struct {
+	// Upstreams are the resolvers (ip:port) queries for names outside the
+	// mesh go to, tried in order, from inside the pod's netns.
+	Upstreams []string
+	// Domain is the cluster DNS domain; default cluster.local.
+	Domain string
 }
 
 // Proxy serves the node's captured pods.

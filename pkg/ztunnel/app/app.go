@@ -10,11 +10,13 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	mdns "github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -109,9 +111,18 @@ func New(cfg Config, log *zap.Logger, level *zap.AtomicLevel) (*App, error) {
 		a.close()
 		return nil, err
 	}
+	var dnsCfg *ztunnel.DNSConfig
+	if cfg.DNSProxy {
+		ups, err := dnsUpstreams(cfg)
+		if err != nil {
+			a.close()
+			return nil, err
+		}
+		dnsCfg = &ztunnel.DNSConfig{Upstreams: ups, Domain: cfg.ClusterDomain}
+	}
 	a.proxy, err = ztunnel.New(ztunnel.Config{
 		Store: a.store, Certs: ztunnel.CertManager(a.certs), TrustDomain: cfg.TrustDomain, Network: cfg.Network,
-		DrainTimeout: cfg.DrainTimeout, Metrics: metrics, Logger: log,
+		DrainTimeout: cfg.DrainTimeout, Metrics: metrics, DNS: dnsCfg, Logger: log,
 	})
 	if err != nil {
 		a.close()
@@ -134,6 +145,30 @@ func New(cfg Config, log *zap.Logger, level *zap.AtomicLevel) (*App, error) {
 		return nil, err
 	}
 	return a, nil
+}
+
+// dnsUpstreams is -dns-upstreams, or the nameservers of -resolv-conf.
+func dnsUpstreams(cfg Config) ([]string, error) {
+	var out []string
+	if cfg.DNSUpstreams != "" {
+		for _, u := range strings.Split(cfg.DNSUpstreams, ",") {
+			if u = strings.TrimSpace(u); u != "" {
+				if _, _, err := net.SplitHostPort(u); err != nil {
+					return nil, fmt.Errorf("dns upstream %q: %w", u, err)
+				}
+				out = append(out, u)
+			}
+		}
+		return out, nil
+	}
+	rc, err := mdns.ClientConfigFromFile(cfg.ResolvConf)
+	if err != nil {
+		return nil, fmt.Errorf("dns upstreams from %s: %w", cfg.ResolvConf, err)
+	}
+	for _, s := range rc.Servers {
+		out = append(out, net.JoinHostPort(s, rc.Port))
+	}
+	return out, nil
 }
 
 // xdsHandler applies deltas to the store and records, per type, that a

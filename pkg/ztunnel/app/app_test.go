@@ -66,6 +66,21 @@ func TestFlagsFromEnv(t *testing.T) {
 	if got := serverName("", cfg.XDSAddress); got != "istiod.mesh.svc" {
 		t.Errorf("serverName = %q", got)
 	}
+	rc := filepath.Join(t.TempDir(), "resolv.conf")
+	if err := os.WriteFile(rc, []byte("search ns.svc.cluster.local\nnameserver 10.96.0.10\nnameserver fd00::a\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ups, err := dnsUpstreams(Config{ResolvConf: rc})
+	if err != nil || strings.Join(ups, " ") != "10.96.0.10:53 [fd00::a]:53" {
+		t.Errorf("upstreams from resolv.conf = %v, %v", ups, err)
+	}
+	ups, err = dnsUpstreams(Config{DNSUpstreams: "1.1.1.1:53, 8.8.8.8:53"})
+	if err != nil || strings.Join(ups, " ") != "1.1.1.1:53 8.8.8.8:53" {
+		t.Errorf("explicit upstreams = %v, %v", ups, err)
+	}
+	if _, err := dnsUpstreams(Config{DNSUpstreams: "1.1.1.1"}); err == nil {
+		t.Error("upstream without port accepted")
+	}
 }
 
 func TestReadinessAndAdmin(t *testing.T) {

@@ -35,7 +35,11 @@ type Config struct {
 	AdminAddr      string
 	LogLevel       string
 	DrainTimeout   time.Duration
-	WaitForPodSync bool // readiness also waits for MarkPodsSynced (the node agent's snapshot)
+	WaitForPodSync bool   // readiness also waits for MarkPodsSynced (the node agent's snapshot)
+	DNSProxy       bool   // serve DNS on 15053 in every pod
+	DNSUpstreams   string // comma-separated ip:port; empty: the nameservers of ResolvConf
+	ResolvConf     string
+	ClusterDomain  string
 }
 
 // env returns the environment value of key or def.
@@ -84,6 +88,11 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	s(&c.AdminAddr, "admin-address", "ADMIN_ADDRESS", "localhost:15000", "admin: /config_dump, /logging")
 	s(&c.LogLevel, "log-level", "LOG_LEVEL", "info", "log level: debug, info, warn, error")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", drainDefault(), "how long a stopping ztunnel or a removed pod drains connections (env TERMINATION_GRACE_PERIOD_SECONDS minus 5 s)")
+	s(&c.DNSUpstreams, "dns-upstreams", "DNS_UPSTREAMS", "", "comma-separated ip:port resolvers for names outside the mesh; empty: the nameservers of -resolv-conf")
+	s(&c.ResolvConf, "resolv-conf", "RESOLV_CONF", "/etc/resolv.conf", "resolver configuration the DNS proxy forwards to")
+	s(&c.ClusterDomain, "cluster-domain", "CLUSTER_DOMAIN", "cluster.local", "cluster DNS domain of service hostnames")
+	dnsOn, _ := strconv.ParseBool(env("DNS_PROXY", "true"))
+	fs.BoolVar(&c.DNSProxy, "dns-proxy", dnsOn, "serve DNS on 15053 in every pod (env DNS_PROXY)")
 	wait, _ := strconv.ParseBool(env("WAIT_FOR_POD_SYNC", "false"))
 	fs.BoolVar(&c.WaitForPodSync, "wait-for-pod-sync", wait, "readiness waits for the node agent's pod snapshot (env WAIT_FOR_POD_SYNC)")
 }

@@ -1,0 +1,827 @@
+// Command xds is the driver of `make bench-xds`: the scale benchmark of
+// istiod-lite (issue 5, deliverable 7). It starts envtest (a real
+// kube-apiserver and etcd on loopback), creates 50 ambient namespaces, 1,000
+// Services and 10,000 Running, Ready pods spread over 100 nodes, runs the
+// istiod-lite binary as a child process with a kubeconfig for that apiserver,
+// and connects 100 delta xDS clients (pkg/xds/xdsclient) that authenticate
+// with TokenRequest tokens bound to 100 ztunnel pods, one per node.
+//
+// It measures the time from each stream's open to its first full state (all
+// Addresses), then applies single pod label changes one at a time and times
+// each until every client holds it. It reads istiod-lite's CPU-seconds and
+// peak RSS from /proc and its sent bytes from its metrics endpoint, and
+// writes one flat JSON object (full_push_s, change_p99_ms, bytes_sent_mb,
+// cpu_s, rss_mb, ...) and a one-line summary.
+//
+// Baselines from the same run: moving the same bytes to the same number of
+// clients over plain TLS on loopback (the floor for a full push), and the
+// time for each label change to reach a bare pod watch on the apiserver (the
+// floor for a change, which istiod-lite sees through the same watch).
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime/pprof"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"github.com/go-logr/logr"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/protobuf/types/known/structpb"
+	authnv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
+
+	"github.com/ambient-mesh/mesh/internal/kubetest"
+	"github.com/ambient-mesh/mesh/pkg/ca"
+	"github.com/ambient-mesh/mesh/pkg/istiod"
+	"github.com/ambient-mesh/mesh/pkg/model"
+	"github.com/ambient-mesh/mesh/pkg/xds/xdsclient"
+)
+
+const systemNS = "istio-system"
+
+// params are the sizes of one run.
+type params struct {
+	namespaces, services, pods, nodes, clients, changes int
+	debounce                                            time.Duration
+	istiod                                              string // binary; empty runs istiod.Run in a re-executed child
+	cpuprofile                                          string
+}
+
+func main() {
+	var p params
+	out := flag.String("out", "_output/bench/xds.json", "where to write the JSON figures")
+	flag.StringVar(&p.istiod, "istiod", "_output/bin/istiod-lite", "istiod-lite binary to run; empty runs pkg/istiod in a child of this binary")
+	flag.IntVar(&p.namespaces, "namespaces", 50, "ambient namespaces")
+	flag.IntVar(&p.services, "services", 1000, "Services (spread over the namespaces)")
+	flag.IntVar(&p.pods, "pods", 10000, "pods (spread over the Services' selectors and the nodes)")
+	flag.IntVar(&p.nodes, "nodes", 100, "nodes; one ztunnel pod each")
+	flag.IntVar(&p.clients, "clients", 100, "delta xDS clients (at most one per node)")
+	flag.IntVar(&p.changes, "changes", 50, "single pod label changes timed one at a time")
+	flag.DurationVar(&p.debounce, "debounce", 100*time.Millisecond, "istiod-lite --xds-debounce")
+	flag.StringVar(&p.cpuprofile, "cpuprofile", "", "write a CPU profile of istiod-lite here (runs pkg/istiod in a child of this binary instead of -istiod)")
+	timeout := flag.Duration("timeout", 270*time.Second, "bound on the whole run")
+	serve := flag.String("serve", "", "internal: run istiod-lite in this process with this kubeconfig (child mode)")
+	flag.Parse()
+	if *serve != "" {
+		if err := serveIstiod(*serve, flag.Args()); err != nil {
+			fmt.Fprintln(os.Stderr, "bench-xds serve:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if p.clients > p.nodes {
+		fmt.Fprintln(os.Stderr, "bench-xds: -clients must not exceed -nodes (one ztunnel per node)")
+		os.Exit(2)
+	}
+	// SIGTERM (make's timeout) or ^C cancel the run so envtest and
+	// istiod-lite are still stopped.
+	sigCtx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	ctx, cancel := context.WithTimeout(sigCtx, *timeout)
+	defer cancel()
+	ctrllog.SetLogger(logr.Discard())
+	fig, err := run(ctx, p)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench-xds:", err)
+		os.Exit(1)
+	}
+	if err := os.MkdirAll(filepath.Dir(*out), 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, "bench-xds:", err)
+		os.Exit(1)
+	}
+	b, _ := json.MarshalIndent(fig, "", "  ")
+	if err := os.WriteFile(*out, append(b, '\n'), 0o644); err != nil {
+		fmt.Fprintln(os.Stderr, "bench-xds:", err)
+		os.Exit(1)
+	}
+	fmt.Printf("bench-xds: %.0f pods, %.0f services, %.0f clients: full push p99 %.2f s (max %.2f s, all clients %.2f s; tls copy baseline %.2f s, ratio %.1f); "+
+		"one change p99 %.1f ms to all clients (debounce %.0f ms; bare watch p99 %.1f ms); sent %.1f MB; istiod-lite cpu %.1f s, peak rss %.0f MB -> %s\n",
+		fig["pods"], fig["services"], fig["clients"], fig["full_push_s"], fig["full_push_max_s"], fig["full_push_all_s"], fig["baseline_tls_copy_s"], fig["full_push_ratio_vs_tls_copy"],
+		fig["change_p99_ms"], fig["debounce_ms"], fig["baseline_watch_p99_ms"], fig["bytes_sent_mb"], fig["cpu_s"], fig["rss_mb"], *out)
+}
+
+func run(ctx context.Context, p params) (map[string]float64, error) {
+	fig := map[string]float64{
+		"pods": float64(p.pods), "services": float64(p.services), "namespaces": float64(p.namespaces),
+		"nodes": float64(p.nodes), "clients": float64(p.clients), "debounce_ms": float64(p.debounce.Milliseconds()),
+	}
+	apiserver, etcd, err := kubetest.Binaries()
+	if err != nil {
+		return nil, err
+	}
+	os.Setenv("TEST_ASSET_KUBE_APISERVER", apiserver)
+	os.Setenv("TEST_ASSET_ETCD", etcd)
+	env := &envtest.Environment{}
+	// 1,000 ClusterIPs do not fit envtest's default /24.
+	env.ControlPlane.GetAPIServer().Configure().Set("service-cluster-ip-range", "10.96.0.0/16")
+	t0 := time.Now()
+	cfg, err := env.Start()
+	if err != nil {
+		return nil, fmt.Errorf("start envtest: %w", err)
+	}
+	defer func() { _ = env.Stop() }()
+	cfg.QPS = -1 // no client-side throttling while creating objects
+	cfg.ContentType = "application/vnd.kubernetes.protobuf"
+	cs, err := kubernetes.NewForConfig(rest.CopyConfig(cfg))
+	if err != nil {
+		return nil, err
+	}
+	zt, err := populate(ctx, cs, p)
+	if err != nil {
+		return nil, err
+	}
+	fig["setup_s"] = time.Since(t0).Seconds()
+	tokens := make([]string, p.clients)
+	{
+		g, gctx := errgroup.WithContext(ctx)
+		g.SetLimit(16)
+		for i := range p.clients {
+			g.Go(func() (err error) {
+				tokens[i], err = podToken(gctx, cs, zt[i])
+				return err
+			})
+		}
+		if err := g.Wait(); err != nil {
+			return nil, err
+		}
+	}
+
+	dir, err := os.MkdirTemp("", "bench-xds-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	kubeconfig := filepath.Join(dir, "kubeconfig")
+	if err := writeKubeconfig(cfg, kubeconfig); err != nil {
+		return nil, err
+	}
+	addrs := map[string]string{}
+	for _, k := range []string{"grpc", "metrics", "debug"} {
+		if addrs[k], err = freeAddr(); err != nil {
+			return nil, err
+		}
+	}
+	args := []string{"--kubeconfig", kubeconfig, "--namespace", systemNS, "--leader-elect=false", "--log-level", "warn",
+		"--grpc-addr", addrs["grpc"], "--metrics-addr", addrs["metrics"], "--debug-addr", addrs["debug"],
+		"--xds-debounce", p.debounce.String(), "--shutdown-grace", "2s"}
+	var child *exec.Cmd
+	if p.istiod == "" || p.cpuprofile != "" {
+		self, err := os.Executable()
+		if err != nil {
+			return nil, err
+		}
+		child = exec.Command(self, append([]string{"-serve", kubeconfig, "--"}, args...)...)
+		child.Env = append(os.Environ(), "BENCH_XDS_CPUPROFILE="+p.cpuprofile)
+	} else {
+		child = exec.Command(p.istiod, args...)
+	}
+	child.Stdout, child.Stderr = os.Stderr, os.Stderr
+	child.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM} // never outlive the driver
+	startAt := time.Now()
+	if err := child.Start(); err != nil {
+		return nil, fmt.Errorf("start istiod-lite %s: %w", child.Path, err)
+	}
+	pid := child.Process.Pid
+	exited := make(chan struct{})
+	go func() { _ = child.Wait(); close(exited) }()
+	defer func() {
+		_ = syscall.Kill(pid, syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(15 * time.Second):
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+			<-exited
+		}
+	}()
+	if err := waitReady(ctx, "http://"+addrs["debug"]+"/ready", exited); err != nil {
+		return nil, err
+	}
+	fig["istiod_ready_s"] = time.Since(startAt).Seconds()
+	cpuReady, err := cpuSeconds(pid)
+	if err != nil {
+		return nil, err
+	}
+	fig["cpu_startup_s"] = cpuReady
+	keys, err := ca.WaitForKeys(ctx, cs, systemNS, 200*time.Millisecond)
+	if err != nil {
+		return nil, err
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(keys.RootsPEM())
+
+	// Clients: each records when its first Address response (the whole
+	// state) arrived, and reports the current change target once held.
+	var target atomic.Pointer[changeTarget]
+	type result struct {
+		full      time.Duration
+		resources int
+		bytes     int
+	}
+	results := make([]result, p.clients)
+	fullDone := make(chan int, p.clients)
+	var received atomic.Int64
+	cctx, ccancel := context.WithCancel(ctx)
+	var cwg sync.WaitGroup
+	defer func() { ccancel(); cwg.Wait() }()
+	conns := make([]*grpc.ClientConn, p.clients)
+	defer func() {
+		for _, c := range conns {
+			if c != nil {
+				c.Close()
+			}
+		}
+	}()
+	cpuBefore, err := cpuSeconds(pid)
+	if err != nil {
+		return nil, err
+	}
+	pushStart := time.Now()
+	for i := range p.clients {
+		creds := credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS12, RootCAs: roots, ServerName: "istiod." + systemNS + ".svc"})
+		conn, err := grpc.NewClient(addrs["grpc"], grpc.WithTransportCredentials(creds), grpc.WithPerRPCCredentials(bearer(tokens[i])),
+			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20)),
+			grpc.WithInitialWindowSize(4<<20), grpc.WithInitialConnWindowSize(16<<20))
+		if err != nil {
+			return nil, err
+		}
+		conns[i] = conn
+		pod := zt[i]
+		start := time.Now()
+		first := true
+		c, err := xdsclient.New(xdsclient.Config{
+			Conn: conn,
+			Node: &core.Node{
+				Id: "ztunnel~" + pod.Status.PodIP + "~" + pod.Name + "." + pod.Namespace + "~" + pod.Namespace + ".svc.cluster.local",
+				Metadata: &structpb.Struct{Fields: map[string]*structpb.Value{
+					"NAMESPACE": structpb.NewStringValue(pod.Namespace), "NODE_NAME": structpb.NewStringValue(pod.Spec.NodeName),
+				}},
+			},
+			Subscriptions: []xdsclient.Subscription{{TypeURL: model.AuthorizationTypeURL}, {TypeURL: model.AddressTypeURL}},
+			Handler: func(d xdsclient.Delta) error {
+				n := 0
+				for _, r := range d.Updated {
+					n += len(r.GetResource().GetValue())
+				}
+				received.Add(int64(n))
+				if d.TypeURL != model.AddressTypeURL {
+					return nil
+				}
+				if first {
+					first = false
+					results[i] = result{full: time.Since(start), resources: len(d.Updated), bytes: n}
+					fullDone <- i
+					return nil
+				}
+				if t := target.Load(); t != nil {
+					for _, r := range d.Updated {
+						if r.GetName() == t.name {
+							t.reached(i)
+						}
+					}
+				}
+				return nil
+			},
+			InitialBackoff: 200 * time.Millisecond,
+			OnStreamError: func(err error) {
+				if cctx.Err() == nil {
+					fmt.Fprintf(os.Stderr, "bench-xds: client %d: stream error: %v\n", i, err)
+				}
+			},
+		})
+		if err != nil {
+			return nil, err
+		}
+		cwg.Go(func() { _ = c.Run(cctx) })
+	}
+	for range p.clients {
+		select {
+		case <-fullDone:
+		case <-exited:
+			return nil, errors.New("istiod-lite exited during the full push")
+		case <-ctx.Done():
+			return nil, fmt.Errorf("waiting for the full push: %w", ctx.Err())
+		}
+	}
+	fig["full_push_all_s"] = time.Since(pushStart).Seconds()
+	cpuAfter, err := cpuSeconds(pid)
+	if err != nil {
+		return nil, err
+	}
+	fig["cpu_full_push_s"] = cpuAfter - cpuBefore
+	var fulls []float64
+	minRes, perClientBytes := results[0].resources, 0
+	for _, r := range results {
+		fulls = append(fulls, r.full.Seconds())
+		minRes = min(minRes, r.resources)
+		perClientBytes = max(perClientBytes, r.bytes)
+	}
+	if want := p.pods + p.services; minRes < want {
+		return nil, fmt.Errorf("a client's first response held %d Addresses, want at least %d", minRes, want)
+	}
+	fig["full_push_s"] = pct(fulls, 0.99)
+	fig["full_push_max_s"] = slices.Max(fulls)
+	fig["full_push_p50_s"] = pct(fulls, 0.50)
+	fig["addresses"] = float64(minRes)
+	fig["full_push_mb_per_client"] = float64(perClientBytes) / 1e6
+
+	// Changes, one at a time, each timed until every client holds it; a
+	// bare pod watch measures the same change reaching a watcher.
+	watchLat, err := startWatch(ctx, cs, "ns-0")
+	if err != nil {
+		return nil, err
+	}
+	cpuBefore, _ = cpuSeconds(pid)
+	var lat []float64
+	for j := range p.changes {
+		ns, name := "ns-0", fmt.Sprintf("pod-%d", j*p.namespaces) // pods of ns-0
+		t := &changeTarget{name: model.PodUID("Kubernetes", ns, name), want: p.clients, done: make(chan struct{}), seen: map[int]bool{}}
+		target.Store(t)
+		patch := fmt.Sprintf(`{"metadata":{"labels":{"service.istio.io/canonical-revision":"r%d"}}}`, j)
+		start := time.Now()
+		watchLat.expect(name, start)
+		if _, err := cs.CoreV1().Pods(ns).Patch(ctx, name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+			return nil, fmt.Errorf("change %d: patch pod %s/%s: %w", j, ns, name, err)
+		}
+		select {
+		case <-t.done:
+		case <-time.After(15 * time.Second):
+			return nil, fmt.Errorf("change %d (pod %s/%s) reached %d of %d clients in 15s", j, ns, name, t.count(), p.clients)
+		case <-exited:
+			return nil, errors.New("istiod-lite exited during the changes")
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		lat = append(lat, float64(time.Since(start).Microseconds())/1000)
+	}
+	cpuAfter, _ = cpuSeconds(pid)
+	fig["cpu_changes_s"] = cpuAfter - cpuBefore
+	fig["changes"] = float64(len(lat))
+	fig["change_p50_ms"] = pct(lat, 0.50)
+	fig["change_p99_ms"] = pct(lat, 0.99)
+	fig["change_max_ms"] = slices.Max(lat)
+	wl := watchLat.latencies()
+	fig["baseline_watch_p99_ms"] = pct(wl, 0.99)
+	fig["baseline_watch_p50_ms"] = pct(wl, 0.50)
+
+	if fig["cpu_s"], err = cpuSeconds(pid); err != nil {
+		return nil, err
+	}
+	if fig["rss_mb"], err = peakRSSMB(pid); err != nil {
+		return nil, err
+	}
+	if cur, err := currentRSSMB(pid); err == nil {
+		fig["rss_end_mb"] = cur
+	}
+	sent, err := scrapeCounter(ctx, "http://"+addrs["metrics"]+"/metrics", "pilot_xds_sent_bytes_total")
+	if err != nil {
+		return nil, err
+	}
+	fig["bytes_sent_mb"] = sent / 1e6
+	fig["bytes_received_mb"] = float64(received.Load()) / 1e6
+
+	// Baseline for the full push: the same bytes per client, to the same
+	// number of clients at once, over plain TLS on loopback.
+	ccancel()
+	cwg.Wait()
+	base, err := tlsCopy(ctx, keys, p.clients, perClientBytes)
+	if err != nil {
+		return nil, fmt.Errorf("tls copy baseline: %w", err)
+	}
+	fig["baseline_tls_copy_s"] = base.Seconds()
+	if base > 0 {
+		fig["full_push_ratio_vs_tls_copy"] = fig["full_push_all_s"] / base.Seconds()
+	}
+	if fig["baseline_watch_p99_ms"] > 0 {
+		fig["change_p99_ratio_vs_watch"] = fig["change_p99_ms"] / fig["baseline_watch_p99_ms"]
+	}
+	return fig, nil
+}
+
+// changeTarget is the Address every client must receive for one change.
+type changeTarget struct {
+	name string
+	want int
+	done chan struct{}
+
+	mu   sync.Mutex
+	seen map[int]bool // client index -> received; guarded by mu
+}
+
+func (t *changeTarget) reached(client int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.seen[client] {
+		return
+	}
+	t.seen[client] = true
+	if len(t.seen) == t.want {
+		close(t.done)
+	}
+}
+
+func (t *changeTarget) count() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.seen)
+}
+
+// watchTimer times label changes reaching a raw pod watch.
+type watchTimer struct {
+	mu      sync.Mutex
+	pending map[string]time.Time // pod name -> patch start; guarded by mu
+	lat     []float64            // guarded by mu
+}
+
+func (w *watchTimer) expect(name string, at time.Time) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.pending[name] = at
+}
+
+func (w *watchTimer) latencies() []float64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Clone(w.lat)
+}
+
+func startWatch(ctx context.Context, cs kubernetes.Interface, ns string) (*watchTimer, error) {
+	w := &watchTimer{pending: map[string]time.Time{}}
+	wi, err := cs.CoreV1().Pods(ns).Watch(ctx, metav1.ListOptions{FieldSelector: fields.Everything().String(), ResourceVersion: "0", AllowWatchBookmarks: false})
+	if err != nil {
+		return nil, fmt.Errorf("watch pods in %s: %w", ns, err)
+	}
+	go func() {
+		defer wi.Stop()
+		for ev := range wi.ResultChan() {
+			p, ok := ev.Object.(*corev1.Pod)
+			if !ok {
+				continue
+			}
+			w.mu.Lock()
+			if at, ok := w.pending[p.Name]; ok {
+				delete(w.pending, p.Name)
+				w.lat = append(w.lat, float64(time.Since(at).Microseconds())/1000)
+			}
+			w.mu.Unlock()
+		}
+	}()
+	return w, nil
+}
+
+// populate creates the namespaces, nodes, Services, pods (with status) and
+// one ztunnel pod per node; it returns the ztunnel pods.
+func populate(ctx context.Context, cs kubernetes.Interface, p params) ([]*corev1.Pod, error) {
+	create := func(n int, limit int, f func(ctx context.Context, i int) error) error {
+		g, gctx := errgroup.WithContext(ctx)
+		g.SetLimit(limit)
+		for i := range n {
+			g.Go(func() error { return f(gctx, i) })
+		}
+		return g.Wait()
+	}
+	nsName := func(i int) string { return "ns-" + strconv.Itoa(i) }
+	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: systemNS}}, metav1.CreateOptions{}); err != nil {
+		return nil, fmt.Errorf("create namespace %s: %w", systemNS, err)
+	}
+	if err := create(p.namespaces, 16, func(ctx context.Context, i int) error {
+		ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: nsName(i), Labels: map[string]string{model.LabelDataplaneMode: model.DataplaneModeAmbient}}}
+		if _, err := cs.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil {
+			return fmt.Errorf("create namespace %s: %w", ns.Name, err)
+		}
+		if _, err := cs.CoreV1().ServiceAccounts(ns.Name).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "app"}}, metav1.CreateOptions{}); err != nil {
+			return fmt.Errorf("create service account %s/app: %w", ns.Name, err)
+		}
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	if _, err := cs.CoreV1().ServiceAccounts(systemNS).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "ztunnel"}}, metav1.CreateOptions{}); err != nil {
+		return nil, fmt.Errorf("create service account ztunnel: %w", err)
+	}
+	if err := create(p.nodes, 16, func(ctx context.Context, i int) error {
+		_, err := cs.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-" + strconv.Itoa(i)}}, metav1.CreateOptions{})
+		return err
+	}); err != nil {
+		return nil, fmt.Errorf("create nodes: %w", err)
+	}
+	// Service k lives in namespace k%namespaces and selects app=svc-k.
+	if err := create(p.services, 32, func(ctx context.Context, k int) error {
+		svc := &corev1.Service{
+			ObjectMeta: metav1.ObjectMeta{Namespace: nsName(k % p.namespaces), Name: "svc-" + strconv.Itoa(k)},
+			Spec: corev1.ServiceSpec{
+				Selector: map[string]string{"app": "svc-" + strconv.Itoa(k)},
+				Ports:    []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080), Protocol: corev1.ProtocolTCP}},
+			},
+		}
+		if _, err := cs.CoreV1().Services(svc.Namespace).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+			return fmt.Errorf("create service %s/%s: %w", svc.Namespace, svc.Name, err)
+		}
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	base := netip.MustParseAddr("198.18.0.0").As4()
+	ipOf := func(i int) string { // 198.18.0.0/15 holds 131,072 addresses
+		v := uint32(base[0])<<24 | uint32(base[1])<<16 | uint32(base[2])<<8 | uint32(base[3])
+		v += uint32(i) + 1
+		return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}).String()
+	}
+	running := func(ip string) corev1.PodStatus {
+		return corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip, PodIPs: []corev1.PodIP{{IP: ip}},
+			Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}}
+	}
+	mkPod := func(ctx context.Context, pod *corev1.Pod, ip string) (*corev1.Pod, error) {
+		created, err := cs.CoreV1().Pods(pod.Namespace).Create(ctx, pod, metav1.CreateOptions{})
+		if err != nil {
+			return nil, fmt.Errorf("create pod %s/%s: %w", pod.Namespace, pod.Name, err)
+		}
+		created.Status = running(ip)
+		created, err = cs.CoreV1().Pods(pod.Namespace).UpdateStatus(ctx, created, metav1.UpdateOptions{})
+		if err != nil {
+			return nil, fmt.Errorf("set status of pod %s/%s: %w", pod.Namespace, pod.Name, err)
+		}
+		return created, nil
+	}
+	// Pod i is in namespace i%namespaces, on node i%nodes, selected by
+	// Service (i%services) (whose namespace matches when namespaces divides
+	// services).
+	if err := create(p.pods, 64, func(ctx context.Context, i int) error {
+		k := i % p.services
+		_, err := mkPod(ctx, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: nsName(k % p.namespaces), Name: "pod-" + strconv.Itoa(i),
+				Labels:      map[string]string{"app": "svc-" + strconv.Itoa(k), "version": "v1"},
+				Annotations: map[string]string{model.AnnotationRedirection: model.RedirectionEnabled}},
+			Spec: corev1.PodSpec{ServiceAccountName: "app", NodeName: "node-" + strconv.Itoa(i%p.nodes),
+				AutomountServiceAccountToken: ptr.To(false),
+				Containers:                   []corev1.Container{{Name: "app", Image: "example.invalid/app"}}},
+		}, ipOf(i))
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	zt := make([]*corev1.Pod, p.nodes)
+	if err := create(p.nodes, 16, func(ctx context.Context, i int) (err error) {
+		zt[i], err = mkPod(ctx, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: systemNS, Name: "ztunnel-" + strconv.Itoa(i), Labels: map[string]string{"app": "ztunnel"}},
+			Spec: corev1.PodSpec{ServiceAccountName: "ztunnel", NodeName: "node-" + strconv.Itoa(i),
+				AutomountServiceAccountToken: ptr.To(false),
+				Containers:                   []corev1.Container{{Name: "ztunnel", Image: "example.invalid/ztunnel"}}},
+		}, ipOf(p.pods+i))
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	return zt, nil
+}
+
+func podToken(ctx context.Context, cs kubernetes.Interface, pod *corev1.Pod) (string, error) {
+	tr, err := cs.CoreV1().ServiceAccounts(pod.Namespace).CreateToken(ctx, pod.Spec.ServiceAccountName, &authnv1.TokenRequest{Spec: authnv1.TokenRequestSpec{
+		Audiences: []string{ca.Audience}, ExpirationSeconds: ptr.To[int64](3600),
+		BoundObjectRef: &authnv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
+	}}, metav1.CreateOptions{})
+	if err != nil {
+		return "", fmt.Errorf("token request for pod %s/%s: %w", pod.Namespace, pod.Name, err)
+	}
+	return tr.Status.Token, nil
+}
+
+type bearer string
+
+func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + string(b)}, nil
+}
+func (bearer) RequireTransportSecurity() bool { return true }
+
+func freeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// waitReady polls istiod-lite's /ready until it answers 200.
+func waitReady(ctx context.Context, url string, exited <-chan struct{}) error {
+	ctx, cancel := context.WithTimeout(ctx, 120*time.Second)
+	defer cancel()
+	for {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		select {
+		case <-exited:
+			return errors.New("istiod-lite exited before it was ready")
+		case <-ctx.Done():
+			return fmt.Errorf("istiod-lite %s not ready: %w", url, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// scrapeCounter sums every series of a counter on a Prometheus text endpoint.
+func scrapeCounter(ctx context.Context, url, name string) (float64, error) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, fmt.Errorf("scrape %s: %w", url, err)
+	}
+	defer resp.Body.Close()
+	var sum float64
+	found := false
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, name) || (len(line) > len(name) && line[len(name)] != '{' && line[len(name)] != ' ') {
+			continue
+		}
+		f := strings.Fields(line)
+		v, err := strconv.ParseFloat(f[len(f)-1], 64)
+		if err != nil {
+			return 0, fmt.Errorf("parse %q: %w", line, err)
+		}
+		sum += v
+		found = true
+	}
+	if !found {
+		return 0, fmt.Errorf("no %s on %s", name, url)
+	}
+	return sum, sc.Err()
+}
+
+// tlsCopy serves n bytes to each of clients concurrent TLS connections on
+// loopback (with a certificate from the mesh CA's keys, as on 15012) and returns the time until every client has read them all.
+func tlsCopy(ctx context.Context, keys *ca.Keys, clients, n int) (time.Duration, error) {
+	authority, err := ca.New(keys, ca.Options{})
+	if err != nil {
+		return 0, err
+	}
+	lis, err := tls.Listen("tcp", "127.0.0.1:0", authority.ServerTLSConfig("baseline.invalid"))
+	if err != nil {
+		return 0, err
+	}
+	defer lis.Close()
+	payload := make([]byte, n)
+	go func() {
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_, _ = c.Write(payload)
+			}()
+		}
+	}()
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(authority.RootsPEM())
+	start := time.Now()
+	g, gctx := errgroup.WithContext(ctx)
+	for range clients {
+		g.Go(func() error {
+			d := tls.Dialer{Config: &tls.Config{RootCAs: roots, ServerName: "baseline.invalid", MinVersion: tls.VersionTLS12}}
+			c, err := d.DialContext(gctx, "tcp", lis.Addr().String())
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			got, err := io.Copy(io.Discard, c)
+			if err != nil {
+				return err
+			}
+			if got != int64(n) {
+				return fmt.Errorf("read %d bytes, want %d", got, n)
+			}
+			return nil
+		})
+	}
+	err = g.Wait()
+	return time.Since(start), err
+}
+
+func writeKubeconfig(cfg *rest.Config, path string) error {
+	kc := clientcmdapi.NewConfig()
+	kc.Clusters["envtest"] = &clientcmdapi.Cluster{Server: cfg.Host, CertificateAuthorityData: cfg.CAData}
+	kc.AuthInfos["admin"] = &clientcmdapi.AuthInfo{ClientCertificateData: cfg.CertData, ClientKeyData: cfg.KeyData, Token: cfg.BearerToken}
+	kc.Contexts["envtest"] = &clientcmdapi.Context{Cluster: "envtest", AuthInfo: "admin"}
+	kc.CurrentContext = "envtest"
+	return clientcmd.WriteToFile(*kc, path)
+}
+
+func pct(v []float64, p float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	return s[min(len(s)-1, int(p*float64(len(s))))]
+}
+
+// cpuSeconds is utime+stime of pid from /proc/<pid>/stat.
+func cpuSeconds(pid int) (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	ut, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	return (ut + st) / 100, nil // USER_HZ is 100 on Linux
+}
+
+func peakRSSMB(pid int) (float64, error)    { return statusMB(pid, "VmHWM:") }
+func currentRSSMB(pid int) (float64, error) { return statusMB(pid, "VmRSS:") }
+
+func statusMB(pid int, field string) (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, field); ok {
+			kb, err := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
+			return kb / 1024, err
+		}
+	}
+	return 0, fmt.Errorf("no %s in /proc/%d/status", field, pid)
+}
+
+// serveIstiod is the child used for profiling: istiod-lite's Run, as
+// cmd/istiod-lite calls it, with a CPU profile when BENCH_XDS_CPUPROFILE is set.
+func serveIstiod(kubeconfig string, args []string) error {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	var cfg istiod.Config
+	fs := flag.NewFlagSet("istiod-lite", flag.ContinueOnError)
+	cfg.RegisterFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if path := os.Getenv("BENCH_XDS_CPUPROFILE"); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	restCfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return err
+	}
+	restCfg.QPS, restCfg.Burst = 50, 100
+	zc := zap.NewProductionConfig()
+	zc.Level = zap.NewAtomicLevelAt(zapcore.WarnLevel)
+	log, err := zc.Build()
+	if err != nil {
+		return err
+	}
+	return istiod.Run(ctx, cfg, restCfg, log)
+}

@@ -507,19 +507,22 @@ func TestPodsOverHBONE(t *testing.T) {
 	})
 	t.Run("dns proxy", func(t *testing.T) {
 		startFakeResolver(t, mustNS(t, tp.nodeName), netip.AddrPortFrom(nodeA, 53))
-		for _, tc := range []struct{ net, q, want string }{
-			{"udp", "server.", svcVIP.String()},   // short name, resolved in the pod's namespace? no: A is in "a"
-			{"udp", "server.b.", svcVIP.String()}, // namespace-qualified
-			{"tcp", "server.b.svc.cluster.local.", svcVIP.String()},
-			{"udp", "example.org.", "192.0.2.53"}, // forwarded upstream from A's netns
-			{"tcp", "example.org.", "192.0.2.53"},
+		for _, tc := range []struct {
+			from   netns.NsHandle
+			gw     netip.Addr
+			net, q string
+			want   string
+		}{
+			{tp.b, nodeB, "udp", "server.", svcVIP.String()},                     // short name, B's own namespace
+			{tp.a, nodeA, "udp", "server.b.", svcVIP.String()},                   // namespace-qualified
+			{tp.a, nodeA, "tcp", "server.b.svc.cluster.local.", svcVIP.String()}, // FQDN over TCP
+			{tp.a, nodeA, "udp", "example.org.", "192.0.2.53"},                   // forwarded upstream from A's netns
+			{tp.a, nodeA, "tcp", "example.org.", "192.0.2.53"},
+			{tp.b, nodeB, "udp", "example.org.", "192.0.2.53"},
 		} {
-			if tc.q == "server." {
-				continue // A lives in namespace a; the short name is B's namespace only
-			}
-			// The app asks the node's address on :53; capture sends it to 15053.
+			// The app asks its gateway on :53; capture sends it to 15053.
 			ctx, cancel := context.WithTimeout(t.Context(), ioTimeout)
-			c, err := redirect.Dial(ctx, tp.a, net.Dialer{}, tc.net, netip.AddrPortFrom(nodeA, 53).String(), redirect.SocketOptions{})
+			c, err := redirect.Dial(ctx, tc.from, net.Dialer{}, tc.net, netip.AddrPortFrom(tc.gw, 53).String(), redirect.SocketOptions{})
 			if err != nil {
 				cancel()
 				t.Fatal(err)
@@ -649,5 +652,29 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 			t.Fatalf("timed out after %s waiting for %s", ioTimeout, what)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestAddPodAfterStop(t *testing.T) {
+	testenv.RequireRoot(t)
+	name, _ := newNS(t, "stopped")
+	p, err := New(Config{Store: state.NewStore(), Certs: &StaticCerts{}, Logger: zaptest.NewLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	if err := p.Run(ctx); err != nil {
+		t.Fatalf("Run = %v", err)
+	}
+	h, err := netns.GetFromName(name) // AddPod owns (closes) it
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.AddPod(t.Context(), PodInfo{UID: "u", Namespace: "ns", Name: "p"}, h); !errors.Is(err, errStopped) {
+		t.Fatalf("AddPod after Run returned = %v, want errStopped", err)
+	}
+	if len(p.Pods()) != 0 {
+		t.Errorf("pods served after stop: %v", p.Pods())
 	}
 }

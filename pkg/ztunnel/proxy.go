@@ -103,8 +103,9 @@ type Proxy struct {
 	life context.Context
 	stop context.CancelFunc
 
-	mu   sync.Mutex
-	pods map[string]*pod
+	mu     sync.Mutex
+	pods   map[string]*pod
+	closed bool // set by shutdown; no pod is added after it
 }
 
 var _ PodSink = (*Proxy)(nil)
@@ -156,6 +157,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 
 func (p *Proxy) shutdown() {
 	p.mu.Lock()
+	p.closed = true
 	pods := make([]*pod, 0, len(p.pods))
 	for uid, pd := range p.pods {
 		pods = append(pods, pd)
@@ -183,9 +185,16 @@ func (p *Proxy) recheck() {
 	}
 }
 
+var errStopped = errors.New("ztunnel proxy stopped")
+
 // AddPod implements PodSink.
 func (p *Proxy) AddPod(ctx context.Context, info PodInfo, ns netns.NsHandle) error {
 	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		_ = ns.Close()
+		return fmt.Errorf("pod %s: %w", info.UID, errStopped)
+	}
 	if _, ok := p.pods[info.UID]; ok {
 		p.mu.Unlock()
 		_ = ns.Close()
@@ -207,6 +216,11 @@ func (p *Proxy) AddPod(ctx context.Context, info PodInfo, ns netns.NsHandle) err
 		return fmt.Errorf("pod %s/%s (%s): %w", info.Namespace, info.Name, info.UID, err)
 	}
 	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		pd.stopAndDrain() // closes ns
+		return fmt.Errorf("pod %s: %w", info.UID, errStopped)
+	}
 	p.pods[info.UID] = pd
 	p.mu.Unlock()
 	p.log.Info("pod added", zap.String("uid", info.UID), zap.String("pod", info.Namespace+"/"+info.Name), zap.Stringer("identity", id))

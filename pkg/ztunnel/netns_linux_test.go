@@ -519,6 +519,8 @@ func TestPodsOverHBONE(t *testing.T) {
 			{tp.a, nodeA, "udp", "example.org.", "192.0.2.53"},                   // forwarded upstream from A's netns
 			{tp.a, nodeA, "tcp", "example.org.", "192.0.2.53"},
 			{tp.b, nodeB, "udp", "example.org.", "192.0.2.53"},
+			{tp.a, nodeA6, "udp", "server.b.", svcVIP.String()}, // an IPv6 resolver: REDIRECT to ::1
+			{tp.a, nodeA6, "tcp", "server.b.", svcVIP.String()},
 		} {
 			// The app asks its gateway on :53; capture sends it to 15053.
 			ctx, cancel := context.WithTimeout(t.Context(), ioTimeout)

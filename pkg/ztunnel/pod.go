@@ -118,30 +118,55 @@ func startPod(p *Proxy, info PodInfo, id spiffeid.ID, ns netns.NsHandle) (*pod, 
 	return pd, nil
 }
 
-// startDNS opens 15053 (UDP and TCP) in the pod netns and serves the DNS
-// proxy there until the pod is removed.
+// startDNS serves the DNS proxy on 15053 (UDP and TCP) on the pod's
+// loopback addresses, where the capture rules' REDIRECT delivers the pod's
+// own queries (127.0.0.1, ::1), and nowhere else: a wildcard socket would
+// answer UDP from other hosts on the pod IP. ::1 is skipped when the netns
+// has no IPv6.
 func (pd *pod) startDNS(o redirect.SocketOptions) error {
-	addr := ":" + strconv.Itoa(route.DNSPort)
-	pc, err := redirect.ListenPacket(pd.ctx, pd.ns, "udp", addr, o)
-	if err != nil {
-		return fmt.Errorf("listen udp %s in pod netns: %w", addr, err)
-	}
-	ln, err := redirect.Listen(pd.ctx, pd.ns, "tcp", addr, o)
-	if err != nil {
-		_ = pc.Close()
-		return fmt.Errorf("listen tcp %s in pod netns: %w", addr, err)
-	}
 	srv := &dns.Server{Store: pd.p.cfg.Store, Network: pd.p.cfg.Network, Namespace: pd.info.Namespace, Domain: pd.p.cfg.DNS.Domain,
 		Forward: pd.forwardDNS, Logger: pd.log.Named("dns")}
-	pd.wg.Add(1)
-	go func() {
-		defer pd.wg.Done()
-		defer pc.Close()
-		defer ln.Close()
-		if err := srv.Serve(pd.ctx, pc, ln); err != nil && pd.ctx.Err() == nil {
-			pd.log.Error("dns proxy failed", zap.Error(err))
+	type sockets struct {
+		pc net.PacketConn
+		ln net.Listener
+	}
+	var open []sockets
+	closeAll := func() {
+		for _, s := range open {
+			_ = s.pc.Close()
+			_ = s.ln.Close()
 		}
-	}()
+	}
+	for _, host := range []string{"127.0.0.1", "::1"} {
+		addr := net.JoinHostPort(host, strconv.Itoa(route.DNSPort))
+		pc, err := redirect.ListenPacket(pd.ctx, pd.ns, "udp", addr, o)
+		if err != nil {
+			if host == "::1" {
+				pd.log.Debug("dns proxy without ipv6 loopback", zap.Error(err))
+				continue
+			}
+			closeAll()
+			return fmt.Errorf("listen udp %s in pod netns: %w", addr, err)
+		}
+		ln, err := redirect.Listen(pd.ctx, pd.ns, "tcp", addr, o)
+		if err != nil {
+			_ = pc.Close()
+			closeAll()
+			return fmt.Errorf("listen tcp %s in pod netns: %w", addr, err)
+		}
+		open = append(open, sockets{pc, ln})
+	}
+	for _, s := range open {
+		pd.wg.Add(1)
+		go func() {
+			defer pd.wg.Done()
+			defer s.pc.Close()
+			defer s.ln.Close()
+			if err := srv.Serve(pd.ctx, s.pc, s.ln); err != nil && pd.ctx.Err() == nil {
+				pd.log.Error("dns proxy failed", zap.Error(err))
+			}
+		}()
+	}
 	return nil
 }
 

@@ -124,6 +124,12 @@ func (r *recorder) DelWorkload(uid string) error {
 	return nil
 }
 func (r *recorder) SnapshotSent() error { return nil }
+func (r *recorder) String() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return fmt.Sprint(r.pods)
+}
+
 func (r *recorder) has(uid string) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -152,15 +158,23 @@ func TestAgent(t *testing.T) {
 		NodeName: "n1", CNISocket: filepath.Join(dir, "cni.sock"), ZDSSocket: filepath.Join(dir, "zds.sock"),
 		NetnsDir: netnsDir, HostNetns: hostNS, DNSCapture: true, Workers: 2,
 	}
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- New(cfg, client, nil).Start(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Start: %v", err)
+	startAgent := func() (stop func()) {
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan error, 1)
+		go func() { done <- New(cfg, client, nil).Start(ctx) }()
+		var once sync.Once
+		stop = func() {
+			once.Do(func() {
+				cancel()
+				if err := <-done; err != nil {
+					t.Errorf("Start: %v", err)
+				}
+			})
 		}
-	})
+		t.Cleanup(stop)
+		return stop
+	}
+	stopAgent := startAgent()
 	pods := client.CoreV1().Pods("demo")
 	annotation := func(name string) string {
 		p, err := pods.Get(t.Context(), name, metav1.GetOptions{})
@@ -222,6 +236,28 @@ func TestAgent(t *testing.T) {
 		t.Errorf("after ADD: rules %v, ztunnel has it %v; want both", installed(t, newNS), zt.has("uid-new"))
 	}
 
+	// The kubelet reports the new pod's IP. Then the agent restarts (an
+	// upgrade): pods stay captured, and the new agent takes them over from
+	// their annotations, finding their netns by IP, and replays them to the
+	// reconnecting ztunnel.
+	np, _ := pods.Get(t.Context(), "new", metav1.GetOptions{})
+	np.Status.PodIP, np.Status.PodIPs = "10.78.0.3", []corev1.PodIP{{IP: "10.78.0.3"}}
+	pods.UpdateStatus(t.Context(), np, metav1.UpdateOptions{})
+	stopAgent()
+	if !installed(t, webNS) || !installed(t, newNS) {
+		t.Fatal("stopping the agent released captured pods")
+	}
+	zt.mu.Lock()
+	zt.pods = map[string]string{} // forget, to see the replay
+	zt.mu.Unlock()
+	startAgent()
+	waitFor(t, "pods replayed by the restarted agent", func() error {
+		if !zt.has("uid-web") || !zt.has("uid-new") {
+			return fmt.Errorf("ztunnel has %v, want uid-web and uid-new", zt)
+		}
+		return nil
+	})
+
 	// Unlabel: released, rules gone, ztunnel told.
 	ns.Labels = nil
 	client.CoreV1().Namespaces().Update(t.Context(), ns, metav1.UpdateOptions{})
@@ -235,7 +271,7 @@ func TestAgent(t *testing.T) {
 			}
 		}
 		if zt.has("uid-web") || zt.has("uid-new") {
-			return fmt.Errorf("ztunnel still has pods: %v", zt.pods)
+			return fmt.Errorf("ztunnel still has pods: %v", zt)
 		}
 		return nil
 	})

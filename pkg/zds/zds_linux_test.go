@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -79,7 +80,14 @@ type event struct {
 type fakeHandler struct {
 	t      *testing.T
 	events chan event
+	mu     sync.Mutex
 	refuse map[string]bool
+}
+
+func (h *fakeHandler) setRefuse(uid string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.refuse[uid] = true
 }
 
 func newFakeHandler(t *testing.T) *fakeHandler {
@@ -89,7 +97,10 @@ func newFakeHandler(t *testing.T) *fakeHandler {
 func (h *fakeHandler) AddWorkload(uid string, info *zdsapi.WorkloadInfo, ns *os.File) error {
 	defer ns.Close()
 	h.events <- event{op: "add", uid: uid, info: info, netns: inode(h.t, ns)}
-	if h.refuse[uid] {
+	h.mu.Lock()
+	refuse := h.refuse[uid]
+	h.mu.Unlock()
+	if refuse {
 		return errors.New("listeners failed")
 	}
 	return nil
@@ -236,7 +247,7 @@ func TestIncrementalAddDelAndRefusal(t *testing.T) {
 	if inode(t, ns1) == inode(t, ns2) {
 		t.Fatal("two new netns share an inode: the test cannot tell them apart")
 	}
-	fh.refuse["u2"] = true
+	fh.setRefuse("u2")
 	err := h.srv.Add(Workload{UID: "u2", Info: info("p2"), Netns: ns2})
 	var ack *AckError
 	if !errors.As(err, &ack) || ack.UID != "u2" || ack.Msg != "listeners failed" {

@@ -18,10 +18,11 @@ import (
 // Installer puts the plugin into the node's CNI setup and takes it out: it
 // copies the plugin binary into the CNI bin dir and appends the plugin's
 // entry as the last plugin of the node's primary conflist (the first config
-// file by name, as the runtime picks it). It holds no state between calls;
-// every call reads the files again, so it is level-based: Install repairs a
-// conflist that the primary CNI rewrote, and installing twice is installing
-// once.
+// file by name, as the runtime picks it). Every call reads the config files
+// again, so it is level-based: Install repairs a conflist that the primary
+// CNI rewrote, and installing twice is installing once. The only state it
+// keeps is the installed binary's file info, to skip re-reading an unchanged
+// binary; so an Installer is used by one goroutine at a time.
 type Installer struct {
 	// Binary is the plugin binary to copy (the running executable).
 	Binary string
@@ -32,6 +33,10 @@ type Installer struct {
 	Entry map[string]any
 	// Log receives what changed; nil discards.
 	Log *zap.Logger
+
+	// copied is the installed binary as last written or checked, so the
+	// periodic check does not re-read tens of megabytes while it is unchanged.
+	copied os.FileInfo
 }
 
 // cniExts are the config file extensions the runtime (libcni) reads.
@@ -161,17 +166,25 @@ func (in *Installer) log() *zap.Logger {
 // a rename, so a runtime executing the plugin never sees half a file.
 func (in *Installer) copyBinary() error {
 	dst := filepath.Join(in.BinDir, PluginType)
+	if st, err := os.Stat(dst); err == nil && in.copied != nil && os.SameFile(st, in.copied) &&
+		st.ModTime().Equal(in.copied.ModTime()) && st.Size() == in.copied.Size() {
+		return nil
+	}
 	src, err := os.ReadFile(in.Binary)
 	if err != nil {
 		return fmt.Errorf("read plugin binary: %w", err)
 	}
-	if cur, err := os.ReadFile(dst); err == nil && bytes.Equal(cur, src) {
-		return nil
+	if cur, err := os.ReadFile(dst); err != nil || !bytes.Equal(cur, src) {
+		if err := writeAtomic(dst, src, 0o755); err != nil {
+			return err
+		}
+		in.log().Info("plugin binary installed", zap.String("path", dst))
 	}
-	if err := writeAtomic(dst, src, 0o755); err != nil {
-		return err
+	st, err := os.Stat(dst)
+	if err != nil {
+		return fmt.Errorf("stat installed plugin: %w", err)
 	}
-	in.log().Info("plugin binary installed", zap.String("path", dst))
+	in.copied = st
 	return nil
 }
 

@@ -122,3 +122,32 @@ func TestInstallerInstallUninstall(t *testing.T) {
 		t.Errorf("chain after uninstall: %v, want [ptp portmap]", g)
 	}
 }
+
+// TestInstallerRepairs: a binary replaced behind the installer's back, and a
+// conflist the primary CNI rewrote, are both put right by the next Install.
+func TestInstallerRepairs(t *testing.T) {
+	dir := t.TempDir()
+	bin, conf := filepath.Join(dir, "bin"), filepath.Join(dir, "net.d")
+	os.Mkdir(bin, 0o755)
+	os.Mkdir(conf, 0o755)
+	self := filepath.Join(dir, "self")
+	os.WriteFile(self, []byte("plugin v2\n"), 0o755)
+	primary := filepath.Join(conf, "10-mesh-pods.conflist")
+	os.WriteFile(primary, []byte(ptpList), 0o644)
+	in := &Installer{Binary: self, BinDir: bin, ConfDir: conf}
+	if _, err := in.Install(); err != nil {
+		t.Fatal(err)
+	}
+	installedBin := filepath.Join(bin, PluginType)
+	os.WriteFile(installedBin, []byte("stale plugin\n"), 0o755)
+	os.WriteFile(primary, []byte(ptpList), 0o644)
+	if _, err := in.Install(); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(installedBin); string(b) != "plugin v2\n" {
+		t.Errorf("installed binary %q, want it restored", b)
+	}
+	if b, _ := os.ReadFile(primary); !HasPlugin(b) {
+		t.Error("rewritten conflist not repaired")
+	}
+}

@@ -299,6 +299,10 @@ type mesh struct {
 	setPolicies func(ps ...*security.Authorization)
 	// withoutB publishes a state that lacks pod B's workload.
 	withoutB func()
+	// extraW and extraS are added to every state setPolicies publishes.
+	extraW []*workloadapi.Workload
+	extraS []*workloadapi.Service
+	ca     *meshtest.CA // the static certificates' CA (nil with other Certs)
 }
 
 // newMesh builds the topology; certs nil serves static certificates from a
@@ -315,6 +319,7 @@ func newMesh(t testing.TB, capture bool, log *zap.Logger, certs Certs) *mesh {
 		if err != nil {
 			t.Fatal(err)
 		}
+		m.ca = ca
 		static := &StaticCerts{Bundle: ca.Bundle()}
 		for _, id := range [][2]string{{"a", "client"}, {"b", "server"}} {
 			s, err := ca.SVID(id[0], id[1])
@@ -333,7 +338,7 @@ func newMesh(t testing.TB, capture bool, log *zap.Logger, certs Certs) *mesh {
 		Ports:     []*workloadapi.Port{{ServicePort: 80, TargetPort: 8080}}}
 	m.store = state.NewStore()
 	m.setPolicies = func(ps ...*security.Authorization) {
-		m.store.Replace(state.NewSnapshot([]*workloadapi.Workload{wA, wB}, []*workloadapi.Service{svc}, ps))
+		m.store.Replace(state.NewSnapshot(append([]*workloadapi.Workload{wA, wB}, m.extraW...), append([]*workloadapi.Service{svc}, m.extraS...), ps))
 	}
 	m.setPolicies()
 	m.withoutB = func() {

@@ -57,6 +57,7 @@ type Collector struct {
 	mu       sync.Mutex      // guards last
 	last     time.Time
 	reported map[model.Diagnostic]bool // problems already logged; Reconcile only (one worker)
+	reuse    reuse                     // previous translation's messages; Reconcile only
 }
 
 // key is the single work item every event maps to.
@@ -120,6 +121,7 @@ func (c *Collector) Reconcile(ctx context.Context, _ reconcile.Request) (reconci
 		return reconcile.Result{}, err
 	}
 	res := model.Translate(snap)
+	reused := c.reuse.apply(snap, &res)
 	c.Sink(res)
 	c.report(ctx, res.Diagnostics)
 	c.mu.Lock()
@@ -127,6 +129,7 @@ func (c *Collector) Reconcile(ctx context.Context, _ reconcile.Request) (reconci
 	c.mu.Unlock()
 	c.Logger.Debug("model rebuilt", zap.Int("pods", len(snap.Pods)), zap.Int("services", len(snap.Services)),
 		zap.Int("addresses", len(res.Addresses)), zap.Int("authorizations", len(res.Authorizations)),
+		zap.Int("reused", reused),
 		zap.Duration("took", time.Since(start)))
 	return reconcile.Result{}, nil
 }
@@ -186,7 +189,9 @@ func (c *Collector) Built() bool {
 	return !c.last.IsZero()
 }
 
-// Snapshot reads every watched kind from the cache.
+// Snapshot reads every watched kind from the cache. The objects are the
+// cache's own (lists skip the deep copy, 60 ms at 10,000 pods): callers must
+// not modify them; model.Translate only reads.
 func (c *Collector) Snapshot(ctx context.Context) (model.Snapshot, error) {
 	s := model.Snapshot{Mesh: c.Mesh}
 	var (
@@ -197,7 +202,7 @@ func (c *Collector) Snapshot(ctx context.Context) (model.Snapshot, error) {
 		eps   discoveryv1.EndpointSliceList
 	)
 	for _, l := range []client.ObjectList{&nss, &nodes, &pods, &svcs, &eps} {
-		if err := c.Client.List(ctx, l); err != nil {
+		if err := c.Client.List(ctx, l, client.UnsafeDisableDeepCopy); err != nil {
 			return s, fmt.Errorf("list %T from the cache: %w", l, err)
 		}
 	}
@@ -208,21 +213,21 @@ func (c *Collector) Snapshot(ctx context.Context) (model.Snapshot, error) {
 	s.EndpointSlices = ptrs(eps.Items)
 	if c.optional["Gateway"] {
 		var l gatewayv1.GatewayList
-		if err := c.Client.List(ctx, &l); err != nil {
+		if err := c.Client.List(ctx, &l, client.UnsafeDisableDeepCopy); err != nil {
 			return s, fmt.Errorf("list gateways: %w", err)
 		}
 		s.Gateways = ptrs(l.Items)
 	}
 	if c.optional["AuthorizationPolicy"] {
 		var l securityv1.AuthorizationPolicyList
-		if err := c.Client.List(ctx, &l); err != nil {
+		if err := c.Client.List(ctx, &l, client.UnsafeDisableDeepCopy); err != nil {
 			return s, fmt.Errorf("list authorizationpolicies: %w", err)
 		}
 		s.AuthorizationPolicies = l.Items
 	}
 	if c.optional["PeerAuthentication"] {
 		var l securityv1.PeerAuthenticationList
-		if err := c.Client.List(ctx, &l); err != nil {
+		if err := c.Client.List(ctx, &l, client.UnsafeDisableDeepCopy); err != nil {
 			return s, fmt.Errorf("list peerauthentications: %w", err)
 		}
 		s.PeerAuthentications = l.Items

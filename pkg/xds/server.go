@@ -56,7 +56,10 @@ type Options struct {
 	// TLS for Serve; nil serves plaintext (tests only).
 	TLS *tls.Config
 	// Debounce is the quiet period after an Update before a push; pushes are
-	// delayed at most MaxDebounce while updates keep coming.
+	// delayed at most MaxDebounce while updates keep coming. An Update that
+	// finds the server idle (no push for Debounce) is pushed at once: only
+	// the updates that follow a push closely are held and coalesced, so a
+	// lone change is not delayed and a burst costs one push, then one more.
 	Debounce    time.Duration
 	MaxDebounce time.Duration
 	// ShutdownGrace bounds Serve's graceful stop before streams are cut.
@@ -204,11 +207,19 @@ func (s *Server) Synced() <-chan struct{} { return s.synced }
 // Start runs the debounced push loop until ctx is done. It returns nil on
 // cancellation.
 func (s *Server) Start(ctx context.Context) error {
+	var lastPush time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-s.kick:
+		}
+		if time.Since(lastPush) >= s.opts.Debounce {
+			// Idle: push now (leading edge). Updates within Debounce of
+			// this push wait for a quiet period below.
+			lastPush = time.Now()
+			s.applyPending()
+			continue
 		}
 		quiet := time.NewTimer(s.opts.Debounce)
 		deadline := time.NewTimer(s.opts.MaxDebounce)
@@ -229,13 +240,19 @@ func (s *Server) Start(ctx context.Context) error {
 		}
 		quiet.Stop()
 		deadline.Stop()
-		s.mu.Lock()
-		next := s.pending
-		s.pending = nil
-		s.mu.Unlock()
-		if next != nil {
-			s.apply(*next)
-		}
+		lastPush = time.Now()
+		s.applyPending()
+	}
+}
+
+// applyPending applies the newest snapshot recorded by Update, if any.
+func (s *Server) applyPending() {
+	s.mu.Lock()
+	next := s.pending
+	s.pending = nil
+	s.mu.Unlock()
+	if next != nil {
+		s.apply(*next)
 	}
 }
 

@@ -31,6 +31,7 @@ type Config struct {
 	XDSDebounce         time.Duration
 	ShutdownGrace       time.Duration
 	LogLevel            string
+	WaypointImage       string
 }
 
 // RegisterFlags binds c to fs, taking defaults from the environment.
@@ -47,6 +48,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	str(&c.DebugAddr, "debug-addr", "DEBUG_ADDR", ":8080", "debug and health listener (/ready, /healthz, /debug/...)")
 	str(&c.Kubeconfig, "kubeconfig", "KUBECONFIG", "", "kubeconfig; empty means in-cluster")
 	str(&c.LeaderElectionID, "leader-election-id", "LEADER_ELECTION_ID", "istiod-lite-leader", "name of the leader election Lease")
+	str(&c.WaypointImage, "waypoint-image", "WAYPOINT_IMAGE", "localhost/ambient-mesh/waypoint:dev", "image of the waypoints deployed for istio-waypoint Gateways")
 	str(&c.LogLevel, "log-level", "LOG_LEVEL", "info", "debug, info, warn or error")
 	fs.BoolVar(&c.LeaderElection, "leader-elect", envOr("LEADER_ELECT", "true") == "true", "elect a leader for writes (env LEADER_ELECT)")
 	dur := func(p *time.Duration, name, env string, def time.Duration, help string) {

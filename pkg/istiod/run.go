@@ -32,6 +32,7 @@ import (
 
 	"github.com/ambient-mesh/mesh/pkg/ca"
 	"github.com/ambient-mesh/mesh/pkg/controller"
+	"github.com/ambient-mesh/mesh/pkg/gateway"
 	"github.com/ambient-mesh/mesh/pkg/model"
 	"github.com/ambient-mesh/mesh/pkg/xds"
 )
@@ -138,6 +139,15 @@ func Run(ctx context.Context, cfg Config, restCfg *rest.Config, log *zap.Logger)
 	}
 	if err := collector.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up the model collector: %w", err)
+	}
+	waypoints := &gateway.Reconciler{Client: mgr.GetClient(), Opts: gateway.Options{
+		Image:        cfg.WaypointImage,
+		XDSAddress:   "istiod." + cfg.Namespace + ".svc:15012",
+		DomainSuffix: cfg.DomainSuffix,
+		Logger:       log.Named("waypoints"),
+	}}
+	if err := waypoints.SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("set up the waypoint deployer: %w", err)
 	}
 	if err := mgr.Add(runnable(xdsSrv.Start)); err != nil {
 		return err

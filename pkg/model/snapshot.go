@@ -37,8 +37,8 @@ const (
 	DataplaneModeAmbient       = "ambient"
 	DataplaneModeNone          = "none"
 	RedirectionEnabled         = "enabled"
-	ManagedMeshControllerValue = "istio.io/mesh-controller"
-	ManagedEastWestValue       = "istio.io/eastwest-controller"
+	ManagedMeshControllerValue = "istio.io-mesh-controller" // label values cannot hold "/"
+	ManagedEastWestValue       = "istio.io-eastwest-controller"
 
 	WaypointForService  = "service"
 	WaypointForWorkload = "workload"

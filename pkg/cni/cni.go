@@ -11,12 +11,14 @@
 // the pod starts. The plugin then returns the previous plugin's result
 // unchanged. The plugin binary holds no Kubernetes credentials.
 //
-// Failure policy (fail closed). The plugin is in the chain only while the
-// agent runs: the agent inserts it at start and removes it on SIGTERM. So if
-// the plugin cannot reach the agent, the agent crashed, and the plugin cannot
-// know whether the pod's namespace is ambient: ADD fails, loudly, for every pod
-// not in ExcludeNamespaces (kube-system by default), and the kubelet retries
-// the sandbox until the agent is back. An ambient pod never starts uncaptured.
+// Failure policy (fail closed). The agent inserts the plugin into the chain
+// when it starts, and takes it out when it exits because its DaemonSet is
+// being deleted (an uninstall); on a restart, upgrade or crash the plugin
+// stays. So if the plugin cannot reach the agent, the agent is restarting or
+// crashed, and the plugin cannot know whether the pod's namespace is ambient:
+// ADD fails, loudly (CNI error 11, "try again later"), for every pod not in
+// ExcludeNamespaces (kube-system by default), and the kubelet retries the
+// sandbox until the agent is back. An ambient pod never starts uncaptured.
 // ADD also fails when the agent could not install the rules or ztunnel refused
 // the pod. DEL is best effort and never fails: the pod is going away.
 package cni

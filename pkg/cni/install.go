@@ -130,10 +130,11 @@ func (in *Installer) Uninstall() error {
 	return errors.Join(errs...)
 }
 
-// Run installs, keeps the installation in place (checking every interval,
-// so a primary CNI that rewrites its conflist gets the plugin back), and
-// uninstalls when ctx is done. installed is closed after the first success.
-func (in *Installer) Run(ctx context.Context, interval time.Duration, installed chan<- struct{}) error {
+// Run installs and keeps the installation in place (checking every
+// interval, so a primary CNI that rewrites its conflist gets the plugin back)
+// until ctx is done; then, if uninstall reports true, it uninstalls.
+// uninstall nil means always. installed is closed after the first success.
+func (in *Installer) Run(ctx context.Context, interval time.Duration, installed chan<- struct{}, uninstall func() bool) error {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	first := true
@@ -149,6 +150,10 @@ func (in *Installer) Run(ctx context.Context, interval time.Duration, installed 
 		}
 		select {
 		case <-ctx.Done():
+			if uninstall != nil && !uninstall() {
+				in.log().Info("plugin left in the CNI chain: the agent is restarting, not being uninstalled")
+				return nil
+			}
 			return in.Uninstall()
 		case <-t.C:
 		}

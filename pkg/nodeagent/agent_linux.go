@@ -55,6 +55,13 @@ type Config struct {
 	Installer *cni.Installer
 	// ReinstallInterval is how often the installer re-checks (default 5 s).
 	ReinstallInterval time.Duration
+	// DaemonSetNamespace and DaemonSetName name the agent's own DaemonSet.
+	// On exit the agent takes the plugin out of the chain only when that
+	// DaemonSet is gone or being deleted (an uninstall). When it is still
+	// there (an upgrade, a restart, an eviction) the plugin stays, and pods
+	// created meanwhile wait, failing their ADD, for the next agent instead
+	// of starting uncaptured. Empty DaemonSetName: always take it out.
+	DaemonSetNamespace, DaemonSetName string
 }
 
 // Agent is the node agent. Its pods map is the set of pods it captured, by
@@ -202,7 +209,7 @@ func (a *Agent) Start(ctx context.Context) error {
 	installDone := make(chan error, 1)
 	if a.cfg.Installer != nil {
 		// The installer outlives ctx only long enough to uninstall.
-		wg.Go(func() { installDone <- a.cfg.Installer.Run(ctx, a.cfg.ReinstallInterval, nil) })
+		wg.Go(func() { installDone <- a.cfg.Installer.Run(ctx, a.cfg.ReinstallInterval, nil, a.uninstalling) })
 	} else {
 		installDone <- nil
 	}
@@ -225,6 +232,25 @@ func (a *Agent) Start(ctx context.Context) error {
 		runErr = errors.Join(runErr, fmt.Errorf("nodeagent: uninstall plugin: %w", uninstallErr))
 	}
 	return runErr
+}
+
+// uninstalling reports whether the agent's DaemonSet is gone or being
+// deleted; when it cannot tell, it says yes (a plugin left without an agent
+// would block every pod's start on the node).
+func (a *Agent) uninstalling() bool {
+	if a.cfg.DaemonSetName == "" {
+		return true
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ds, err := a.client.AppsV1().DaemonSets(a.cfg.DaemonSetNamespace).Get(ctx, a.cfg.DaemonSetName, metav1.GetOptions{})
+	if err != nil {
+		if !apierrors.IsNotFound(err) {
+			a.log.Warn("cannot tell an uninstall from a restart; uninstalling", zap.Error(err))
+		}
+		return true
+	}
+	return ds.DeletionTimestamp != nil
 }
 
 func (a *Agent) listenCNI() (*http.Server, net.Listener, error) {

@@ -25,8 +25,10 @@ import (
 	"github.com/ambient-mesh/mesh/pkg/zds"
 	"github.com/vishvananda/netns"
 	"istio.io/istio/pkg/zdsapi"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	ktypes "k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
 )
@@ -310,5 +312,28 @@ func TestNetnsIndexFind(t *testing.T) {
 	}
 	if _, err := x.Find(netip.MustParseAddr("10.79.0.9")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("Find of an unknown IP: got %v, want not exist", err)
+	}
+}
+
+// TestUninstalling: the plugin leaves the chain on exit only when the
+// agent's DaemonSet is gone or being deleted.
+func TestUninstalling(t *testing.T) {
+	now := metav1.Now()
+	tests := []struct {
+		name string
+		objs []runtime.Object
+		want bool
+	}{
+		{"daemonset gone", nil, true},
+		{"daemonset being deleted", []runtime.Object{&appsv1.DaemonSet{ObjectMeta: metav1.ObjectMeta{Name: "ambient-cni", Namespace: "istio-system", DeletionTimestamp: &now, Finalizers: []string{"x"}}}}, true},
+		{"daemonset there: restart or upgrade", []runtime.Object{&appsv1.DaemonSet{ObjectMeta: metav1.ObjectMeta{Name: "ambient-cni", Namespace: "istio-system"}}}, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			a := New(Config{DaemonSetNamespace: "istio-system", DaemonSetName: "ambient-cni"}, fake.NewClientset(tc.objs...), nil)
+			if got := a.uninstalling(); got != tc.want {
+				t.Errorf("uninstalling() = %v, want %v", got, tc.want)
+			}
+		})
 	}
 }

@@ -35,6 +35,8 @@ func (f *Flags) Register(fs *flag.FlagSet) {
 	fs.BoolVar(&f.Install, "install", true, "put the plugin into the node's CNI chain while the agent runs, and take it out on exit")
 	fs.StringVar(&f.CNIBinDir, "cni-bin-dir", "/host/opt/cni/bin", "the host's CNI bin dir, as mounted in the agent's pod")
 	fs.StringVar(&f.CNIConfDir, "cni-conf-dir", "/host/etc/cni/net.d", "the host's CNI config dir, as mounted in the agent's pod")
+	fs.StringVar(&f.DaemonSetNamespace, "daemonset-namespace", os.Getenv("POD_NAMESPACE"), "namespace of the agent's DaemonSet (env POD_NAMESPACE)")
+	fs.StringVar(&f.DaemonSetName, "daemonset-name", "ambient-cni", "the agent's DaemonSet: the plugin leaves the CNI chain on exit only if it is gone or being deleted; empty: always")
 	fs.StringVar(&f.ExcludeNamespaces, "exclude-namespaces", "kube-system", "comma-separated namespaces the plugin never sends to the agent (their pods start even with the agent down)")
 }
 

@@ -152,16 +152,16 @@ func Run(ctx context.Context, cfg Config, restCfg *rest.Config, log *zap.Logger)
 	if err := mgr.Add(runnable(xdsSrv.Start)); err != nil {
 		return err
 	}
-	// Leader only: make sure CA keys exist.
-	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
-		_, err := ca.EnsureSelfSignedRoot(ctx, cs, cfg.Namespace, ca.RootOptions{TrustDomain: cfg.TrustDomain, Logger: log.Named("ca")})
-		if err != nil {
-			return fmt.Errorf("ensure CA root in namespace %s: %w", cfg.Namespace, err)
-		}
-		<-ctx.Done()
-		return nil
-	})); err != nil {
+	// Leader only: make sure CA keys exist, activate staged roots and prune
+	// replaced ones after their overlap.
+	if err := mgr.Add(&ca.RootRotator{Client: cs, Namespace: cfg.Namespace,
+		Options: ca.RootOptions{TrustDomain: cfg.TrustDomain, Logger: log.Named("ca")}}); err != nil {
 		return err
+	}
+	// Impersonation asks "does this service account have a pod on that
+	// node?" on every CreateCertificate: answer from an index.
+	if err := ca.IndexPods(ctx, mgr.GetFieldIndexer()); err != nil {
+		return fmt.Errorf("index pods for the CA: %w", err)
 	}
 
 	var grpcReady atomic.Bool
@@ -192,7 +192,7 @@ func Run(ctx context.Context, cfg Config, restCfg *rest.Config, log *zap.Logger)
 		}
 		caSrv, err := ca.NewServer(authority, ca.ServerOptions{
 			Authenticator:       caAuth,
-			Pods:                ca.ClientPods{Reader: mgr.GetClient()},
+			Pods:                ca.ClientPods{Reader: mgr.GetClient(), Indexed: true},
 			TrustedNodeAccounts: cfg.TrustedNodeAccounts,
 			SystemNamespace:     cfg.Namespace,
 			Logger:              log.Named("ca"),

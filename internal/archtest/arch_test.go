@@ -55,7 +55,12 @@ var dataPlane = []string{
 	module + "/pkg/certmanager",
 	module + "/pkg/waypoint",
 	module + "/pkg/ztunnel",
+	module + "/pkg/zds",
+	module + "/pkg/cni", // the CNI plugin asks the node agent; it holds no API credentials
 }
+
+// The node agent (pkg/nodeagent, run by cmd/ambient-cni) is the one exception
+// on the node: it may read the pods of its own node (DESIGN.md §3).
 
 // forbiddenForDataPlane are Kubernetes client libraries and the project's own
 // control-plane packages.

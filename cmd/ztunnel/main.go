@@ -2,8 +2,8 @@
 // the traffic of ambient pods on its node and carries it over HBONE (mTLS
 // HTTP/2 CONNECT on 15008). It is a thin main over pkg/ztunnel/app: flags
 // (each with its environment variable) -> app.Config -> app.New -> Run until
-// SIGTERM, which drains. Pods arrive from the node agent (pkg/zds) once that
-// feed is wired to App.Pods().
+// SIGTERM, which drains. Pods arrive from the node agent over its ZDS socket
+// (pkg/zds, -zds-socket).
 package main
 
 import (

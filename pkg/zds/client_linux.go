@@ -31,6 +31,15 @@ type Handler interface {
 	SnapshotSent() error
 }
 
+// ConnHandler is a Handler that also wants to know when a connection to the
+// agent begins (before its snapshot's first message), to tell the pods of
+// this connection's snapshot from those of an earlier, broken one.
+type ConnHandler interface {
+	Handler
+	// Connected is called once per connection, after the hello was sent.
+	Connected()
+}
+
 // Client is ztunnel's side: it connects to the agent's socket, says hello,
 // and feeds what it receives to Handler, acknowledging each message. Run
 // reconnects with backoff, and each reconnection begins with a new snapshot.
@@ -97,6 +106,9 @@ func (c *Client) serveOnce(ctx context.Context) (synced bool, err error) {
 	}
 	if _, err := conn.Write(hello); err != nil {
 		return false, fmt.Errorf("zds: send hello: %w", err)
+	}
+	if ch, ok := c.Handler.(ConnHandler); ok {
+		ch.Connected()
 	}
 	buf := make([]byte, maxMessage)
 	oob := make([]byte, syscall.CmsgSpace(4*4))

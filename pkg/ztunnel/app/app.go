@@ -277,10 +277,15 @@ func (a *App) Run(ctx context.Context) error {
 	run("certificates", a.certs.Start)
 	run("xds", a.xds.Run)
 	run("proxy", a.proxy.Run)
+	if a.cfg.ZDSSocket != "" {
+		run("node agent feed", func(ctx context.Context) error {
+			return runZDS(ctx, a.cfg.ZDSSocket, a.proxy, a.MarkPodsSynced, a.log, 100*time.Millisecond, time.Second)
+		})
+	}
 	run("metrics", serveHTTP(a.cfg.MetricsAddr, a.metricsMux()))
 	run("readiness", serveHTTP(a.cfg.ReadinessAddr, a.readinessMux()))
 	run("admin", serveHTTP(a.cfg.AdminAddr, a.adminMux()))
-	a.log.Info("started", zap.String("xds", a.cfg.XDSAddress), zap.String("node", a.cfg.NodeName))
+	a.log.Info("started", zap.String("xds", a.cfg.XDSAddress), zap.String("node", a.cfg.NodeName), zap.String("zds", a.cfg.ZDSSocket))
 	wg.Wait()
 	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
 		return err

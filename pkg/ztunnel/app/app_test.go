@@ -45,7 +45,7 @@ func testConfig(t *testing.T) Config {
 	fs := flag.NewFlagSet("ztunnel", flag.ContinueOnError)
 	cfg.RegisterFlags(fs)
 	if err := fs.Parse([]string{"-root-cert", root, "-token", tok, "-xds-address", "127.0.0.1:1",
-		"-metrics-address", "0", "-readiness-address", "0", "-admin-address", "0", "-pod-name", "ztunnel-x", "-instance-ip", "10.0.0.9"}); err != nil {
+		"-metrics-address", "0", "-readiness-address", "0", "-admin-address", "0", "-pod-name", "ztunnel-x", "-instance-ip", "10.0.0.9", "-zds-socket", ""}); err != nil {
 		t.Fatal(err)
 	}
 	return cfg

@@ -3,9 +3,11 @@
 // proxy, and ztunnel's own HTTP endpoints (metrics on 15020, readiness on
 // 15021, admin with a config dump and log-level control on localhost:15000).
 //
-// cmd/ztunnel is a thin main over it: Config.RegisterFlags, New, Run. The
-// node agent feed (pkg/zds) hands pods to App.Pods() and reports its
-// snapshot with App.MarkPodsSynced.
+// cmd/ztunnel is a thin main over it: Config.RegisterFlags, New, Run. Run
+// connects to the node agent's ZDS socket (Config.ZDSSocket, pkg/zds) and
+// feeds the pods it hands over to App.Pods(): AddPod before the Ack,
+// removals (DelWorkload, pods missing from a snapshot) drained in the
+// background; the end of each snapshot calls App.MarkPodsSynced.
 package app
 
 import (
@@ -13,6 +15,8 @@ import (
 	"os"
 	"strconv"
 	"time"
+
+	"github.com/ambient-mesh/mesh/pkg/zds"
 )
 
 // Config is every setting of ztunnel. RegisterFlags is the one place that
@@ -40,6 +44,7 @@ type Config struct {
 	DNSUpstreams   string // comma-separated ip:port; empty: the nameservers of ResolvConf
 	ResolvConf     string
 	ClusterDomain  string
+	ZDSSocket      string // the node agent's ZDS socket; empty: no pods (tests)
 }
 
 // env returns the environment value of key or def.
@@ -91,6 +96,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	s(&c.DNSUpstreams, "dns-upstreams", "DNS_UPSTREAMS", "", "comma-separated ip:port resolvers for names outside the mesh; empty: the nameservers of -resolv-conf")
 	s(&c.ResolvConf, "resolv-conf", "RESOLV_CONF", "/etc/resolv.conf", "resolver configuration the DNS proxy forwards to")
 	s(&c.ClusterDomain, "cluster-domain", "CLUSTER_DOMAIN", "cluster.local", "cluster DNS domain of service hostnames")
+	s(&c.ZDSSocket, "zds-socket", "ZDS_SOCKET", zds.DefaultSocketPath, "the node agent's socket that hands over the node's ambient pods (ZDS); empty: serve no pods")
 	dnsOn, _ := strconv.ParseBool(env("DNS_PROXY", "true"))
 	fs.BoolVar(&c.DNSProxy, "dns-proxy", dnsOn, "serve DNS on 15053 in every pod (env DNS_PROXY)")
 	wait, _ := strconv.ParseBool(env("WAIT_FOR_POD_SYNC", "false"))

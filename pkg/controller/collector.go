@@ -57,7 +57,7 @@ type Collector struct {
 	mu       sync.Mutex      // guards last
 	last     time.Time
 	reported map[model.Diagnostic]bool // problems already logged; Reconcile only (one worker)
-	reuse    reuse                     // previous translation's messages; Reconcile only
+	inc      incremental               // previous translation; Reconcile only
 }
 
 // key is the single work item every event maps to.
@@ -120,8 +120,7 @@ func (c *Collector) Reconcile(ctx context.Context, _ reconcile.Request) (reconci
 	if err != nil {
 		return reconcile.Result{}, err
 	}
-	res := model.Translate(snap)
-	reused := c.reuse.apply(snap, &res)
+	res, incremental := c.inc.translate(snap)
 	c.Sink(res)
 	c.report(ctx, res.Diagnostics)
 	c.mu.Lock()
@@ -129,7 +128,7 @@ func (c *Collector) Reconcile(ctx context.Context, _ reconcile.Request) (reconci
 	c.mu.Unlock()
 	c.Logger.Debug("model rebuilt", zap.Int("pods", len(snap.Pods)), zap.Int("services", len(snap.Services)),
 		zap.Int("addresses", len(res.Addresses)), zap.Int("authorizations", len(res.Authorizations)),
-		zap.Int("reused", reused),
+		zap.Bool("incremental", incremental),
 		zap.Duration("took", time.Since(start)))
 	return reconcile.Result{}, nil
 }

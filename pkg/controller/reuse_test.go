@@ -1,8 +1,11 @@
 package controller
 
 import (
+	"slices"
+	"strings"
 	"testing"
 
+	"google.golang.org/protobuf/proto"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -10,7 +13,18 @@ import (
 	"github.com/ambient-mesh/mesh/pkg/model"
 )
 
-func reuseSnapshot() model.Snapshot {
+func incPod(name, ip string) *corev1.Pod {
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "demo", Name: name, UID: types.UID("uid-" + name), ResourceVersion: "3",
+			Labels:      map[string]string{"app": "web"},
+			Annotations: map[string]string{model.AnnotationRedirection: model.RedirectionEnabled}},
+		Spec: corev1.PodSpec{NodeName: "n1", ServiceAccountName: "web"},
+		Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip,
+			Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}},
+	}
+}
+
+func incSnapshot() model.Snapshot {
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "demo", UID: "ns-uid", ResourceVersion: "1",
 		Labels: map[string]string{model.LabelDataplaneMode: model.DataplaneModeAmbient}}}
 	svc := &corev1.Service{
@@ -18,83 +32,114 @@ func reuseSnapshot() model.Snapshot {
 		Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "web"}, ClusterIP: "10.96.0.10",
 			Ports: []corev1.ServicePort{{Name: "http", Port: 80}}},
 	}
-	pod := func(name, ip string) *corev1.Pod {
-		return &corev1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Namespace: "demo", Name: name, UID: types.UID("uid-" + name), ResourceVersion: "3", Labels: map[string]string{"app": "web"}},
-			Spec:       corev1.PodSpec{NodeName: "n1", ServiceAccountName: "web"},
-			Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip,
-				Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}},
-		}
-	}
 	return model.Snapshot{
 		Namespaces: []*corev1.Namespace{ns},
 		Services:   []*corev1.Service{svc},
-		Pods:       []*corev1.Pod{pod("a", "10.0.0.1"), pod("b", "10.0.0.2")},
+		Pods:       []*corev1.Pod{incPod("a", "10.0.0.1"), incPod("b", "10.0.0.2")},
 	}
 }
 
-func TestReuse(t *testing.T) {
+func TestIncrementalTranslate(t *testing.T) {
 	uidA, uidB := model.PodUID("Kubernetes", "demo", "a"), model.PodUID("Kubernetes", "demo", "b")
 	const svc = "demo/web.demo.svc.cluster.local"
 	tests := []struct {
 		name   string
 		change func(*model.Snapshot)
+		// incremental is whether the second translation may reuse the first.
+		incremental bool
 		// same lists the resources that must keep the first translation's pointer.
 		same []string
 	}{
-		{"nothing changed", func(*model.Snapshot) {}, []string{uidA, uidB, svc}},
+		{"nothing changed", func(*model.Snapshot) {}, true, []string{uidA, uidB, svc}},
 		{"one pod changed", func(s *model.Snapshot) {
 			p := s.Pods[0].DeepCopy()
-			p.ResourceVersion, p.Labels["version"] = "9", "v2"
+			p.ResourceVersion, p.Labels["service.istio.io/canonical-revision"] = "9", "v2"
 			s.Pods[0] = p
-		}, []string{uidB, svc}},
+		}, true, []string{uidB, svc}},
+		{"pod became unready", func(s *model.Snapshot) {
+			p := s.Pods[0].DeepCopy()
+			p.ResourceVersion, p.Status.Conditions = "9", nil
+			s.Pods[0] = p
+		}, true, []string{uidB, svc}},
 		{"pod recreated with the same name", func(s *model.Snapshot) {
 			p := s.Pods[1].DeepCopy()
-			p.UID = "other"
+			p.UID, p.Status.PodIP = "other", "10.0.0.3"
 			s.Pods[1] = p
-		}, []string{uidA, svc}},
+		}, true, []string{uidA, svc}},
+		{"pod removed", func(s *model.Snapshot) { s.Pods = s.Pods[:1] }, true, []string{uidA, svc}},
+		{"pod added", func(s *model.Snapshot) { s.Pods = append(s.Pods, incPod("c", "10.0.0.4")) }, true, []string{uidA, uidB, svc}},
+		{"pod with a bad address added", func(s *model.Snapshot) { s.Pods = append(s.Pods, incPod("bad", "not-an-ip")) }, true, []string{uidA, uidB, svc}},
+		{"list order changed", func(s *model.Snapshot) { s.Pods[0], s.Pods[1] = s.Pods[1], s.Pods[0] }, true, []string{uidA, uidB, svc}},
 		{"service changed", func(s *model.Snapshot) {
 			v := s.Services[0].DeepCopy()
-			v.ResourceVersion = "9"
+			v.ResourceVersion, v.Spec.Ports[0].Port = "9", 8080
 			s.Services[0] = v
-		}, nil},
-		{"namespace changed", func(s *model.Snapshot) {
+		}, false, nil},
+		{"namespace left the mesh", func(s *model.Snapshot) {
 			n := s.Namespaces[0].DeepCopy()
-			n.ResourceVersion = "9"
+			n.ResourceVersion, n.Labels = "9", nil
 			s.Namespaces[0] = n
-		}, nil},
-		{"list order changed", func(s *model.Snapshot) {
-			s.Pods[0], s.Pods[1] = s.Pods[1], s.Pods[0]
-		}, []string{uidA, uidB, svc}},
+		}, false, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var r reuse
-			s1 := reuseSnapshot()
-			first := model.Translate(s1)
-			if n := r.apply(s1, &first); n != 0 {
-				t.Fatalf("first apply reused %d messages, want 0", n)
+			var r incremental
+			s1 := incSnapshot()
+			first, inc := r.translate(s1)
+			if inc {
+				t.Fatal("first translation was incremental")
 			}
 			if len(first.Addresses) != 3 {
 				t.Fatalf("translation has %d addresses, want 3 (2 workloads, 1 service): %v", len(first.Addresses), first.Addresses)
 			}
-			s2 := reuseSnapshot()
-			s2.Pods[0], s2.Pods[1] = s1.Pods[0], s1.Pods[1]
+			firstCopy := first.Addresses[uidA]
+			s2 := incSnapshot()
+			s2.Pods = []*corev1.Pod{s1.Pods[0], s1.Pods[1]}
 			tt.change(&s2)
-			second := model.Translate(s2)
-			got := r.apply(s2, &second)
-			if got != len(tt.same) {
-				t.Errorf("reused %d messages, want %d", got, len(tt.same))
+			got, inc := r.translate(s2)
+			if inc != tt.incremental {
+				t.Errorf("incremental = %v, want %v", inc, tt.incremental)
 			}
-			for name, a := range second.Addresses {
-				want := false
-				for _, s := range tt.same {
-					want = want || s == name
+			want := model.Translate(s2)
+			// The same result as a full translation...
+			if len(got.Addresses) != len(want.Addresses) {
+				t.Errorf("%d addresses, want %d", len(got.Addresses), len(want.Addresses))
+			}
+			for name, w := range want.Addresses {
+				if !proto.Equal(got.Addresses[name], w) {
+					t.Errorf("address %s = %v, want %v", name, got.Addresses[name], w)
 				}
-				if same := a == first.Addresses[name]; same != want {
-					t.Errorf("%s: reused = %v, want %v", name, same, want)
+			}
+			if len(got.Authorizations) != len(want.Authorizations) {
+				t.Errorf("%d authorizations, want %d", len(got.Authorizations), len(want.Authorizations))
+			}
+			for name, w := range want.Authorizations {
+				if !proto.Equal(got.Authorizations[name], w) {
+					t.Errorf("authorization %s = %v, want %v", name, got.Authorizations[name], w)
 				}
+			}
+			if g, w := diagStrings(got.Diagnostics), diagStrings(want.Diagnostics); !slices.Equal(g, w) {
+				t.Errorf("diagnostics = %v, want %v", g, w)
+			}
+			// ...sharing the unchanged messages with the first one.
+			for name, a := range got.Addresses {
+				if same := a == first.Addresses[name]; same != slices.Contains(tt.same, name) {
+					t.Errorf("%s: same pointer as before = %v, want %v", name, same, !same)
+				}
+			}
+			// The first result was not modified.
+			if first.Addresses[uidA] != firstCopy || len(first.Addresses) != 3 {
+				t.Error("the first translation's map was modified")
 			}
 		})
 	}
+}
+
+func diagStrings(ds []model.Diagnostic) []string {
+	var out []string
+	for _, d := range ds {
+		out = append(out, strings.Join([]string{d.Kind, d.Namespace, d.Name, d.Field, d.Reason, d.Message}, "|"))
+	}
+	slices.Sort(out)
+	return out
 }

@@ -56,6 +56,7 @@ import (
 	authnv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -151,6 +152,16 @@ func run(ctx context.Context, p params) (map[string]float64, error) {
 	env := &envtest.Environment{}
 	// 1,000 ClusterIPs do not fit envtest's default /24.
 	env.ControlPlane.GetAPIServer().Configure().Set("service-cluster-ip-range", "10.96.0.0/16")
+	// etcd on tmpfs: 20,000 writes in the set-up would otherwise wait on
+	// fsync of a disk shared with other work (and time out under load).
+	if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
+		dataDir, err := os.MkdirTemp("/dev/shm", "bench-xds-etcd-")
+		if err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(dataDir)
+		env.ControlPlane.Etcd = &envtest.Etcd{DataDir: dataDir}
+	}
 	t0 := time.Now()
 	cfg, err := env.Start()
 	if err != nil {
@@ -511,6 +522,30 @@ func startWatch(ctx context.Context, cs kubernetes.Interface, ns string) (*watch
 	return w, nil
 }
 
+// retry runs f until it succeeds, fails for good, or 6 attempts passed; it
+// retries what a loaded apiserver or etcd answers transiently (timeouts,
+// throttling, internal errors).
+func retry(ctx context.Context, f func() error) error {
+	wait := 100 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := f()
+		if err == nil || attempt == 6 || !transient(err) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+		wait *= 2
+	}
+}
+
+func transient(err error) bool {
+	return apierrors.IsServerTimeout(err) || apierrors.IsTimeout(err) || apierrors.IsTooManyRequests(err) ||
+		apierrors.IsInternalError(err) || apierrors.IsServiceUnavailable(err) || strings.Contains(err.Error(), "timed out")
+}
+
 // populate creates the namespaces, nodes, Services, pods (with status) and
 // one ztunnel pod per node; it returns the ztunnel pods.
 func populate(ctx context.Context, cs kubernetes.Interface, p params) ([]*corev1.Pod, error) {
@@ -556,7 +591,13 @@ func populate(ctx context.Context, cs kubernetes.Interface, p params) ([]*corev1
 				Ports:    []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080), Protocol: corev1.ProtocolTCP}},
 			},
 		}
-		if _, err := cs.CoreV1().Services(svc.Namespace).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+		if err := retry(ctx, func() error {
+			_, err := cs.CoreV1().Services(svc.Namespace).Create(ctx, svc, metav1.CreateOptions{})
+			if apierrors.IsAlreadyExists(err) {
+				return nil
+			}
+			return err
+		}); err != nil {
 			return fmt.Errorf("create service %s/%s: %w", svc.Namespace, svc.Name, err)
 		}
 		return nil
@@ -574,12 +615,32 @@ func populate(ctx context.Context, cs kubernetes.Interface, p params) ([]*corev1
 			Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}}
 	}
 	mkPod := func(ctx context.Context, pod *corev1.Pod, ip string) (*corev1.Pod, error) {
-		created, err := cs.CoreV1().Pods(pod.Namespace).Create(ctx, pod, metav1.CreateOptions{})
+		pods := cs.CoreV1().Pods(pod.Namespace)
+		var created *corev1.Pod
+		err := retry(ctx, func() (err error) {
+			created, err = pods.Create(ctx, pod, metav1.CreateOptions{})
+			if apierrors.IsAlreadyExists(err) { // an earlier attempt that timed out went through
+				created, err = pods.Get(ctx, pod.Name, metav1.GetOptions{})
+			}
+			return err
+		})
 		if err != nil {
 			return nil, fmt.Errorf("create pod %s/%s: %w", pod.Namespace, pod.Name, err)
 		}
-		created.Status = running(ip)
-		created, err = cs.CoreV1().Pods(pod.Namespace).UpdateStatus(ctx, created, metav1.UpdateOptions{})
+		err = retry(ctx, func() error {
+			created.Status = running(ip)
+			updated, err := pods.UpdateStatus(ctx, created, metav1.UpdateOptions{})
+			if apierrors.IsConflict(err) {
+				if cur, gerr := pods.Get(ctx, pod.Name, metav1.GetOptions{}); gerr == nil {
+					created = cur
+				}
+				return apierrors.NewTimeoutError("conflict; retry", 0)
+			}
+			if err == nil {
+				created = updated
+			}
+			return err
+		})
 		if err != nil {
 			return nil, fmt.Errorf("set status of pod %s/%s: %w", pod.Namespace, pod.Name, err)
 		}
@@ -588,7 +649,7 @@ func populate(ctx context.Context, cs kubernetes.Interface, p params) ([]*corev1
 	// Pod i is in namespace i%namespaces, on node i%nodes, selected by
 	// Service (i%services) (whose namespace matches when namespaces divides
 	// services).
-	if err := create(p.pods, 64, func(ctx context.Context, i int) error {
+	if err := create(p.pods, 32, func(ctx context.Context, i int) error {
 		k := i % p.services
 		_, err := mkPod(ctx, &corev1.Pod{
 			ObjectMeta: metav1.ObjectMeta{Namespace: nsName(k % p.namespaces), Name: "pod-" + strconv.Itoa(i),

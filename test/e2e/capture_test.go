@@ -42,7 +42,7 @@ const (
 // the real one will.
 func TestCapture(t *testing.T) {
 	k := newKubectl(t)
-	installCNI(t, k)
+	preinstalled := installCNI(t, k)
 	zt := startFakeZtunnel(t)
 
 	ns := testNamespace(t, k, "capture")
@@ -170,7 +170,39 @@ spec:
 		}
 	})
 
+	t.Run("AgentRestartKeepsPlugin", func(t *testing.T) {
+		// A restart (or upgrade) of the agent is not an uninstall: the plugin
+		// stays in the chain, so no pod can start uncaptured meanwhile.
+		old := strings.TrimSpace(k.must("", "-n", cniNamespace, "get", "pods", "-l", "app=ambient-cni", "-o", "name"))
+		k.must("", "-n", cniNamespace, "delete", old, "--wait=false")
+		eventually(t, 120*time.Second, "a new agent pod ready", func() error {
+			b, err := os.ReadFile(hostConflist)
+			if err != nil {
+				return err
+			}
+			if !cni.HasPlugin(b) {
+				t.Fatalf("plugin left the CNI chain while the agent restarted")
+			}
+			out, err := k.run(t.Context(), "", "-n", cniNamespace, "get", "pods", "-l", "app=ambient-cni",
+				"-o", `jsonpath={range .items[*]}{.metadata.name} {.status.containerStatuses[0].ready}{"\n"}{end}`)
+			if err != nil {
+				return err
+			}
+			lines := strings.Fields(strings.TrimSpace(out))
+			if len(lines) != 2 || "pod/"+lines[0] == old || lines[1] != "true" {
+				return fmt.Errorf("agent pods: %q (old %s)", out, old)
+			}
+			return nil
+		})
+		if b, _ := os.ReadFile(hostConflist); !cni.HasPlugin(b) {
+			t.Error("plugin not in the CNI chain after the agent restarted")
+		}
+	})
+
 	t.Run("Uninstall", func(t *testing.T) {
+		if preinstalled {
+			t.Skip("the node agent was installed before this test (the cluster is shared): not uninstalling it under others")
+		}
 		uninstallCNI(t, k)
 		b, err := os.ReadFile(hostConflist)
 		if err != nil {
@@ -188,17 +220,28 @@ spec:
 	})
 }
 
-// installCNI applies manifests/cni and waits until the plugin is in the
-// node's chain. Unless the agent was already installed, a cleanup uninstalls
-// it (the Uninstall subtest does it first, and checks it).
-func installCNI(t *testing.T, k *kubectl) {
+// installCNI applies manifests/cni, unless the agent is installed already
+// (by another test or a person on the shared cluster: it reports true), and
+// waits until the plugin is in the node's chain. If it installed the agent,
+// a cleanup uninstalls it (the Uninstall subtest does it first, and checks).
+func installCNI(t *testing.T, k *kubectl) (preinstalled bool) {
 	t.Helper()
 	if _, err := k.run(t.Context(), "", "create", "namespace", cniNamespace); err != nil && !strings.Contains(err.Error(), "AlreadyExists") {
 		t.Fatal(err)
 	}
 	_, err := k.run(t.Context(), "", "-n", cniNamespace, "get", "daemonset", "ambient-cni")
-	preinstalled := err == nil
-	k.must("", "apply", "-k", cniManifests)
+	preinstalled = err == nil
+	if !preinstalled {
+		k.must("", "apply", "-k", cniManifests)
+		t.Cleanup(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			// Idempotent: after the Uninstall subtest there is nothing left.
+			if _, err := k.run(ctx, "", "delete", "-k", cniManifests, "--ignore-not-found", "--wait=true", "--timeout=90s"); err != nil {
+				t.Errorf("cleanup: %v", err)
+			}
+		})
+	}
 	k.must("", "-n", cniNamespace, "rollout", "status", "daemonset/ambient-cni", "--timeout=120s")
 	eventually(t, 60*time.Second, "plugin in the node's CNI chain", func() error {
 		b, err := os.ReadFile(hostConflist)
@@ -210,20 +253,7 @@ func installCNI(t *testing.T, k *kubectl) {
 		}
 		return nil
 	})
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		defer cancel()
-		var err error
-		if preinstalled {
-			_, err = k.run(ctx, "", "apply", "-k", cniManifests) // restore what we found
-		} else {
-			// Idempotent: after the Uninstall subtest there is nothing left.
-			_, err = k.run(ctx, "", "delete", "-k", cniManifests, "--ignore-not-found", "--wait=true", "--timeout=90s")
-		}
-		if err != nil {
-			t.Errorf("cleanup: %v", err)
-		}
-	})
+	return preinstalled
 }
 
 func uninstallCNI(t *testing.T, k *kubectl) {

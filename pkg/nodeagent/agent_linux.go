@@ -411,9 +411,7 @@ func (a *Agent) capture(ctx context.Context, pod *corev1.Pod, path string, ips [
 		return "", fmt.Errorf("add pod to the probe set: %w", err)
 	}
 	a.mu.Lock()
-	if old, ok := a.captured[pod.UID]; ok && old != st {
-		old.netns.Close()
-	}
+	old, replaced := a.captured[pod.UID]
 	a.captured[pod.UID] = st
 	a.mu.Unlock()
 
@@ -421,6 +419,9 @@ func (a *Agent) capture(ctx context.Context, pod *corev1.Pod, path string, ips [
 	err := a.zds.Add(zds.Workload{UID: string(pod.UID), Netns: st.netns, Info: &zdsapi.WorkloadInfo{
 		Name: pod.Name, Namespace: pod.Namespace, ServiceAccount: pod.Spec.ServiceAccountName,
 	}})
+	if replaced && old != st {
+		old.netns.Close() // only now: the zds set held it until Add replaced it
+	}
 	switch {
 	case errors.Is(err, zds.ErrNotConnected):
 		value = enroll.RedirectionPending

@@ -58,6 +58,9 @@ type Collector struct {
 	last     time.Time
 	reported map[model.Diagnostic]bool // problems already logged; Reconcile only (one worker)
 	inc      incremental               // previous translation; Reconcile only
+
+	dirtyMu   sync.Mutex
+	dirtyPods map[string]bool // "<ns>/<name>" of Pods with events since the last Reconcile; guarded by dirtyMu
 }
 
 // key is the single work item every event maps to.
@@ -74,10 +77,11 @@ func (c *Collector) SetupWithManager(mgr ctrl.Manager) error {
 	b := ctrl.NewControllerManagedBy(mgr).
 		Named("ambient-model").
 		WithOptions(controller.Options{NeedLeaderElection: ptr.To(false), MaxConcurrentReconciles: 1})
-	always := []client.Object{&corev1.Namespace{}, &corev1.Node{}, &corev1.Pod{}, &corev1.Service{}, &discoveryv1.EndpointSlice{}}
+	always := []client.Object{&corev1.Namespace{}, &corev1.Node{}, &corev1.Service{}, &discoveryv1.EndpointSlice{}}
 	for _, o := range always {
 		b = b.Watches(o, handler.EnqueueRequestsFromMapFunc(toKey))
 	}
+	b = b.Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(c.podEvent))
 	c.optional = map[string]bool{}
 	optional := []struct {
 		gvk schema.GroupVersionKind
@@ -116,17 +120,16 @@ func (c *Collector) Missing() []string {
 // Reconcile lists the cluster state from the cache and pushes a translation.
 func (c *Collector) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.Result, error) {
 	start := time.Now()
-	snap, err := c.Snapshot(ctx)
+	res, incremental, pods, err := c.translate(ctx)
 	if err != nil {
 		return reconcile.Result{}, err
 	}
-	res, incremental := c.inc.translate(snap)
 	c.Sink(res)
 	c.report(ctx, res.Diagnostics)
 	c.mu.Lock()
 	c.last = time.Now()
 	c.mu.Unlock()
-	c.Logger.Debug("model rebuilt", zap.Int("pods", len(snap.Pods)), zap.Int("services", len(snap.Services)),
+	c.Logger.Debug("model rebuilt", zap.Int("pods", pods),
 		zap.Int("addresses", len(res.Addresses)), zap.Int("authorizations", len(res.Authorizations)),
 		zap.Bool("incremental", incremental),
 		zap.Duration("took", time.Since(start)))
@@ -192,6 +195,11 @@ func (c *Collector) Built() bool {
 // cache's own (lists skip the deep copy, 60 ms at 10,000 pods): callers must
 // not modify them; model.Translate only reads.
 func (c *Collector) Snapshot(ctx context.Context) (model.Snapshot, error) {
+	return c.snapshot(ctx, true)
+}
+
+// snapshot is Snapshot, without the Pods unless withPods.
+func (c *Collector) snapshot(ctx context.Context, withPods bool) (model.Snapshot, error) {
 	s := model.Snapshot{Mesh: c.Mesh}
 	var (
 		nss   corev1.NamespaceList
@@ -200,7 +208,11 @@ func (c *Collector) Snapshot(ctx context.Context) (model.Snapshot, error) {
 		svcs  corev1.ServiceList
 		eps   discoveryv1.EndpointSliceList
 	)
-	for _, l := range []client.ObjectList{&nss, &nodes, &pods, &svcs, &eps} {
+	lists := []client.ObjectList{&nss, &nodes, &svcs, &eps}
+	if withPods {
+		lists = append(lists, &pods)
+	}
+	for _, l := range lists {
 		if err := c.Client.List(ctx, l, client.UnsafeDisableDeepCopy); err != nil {
 			return s, fmt.Errorf("list %T from the cache: %w", l, err)
 		}

@@ -2,14 +2,20 @@ package controller
 
 import (
 	"cmp"
+	"context"
+	"fmt"
 	"hash/fnv"
 	"maps"
 	"slices"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"github.com/ambient-mesh/mesh/pkg/model"
 )
@@ -29,6 +35,8 @@ import (
 // the fingerprint of the non-Pod inputs is unchanged, the Pods whose uid and
 // resourceVersion changed (or that came or went) are translated alone and
 // merged into the previous result; any other change translates everything.
+// Pod events name the Pods to look at (Collector.podEvent), so a pod change
+// neither lists nor compares the other Pods.
 //
 // Concurrency: used by Reconcile only (the controller runs one worker).
 type incremental struct {
@@ -42,38 +50,62 @@ type incremental struct {
 // handed to the xDS server); the next call builds new ones.
 func (r *incremental) translate(snap model.Snapshot) (model.Resources, bool) {
 	env := envFingerprint(snap)
-	pods := make(map[string]string, len(snap.Pods))
-	for _, p := range snap.Pods {
-		pods[p.Namespace+"/"+p.Name] = string(p.UID) + "/" + p.ResourceVersion
-	}
 	if r.env == 0 || r.env != env {
-		res := model.Translate(snap)
-		r.env, r.pods, r.prev = env, pods, res
-		return res, false
+		return r.full(snap, env), false
 	}
+	pods := make(map[string]*corev1.Pod, len(snap.Pods))
+	for _, p := range snap.Pods {
+		pods[p.Namespace+"/"+p.Name] = p
+	}
+	for k := range r.pods {
+		if _, ok := pods[k]; !ok {
+			pods[k] = nil
+		}
+	}
+	rest := snap
+	rest.Pods = nil
+	return r.update(rest, pods), true
+}
+
+// full translates snap from scratch; env is its fingerprint.
+func (r *incremental) full(snap model.Snapshot, env uint64) model.Resources {
+	res := model.Translate(snap)
+	r.env, r.prev = env, res
+	r.pods = make(map[string]string, len(snap.Pods))
+	for _, p := range snap.Pods {
+		r.pods[p.Namespace+"/"+p.Name] = podVersion(p)
+	}
+	return res
+}
+
+func podVersion(p *corev1.Pod) string { return string(p.UID) + "/" + p.ResourceVersion }
+
+// update merges into the previous translation the Pods that may have
+// changed: pods maps "<ns>/<name>" to the Pod now, or nil if it is gone.
+// rest is the snapshot without Pods; its fingerprint must be r.env.
+func (r *incremental) update(rest model.Snapshot, pods map[string]*corev1.Pod) model.Resources {
 	var changed []*corev1.Pod
 	dirty := map[string]bool{} // "<ns>/<name>" of pods changed, added or removed
-	for _, p := range snap.Pods {
-		k := p.Namespace + "/" + p.Name
-		if r.pods[k] != pods[k] {
+	for k, p := range pods {
+		old, had := r.pods[k]
+		switch {
+		case p == nil && had:
+			delete(r.pods, k)
+			dirty[k] = true
+		case p != nil && (!had || old != podVersion(p)):
+			r.pods[k] = podVersion(p)
 			changed = append(changed, p)
 			dirty[k] = true
 		}
 	}
-	for k := range r.pods {
-		if _, ok := pods[k]; !ok {
-			dirty[k] = true
-		}
-	}
 	if len(dirty) == 0 {
-		r.pods = pods
-		return r.prev, true
+		return r.prev
 	}
-	part := snap
+	part := rest
 	part.Pods = changed
 	partRes := model.Translate(part)
 
-	cluster := cmp.Or(snap.Mesh.ClusterID, "Kubernetes") // model.MeshConfig's default
+	cluster := cmp.Or(rest.Mesh.ClusterID, "Kubernetes") // model.MeshConfig's default
 	out := model.Resources{
 		Addresses:      maps.Clone(r.prev.Addresses),
 		Authorizations: r.prev.Authorizations, // non-Pod inputs only; unchanged
@@ -101,8 +133,72 @@ func (r *incremental) translate(snap model.Snapshot) (model.Resources, bool) {
 		return cmp.Or(cmp.Compare(a.Kind, b.Kind), cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name),
 			cmp.Compare(a.Field, b.Field), cmp.Compare(a.Reason, b.Reason), cmp.Compare(a.Message, b.Message))
 	})
-	r.pods, r.prev = pods, out
-	return out, true
+	r.prev = out
+	return out
+}
+
+// translate builds the model for Reconcile. When the previous translation
+// exists and no non-Pod object changed since, it reads from the cache only
+// the Pods that events named (dirtyPods) instead of listing all of them.
+func (c *Collector) translate(ctx context.Context) (res model.Resources, incremental bool, pods int, err error) {
+	dirty := c.takeDirtyPods()
+	defer func() {
+		if err != nil {
+			c.markDirtyPods(dirty) // retried with the next reconcile
+		}
+	}()
+	if c.inc.env != 0 {
+		rest, err := c.snapshot(ctx, false)
+		if err != nil {
+			return res, false, 0, err
+		}
+		if envFingerprint(rest) == c.inc.env {
+			got := make(map[string]*corev1.Pod, len(dirty))
+			for k := range dirty {
+				ns, name, _ := strings.Cut(k, "/")
+				var p corev1.Pod
+				switch err := c.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, &p); {
+				case apierrors.IsNotFound(err):
+					got[k] = nil
+				case err != nil:
+					return res, false, 0, fmt.Errorf("get pod %s from the cache: %w", k, err)
+				default:
+					got[k] = &p
+				}
+			}
+			return c.inc.update(rest, got), true, len(c.inc.pods), nil
+		}
+	}
+	snap, err := c.snapshot(ctx, true)
+	if err != nil {
+		return res, false, 0, err
+	}
+	return c.inc.full(snap, envFingerprint(snap)), false, len(snap.Pods), nil
+}
+
+// podEvent maps a Pod event to the single work item and remembers the Pod.
+func (c *Collector) podEvent(_ context.Context, o client.Object) []reconcile.Request {
+	c.markDirtyPods(map[string]bool{o.GetNamespace() + "/" + o.GetName(): true})
+	return []reconcile.Request{key}
+}
+
+func (c *Collector) markDirtyPods(keys map[string]bool) {
+	c.dirtyMu.Lock()
+	defer c.dirtyMu.Unlock()
+	if c.dirtyPods == nil {
+		c.dirtyPods = map[string]bool{}
+	}
+	for k := range keys {
+		c.dirtyPods[k] = true
+	}
+}
+
+func (c *Collector) takeDirtyPods() map[string]bool {
+	c.dirtyMu.Lock()
+	defer c.dirtyMu.Unlock()
+	d := c.dirtyPods
+	c.dirtyPods = nil
+	return d
 }
 
 // envFingerprint hashes the identity and resourceVersion of every non-Pod

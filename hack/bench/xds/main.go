@@ -7,8 +7,9 @@
 // with TokenRequest tokens bound to 100 ztunnel pods, one per node.
 //
 // It measures the time from each stream's open to its first full state (all
-// Addresses), then applies single pod label changes one at a time and times
-// each until every client holds it. It reads istiod-lite's CPU-seconds and
+// Addresses), then applies single pod label changes one at a time, each after
+// istiod-lite has been quiet for longer than its debounce period, and times
+// each from the API write until every client holds it. It reads istiod-lite's CPU-seconds and
 // peak RSS from /proc and its sent bytes from its metrics endpoint, and
 // writes one flat JSON object (full_push_s, change_p99_ms, bytes_sent_mb,
 // cpu_s, rss_mb, ...) and a one-line summary.
@@ -387,6 +388,14 @@ func run(ctx context.Context, p params) (map[string]float64, error) {
 	cpuBefore, _ = cpuSeconds(pid)
 	var lat []float64
 	for j := range p.changes {
+		// Each change is a lone one: istiod-lite has been quiet for more
+		// than its debounce period (a change right after a push is held
+		// for the quiet period; that is the burst case, not this one).
+		select {
+		case <-time.After(p.debounce + 50*time.Millisecond):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
 		ns, name := "ns-0", fmt.Sprintf("pod-%d", j*p.namespaces) // pods of ns-0
 		t := &changeTarget{name: model.PodUID("Kubernetes", ns, name), want: p.clients, done: make(chan struct{}), seen: map[int]bool{}}
 		target.Store(t)

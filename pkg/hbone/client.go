@@ -54,6 +54,13 @@ type ClientConfig struct {
 	// Control, if set, runs on each tunnel socket before connect (SO_MARK,
 	// IP_TRANSPARENT/IP_FREEBIND for source-IP spoofing, ...).
 	Control func(network, address string, c syscall.RawConn) error
+	// Dial, if set, opens the TCP connection of each HTTP/2 tunnel instead
+	// of a net.Dialer (for example from inside a pod's network namespace).
+	// network is "tcp", address is Request.Address, local is
+	// Request.SourceIP (invalid: any local address): the hook binds it and
+	// applies any socket options itself, as Control is then not used.
+	// ConnectTimeout bounds ctx. HTTP/3 (UDP) does not use it.
+	Dial func(ctx context.Context, network, address string, local netip.Addr) (net.Conn, error)
 }
 
 // Client opens HBONE streams over pooled connections. Safe for concurrent use.
@@ -399,6 +406,14 @@ func (p *pool) closeAll() {
 
 // dialTCP connects to the tunnel port and classifies failures.
 func (c *Client) dialTCP(ctx context.Context, req *Request) (net.Conn, error) {
+	if c.cfg.Dial != nil {
+		raw, err := c.cfg.Dial(ctx, "tcp", req.Address.String(), req.SourceIP)
+		if err != nil {
+			return nil, dialError("dial tcp", req, err)
+		}
+		setTCPOptions(raw)
+		return raw, nil
+	}
 	d := net.Dialer{
 		Control:         c.cfg.Control,
 		KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: 180 * time.Second, Interval: 180 * time.Second, Count: 9},
@@ -435,7 +450,7 @@ func (c *Client) dialH2(ctx context.Context, req *Request) (muxConn, error) {
 		_ = raw.Close()
 		return nil, &Error{Op: "tls handshake", Peer: req.Address.String(), Err: fmt.Errorf("%w: negotiated ALPN %q, want h2", ErrProtocol, p)}
 	}
-	cc, err := c.h2t.NewClientConn(tc)
+	cc, err := c.h2t.NewClientConn(newBatchConn(tc))
 	if err != nil {
 		_ = raw.Close()
 		return nil, &Error{Op: "http2 handshake", Peer: req.Address.String(), Err: err}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -369,5 +370,54 @@ func TestSourceIPBindsAndKeys(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestDialHook: ClientConfig.Dial opens the tunnel's TCP connection, with
+// the request's address and source IP.
+func TestDialHook(t *testing.T) {
+	leakCheck(t)
+	m := newMesh(t)
+	up := startEcho(t)
+	s := startServer(t, m, hbone.Hooks{})
+	var calls atomic.Int64
+	var gotAddr string
+	var gotLocal netip.Addr
+	c := newClient(t, m, func(cfg *hbone.ClientConfig) {
+		cfg.Dial = func(ctx context.Context, network, address string, local netip.Addr) (net.Conn, error) {
+			calls.Add(1)
+			gotAddr, gotLocal = address, local
+			var d net.Dialer
+			if local.IsValid() {
+				d.LocalAddr = &net.TCPAddr{IP: local.AsSlice()}
+			}
+			return d.DialContext(ctx, network, address)
+		}
+	})
+	req := request(m, s, up.addr)
+	req.SourceIP = netip.MustParseAddr("127.0.0.1")
+	conn, err := c.Dial(t.Context(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 4)
+	if _, err := io.ReadFull(conn, b); err != nil || string(b) != "ping" {
+		t.Fatalf("echo = %q, %v", b, err)
+	}
+	if calls.Load() != 1 || gotAddr != s.addr.String() || gotLocal != req.SourceIP {
+		t.Errorf("hook called %d times with %q, %v", calls.Load(), gotAddr, gotLocal)
+	}
+	// A failing hook is a dial error.
+	c2 := newClient(t, m, func(cfg *hbone.ClientConfig) {
+		cfg.Dial = func(context.Context, string, string, netip.Addr) (net.Conn, error) {
+			return nil, errors.New("no netns")
+		}
+	})
+	if _, err := c2.Dial(t.Context(), request(m, s, up.addr)); err == nil || !strings.Contains(err.Error(), "no netns") {
+		t.Errorf("err = %v, want the hook's error", err)
 	}
 }

@@ -23,6 +23,7 @@ type bufPipe struct {
 	cond  sync.Cond
 	buf   *[]byte // nil while empty
 	r, w  int     // unread data is (*buf)[r:w]
+	ext   []byte  // unread part of a lent Write; read after buf, which is then nil
 	werr  error   // set by CloseWrite/CloseWithError: reads drain then return it
 	rerr  error   // set by the reader's Close: writes fail with it
 	abort bool    // werr applies immediately, not after draining
@@ -34,9 +35,19 @@ func newBufPipe() *bufPipe {
 	return p
 }
 
+// lendMin is the size from which Write lends its slice to the reader
+// instead of copying it into the buffer: the transport then copies
+// straight from the caller's memory into its frames (one copy fewer per
+// byte of a bulk transfer). Smaller writes are buffered so that they
+// return at once.
+const lendMin = 64 << 10
+
 func (p *bufPipe) Write(b []byte) (int, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if len(b) >= lendMin {
+		return p.lend(b)
+	}
 	n := 0
 	for len(b) > 0 {
 		switch {
@@ -44,6 +55,9 @@ func (p *bufPipe) Write(b []byte) (int, error) {
 			return n, p.rerr
 		case p.werr != nil:
 			return n, io.ErrClosedPipe
+		case p.ext != nil: // another Write's lent slice goes first
+			p.cond.Wait()
+			continue
 		}
 		if p.buf == nil {
 			p.buf = pipePool.Get().(*[]byte)
@@ -66,6 +80,40 @@ func (p *bufPipe) Write(b []byte) (int, error) {
 	return n, nil
 }
 
+// lend waits until buffered bytes are read, offers b itself to the reader,
+// and returns once the reader consumed it (or the pipe closed). Caller
+// holds p.mu.
+func (p *bufPipe) lend(b []byte) (int, error) {
+	for {
+		switch {
+		case p.rerr != nil:
+			return 0, p.rerr
+		case p.werr != nil:
+			return 0, io.ErrClosedPipe
+		}
+		if p.buf == nil && p.ext == nil {
+			break
+		}
+		p.cond.Wait()
+	}
+	p.ext = b
+	p.cond.Broadcast()
+	for len(p.ext) > 0 && p.rerr == nil && p.werr == nil {
+		p.cond.Wait()
+	}
+	n := len(b) - len(p.ext)
+	p.ext = nil
+	p.cond.Broadcast()
+	switch {
+	case n == len(b):
+		return n, nil
+	case p.rerr != nil:
+		return n, p.rerr
+	default:
+		return n, io.ErrClosedPipe
+	}
+}
+
 func (p *bufPipe) Read(b []byte) (int, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -84,6 +132,14 @@ func (p *bufPipe) Read(b []byte) (int, error) {
 				p.buf = nil
 			}
 			p.cond.Broadcast()
+			return k, nil
+		}
+		if len(p.ext) > 0 {
+			k := copy(b, p.ext)
+			p.ext = p.ext[k:]
+			if len(p.ext) == 0 {
+				p.cond.Broadcast()
+			}
 			return k, nil
 		}
 		if p.werr != nil {

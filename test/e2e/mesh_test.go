@@ -33,7 +33,11 @@ func installMesh(t *testing.T, k *kubectl) {
 			installErr = err
 			return
 		}
-		_, installErr = k.run(t.Context(), "", "-n", "istio-system", "rollout", "status", "deployment/istiod-lite", "--timeout=180s")
+		if _, installErr = k.run(t.Context(), "", "-n", "istio-system", "rollout", "status", "deployment/istiod-lite", "--timeout=180s"); installErr != nil {
+			return
+		}
+		// ztunnel turns ready once it has istiod-lite's xDS state.
+		_, installErr = k.run(t.Context(), "", "-n", "istio-system", "rollout", "status", "daemonset/ztunnel", "--timeout=180s")
 	})
 	if installErr != nil {
 		t.Fatalf("install the mesh from manifests/: %v", installErr)

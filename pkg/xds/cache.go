@@ -66,11 +66,17 @@ type deltaCache struct {
 	nextID   uint64
 	wildcard map[uint64]*deltaWatch
 	named    map[string]map[uint64]*deltaWatch // by resolved resource name
+
+	// encoded maps each entry's shared *discovery.Resource to its
+	// encoding, for the codec (read on stream goroutines without mu);
+	// written with entries.
+	encoded sync.Map
 }
 
 type entry struct {
 	msg types.Resource
 	res *discovery.Resource // shared, read-only
+	enc []byte              // proto encoding of res, for the codec
 }
 
 type change struct {
@@ -117,6 +123,7 @@ func (c *deltaCache) update(upd map[string]types.Resource, del []string, also ..
 		name string
 		msg  types.Resource
 		res  *discovery.Resource
+		enc  []byte
 	}
 	ready := make([]prepared, 0, len(upd))
 	var errs []error
@@ -126,9 +133,12 @@ func (c *deltaCache) update(upd map[string]types.Resource, del []string, also ..
 			errs = append(errs, fmt.Errorf("marshal %s: %w", name, err))
 			continue
 		}
-		ready = append(ready, prepared{name: name, msg: m, res: &discovery.Resource{
-			Name: name, Version: version(b), Resource: &anypb.Any{TypeUrl: c.typeURL, Value: b},
-		}})
+		res := &discovery.Resource{Name: name, Version: version(b), Resource: &anypb.Any{TypeUrl: c.typeURL, Value: b}}
+		enc, err := proto.Marshal(res)
+		if err != nil {
+			enc = nil // the codec encodes it per response
+		}
+		ready = append(ready, prepared{name: name, msg: m, res: res, enc: enc})
 	}
 
 	c.mu.Lock()
@@ -139,7 +149,13 @@ func (c *deltaCache) update(upd map[string]types.Resource, del []string, also ..
 		if old := c.entries[p.name]; old != nil && old.res.Version == p.res.Version {
 			continue
 		}
-		c.entries[p.name] = &entry{msg: p.msg, res: p.res}
+		if old := c.entries[p.name]; old != nil {
+			c.encoded.Delete(old.res)
+		}
+		c.entries[p.name] = &entry{msg: p.msg, res: p.res, enc: p.enc}
+		if p.enc != nil {
+			c.encoded.Store(p.res, p.enc)
+		}
 		modified = append(modified, p.name)
 	}
 	listed := make(map[string]bool, len(modified))
@@ -147,7 +163,8 @@ func (c *deltaCache) update(upd map[string]types.Resource, del []string, also ..
 		listed[name] = true
 	}
 	for _, name := range del {
-		if _, ok := c.entries[name]; ok {
+		if e, ok := c.entries[name]; ok {
+			c.encoded.Delete(e.res)
 			delete(c.entries, name)
 			if !listed[name] { // updated and deleted in one batch: list it once
 				listed[name] = true
@@ -163,6 +180,15 @@ func (c *deltaCache) update(upd map[string]types.Resource, del []string, also ..
 		c.notify(modified, also)
 	}
 	return errors.Join(errs...)
+}
+
+// encoding returns the cached encoding of r if r is one of this cache's
+// shared resources (and was not replaced since), else nil.
+func (c *deltaCache) encoding(r *discovery.Resource) []byte {
+	if v, ok := c.encoded.Load(r); ok {
+		return v.([]byte)
+	}
+	return nil
 }
 
 // pruneLog keeps the change log to about twice the resource count.

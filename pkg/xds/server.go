@@ -372,6 +372,7 @@ func (s *Server) GRPCServerOptions() []grpc.ServerOption {
 	}
 	return []grpc.ServerOption{
 		grpc.Creds(creds),
+		grpc.ForceServerCodecV2(newCodec(s)),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.MaxRecvMsgSize(16 << 20),

@@ -15,6 +15,9 @@ if [ -f manifests/kustomization.yaml ]; then
   log "demo: installing the mesh (kubectl apply --server-side -k manifests/)"
   kc apply --server-side --force-conflicts -k manifests/ >/dev/null
   kc -n istio-system rollout status deploy/istiod-lite --timeout=180s >/dev/null
+  kc -n istio-system rollout status ds/ztunnel --timeout=180s >/dev/null
+  kc -n istio-system rollout status ds/ambient-cni --timeout=180s >/dev/null
+  mesh=1
 else
   log "demo: manifests/ has no mesh to install yet; the app runs without it"
 fi
@@ -25,6 +28,17 @@ kc -n demo rollout status deploy/echo-v1 --timeout=180s >/dev/null
 kc -n demo rollout status deploy/echo-v2 --timeout=180s >/dev/null
 kc -n demo rollout status deploy/client --timeout=180s >/dev/null
 client="$(kc -n demo get pod -l app=client -o jsonpath='{.items[0].metadata.name}')"
+if [ "${mesh:-0}" = 1 ]; then
+  log "demo: waiting for the node agent to capture the demo pods (namespace labelled istio.io/dataplane-mode=ambient)"
+  for app in echo client; do
+    kc -n demo wait pod -l app=$app --for=jsonpath='{.metadata.annotations.ambient\.istio\.io/redirection}'=enabled --timeout=120s >/dev/null
+  done
+fi
+metric() { # the sum of ztunnel's destination-side mTLS connections opened to echo
+  curl -sf "http://$NODE_IP:15020/metrics" | awk '/^istio_tcp_connections_opened_total\{/ && /reporter="destination"/ && /connection_security_policy="mutual_tls"/ && /destination_canonical_service="echo"/ && /destination_workload_namespace="demo"/ {s += $NF} END {print s+0}'
+}
+before=0
+[ "${mesh:-0}" = 1 ] && before="$(metric)"
 
 log "demo: 40 requests from the client pod to http://echo.demo.svc.cluster.local/"
 out="$(kc -n demo exec "$client" -- /usr/local/bin/client http://echo.demo.svc.cluster.local/ --count=40 --new-connection-per-request --timeout=5s)"
@@ -34,8 +48,14 @@ ok=$(grep -c 'StatusCode=200' <<<"$out" || true)
 echo
 echo "  requests answered 200: $ok/40"
 echo "  served by v1: $v1   served by v2: $v2"
+if [ "${mesh:-0}" = 1 ]; then
+  after="$(metric)"
+  peer="$(curl -sf "http://$NODE_IP:15020/metrics" | grep -o 'source_principal="spiffe://[^"]*/ns/demo/sa/[^"]*"' | head -n1)"
+  echo "  mTLS through ztunnel: $((after-before)) connections client -> echo (HBONE, $peer)"
+fi
 echo
 if [ "$ok" -ne 40 ]; then die "demo: $((40-ok)) requests failed; see kubectl -n demo logs deploy/echo-v1"; fi
+if [ "${mesh:-0}" = 1 ] && [ "$((after-before))" -lt 40 ]; then die "demo: ztunnel saw $((after-before)) mTLS connections for 40 requests; check kubectl -n istio-system logs ds/ztunnel"; fi
 log "demo: done. Try it yourself:"
 echo "  export KUBECONFIG=$KUBECONFIG_ADMIN PATH=$OUT_DIR/bin:\$PATH"
 echo "  kubectl -n demo exec deploy/client -- /usr/local/bin/client http://echo.demo.svc.cluster.local/ --count=5"

@@ -15,6 +15,7 @@ declare -A pkgs=(
   [conntrack]=/usr/sbin/conntrack
   [iproute2]=/usr/sbin/ip
   [openssl]=/usr/bin/openssl
+  [curl]=/usr/bin/curl
 )
 missing=()
 for p in "${!pkgs[@]}"; do

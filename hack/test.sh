@@ -21,6 +21,9 @@ started_cluster=0
 if [ "$(id -u)" = 0 ]; then
   if ! "$REPO_ROOT/hack/cluster/status.sh" >/dev/null 2>&1; then
     started_cluster=1
+    # Not running: clear what an earlier, interrupted run may have left, so
+    # the tests start from a fresh cluster.
+    "$REPO_ROOT/hack/cluster/down.sh"
   fi
   "$REPO_ROOT/hack/cluster/up.sh"
 else

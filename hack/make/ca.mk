@@ -7,3 +7,4 @@ bench-ca: ## Benchmark CreateCertificate with 50 callers on envtest -> _output/b
 	@mkdir -p _output/bin _output/bench
 	$(GO) build -o _output/bin/bench-ca ./hack/bench/ca
 	timeout 120 _output/bin/bench-ca -out _output/bench/ca.json -callers 50 -duration 20s -timeout 110s
+BENCH_TARGETS += bench-ca

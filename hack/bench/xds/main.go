@@ -133,9 +133,9 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench-xds:", err)
 		os.Exit(1)
 	}
-	fmt.Printf("bench-xds: %.0f pods, %.0f services, %.0f clients: full push p99 %.2f s (max %.2f s, all clients %.2f s; tls copy baseline %.2f s, ratio %.1f); "+
+	fmt.Printf("bench-xds: %.0f pods, %.0f services, %.0f clients: full push p99 %.2f s (max %.2f s, all clients %.2f s, one client alone %.2f s; tls copy baseline %.2f s, ratio %.1f); "+
 		"one change p99 %.1f ms to all clients (debounce %.0f ms; bare watch p99 %.1f ms); sent %.1f MB; istiod-lite cpu %.1f s, peak rss %.0f MB -> %s\n",
-		fig["pods"], fig["services"], fig["clients"], fig["full_push_s"], fig["full_push_max_s"], fig["full_push_all_s"], fig["baseline_tls_copy_s"], fig["full_push_ratio_vs_tls_copy"],
+		fig["pods"], fig["services"], fig["clients"], fig["full_push_s"], fig["full_push_max_s"], fig["full_push_all_s"], fig["full_push_single_s"], fig["baseline_tls_copy_s"], fig["full_push_ratio_vs_tls_copy"],
 		fig["change_p99_ms"], fig["debounce_ms"], fig["baseline_watch_p99_ms"], fig["bytes_sent_mb"], fig["cpu_s"], fig["rss_mb"], *out)
 }
 
@@ -418,6 +418,14 @@ func run(ctx context.Context, p params) (map[string]float64, error) {
 	}
 	cpuAfter, _ = cpuSeconds(pid)
 	fig["cpu_changes_s"] = cpuAfter - cpuBefore
+
+	// One more client alone (ztunnel 0 reconnecting without state): the
+	// full push without 99 others competing for the same two cores.
+	single, err := singleFullPush(ctx, addrs["grpc"], roots, tokens[0], zt[0])
+	if err != nil {
+		return nil, fmt.Errorf("single client full push: %w", err)
+	}
+	fig["full_push_single_s"] = single.Seconds()
 	fig["changes"] = float64(len(lat))
 	fig["change_p50_ms"] = pct(lat, 0.50)
 	fig["change_p99_ms"] = pct(lat, 0.99)
@@ -458,6 +466,50 @@ func run(ctx context.Context, p params) (map[string]float64, error) {
 		fig["change_p99_ratio_vs_watch"] = fig["change_p99_ms"] / fig["baseline_watch_p99_ms"]
 	}
 	return fig, nil
+}
+
+// singleFullPush connects one delta client and returns the time from its
+// dial to its first Address response (the whole state).
+func singleFullPush(ctx context.Context, addr string, roots *x509.CertPool, token string, pod *corev1.Pod) (time.Duration, error) {
+	creds := credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS12, RootCAs: roots, ServerName: "istiod." + systemNS + ".svc"})
+	start := time.Now()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds), grpc.WithPerRPCCredentials(bearer(token)),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20)),
+		grpc.WithInitialWindowSize(4<<20), grpc.WithInitialConnWindowSize(16<<20))
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close()
+	done := make(chan time.Duration, 1)
+	c, err := xdsclient.New(xdsclient.Config{
+		Conn:          conn,
+		Node:          &core.Node{Id: "ztunnel~" + pod.Status.PodIP + "~" + pod.Name + "." + pod.Namespace + "~" + pod.Namespace + ".svc.cluster.local"},
+		Subscriptions: []xdsclient.Subscription{{TypeURL: model.AuthorizationTypeURL}, {TypeURL: model.AddressTypeURL}},
+		Handler: func(d xdsclient.Delta) error {
+			if d.TypeURL == model.AddressTypeURL {
+				select {
+				case done <- time.Since(start):
+				default:
+				}
+			}
+			return nil
+		},
+	})
+	if err != nil {
+		return 0, err
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	wg.Go(func() { _ = c.Run(cctx) })
+	select {
+	case d := <-done:
+		return d, nil
+	case <-time.After(30 * time.Second):
+		return 0, errors.New("no Address response in 30s")
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
 }
 
 // changeTarget is the Address every client must receive for one change.

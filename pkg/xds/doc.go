@@ -13,5 +13,9 @@
 // client receives only resources that changed or were removed since what it
 // holds, including across reconnects (initial_resource_versions).
 //
+// Each resource is encoded once per change: the gRPC codec (codec.go) writes
+// delta responses from the caches' encodings of their shared resources, so a
+// full push to 100 clients does not encode 11,000 resources 100 times.
+//
 // Imported by cmd/istiod-lite. The client side lives in pkg/xds/xdsclient.
 package xds

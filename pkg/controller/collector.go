@@ -37,6 +37,8 @@ import (
 // snapshot and hands it to Sink. Bursts of events collapse into one
 // reconcile (the workqueue de-duplicates the key), and the xDS server diffs
 // what it is given against what clients hold, so only changes are pushed.
+// When only Pods changed, Reconcile reads just the Pods that events named and
+// translates those alone, keeping every other message (see incremental).
 //
 // Optional kinds (Gateway API Gateways, Istio security CRDs) are watched only
 // when their CRDs are installed when the Collector is set up; Missing lists the

@@ -16,11 +16,11 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
-	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/ambient-mesh/mesh/hack/bench/benchkit"
 	"io"
 	"net"
 	"net/url"
@@ -29,7 +29,6 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/pprof"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -50,7 +49,6 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
@@ -96,8 +94,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench-ca:", err)
 		os.Exit(1)
 	}
-	b, _ := json.MarshalIndent(fig, "", "  ")
-	if err := os.WriteFile(*out, append(b, '\n'), 0o644); err != nil {
+	if err := benchkit.WriteJSON(*out, fig); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-ca:", err)
 		os.Exit(1)
 	}
@@ -128,7 +125,7 @@ func run(ctx context.Context, callers int, duration, baseline time.Duration) (ma
 	if err != nil {
 		return nil, err
 	}
-	token, err := podToken(ctx, cs, ztPod)
+	token, err := benchkit.PodToken(ctx, cs, ztPod, ca.Audience)
 	if err != nil {
 		return nil, err
 	}
@@ -139,7 +136,7 @@ func run(ctx context.Context, callers int, duration, baseline time.Duration) (ma
 	}
 	defer os.RemoveAll(dir)
 	kubeconfig := filepath.Join(dir, "kubeconfig")
-	if err := writeKubeconfig(cfg, kubeconfig); err != nil {
+	if err := benchkit.WriteKubeconfig(cfg, kubeconfig); err != nil {
 		return nil, err
 	}
 
@@ -235,15 +232,15 @@ func run(ctx context.Context, callers int, duration, baseline time.Duration) (ma
 		return nil, fmt.Errorf("%d TokenReview baseline calls failed", trErr)
 	}
 	fig["tokenreview_per_s"] = float64(len(trLat)) / baseline.Seconds()
-	fig["tokenreview_p99_ms"] = pct(trLat, 0.99)
+	fig["tokenreview_p99_ms"] = benchkit.Percentile(trLat, 0.99)
 
 	measure := func(client pb.IstioCertificateServiceClient, d time.Duration) (lat []float64, errs int, cpu float64, err error) {
-		cpu0, err := cpuSeconds(pid)
+		cpu0, err := benchkit.CPUSeconds(pid)
 		if err != nil {
 			return nil, 0, 0, err
 		}
 		lat, errs = load(ctx, callers, d, caller(client))
-		cpu1, err := cpuSeconds(pid)
+		cpu1, err := benchkit.CPUSeconds(pid)
 		return lat, errs, cpu1 - cpu0, err
 	}
 	ulat, uerrs, ucpu, err := measure(clients["uncached"], duration/2)
@@ -257,13 +254,13 @@ func run(ctx context.Context, callers int, duration, baseline time.Duration) (ma
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("run interrupted before the measurement ended: %w", err)
 	}
-	rss, err := peakRSSMB(pid)
+	rss, err := benchkit.PeakRSSMB(pid)
 	if err != nil {
 		return nil, err
 	}
 	fig["certs_per_s"] = float64(len(lat)) / duration.Seconds()
-	fig["ca_p50_ms"] = pct(lat, 0.50)
-	fig["ca_p99_ms"] = pct(lat, 0.99)
+	fig["ca_p50_ms"] = benchkit.Percentile(lat, 0.50)
+	fig["ca_p99_ms"] = benchkit.Percentile(lat, 0.99)
 	fig["errors"] = float64(errs + uerrs)
 	fig["cpu_s"] = cpu
 	fig["rss_mb"] = rss
@@ -272,7 +269,7 @@ func run(ctx context.Context, callers int, duration, baseline time.Duration) (ma
 		fig["cpu_ms_per_cert"] = 1000 * cpu / float64(len(lat))
 	}
 	fig["uncached_certs_per_s"] = float64(len(ulat)) / (duration / 2).Seconds()
-	fig["uncached_ca_p99_ms"] = pct(ulat, 0.99)
+	fig["uncached_ca_p99_ms"] = benchkit.Percentile(ulat, 0.99)
 	fig["uncached_cpu_s"] = ucpu
 	if len(ulat) > 0 {
 		fig["uncached_cpu_ms_per_cert"] = 1000 * ucpu / float64(len(ulat))
@@ -331,15 +328,6 @@ func load(ctx context.Context, n int, d time.Duration, fn func(context.Context, 
 	return lat, errs
 }
 
-func pct(v []float64, p float64) float64 {
-	if len(v) == 0 {
-		return 0
-	}
-	s := slices.Clone(v)
-	slices.Sort(s)
-	return s[min(len(s)-1, int(p*float64(len(s))))]
-}
-
 // setup creates the node, ztunnel's pod and one service account with a pod
 // on the node per caller; it returns the identities and ztunnel's pod.
 func setup(ctx context.Context, cs kubernetes.Interface, n int) ([]string, *corev1.Pod, error) {
@@ -379,18 +367,6 @@ func setup(ctx context.Context, cs kubernetes.Interface, n int) ([]string, *core
 	return ids, zt, nil
 }
 
-func podToken(ctx context.Context, cs kubernetes.Interface, pod *corev1.Pod) (string, error) {
-	exp := int64(3600)
-	tr, err := cs.CoreV1().ServiceAccounts(pod.Namespace).CreateToken(ctx, pod.Spec.ServiceAccountName, &authnv1.TokenRequest{Spec: authnv1.TokenRequestSpec{
-		Audiences: []string{ca.Audience}, ExpirationSeconds: &exp,
-		BoundObjectRef: &authnv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
-	}}, metav1.CreateOptions{})
-	if err != nil {
-		return "", fmt.Errorf("token request: %w", err)
-	}
-	return tr.Status.Token, nil
-}
-
 func newCSR(id string) (string, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -405,43 +381,6 @@ func newCSR(id string) (string, error) {
 		return "", err
 	}
 	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})), nil
-}
-
-func writeKubeconfig(cfg *rest.Config, path string) error {
-	kc := clientcmdapi.NewConfig()
-	kc.Clusters["envtest"] = &clientcmdapi.Cluster{Server: cfg.Host, CertificateAuthorityData: cfg.CAData}
-	kc.AuthInfos["admin"] = &clientcmdapi.AuthInfo{ClientCertificateData: cfg.CertData, ClientKeyData: cfg.KeyData, Token: cfg.BearerToken}
-	kc.Contexts["envtest"] = &clientcmdapi.Context{Cluster: "envtest", AuthInfo: "admin"}
-	kc.CurrentContext = "envtest"
-	return clientcmd.WriteToFile(*kc, path)
-}
-
-// cpuSeconds is utime+stime of pid from /proc/<pid>/stat.
-func cpuSeconds(pid int) (float64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-	ut, _ := strconv.ParseFloat(f[11], 64)
-	st, _ := strconv.ParseFloat(f[12], 64)
-	return (ut + st) / 100, nil // USER_HZ is 100 on Linux
-}
-
-// peakRSSMB is VmHWM of pid.
-func peakRSSMB(pid int) (float64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			kb, err := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
-			return kb / 1024, err
-		}
-	}
-	return 0, errors.New("no VmHWM")
 }
 
 // serveCA is the child: the CA as istiod-lite runs it.

@@ -19,9 +19,9 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
+	"github.com/ambient-mesh/mesh/hack/bench/benchkit"
 	"os"
 	"os/exec"
 	"slices"
@@ -70,8 +70,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench-capture:", err)
 		os.Exit(1)
 	}
-	data, _ := json.MarshalIndent(res, "", "  ")
-	if err := os.WriteFile(*out, append(data, '\n'), 0o644); err != nil {
+	if err := benchkit.WriteJSON(*out, res); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-capture:", err)
 		os.Exit(1)
 	}

@@ -6,9 +6,9 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
+	"github.com/ambient-mesh/mesh/hack/bench/benchkit"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -41,8 +41,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench-hbone:", err)
 		os.Exit(1)
 	}
-	b, _ := json.MarshalIndent(fig, "", "  ")
-	if err := os.WriteFile(*out, append(b, '\n'), 0o644); err != nil {
+	if err := benchkit.WriteJSON(*out, fig); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-hbone:", err)
 		os.Exit(1)
 	}

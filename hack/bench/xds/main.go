@@ -25,10 +25,10 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/ambient-mesh/mesh/hack/bench/benchkit"
 	"io"
 	"net"
 	"net/http"
@@ -54,17 +54,15 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/protobuf/types/known/structpb"
-	authnv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
@@ -128,8 +126,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench-xds:", err)
 		os.Exit(1)
 	}
-	b, _ := json.MarshalIndent(fig, "", "  ")
-	if err := os.WriteFile(*out, append(b, '\n'), 0o644); err != nil {
+	if err := benchkit.WriteJSON(*out, fig); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-xds:", err)
 		os.Exit(1)
 	}
@@ -186,7 +183,7 @@ func run(ctx context.Context, p params) (map[string]float64, error) {
 		g.SetLimit(16)
 		for i := range p.clients {
 			g.Go(func() (err error) {
-				tokens[i], err = podToken(gctx, cs, zt[i])
+				tokens[i], err = benchkit.PodToken(gctx, cs, zt[i], ca.Audience)
 				return err
 			})
 		}
@@ -201,7 +198,7 @@ func run(ctx context.Context, p params) (map[string]float64, error) {
 	}
 	defer os.RemoveAll(dir)
 	kubeconfig := filepath.Join(dir, "kubeconfig")
-	if err := writeKubeconfig(cfg, kubeconfig); err != nil {
+	if err := benchkit.WriteKubeconfig(cfg, kubeconfig); err != nil {
 		return nil, err
 	}
 	addrs := map[string]string{}
@@ -246,7 +243,7 @@ func run(ctx context.Context, p params) (map[string]float64, error) {
 		return nil, err
 	}
 	fig["istiod_ready_s"] = time.Since(startAt).Seconds()
-	cpuReady, err := cpuSeconds(pid)
+	cpuReady, err := benchkit.CPUSeconds(pid)
 	if err != nil {
 		return nil, err
 	}
@@ -280,11 +277,11 @@ func run(ctx context.Context, p params) (map[string]float64, error) {
 			}
 		}
 	}()
-	cpuBefore, err := cpuSeconds(pid)
+	cpuBefore, err := benchkit.CPUSeconds(pid)
 	if err != nil {
 		return nil, err
 	}
-	selfBefore, _ := cpuSeconds(os.Getpid())
+	selfBefore, _ := benchkit.CPUSeconds(os.Getpid())
 	pushStart := time.Now()
 	for i := range p.clients {
 		creds := credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS12, RootCAs: roots, ServerName: "istiod." + systemNS + ".svc"})
@@ -353,14 +350,14 @@ func run(ctx context.Context, p params) (map[string]float64, error) {
 		}
 	}
 	fig["full_push_all_s"] = time.Since(pushStart).Seconds()
-	cpuAfter, err := cpuSeconds(pid)
+	cpuAfter, err := benchkit.CPUSeconds(pid)
 	if err != nil {
 		return nil, err
 	}
 	fig["cpu_full_push_s"] = cpuAfter - cpuBefore
 	// The clients run in this process: their decoding competes with
 	// istiod-lite for the same cores.
-	if selfAfter, err := cpuSeconds(os.Getpid()); err == nil {
+	if selfAfter, err := benchkit.CPUSeconds(os.Getpid()); err == nil {
 		fig["clients_cpu_full_push_s"] = selfAfter - selfBefore
 	}
 	var fulls []float64
@@ -373,9 +370,9 @@ func run(ctx context.Context, p params) (map[string]float64, error) {
 	if want := p.pods + p.services; minRes < want {
 		return nil, fmt.Errorf("a client's first response held %d Addresses, want at least %d", minRes, want)
 	}
-	fig["full_push_s"] = pct(fulls, 0.99)
+	fig["full_push_s"] = benchkit.Percentile(fulls, 0.99)
 	fig["full_push_max_s"] = slices.Max(fulls)
-	fig["full_push_p50_s"] = pct(fulls, 0.50)
+	fig["full_push_p50_s"] = benchkit.Percentile(fulls, 0.50)
 	fig["addresses"] = float64(minRes)
 	fig["full_push_mb_per_client"] = float64(perClientBytes) / 1e6
 
@@ -385,7 +382,7 @@ func run(ctx context.Context, p params) (map[string]float64, error) {
 	if err != nil {
 		return nil, err
 	}
-	cpuBefore, _ = cpuSeconds(pid)
+	cpuBefore, _ = benchkit.CPUSeconds(pid)
 	var lat []float64
 	for j := range p.changes {
 		// Each change is a lone one: istiod-lite has been quiet for more
@@ -416,7 +413,7 @@ func run(ctx context.Context, p params) (map[string]float64, error) {
 		}
 		lat = append(lat, float64(time.Since(start).Microseconds())/1000)
 	}
-	cpuAfter, _ = cpuSeconds(pid)
+	cpuAfter, _ = benchkit.CPUSeconds(pid)
 	fig["cpu_changes_s"] = cpuAfter - cpuBefore
 
 	// One more client alone (ztunnel 0 reconnecting without state): the
@@ -427,20 +424,20 @@ func run(ctx context.Context, p params) (map[string]float64, error) {
 	}
 	fig["full_push_single_s"] = single.Seconds()
 	fig["changes"] = float64(len(lat))
-	fig["change_p50_ms"] = pct(lat, 0.50)
-	fig["change_p99_ms"] = pct(lat, 0.99)
+	fig["change_p50_ms"] = benchkit.Percentile(lat, 0.50)
+	fig["change_p99_ms"] = benchkit.Percentile(lat, 0.99)
 	fig["change_max_ms"] = slices.Max(lat)
 	wl := watchLat.latencies()
-	fig["baseline_watch_p99_ms"] = pct(wl, 0.99)
-	fig["baseline_watch_p50_ms"] = pct(wl, 0.50)
+	fig["baseline_watch_p99_ms"] = benchkit.Percentile(wl, 0.99)
+	fig["baseline_watch_p50_ms"] = benchkit.Percentile(wl, 0.50)
 
-	if fig["cpu_s"], err = cpuSeconds(pid); err != nil {
+	if fig["cpu_s"], err = benchkit.CPUSeconds(pid); err != nil {
 		return nil, err
 	}
-	if fig["rss_mb"], err = peakRSSMB(pid); err != nil {
+	if fig["rss_mb"], err = benchkit.PeakRSSMB(pid); err != nil {
 		return nil, err
 	}
-	if cur, err := currentRSSMB(pid); err == nil {
+	if cur, err := benchkit.CurrentRSSMB(pid); err == nil {
 		fig["rss_end_mb"] = cur
 	}
 	sent, err := scrapeCounter(ctx, "http://"+addrs["metrics"]+"/metrics", "pilot_xds_sent_bytes_total")
@@ -739,17 +736,6 @@ func populate(ctx context.Context, cs kubernetes.Interface, p params) ([]*corev1
 	return zt, nil
 }
 
-func podToken(ctx context.Context, cs kubernetes.Interface, pod *corev1.Pod) (string, error) {
-	tr, err := cs.CoreV1().ServiceAccounts(pod.Namespace).CreateToken(ctx, pod.Spec.ServiceAccountName, &authnv1.TokenRequest{Spec: authnv1.TokenRequestSpec{
-		Audiences: []string{ca.Audience}, ExpirationSeconds: ptr.To[int64](3600),
-		BoundObjectRef: &authnv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
-	}}, metav1.CreateOptions{})
-	if err != nil {
-		return "", fmt.Errorf("token request for pod %s/%s: %w", pod.Namespace, pod.Name, err)
-	}
-	return tr.Status.Token, nil
-}
-
 type bearer string
 
 func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
@@ -869,54 +855,6 @@ func tlsCopy(ctx context.Context, keys *ca.Keys, clients, n int) (time.Duration,
 	}
 	err = g.Wait()
 	return time.Since(start), err
-}
-
-func writeKubeconfig(cfg *rest.Config, path string) error {
-	kc := clientcmdapi.NewConfig()
-	kc.Clusters["envtest"] = &clientcmdapi.Cluster{Server: cfg.Host, CertificateAuthorityData: cfg.CAData}
-	kc.AuthInfos["admin"] = &clientcmdapi.AuthInfo{ClientCertificateData: cfg.CertData, ClientKeyData: cfg.KeyData, Token: cfg.BearerToken}
-	kc.Contexts["envtest"] = &clientcmdapi.Context{Cluster: "envtest", AuthInfo: "admin"}
-	kc.CurrentContext = "envtest"
-	return clientcmd.WriteToFile(*kc, path)
-}
-
-func pct(v []float64, p float64) float64 {
-	if len(v) == 0 {
-		return 0
-	}
-	s := slices.Clone(v)
-	slices.Sort(s)
-	return s[min(len(s)-1, int(p*float64(len(s))))]
-}
-
-// cpuSeconds is utime+stime of pid from /proc/<pid>/stat.
-func cpuSeconds(pid int) (float64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-	ut, _ := strconv.ParseFloat(f[11], 64)
-	st, _ := strconv.ParseFloat(f[12], 64)
-	return (ut + st) / 100, nil // USER_HZ is 100 on Linux
-}
-
-func peakRSSMB(pid int) (float64, error)    { return statusMB(pid, "VmHWM:") }
-func currentRSSMB(pid int) (float64, error) { return statusMB(pid, "VmRSS:") }
-
-func statusMB(pid int, field string) (float64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, field); ok {
-			kb, err := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
-			return kb / 1024, err
-		}
-	}
-	return 0, fmt.Errorf("no %s in /proc/%d/status", field, pid)
 }
 
 // serveIstiod is the child used for profiling: istiod-lite's Run, as

@@ -78,6 +78,13 @@ for dir in "$KUBELET_DIR" "$CONTAINERD_ROOT" "$CONTAINERD_STATE"; do
   awk -v d="$dir" '$2 ~ "^"d {print $2}' /proc/mounts | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
 done
 
+# What the mesh's node components left on the node when their pods were
+# killed rather than uninstalled: the CNI plugin binary, the agent's and
+# ztunnel's socket directories, the kubelet-probe SNAT table.
+rm -f "$CNI_BIN_DIR/ambient-cni"
+rm -rf /run/ambient-mesh /var/run/ztunnel
+nft delete table inet ambient-mesh-host 2>/dev/null || true
+
 # Host network: the node bridge, CNI config, plugin links and IPAM state.
 ip link delete "$NODE_BRIDGE" 2>/dev/null || true
 rm -f "$CNI_CONF_DIR/10-$CNI_NETWORK.conflist"

@@ -15,11 +15,26 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// errHostNetns refuses a handle that is not an open netns: -1 (a closed
+// file's Fd, or netns.None()) makes netlink act on the caller's own netns,
+// which for the node agent is the node's.
+var errHostNetns = errors.New("redirect: invalid pod netns handle (closed or none): refusing to touch the current (host) network namespace")
+
+func podNetns(ns netns.NsHandle) error {
+	if int(ns) < 0 {
+		return errHostNetns
+	}
+	return nil
+}
+
 // Install puts the capture rules into the netns ns (see [PodRules]). The
 // netns' loopback must be up (the CNI loopback plugin does that). If it fails
 // on a pod that was not captured, nothing of ours is left behind; on a pod
 // that was, the previous rules stay as they were.
 func (r *PodRules) Install(ns netns.NsHandle) error {
+	if err := podNetns(ns); err != nil {
+		return err
+	}
 	conn, err := nftables.New(nftables.WithNetNSFd(int(ns)))
 	if err != nil {
 		return fmt.Errorf("redirect: nftables netlink socket: %w", err)
@@ -58,6 +73,9 @@ func (r *PodRules) Install(ns netns.NsHandle) error {
 // Remove deletes the capture rules from ns; rules that are not there are not
 // an error.
 func (r *PodRules) Remove(ns netns.NsHandle) error {
+	if err := podNetns(ns); err != nil {
+		return err
+	}
 	conn, err := nftables.New(nftables.WithNetNSFd(int(ns)))
 	if err != nil {
 		return fmt.Errorf("redirect: nftables netlink socket: %w", err)

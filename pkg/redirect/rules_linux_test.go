@@ -1,6 +1,7 @@
 package redirect
 
 import (
+	"errors"
 	"flag"
 	"net"
 	"net/netip"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netns"
 	"go.uber.org/zap/zaptest"
 )
 
@@ -576,5 +578,19 @@ func TestFailedReinstallKeepsRules(t *testing.T) {
 	}
 	if got := run(t, "ip", "-n", ns.name, "rule", "show"); !strings.Contains(got, "fwmark 0x111/0xfff lookup 100") {
 		t.Errorf("policy rule gone after failed reinstall:\n%s", got)
+	}
+}
+
+// TestRefusesHostNetns: a closed or absent netns handle must not make the
+// rules land in the caller's (the node's) netns.
+func TestRefusesHostNetns(t *testing.T) {
+	r := NewPodRules(PodConfig{}, nil)
+	for _, h := range []netns.NsHandle{netns.None(), netns.NsHandle(-1)} {
+		if err := r.Install(h); !errors.Is(err, errHostNetns) {
+			t.Errorf("Install(%d) = %v, want errHostNetns", h, err)
+		}
+		if err := r.Remove(h); !errors.Is(err, errHostNetns) {
+			t.Errorf("Remove(%d) = %v, want errHostNetns", h, err)
+		}
 	}
 }

@@ -50,8 +50,25 @@ for p in /proc/[0-9]*; do
     *"-address $CONTAINERD_SOCK"*) kill -KILL "${p#/proc/}" 2>/dev/null || true ;;
   esac
 done
-for ns in $(printf '%s\n' "${netns[@]}" | sort -u); do
-  ip netns delete "$(basename "$ns")" 2>/dev/null || { umount "$ns" 2>/dev/null; rm -f "$ns"; }
+# Pod network namespaces: those containerd named, and any other cni-* netns
+# holding an address of the pod range (left by an interrupted run: a stale
+# one keeps a host route to a pod IP the next cluster hands out again).
+in_pod_cidr() { # IP: true when IP is inside $POD_CIDR
+  local ip=$1 net=${POD_CIDR%/*} bits=${POD_CIDR#*/} a b c d n
+  IFS=. read -r a b c d <<<"$ip"; n=$(( (a<<24)|(b<<16)|(c<<8)|d ))
+  IFS=. read -r a b c d <<<"$net"; local m=$(( (a<<24)|(b<<16)|(c<<8)|d ))
+  [ $(( (n ^ m) >> (32-bits) )) -eq 0 ]
+}
+for ns in $(ip netns list 2>/dev/null | awk '$1 ~ /^cni-/ {print $1}'); do
+  ours=0
+  case " ${netns[*]:-} " in *"/$ns "*) ours=1 ;; esac
+  if [ $ours = 0 ]; then
+    for ip in $(ip netns exec "$ns" ip -4 -o addr show scope global 2>/dev/null | awk '{print $4}' | cut -d/ -f1); do
+      in_pod_cidr "$ip" && ours=1
+    done
+  fi
+  [ $ours = 1 ] || continue
+  ip netns delete "$ns" 2>/dev/null || { umount -l "/var/run/netns/$ns" 2>/dev/null || true; rm -f "/var/run/netns/$ns" 2>/dev/null || log "netns $ns: could not remove /var/run/netns/$ns"; }
 done
 
 stop kube-apiserver

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -103,4 +104,22 @@ func PodToken(ctx context.Context, cs kubernetes.Interface, pod *corev1.Pod, aud
 		return "", fmt.Errorf("token request for pod %s/%s: %w", pod.Namespace, pod.Name, err)
 	}
 	return tr.Status.Token, nil
+}
+
+// CPUProfile starts a CPU profile into the file named by the environment
+// variable env, when it is set; the returned stop writes it out.
+func CPUProfile(env string) (stop func(), err error) {
+	path := os.Getenv(env)
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }

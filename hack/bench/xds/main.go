@@ -37,7 +37,6 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -868,16 +867,11 @@ func serveIstiod(kubeconfig string, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if path := os.Getenv("BENCH_XDS_CPUPROFILE"); path != "" {
-		f, err := os.Create(path)
-		if err != nil {
-			return err
-		}
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
+	stopProfile, err := benchkit.CPUProfile("BENCH_XDS_CPUPROFILE")
+	if err != nil {
+		return err
 	}
+	defer stopProfile()
 	restCfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 	if err != nil {
 		return err

@@ -110,6 +110,7 @@ for p in /usr/lib/cni/*; do
   [ -L "$l" ] && [ "$(readlink "$l")" = "$p" ] && rm -f "$l"
 done
 rmdir "$CNI_BIN_DIR" "$CNI_CONF_DIR" 2>/dev/null || true
+rmdir "$(dirname "$CNI_BIN_DIR")" "$(dirname "$CNI_CONF_DIR")" 2>/dev/null || true
 rm -rf "/var/lib/cni/networks/$CNI_NETWORK" "/var/lib/cni/results"
 rmdir /var/lib/cni/networks /var/lib/cni 2>/dev/null || true
 

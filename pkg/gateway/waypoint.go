@@ -79,6 +79,13 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.Opts.Logger == nil {
 		r.Opts.Logger = zap.NewNop()
 	}
+	gvk := gatewayv1.SchemeGroupVersion.WithKind("Gateway")
+	if _, err := mgr.GetRESTMapper().RESTMapping(gvk.GroupKind(), gvk.Version); meta.IsNoMatchError(err) {
+		r.Opts.Logger.Warn("gateway api crds not installed; waypoints are not deployed until restart", zap.String("kind", gvk.String()))
+		return nil
+	} else if err != nil {
+		return fmt.Errorf("look up %s in the API: %w", gvk, err)
+	}
 	isWaypoint := predicate.NewPredicateFuncs(func(o client.Object) bool {
 		gw, ok := o.(*gatewayv1.Gateway)
 		return ok && string(gw.Spec.GatewayClassName) == ClassName

@@ -17,15 +17,14 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/ambient-mesh/mesh/internal/kubeclient"
+	"github.com/ambient-mesh/mesh/pkg/logging"
 	"os"
 	"os/signal"
 	"syscall"
 
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/ambient-mesh/mesh/pkg/cni"
 	"github.com/ambient-mesh/mesh/pkg/nodeagent"
@@ -59,28 +58,16 @@ func runAgent(f nodeagent.Flags) error {
 	if f.NodeName == "" {
 		return errors.New("--node-name (or env NODE_NAME) is required")
 	}
-	level, err := zapcore.ParseLevel(f.LogLevel)
+	log, err := logging.New(f.LogLevel)
 	if err != nil {
-		return fmt.Errorf("--log-level: %w", err)
-	}
-	zc := zap.NewProductionConfig()
-	zc.Level = zap.NewAtomicLevelAt(level)
-	log, err := zc.Build()
-	if err != nil {
-		return fmt.Errorf("logger: %w", err)
+		return err
 	}
 	defer log.Sync() //nolint:errcheck
 	log = log.Named("ambient-cni")
-	var restCfg *rest.Config
-	if f.Kubeconfig != "" {
-		restCfg, err = clientcmd.BuildConfigFromFlags("", f.Kubeconfig)
-	} else {
-		restCfg, err = rest.InClusterConfig()
-	}
+	restCfg, err := kubeclient.RESTConfig(f.Kubeconfig)
 	if err != nil {
-		return fmt.Errorf("kubernetes config (--kubeconfig %q, or in-cluster): %w", f.Kubeconfig, err)
+		return err
 	}
-	restCfg.QPS, restCfg.Burst = 50, 100
 	client, err := kubernetes.NewForConfig(restCfg)
 	if err != nil {
 		return err

@@ -8,14 +8,13 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"github.com/ambient-mesh/mesh/internal/kubeclient"
+	"github.com/ambient-mesh/mesh/pkg/logging"
 	"os"
 	"os/signal"
 	"syscall"
 
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/ambient-mesh/mesh/pkg/istiod"
 	"github.com/ambient-mesh/mesh/pkg/version"
@@ -38,27 +37,15 @@ func main() {
 }
 
 func run(cfg istiod.Config) error {
-	level, err := zapcore.ParseLevel(cfg.LogLevel)
+	log, err := logging.New(cfg.LogLevel)
 	if err != nil {
-		return fmt.Errorf("--log-level: %w", err)
-	}
-	zc := zap.NewProductionConfig()
-	zc.Level = zap.NewAtomicLevelAt(level)
-	log, err := zc.Build()
-	if err != nil {
-		return fmt.Errorf("logger: %w", err)
+		return err
 	}
 	defer log.Sync() //nolint:errcheck
-	var restCfg *rest.Config
-	if cfg.Kubeconfig != "" {
-		restCfg, err = clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
-	} else {
-		restCfg, err = rest.InClusterConfig()
-	}
+	restCfg, err := kubeclient.RESTConfig(cfg.Kubeconfig)
 	if err != nil {
-		return fmt.Errorf("kubernetes config (--kubeconfig %q, or in-cluster): %w", cfg.Kubeconfig, err)
+		return err
 	}
-	restCfg.QPS, restCfg.Burst = 50, 100
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	log = log.Named("istiod-lite")

@@ -10,6 +10,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"github.com/ambient-mesh/mesh/pkg/logging"
 	"os"
 	"os/signal"
 	"syscall"
@@ -34,11 +35,9 @@ func main() {
 	if l, err := zapcore.ParseLevel(cfg.LogLevel); err == nil {
 		level.SetLevel(l)
 	}
-	zc := zap.NewProductionConfig()
-	zc.Level = level
-	log, err := zc.Build()
+	log, err := logging.Build(level)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "ztunnel: logger:", err)
+		fmt.Fprintln(os.Stderr, "ztunnel:", err)
 		os.Exit(1)
 	}
 	defer func() { _ = log.Sync() }()

@@ -89,10 +89,6 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench-ca:", err)
 		os.Exit(1)
 	}
-	if err := os.MkdirAll(filepath.Dir(*out), 0o755); err != nil {
-		fmt.Fprintln(os.Stderr, "bench-ca:", err)
-		os.Exit(1)
-	}
 	if err := benchkit.WriteJSON(*out, fig); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-ca:", err)
 		os.Exit(1)

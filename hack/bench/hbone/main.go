@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"github.com/ambient-mesh/mesh/hack/bench/benchkit"
 	"os"
-	"path/filepath"
 	"syscall"
 	"time"
 
@@ -34,10 +33,6 @@ func main() {
 	})
 	fig, err := run(ctx, *size, *runs, uint32(*frame))
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "bench-hbone:", err)
-		os.Exit(1)
-	}
-	if err := os.MkdirAll(filepath.Dir(*out), 0o755); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-hbone:", err)
 		os.Exit(1)
 	}

@@ -136,9 +136,14 @@ next:
 
 // scrapeZtunnel reads ztunnel's metrics (Prometheus text format).
 func scrapeZtunnel(ctx context.Context) (metricSeries, error) {
+	return scrapeURL(ctx, ztunnelMetricsURL)
+}
+
+// scrapeURL reads a Prometheus text endpoint.
+func scrapeURL(ctx context.Context, url string) (metricSeries, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, ztunnelMetricsURL, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -149,7 +154,7 @@ func scrapeZtunnel(ctx context.Context) (metricSeries, error) {
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<10))
-		return nil, fmt.Errorf("GET %s: %s: %s", ztunnelMetricsURL, resp.Status, b)
+		return nil, fmt.Errorf("GET %s: %s: %s", url, resp.Status, b)
 	}
 	return parseMetrics(resp.Body)
 }

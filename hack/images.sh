@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds every image of the project as a tarball in _output/images (static
 # binaries on a scratch base, no Docker): the binaries under cmd/, the pause
-# image, CoreDNS and Istio's echo app. `images.sh import` also loads them into
-# the local cluster's containerd (only those whose tarball changed).
+# image, CoreDNS, Istio's echo app, and the bulk test app with fortio.
+# `images.sh import` also loads them into the local cluster's containerd (only
+# those whose tarball changed).
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/cluster/env.sh"
 
@@ -16,7 +17,9 @@ mkdir -p "$BIN" "$IMG"
 cd "$REPO_ROOT"
 log "images: building project binaries"
 ldflags="-s -w -X github.com/ambient-mesh/mesh/pkg/version.Version=${VERSION:-dev}"
-go build -trimpath -ldflags "$ldflags" -o "$BIN/" ./cmd/... ./hack/cmd/pause
+go build -trimpath -ldflags "$ldflags" -o "$BIN/" ./cmd/... ./hack/cmd/pause ./hack/cmd/bulk
+# fortio from its own tools module (hack/tools/fortio), for bench-ztunnel.
+(cd hack/tools/fortio && go build -trimpath -ldflags "-s -w" -o "$BIN/fortio" fortio.org/fortio)
 go build -o "$BIN/imgbuild" ./hack/cmd/imgbuild
 
 img() { # NAME ENTRYPOINT DEST=SRC...
@@ -27,6 +30,7 @@ for c in ztunnel waypoint istiod-lite; do img "$c" "/usr/local/bin/$c" "/usr/loc
 img ambient-cni /usr/local/bin/ambient-cni "/usr/local/bin/ambient-cni=$BIN/ambient-cni"
 img pause /pause "/pause=$BIN/pause"
 img coredns /coredns "/coredns=$APPS_BIN/coredns"
+img bulk /usr/local/bin/bulk "/usr/local/bin/bulk=$BIN/bulk" "/usr/local/bin/fortio=$BIN/fortio"
 img echo /usr/local/bin/server "/usr/local/bin/server=$APPS_BIN/echo-server" "/usr/local/bin/client=$APPS_BIN/echo-client"
 log "images: $(ls "$IMG" | tr '\n' ' ')in $IMG"
 

@@ -2,7 +2,10 @@
 // resources istiod-lite serves to ztunnels over delta xDS: the
 // istio.workload.Address resources (one per Workload, one per Service) and the
 // istio.security.Authorization resources derived from AuthorizationPolicy and
-// PeerAuthentication.
+// PeerAuthentication. It also compiles Gateway API mesh routes (HTTPRoute,
+// GRPCRoute, TCPRoute attached to a Service or to an istio-waypoint Gateway)
+// into the waypoints' ambientmesh.waypoint.v1alpha1.ServiceConfig, one per
+// Service bound to a waypoint, and computes the routes' status (routes.go).
 //
 // Everything here is a pure function of a [Snapshot]: no clients, no caches,
 // no clocks. The same snapshot always produces the same [Resources], keyed by
@@ -30,6 +33,15 @@
 //     would never match) are treated the same way, never silently widened.
 //   - Every problem is returned as a [Diagnostic] naming the object and
 //     field; translation of everything else goes on.
+//   - Mesh routes: a route that cannot be compiled (bad regex, unsupported
+//     filter or value) is not accepted as a whole and leaves the others
+//     alone; an unresolved backend stays in the route as invalid (its share
+//     of requests gets 500). Only producer routes (in the Service's own
+//     namespace) attach to a Service: consumer routes are refused with
+//     UnsupportedValue, as a ServiceConfig has no notion of the client's
+//     namespace. Route hostnames are ignored for mesh parents. Matches on
+//     any path rank after regex paths, which rank after prefixes. A
+//     TCPRoute has one rule; the oldest TCPRoute on a port wins.
 //
 // Imported by the istiod-lite controller (which fills the snapshot from its
 // informers) and by tests and benchmarks that build snapshots by hand.

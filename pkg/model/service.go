@@ -21,6 +21,8 @@ type serviceInfo struct {
 	targetPortNames map[uint32]string
 	// portNames maps service port to its name (EndpointSlice ports carry it).
 	portNames map[uint32]string
+	// waypoint serves the Service, if it uses one.
+	waypoint *waypoint
 }
 
 func serviceHostname(name, namespace, suffix string) string {
@@ -109,12 +111,13 @@ func translateServices(s Snapshot, idx *index) ([]*serviceInfo, []Diagnostic) {
 		// A waypoint's own Service, or an east-west gateway's, has no waypoint.
 		managed := svc.Labels[LabelGatewayManaged]
 		if managed != ManagedMeshControllerValue && managed != ManagedEastWestValue {
-			addr, d := idx.waypointFor("Service", svc.ObjectMeta, true)
-			w.Waypoint = addr
+			wp, d := idx.waypointOf("Service", svc.ObjectMeta, true)
 			if d != nil {
 				diags = append(diags, *d)
 			}
-			if addr != nil {
+			if wp != nil {
+				w.Waypoint = wp.address
+				info.waypoint = wp
 				v, ok := svc.Labels[LabelIngressUseWaypoint]
 				if !ok {
 					v, ok = nsMeta.Labels[LabelIngressUseWaypoint]

@@ -10,6 +10,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+
+	waypointv1alpha1 "github.com/ambient-mesh/mesh/api/waypoint/v1alpha1"
 )
 
 // Type URLs of the resources this package produces, as ztunnel requests them.
@@ -92,6 +94,12 @@ type Snapshot struct {
 	Gateways              []*gatewayv1.Gateway
 	AuthorizationPolicies []*securityv1.AuthorizationPolicy
 	PeerAuthentications   []*securityv1.PeerAuthentication
+	// Gateway API mesh routes and the grants for their cross-namespace
+	// backends (see routes.go).
+	HTTPRoutes      []*gatewayv1.HTTPRoute
+	GRPCRoutes      []*gatewayv1.GRPCRoute
+	TCPRoutes       []*gatewayv1.TCPRoute
+	ReferenceGrants []*gatewayv1.ReferenceGrant
 }
 
 // Resources is the result of a translation: xDS resources keyed by resource
@@ -102,6 +110,12 @@ type Resources struct {
 	Addresses map[string]*workloadapi.Address
 	// Authorizations are keyed by "<namespace>/<name>".
 	Authorizations map[string]*security.Authorization
+	// WaypointConfigs hold the L7 configuration of every Service bound to a
+	// waypoint, keyed like its Service Address: "<namespace>/<hostname>".
+	WaypointConfigs map[string]*waypointv1alpha1.ServiceConfig
+	// RouteStatuses are the route statuses istiod-lite owns, keyed by
+	// RouteStatusKey; written under RouteStatusControllerName.
+	RouteStatuses map[string]*RouteStatus
 	// Diagnostics lists input problems, sorted; the objects concerned were
 	// translated as far as possible (or skipped), never fatally.
 	Diagnostics []Diagnostic
@@ -150,6 +164,10 @@ func Translate(s Snapshot) Resources {
 			Type: &workloadapi.Address_Service{Service: svc.svc},
 		}
 	}
+
+	configs, statuses, routeDiags := compileRoutes(s, idx, svcs)
+	out.WaypointConfigs, out.RouteStatuses = configs, statuses
+	out.Diagnostics = append(out.Diagnostics, routeDiags...)
 
 	wls, wlDiags := translateWorkloads(s, idx, svcs, auths)
 	out.Diagnostics = append(out.Diagnostics, wlDiags...)

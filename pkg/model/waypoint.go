@@ -21,21 +21,27 @@ type waypoint struct {
 	// the HBONE listener's allowedRoutes (Gateway API default: Same).
 	from     gatewayv1.FromNamespaces
 	selector labels.Selector
+	// listener is the name of the HBONE listener ("" if there is none).
+	listener string
 }
 
 // index holds lookups over a snapshot, built once per translation.
 type index struct {
 	namespaces map[string]*corev1.Namespace
 	localities map[string]*workloadapi.Locality // by node name
-	waypoints  map[string]*waypoint             // "ns/name"
-	diags      []Diagnostic
+	waypoints  map[string]*waypoint             // "ns/name"; usable (with an address) only
+	// waypointGateways holds every istio-waypoint Gateway, usable or not
+	// ("ns/name"), for routes that name one as their parent.
+	waypointGateways map[string]*waypoint
+	diags            []Diagnostic
 }
 
 func newIndex(s Snapshot) *index {
 	idx := &index{
-		namespaces: map[string]*corev1.Namespace{},
-		localities: map[string]*workloadapi.Locality{},
-		waypoints:  map[string]*waypoint{},
+		namespaces:       map[string]*corev1.Namespace{},
+		localities:       map[string]*workloadapi.Locality{},
+		waypoints:        map[string]*waypoint{},
+		waypointGateways: map[string]*waypoint{},
 	}
 	for _, ns := range s.Namespaces {
 		idx.namespaces[ns.Name] = ns
@@ -50,21 +56,20 @@ func newIndex(s Snapshot) *index {
 		if string(gw.Spec.GatewayClassName) != WaypointGatewayClassName {
 			continue
 		}
-		if wp := idx.makeWaypoint(gw, s.Mesh); wp != nil {
+		wp := idx.makeWaypoint(gw, s.Mesh)
+		idx.waypointGateways[gw.Namespace+"/"+gw.Name] = wp
+		if wp.address != nil {
 			idx.waypoints[gw.Namespace+"/"+gw.Name] = wp
 		}
 	}
 	return idx
 }
 
-// makeWaypoint returns nil while the Gateway has no status address: istiod
-// treats a waypoint as usable only once its deployment is ready and the
-// controller has published the address.
+// makeWaypoint reads a waypoint Gateway. Its address is nil while the
+// Gateway has no status address: istiod treats a waypoint as usable only once
+// its deployment is ready and the controller has published the address.
 func (idx *index) makeWaypoint(gw *gatewayv1.Gateway, mesh MeshConfig) *waypoint {
 	addr := gatewayAddress(gw, mesh.Network)
-	if addr == nil {
-		return nil
-	}
 	wp := &waypoint{
 		namespace:   gw.Namespace,
 		name:        gw.Name,
@@ -87,6 +92,7 @@ func (idx *index) makeWaypoint(gw *gatewayv1.Gateway, mesh MeshConfig) *waypoint
 		if l.Protocol != "HBONE" || l.Port != HBONEPort {
 			continue
 		}
+		wp.listener = string(l.Name)
 		if l.AllowedRoutes == nil || l.AllowedRoutes.Namespaces == nil || l.AllowedRoutes.Namespaces.From == nil {
 			break
 		}
@@ -174,6 +180,15 @@ func useWaypoint(meta metav1.ObjectMeta, defaultNamespace string) (key string, n
 // object label first, then its namespace's label. It returns a diagnostic
 // message when a label names a waypoint that cannot be used.
 func (idx *index) waypointFor(kind string, meta metav1.ObjectMeta, forService bool) (*workloadapi.GatewayAddress, *Diagnostic) {
+	wp, d := idx.waypointOf(kind, meta, forService)
+	if wp == nil {
+		return nil, d
+	}
+	return wp.address, d
+}
+
+// waypointOf is waypointFor returning the waypoint itself.
+func (idx *index) waypointOf(kind string, meta metav1.ObjectMeta, forService bool) (*waypoint, *Diagnostic) {
 	key, none, found := useWaypoint(meta, meta.Namespace)
 	onObject := found
 	if none {
@@ -215,5 +230,5 @@ func (idx *index) waypointFor(kind string, meta metav1.ObjectMeta, forService bo
 		}
 		return nil, diag("UnsupportedTrafficType", "waypoint "+key+" is for "+wp.trafficType+" traffic, not "+want)
 	}
-	return wp.address, nil
+	return wp, nil
 }

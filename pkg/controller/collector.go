@@ -40,7 +40,8 @@ import (
 // When only Pods changed, Reconcile reads just the Pods that events named and
 // translates those alone, keeping every other message (see incremental).
 //
-// Optional kinds (Gateway API Gateways, Istio security CRDs) are watched only
+// Optional kinds (Gateway API Gateways, routes and ReferenceGrants, Istio
+// security CRDs) are watched only
 // when their CRDs are installed when the Collector is set up; Missing lists the
 // ones that were not.
 type Collector struct {
@@ -92,6 +93,10 @@ func (c *Collector) SetupWithManager(mgr ctrl.Manager) error {
 		{gatewayv1.SchemeGroupVersion.WithKind("Gateway"), &gatewayv1.Gateway{}},
 		{securityv1.SchemeGroupVersion.WithKind("AuthorizationPolicy"), &securityv1.AuthorizationPolicy{}},
 		{securityv1.SchemeGroupVersion.WithKind("PeerAuthentication"), &securityv1.PeerAuthentication{}},
+		{gatewayv1.SchemeGroupVersion.WithKind("HTTPRoute"), &gatewayv1.HTTPRoute{}},
+		{gatewayv1.SchemeGroupVersion.WithKind("GRPCRoute"), &gatewayv1.GRPCRoute{}},
+		{gatewayv1.SchemeGroupVersion.WithKind("TCPRoute"), &gatewayv1.TCPRoute{}},
+		{gatewayv1.SchemeGroupVersion.WithKind("ReferenceGrant"), &gatewayv1.ReferenceGrant{}},
 	}
 	for _, o := range optional {
 		_, err := mgr.GetRESTMapper().RESTMapping(o.gvk.GroupKind(), o.gvk.Version)
@@ -108,16 +113,23 @@ func (c *Collector) SetupWithManager(mgr ctrl.Manager) error {
 	return b.Complete(c)
 }
 
+// optionalKinds are the kinds watched only when their CRD is installed.
+var optionalKinds = []string{"Gateway", "AuthorizationPolicy", "PeerAuthentication", "HTTPRoute", "GRPCRoute", "TCPRoute", "ReferenceGrant"}
+
 // Missing lists the optional kinds that are not watched (CRD absent).
 func (c *Collector) Missing() []string {
 	var out []string
-	for _, k := range []string{"Gateway", "AuthorizationPolicy", "PeerAuthentication"} {
+	for _, k := range optionalKinds {
 		if !c.optional[k] {
 			out = append(out, k)
 		}
 	}
 	return out
 }
+
+// Watches reports whether an optional kind is watched (its CRD was
+// installed at setup), so the manager's cache can serve it.
+func (c *Collector) Watches(kind string) bool { return c.optional[kind] }
 
 // Reconcile lists the cluster state from the cache and pushes a translation.
 func (c *Collector) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.Result, error) {
@@ -182,6 +194,12 @@ func objectFor(kind string) client.Object {
 		return &gatewayv1.Gateway{}
 	case "EndpointSlice":
 		return &discoveryv1.EndpointSlice{}
+	case "HTTPRoute":
+		return &gatewayv1.HTTPRoute{}
+	case "GRPCRoute":
+		return &gatewayv1.GRPCRoute{}
+	case "TCPRoute":
+		return &gatewayv1.TCPRoute{}
 	}
 	return nil
 }
@@ -244,6 +262,34 @@ func (c *Collector) snapshot(ctx context.Context, withPods bool) (model.Snapshot
 			return s, fmt.Errorf("list peerauthentications: %w", err)
 		}
 		s.PeerAuthentications = l.Items
+	}
+	if c.optional["HTTPRoute"] {
+		var l gatewayv1.HTTPRouteList
+		if err := c.Client.List(ctx, &l, client.UnsafeDisableDeepCopy); err != nil {
+			return s, fmt.Errorf("list httproutes: %w", err)
+		}
+		s.HTTPRoutes = ptrs(l.Items)
+	}
+	if c.optional["GRPCRoute"] {
+		var l gatewayv1.GRPCRouteList
+		if err := c.Client.List(ctx, &l, client.UnsafeDisableDeepCopy); err != nil {
+			return s, fmt.Errorf("list grpcroutes: %w", err)
+		}
+		s.GRPCRoutes = ptrs(l.Items)
+	}
+	if c.optional["TCPRoute"] {
+		var l gatewayv1.TCPRouteList
+		if err := c.Client.List(ctx, &l, client.UnsafeDisableDeepCopy); err != nil {
+			return s, fmt.Errorf("list tcproutes: %w", err)
+		}
+		s.TCPRoutes = ptrs(l.Items)
+	}
+	if c.optional["ReferenceGrant"] {
+		var l gatewayv1.ReferenceGrantList
+		if err := c.Client.List(ctx, &l, client.UnsafeDisableDeepCopy); err != nil {
+			return s, fmt.Errorf("list referencegrants: %w", err)
+		}
+		s.ReferenceGrants = ptrs(l.Items)
 	}
 	return s, nil
 }

@@ -31,7 +31,8 @@ import (
 // own Workloads): a Pod's Workload on that Pod and on every object that is
 // not a Pod (namespace labels, Services and their selectors,
 // EndpointSlices, waypoints, nodes, policies); every other message (Services,
-// EndpointSlice workloads, Authorizations) on non-Pod objects only. So when
+// EndpointSlice workloads, Authorizations, waypoint ServiceConfigs, route
+// statuses) on non-Pod objects only. So when
 // the fingerprint of the non-Pod inputs is unchanged, the Pods whose uid and
 // resourceVersion changed (or that came or went) are translated alone and
 // merged into the previous result; any other change translates everything.
@@ -109,6 +110,9 @@ func (r *incremental) update(rest model.Snapshot, pods map[string]*corev1.Pod) m
 	out := model.Resources{
 		Addresses:      maps.Clone(r.prev.Addresses),
 		Authorizations: r.prev.Authorizations, // non-Pod inputs only; unchanged
+		// Waypoint configs and route statuses depend on non-Pod inputs only.
+		WaypointConfigs: r.prev.WaypointConfigs,
+		RouteStatuses:   r.prev.RouteStatuses,
 	}
 	for k := range dirty {
 		ns, name, _ := strings.Cut(k, "/")
@@ -234,6 +238,18 @@ func envFingerprint(s model.Snapshot) uint64 {
 	}
 	for _, o := range s.PeerAuthentications {
 		add("PeerAuthentication", o)
+	}
+	for _, o := range s.HTTPRoutes {
+		add("HTTPRoute", o)
+	}
+	for _, o := range s.GRPCRoutes {
+		add("GRPCRoute", o)
+	}
+	for _, o := range s.TCPRoutes {
+		add("TCPRoute", o)
+	}
+	for _, o := range s.ReferenceGrants {
+		add("ReferenceGrant", o)
 	}
 	if sum == 0 {
 		sum = 1

@@ -9,6 +9,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/ambient-mesh/mesh/pkg/model"
 )
@@ -26,7 +28,17 @@ func incPod(name, ip string) *corev1.Pod {
 
 func incSnapshot() model.Snapshot {
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "demo", UID: "ns-uid", ResourceVersion: "1",
-		Labels: map[string]string{model.LabelDataplaneMode: model.DataplaneModeAmbient}}}
+		Labels: map[string]string{model.LabelDataplaneMode: model.DataplaneModeAmbient, model.LabelUseWaypoint: "wp"}}}
+	wp := &gatewayv1.Gateway{ObjectMeta: metav1.ObjectMeta{Namespace: "demo", Name: "wp", UID: "gw-uid", ResourceVersion: "4"},
+		Spec: gatewayv1.GatewaySpec{GatewayClassName: model.WaypointGatewayClassName,
+			Listeners: []gatewayv1.Listener{{Name: "mesh", Port: model.HBONEPort, Protocol: "HBONE"}}},
+		Status: gatewayv1.GatewayStatus{Addresses: []gatewayv1.GatewayStatusAddress{{Value: "10.96.0.99"}}}}
+	route := &gatewayv1.HTTPRoute{ObjectMeta: metav1.ObjectMeta{Namespace: "demo", Name: "web", UID: "route-uid", ResourceVersion: "5"},
+		Spec: gatewayv1.HTTPRouteSpec{
+			CommonRouteSpec: gatewayv1.CommonRouteSpec{ParentRefs: []gatewayv1.ParentReference{{Group: ptr.To(gatewayv1.Group("")), Kind: ptr.To(gatewayv1.Kind("Service")), Name: "web"}}},
+			Rules: []gatewayv1.HTTPRouteRule{{BackendRefs: []gatewayv1.HTTPBackendRef{{BackendRef: gatewayv1.BackendRef{
+				BackendObjectReference: gatewayv1.BackendObjectReference{Name: "web", Port: ptr.To(gatewayv1.PortNumber(80))}, Weight: ptr.To[int32](7)}}}}},
+		}}
 	svc := &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "demo", Name: "web", UID: "svc-uid", ResourceVersion: "2"},
 		Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "web"}, ClusterIP: "10.96.0.10",
@@ -36,6 +48,8 @@ func incSnapshot() model.Snapshot {
 		Namespaces: []*corev1.Namespace{ns},
 		Services:   []*corev1.Service{svc},
 		Pods:       []*corev1.Pod{incPod("a", "10.0.0.1"), incPod("b", "10.0.0.2")},
+		Gateways:   []*gatewayv1.Gateway{wp},
+		HTTPRoutes: []*gatewayv1.HTTPRoute{route},
 	}
 }
 
@@ -74,6 +88,11 @@ func TestIncrementalTranslate(t *testing.T) {
 			v := s.Services[0].DeepCopy()
 			v.ResourceVersion, v.Spec.Ports[0].Port = "9", 8080
 			s.Services[0] = v
+		}, false, nil},
+		{"route changed", func(s *model.Snapshot) {
+			r := s.HTTPRoutes[0].DeepCopy()
+			r.ResourceVersion, r.Spec.Rules[0].BackendRefs[0].Weight = "9", ptr.To[int32](3)
+			s.HTTPRoutes[0] = r
 		}, false, nil},
 		{"namespace left the mesh", func(s *model.Snapshot) {
 			n := s.Namespaces[0].DeepCopy()
@@ -117,6 +136,17 @@ func TestIncrementalTranslate(t *testing.T) {
 				if !proto.Equal(got.Authorizations[name], w) {
 					t.Errorf("authorization %s = %v, want %v", name, got.Authorizations[name], w)
 				}
+			}
+			if len(first.WaypointConfigs) != 1 || len(got.WaypointConfigs) != len(want.WaypointConfigs) {
+				t.Errorf("%d waypoint configs, want %d (first: %d, want 1)", len(got.WaypointConfigs), len(want.WaypointConfigs), len(first.WaypointConfigs))
+			}
+			for name, w := range want.WaypointConfigs {
+				if !proto.Equal(got.WaypointConfigs[name], w) {
+					t.Errorf("waypoint config %s = %v, want %v", name, got.WaypointConfigs[name], w)
+				}
+			}
+			if len(got.RouteStatuses) != len(want.RouteStatuses) {
+				t.Errorf("%d route statuses, want %d", len(got.RouteStatuses), len(want.RouteStatuses))
 			}
 			if g, w := diagStrings(got.Diagnostics), diagStrings(want.Diagnostics); !slices.Equal(g, w) {
 				t.Errorf("diagnostics = %v, want %v", g, w)

@@ -1,0 +1,44 @@
+// Package waypoint is the ambient mesh's L7 proxy, the engine of
+// cmd/waypoint: it terminates HBONE on 15008 for the Services bound to one
+// waypoint Gateway, applies their routes (compiled from the
+// ambientmesh.waypoint.v1alpha1.ServiceConfig resources istiod-lite serves
+// on the delta xDS stream) and tunnels each request on over HBONE to a
+// ready pod of the chosen backend Service.
+//
+// Per stream: the CONNECT's :authority (Service VIP:port, or
+// hostname:port) names the Service; one that is unknown, has no
+// ServiceConfig, or whose ServiceConfig does not list this waypoint
+// ("<namespace>/<name>") is refused with 503 before the 200. HTTP ports
+// speak HTTP/1.1 or h2c prior knowledge, HTTP2 and GRPC ports h2c; TCP
+// ports are copied at L4 to a TCPRoute backend chosen by weight.
+//
+// Per request: the first route with a matching match wins (404 when none),
+// its filters run in order (header modifiers, URL rewrite, redirect,
+// mirror), a backend is chosen by weight (500 when invalid or none), and
+// the request goes round-robin to a HEALTHY endpoint of it (503 when there
+// is none) over one shared upstream transport per protocol (HTTP/1.1
+// keep-alive pool or h2c) on HBONE streams that present the waypoint's own
+// certificate and expect the endpoint's SPIFFE identity. Requests whose
+// body is buffered (up to Config.MaxReplayBody) or absent are retried on
+// connect failures and the route's retriable statuses with jittered
+// exponential backoff, each try bounded by backend_request_timeout and the
+// whole by request_timeout (504). traceparent gets a new span id per hop,
+// x-request-id is kept or set, and every request is counted in
+// istio_requests_total and istio_request_duration_milliseconds with
+// reporter="waypoint" and logged as one access-log line.
+//
+// In-process use (benchmarks, tests, cmd/waypoint through pkg/waypoint/app):
+//
+//	addrs := state.NewStore()     // fed by Address deltas: addrs.HandleAddress
+//	routes := waypoint.NewRoutes() // fed by ServiceConfig deltas: routes.Handle (NACKs bad ones)
+//	p, err := waypoint.New(waypoint.Config{
+//		Name: "demo/waypoint", Addresses: addrs, Routes: routes,
+//		SVID: svidSource, Bundle: bundle, // the waypoint's own certificate and the mesh roots
+//	})
+//	ln, _ := net.Listen("tcp", ":15008")
+//	go p.Serve(ctx, ln) // drains when ctx ends
+//	defer p.Close()     // after Serve returned
+//
+// It is data-plane code: no Kubernetes client, no control-plane package
+// (internal/archtest).
+package waypoint

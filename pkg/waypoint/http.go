@@ -1,0 +1,371 @@
+package waypoint
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.uber.org/zap"
+
+	waypointv1alpha1 "github.com/ambient-mesh/mesh/api/waypoint/v1alpha1"
+	"github.com/ambient-mesh/mesh/pkg/ztunnel/state"
+)
+
+// call is the state of one request through the proxy, shared by the
+// handler, the retrying transport and the error handler through the
+// request context.
+type call struct {
+	st      *stream
+	snap    *state.Snapshot
+	route   *route
+	backend *weightedBackend
+	h2      bool   // upstream speaks h2c
+	body    []byte // the buffered request body, when replayable
+	hasBody bool   // body != nil, or an unbuffered body is being streamed
+
+	// Written by the transport (one try at a time) and read after the
+	// response: the last endpoint tried, how many tries, the flags.
+	endpoint *endpoint
+	attempts int
+	flags    string
+}
+
+type callKey struct{}
+
+// transports builds the shared upstream transports: HTTP/1.1 with a
+// keep-alive pool per endpoint, and h2c (prior knowledge) multiplexing on
+// one connection per endpoint. Both dial HBONE streams through the pooled
+// HBONE client.
+func (p *Proxy) transports() (h1, h2c *http.Transport) {
+	dial := func(ctx context.Context, _, addr string) (net.Conn, error) { return p.dialEndpoint(ctx, addr) }
+	h1 = &http.Transport{
+		DialContext:         dial,
+		MaxIdleConns:        1024,
+		MaxIdleConnsPerHost: 256,
+		IdleConnTimeout:     90 * time.Second,
+		DisableCompression:  true,
+		ForceAttemptHTTP2:   false,
+	}
+	var protos http.Protocols
+	protos.SetUnencryptedHTTP2(true)
+	h2c = &http.Transport{
+		DialContext:        dial,
+		DisableCompression: true,
+		Protocols:          &protos,
+		IdleConnTimeout:    90 * time.Second,
+		HTTP2: &http.HTTP2Config{
+			MaxReceiveBufferPerConnection: 16 << 20,
+			MaxReceiveBufferPerStream:     4 << 20,
+		},
+	}
+	return h1, h2c
+}
+
+func (p *Proxy) reverseProxy() http.Handler {
+	rp := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			// Keep what the client sent (Rewrite strips these by default).
+			for _, h := range []string{"X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded"} {
+				if v, ok := pr.In.Header[h]; ok {
+					pr.Out.Header[h] = v
+				}
+			}
+			pr.Out.URL.Scheme = "http"
+			pr.Out.Host = pr.In.Host
+		},
+		Transport:     roundTripper{p},
+		FlushInterval: -1, // stream: gRPC and server-sent events must not wait
+		ErrorHandler:  p.proxyError,
+		ErrorLog:      zap.NewStdLog(p.log.Named("reverseproxy")),
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { p.serveHTTP(w, r, rp) })
+}
+
+// serveHTTP is the L7 path of one request: route, filters, body
+// buffering, mirror, then the retrying reverse proxy; metrics and the
+// access log at the end.
+func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request, rp *httputil.ReverseProxy) {
+	start := time.Now()
+	st, _ := r.Context().Value(streamKey{}).(*stream)
+	if st == nil {
+		http.Error(w, "no stream", http.StatusInternalServerError)
+		return
+	}
+	rec := &recorder{ResponseWriter: w}
+	c := &call{st: st, snap: p.cfg.Addresses.Snapshot()}
+	orig := requestSummary{method: r.Method, path: r.URL.RequestURI(), authority: r.Host, proto: r.Proto}
+	reqID := ensureRequestID(r.Header)
+	trace := propagateTrace(r.Header)
+	defer func() { p.report(c, rec, &orig, reqID, trace, start) }()
+
+	rt, m := selectRoute(st.port.routes, r)
+	if rt == nil {
+		c.flags = flagNoRoute
+		http.Error(rec, "no route", http.StatusNotFound)
+		return
+	}
+	c.route = rt
+	var pl plan
+	applyFilters(rt.filters, m, r, &pl)
+	if pl.redirect == nil {
+		c.backend = pickWeighted(rt.backends, rt.total)
+		if c.backend != nil {
+			applyFilters(c.backend.filters, m, r, &pl)
+		}
+	}
+	if pl.redirect != nil {
+		for _, hm := range pl.respHeaders {
+			hm.apply(rec.Header())
+		}
+		http.Redirect(rec, r, redirectLocation(pl.redirect, m, r), redirectStatus(pl.redirect))
+		return
+	}
+	if c.backend == nil || c.backend.backend.invalid {
+		c.flags = flagBadBackend
+		http.Error(rec, "invalid backend", http.StatusInternalServerError)
+		return
+	}
+	c.h2 = p.upstreamH2(st, c.backend.backend)
+
+	ctx := context.WithValue(r.Context(), callKey{}, c)
+	if rt.requestTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, rt.requestTimeout)
+		defer cancel()
+	}
+	r = r.WithContext(ctx)
+	p.bufferBody(r, c, rt.retry.attempts > 0 || len(pl.mirrors) > 0)
+	for _, mi := range pl.mirrors {
+		p.mirror(mi, r, c)
+	}
+	if len(pl.respHeaders) > 0 {
+		rec.respHeaders = pl.respHeaders
+	}
+	rp.ServeHTTP(rec, r)
+}
+
+// upstreamH2 tells whether the backend port speaks HTTP/2 (HTTP2, GRPC):
+// from the backend Service's own config when it has one, else the
+// protocol of the port the request came in on.
+func (p *Proxy) upstreamH2(st *stream, b backendRef) bool {
+	proto := st.port.protocol
+	if s := p.cfg.Routes.lookup(b.key); s != nil {
+		if pt := s.ports[b.port]; pt != nil {
+			proto = pt.protocol
+		}
+	}
+	return proto == waypointv1alpha1.Protocol_HTTP2 || proto == waypointv1alpha1.Protocol_GRPC
+}
+
+// bufferBody makes the request replayable when its body is small enough:
+// a body of known length up to MaxReplayBody is read now; one of unknown
+// length is read up to the limit only when the route needs it (retries,
+// mirrors) and the port is not gRPC (a streaming client would wait for
+// us). A body that does not fit is streamed and the request is not
+// retried.
+func (p *Proxy) bufferBody(r *http.Request, c *call, wanted bool) {
+	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
+		c.body = []byte{}
+		return
+	}
+	c.hasBody = true
+	limit := int64(p.cfg.MaxReplayBody)
+	switch {
+	case r.ContentLength > 0 && r.ContentLength <= limit:
+	case r.ContentLength < 0 && wanted && c.st.port.protocol != waypointv1alpha1.Protocol_GRPC:
+	default:
+		return
+	}
+	buf, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
+	if err != nil || int64(len(buf)) > limit {
+		// Too large (or broken): stream what was read, then the rest.
+		r.Body = readCloser{io.MultiReader(bytes.NewReader(buf), r.Body), r.Body}
+		return
+	}
+	c.body = buf
+	r.Body = io.NopCloser(bytes.NewReader(buf))
+	r.ContentLength = int64(len(buf))
+	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(buf)), nil }
+}
+
+type readCloser struct {
+	io.Reader
+	io.Closer
+}
+
+// proxyError answers for a request the transport could not complete.
+func (p *Proxy) proxyError(w http.ResponseWriter, r *http.Request, err error) {
+	c, _ := r.Context().Value(callKey{}).(*call)
+	status, flags := http.StatusServiceUnavailable, flagReset
+	var de *dialError
+	switch {
+	case errors.Is(err, errNoEndpoints):
+		flags = flagNoHealthy
+	case errors.Is(err, errTryTimeout) || errors.Is(err, context.DeadlineExceeded):
+		status, flags = http.StatusGatewayTimeout, flagTimeout
+	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
+		// The client went away: nobody reads an answer.
+		status, flags = 499, flagDownstream
+	case errors.As(err, &de):
+		flags = flagConnect
+	}
+	if c != nil {
+		c.flags = flags
+	}
+	p.log.Debug("upstream request failed", zap.String("authority", r.Host), zap.String("path", r.URL.Path), zap.String("response_flags", flags), zap.Error(err))
+	if status == 499 {
+		if rec, ok := w.(*recorder); ok {
+			rec.code = status
+		}
+		return
+	}
+	if rec, ok := w.(*recorder); ok {
+		rec.respHeaders = nil // Envoy applies route response headers to its own replies too; we keep them off errors
+	}
+	http.Error(w, strings.ToLower(http.StatusText(status)), status)
+}
+
+// recorder captures the status and size of the response and applies the
+// route's response header modifiers before the status is written.
+type recorder struct {
+	http.ResponseWriter
+	code        int
+	bytes       int64
+	respHeaders []*headerMod
+}
+
+func (r *recorder) WriteHeader(code int) {
+	if r.code == 0 || (r.code >= 100 && r.code < 200) {
+		if code >= 200 {
+			for _, hm := range r.respHeaders {
+				hm.apply(r.ResponseWriter.Header())
+			}
+		}
+		r.code = code
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *recorder) Write(b []byte) (int, error) {
+	if r.code == 0 {
+		r.WriteHeader(http.StatusOK)
+	}
+	n, err := r.ResponseWriter.Write(b)
+	r.bytes += int64(n)
+	return n, err
+}
+
+func (r *recorder) Flush() {
+	if r.code == 0 {
+		r.WriteHeader(http.StatusOK)
+	}
+	_ = http.NewResponseController(r.ResponseWriter).Flush()
+}
+
+func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+func (r *recorder) status() int {
+	if r.code == 0 {
+		return http.StatusOK
+	}
+	return r.code
+}
+
+// grpcStatus reads grpc-status from the response trailers (or headers,
+// for a trailers-only response).
+func (r *recorder) grpcStatus() string {
+	h := r.ResponseWriter.Header()
+	if v := h.Get("Grpc-Status"); v != "" {
+		return v
+	}
+	return h.Get(http.TrailerPrefix + "Grpc-Status")
+}
+
+type requestSummary struct {
+	method, path, authority, proto string
+}
+
+// report records the metrics and the access-log line of a finished request.
+func (p *Proxy) report(c *call, rec *recorder, orig *requestSummary, reqID, trace string, start time.Time) {
+	d := time.Since(start)
+	st := c.st
+	protocol := "http"
+	if st.port.protocol == waypointv1alpha1.Protocol_GRPC {
+		protocol = "grpc"
+	}
+	r := &requestRecord{
+		srcWorkload: st.src,
+		srcIdentity: st.in.Peer,
+		dstService:  st.svcAddr,
+		protocol:    protocol,
+		code:        rec.status(),
+		grpcStatus:  rec.grpcStatus(),
+		flags:       c.flags,
+		durationMS:  float64(d.Microseconds()) / 1000,
+	}
+	var dstAddr string
+	if c.backend != nil {
+		if s := c.snap.Service(c.backend.backend.key); s != nil {
+			r.dstService = s
+		} else {
+			r.dstService, r.dstHost = nil, c.backend.backend.hostname
+			r.dstNS, _, _ = cutName(c.backend.backend.key)
+		}
+	}
+	if ep := c.endpoint; ep != nil {
+		r.dstWorkload, r.dstIdentity = ep.workload, ep.identity
+		dstAddr = ep.addr.String()
+	}
+	if r.flags == "" && c.attempts > 1 && c.route != nil && c.route.retry.codes[r.code] {
+		r.flags = flagRetryLimit
+	}
+	p.cfg.Metrics.request(r)
+	if ce := p.access.Check(zap.InfoLevel, "request complete"); ce != nil {
+		routeName := ""
+		if c.route != nil {
+			routeName = c.route.name
+		}
+		ce.Write(
+			zap.String("src.addr", st.srcAddr),
+			zap.String("src.workload", workloadName(st.src)),
+			zap.String("src.namespace", st.src.GetNamespace()),
+			zap.String("src.identity", idOrEmpty(st.in.Peer)),
+			zap.String("dst.service", st.svc.hostname),
+			zap.String("dst.hbone_addr", st.in.Target),
+			zap.String("dst.addr", dstAddr),
+			zap.String("dst.workload", workloadName(r.dstWorkload)),
+			zap.String("dst.identity", idOrEmpty(r.dstIdentity)),
+			zap.String("route", routeName),
+			zap.String("method", orig.method),
+			zap.String("path", orig.path),
+			zap.String("authority", orig.authority),
+			zap.String("protocol", orig.proto),
+			zap.Int("response_code", r.code),
+			zap.String("grpc_status", r.grpcStatus),
+			zap.String("response_flags", or(r.flags)),
+			zap.Int("attempts", c.attempts),
+			zap.Int64("bytes_sent", rec.bytes),
+			zap.String("request_id", reqID),
+			zap.String("trace_id", trace),
+			zap.String("duration", durationMS(d)),
+		)
+	}
+}
+
+func idOrEmpty(id spiffeid.ID) string {
+	if id.IsZero() {
+		return ""
+	}
+	return id.String()
+}
+
+// durationMS renders d as ztunnel's access log does, "<n>ms".
+func durationMS(d time.Duration) string { return strconv.FormatInt(d.Milliseconds(), 10) + "ms" }

@@ -1,0 +1,128 @@
+package waypoint
+
+import (
+	"errors"
+	"math/rand/v2"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"istio.io/istio/pkg/workloadapi"
+
+	"github.com/ambient-mesh/mesh/pkg/ztunnel/state"
+)
+
+// errNoEndpoints: the backend Service has no ready endpoint (503, UH).
+var errNoEndpoints = errors.New("no healthy upstream")
+
+// endpoint is one ready workload of a backend Service port.
+type endpoint struct {
+	addr     netip.AddrPort // podIP:targetPort, the HBONE :authority
+	workload *workloadapi.Workload
+	identity spiffeid.ID
+	service  *workloadapi.Service // nil when the Address state lacks it
+}
+
+// endpointSet is the ready endpoints of one (Service, port), with its
+// round-robin cursor.
+type endpointSet struct {
+	eps  []endpoint
+	next atomic.Uint64
+}
+
+type lbKey struct {
+	svc  string // "<namespace>/<hostname>"
+	port uint32
+}
+
+// balancer picks endpoints round-robin. Endpoint lists are derived lazily
+// from one state snapshot and cached until the snapshot changes.
+//
+// Concurrency: mu guards snap and sets; a set, once built, is read-only
+// except for its atomic cursor.
+type balancer struct {
+	mu   sync.Mutex
+	snap *state.Snapshot
+	sets map[lbKey]*endpointSet
+}
+
+// pick returns the next ready endpoint of ref in snap.
+func (b *balancer) pick(snap *state.Snapshot, ref backendRef) (*endpoint, error) {
+	set := b.set(snap, lbKey{ref.key, ref.port})
+	if len(set.eps) == 0 {
+		return nil, errNoEndpoints
+	}
+	i := set.next.Add(1) - 1
+	return &set.eps[i%uint64(len(set.eps))], nil
+}
+
+func (b *balancer) set(snap *state.Snapshot, k lbKey) *endpointSet {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.snap != snap {
+		b.snap = snap
+		b.sets = map[lbKey]*endpointSet{}
+	}
+	s := b.sets[k]
+	if s == nil {
+		s = &endpointSet{eps: resolveEndpoints(snap, k.svc, k.port)}
+		b.sets[k] = s
+	}
+	return s
+}
+
+// resolveEndpoints lists the HEALTHY workloads whose services map holds
+// svcKey, each with its target port for servicePort.
+func resolveEndpoints(snap *state.Snapshot, svcKey string, servicePort uint32) []endpoint {
+	svc := snap.Service(svcKey)
+	var out []endpoint
+	for _, w := range snap.Endpoints(svcKey) {
+		if w.GetStatus() != workloadapi.WorkloadStatus_HEALTHY {
+			continue
+		}
+		ips := state.IPs(w)
+		if len(ips) == 0 {
+			continue
+		}
+		id, err := state.Identity(w)
+		if err != nil {
+			continue
+		}
+		tp := targetPort(w, svcKey, svc, servicePort)
+		out = append(out, endpoint{addr: netip.AddrPortFrom(ips[0], uint16(tp)), workload: w, identity: id, service: svc})
+	}
+	return out
+}
+
+// targetPort maps a service port to the workload's port: the workload's own
+// mapping for the service, else the Service's target_port, else the port.
+func targetPort(w *workloadapi.Workload, svcKey string, svc *workloadapi.Service, servicePort uint32) uint32 {
+	for _, p := range w.GetServices()[svcKey].GetPorts() {
+		if p.GetServicePort() == servicePort && p.GetTargetPort() != 0 {
+			return p.GetTargetPort()
+		}
+	}
+	for _, p := range svc.GetPorts() {
+		if p.GetServicePort() == servicePort && p.GetTargetPort() != 0 {
+			return p.GetTargetPort()
+		}
+	}
+	return servicePort
+}
+
+// pickWeighted chooses a backend with probability weight/total; nil when
+// every weight is zero.
+func pickWeighted(bs []weightedBackend, total uint32) *weightedBackend {
+	if total == 0 {
+		return nil
+	}
+	n := rand.Uint32N(total)
+	for i := range bs {
+		if n < bs[i].weight {
+			return &bs[i]
+		}
+		n -= bs[i].weight
+	}
+	return nil
+}

@@ -1,0 +1,140 @@
+package waypoint
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"time"
+)
+
+// errTryTimeout: one try outlived backend_request_timeout (504 UT).
+var errTryTimeout = errors.New("upstream request timeout")
+
+// roundTripper is the reverse proxy's transport: it picks an endpoint per
+// try (round-robin, avoiding endpoints already tried when others exist),
+// applies the per-try timeout, and retries connect failures and retriable
+// statuses with jittered exponential backoff, as far as the request is
+// replayable.
+type roundTripper struct{ p *Proxy }
+
+func (t roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
+	c, _ := req.Context().Value(callKey{}).(*call)
+	if c == nil {
+		return nil, errors.New("waypoint: request without routing state")
+	}
+	p := t.p
+	tr := p.h1
+	if c.h2 {
+		tr = p.h2c
+	}
+	rt := c.route
+	tries := 1
+	if c.body != nil { // replayable: no body, or a buffered one
+		tries += rt.retry.attempts
+	}
+	tried := make([]*endpoint, 0, tries)
+	for try := 0; ; try++ {
+		last := try+1 >= tries
+		ep, err := p.pickAvoiding(c, tried)
+		if err != nil {
+			return nil, err
+		}
+		tried = append(tried, ep)
+		c.endpoint, c.attempts = ep, try+1
+
+		out := req.WithContext(req.Context()) // shallow copy; the URL is ours below
+		u := *req.URL
+		u.Host = ep.addr.String()
+		out.URL = &u
+		if c.body != nil && try > 0 {
+			out.Body = io.NopCloser(bytes.NewReader(c.body))
+			if len(c.body) == 0 {
+				out.Body = http.NoBody
+			}
+		}
+		ctx, cancel := req.Context(), context.CancelFunc(func() {})
+		if rt.tryTimeout > 0 {
+			ctx, cancel = context.WithTimeout(ctx, rt.tryTimeout)
+		}
+		out = out.WithContext(ctx)
+		resp, err := tr.RoundTrip(out)
+		if err != nil {
+			cancel()
+			tryTimedOut := rt.tryTimeout > 0 && ctx.Err() != nil && req.Context().Err() == nil
+			if tryTimedOut {
+				err = errTryTimeout
+			}
+			var de *dialError
+			retriable := (errors.As(err, &de) && rt.retry.attempts > 0) || (tryTimedOut && rt.retry.codes[http.StatusGatewayTimeout])
+			if last || !retriable || req.Context().Err() != nil {
+				return nil, err
+			}
+		} else {
+			if last || !rt.retry.codes[resp.StatusCode] {
+				resp.Body = &cancelBody{ReadCloser: resp.Body, cancel: cancel}
+				return resp, nil
+			}
+			// Retriable status: drop this answer (reading a little of it
+			// lets the connection be reused) and try again.
+			_, _ = io.CopyN(io.Discard, resp.Body, 4<<10)
+			_ = resp.Body.Close()
+			cancel()
+		}
+		if err := sleepBackoff(req.Context(), rt.retry.backoff, try); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// pickAvoiding picks the next endpoint round-robin, skipping endpoints
+// already tried for this request while untried ones remain (Istio's
+// default previous_hosts retry predicate).
+func (p *Proxy) pickAvoiding(c *call, tried []*endpoint) (*endpoint, error) {
+	var ep *endpoint
+	for range max(len(tried), 1) + 1 {
+		e, err := p.lb.pick(c.snap, c.backend.backend)
+		if err != nil {
+			return nil, err
+		}
+		ep = e
+		seen := false
+		for _, t := range tried {
+			seen = seen || t.addr == e.addr
+		}
+		if !seen {
+			break
+		}
+	}
+	return ep, nil
+}
+
+// sleepBackoff waits base·2^try, capped at 10·base, with jitter (half of
+// it fixed, half random), or until ctx ends.
+func sleepBackoff(ctx context.Context, base time.Duration, try int) error {
+	d := base << min(try, 16)
+	d = min(d, base*maxBackoffFactor)
+	d = d/2 + rand.N(d/2+1)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// cancelBody releases a try's context once its response body is closed.
+type cancelBody struct {
+	io.ReadCloser
+	cancel context.CancelFunc
+}
+
+func (b *cancelBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.cancel()
+	return err
+}

@@ -190,14 +190,52 @@ func (m *mesh) addPod(name, svcHost string, h http.Handler) *pod {
 	go func() { _ = app.Serve(appLn) }()
 	m.cleanups = append(m.cleanups, func() { _ = app.Close() })
 	m.startTunnel(ip, svid, nil)
+	m.registerPod(p, svcHost)
+	return p
+}
 
+// addTCPPod starts a backend pod whose app writes its name on every
+// connection and closes it.
+func (m *mesh) addTCPPod(name, svcHost string) *pod {
+	m.t.Helper()
+	ip := netip.AddrFrom4([4]byte{127, 0, 0, byte(m.nextIP.Add(1))})
+	svid, err := m.ca.SVID(testNS, name)
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	p := &pod{name: name, ip: ip, id: svid.ID}
+	appLn, err := net.Listen("tcp", netip.AddrPortFrom(ip, 0).String())
+	if err != nil {
+		m.t.Skipf("loopback %s unavailable: %v", ip, err)
+	}
+	p.appPort = uint16(appLn.Addr().(*net.TCPAddr).Port)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := appLn.Accept()
+			if err != nil {
+				return
+			}
+			p.hits.Add(1)
+			_, _ = io.WriteString(c, name)
+			_ = c.Close()
+		}
+	}()
+	m.cleanups = append(m.cleanups, func() { _ = appLn.Close(); <-done })
+	m.startTunnel(ip, svid, nil)
+	m.registerPod(p, svcHost)
+	return p
+}
+
+func (m *mesh) registerPod(p *pod, svcHost string) {
+	name, ip := p.name, p.ip
 	w := &workloadapi.Workload{
 		Uid: "cluster/pod/" + testNS + "/" + name, Name: name, Namespace: testNS, WorkloadName: name,
 		ServiceAccount: name, Addresses: [][]byte{ip.AsSlice()}, CanonicalName: name, CanonicalRevision: "v1",
 		Services: map[string]*workloadapi.PortList{testNS + "/" + svcHost: {Ports: []*workloadapi.Port{{ServicePort: 80, TargetPort: uint32(p.appPort)}}}},
 	}
 	m.addWorkload(w)
-	return p
 }
 
 // startTunnel runs the pod's HBONE server (ztunnel inbound stand-in): it
@@ -355,3 +393,38 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() error
 var errNotYet = errors.New("not yet")
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }
+
+// counter sums the samples of a counter whose labels include want.
+func (m *mesh) counter(name string, want map[string]string) float64 {
+	m.t.Helper()
+	mfs, err := m.reg.Gather()
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	var n float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	next:
+		for _, mt := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range mt.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			for k, v := range want {
+				if labels[k] != v {
+					continue next
+				}
+			}
+			n += mt.GetCounter().GetValue()
+		}
+	}
+	return n
+}
+
+func (m *mesh) requestCount(want map[string]string) float64 {
+	return m.counter("istio_requests_total", want)
+}

@@ -24,6 +24,7 @@ import (
 // request context.
 type call struct {
 	st      *stream
+	port    *port // the current config of st's port
 	snap    *state.Snapshot
 	route   *route
 	backend *weightedBackend
@@ -101,12 +102,25 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request, rp *httputil.R
 	}
 	rec := &recorder{ResponseWriter: w}
 	c := &call{st: st, snap: p.cfg.Addresses.Snapshot()}
-	orig := requestSummary{method: r.Method, path: r.URL.RequestURI(), authority: r.Host, proto: r.Proto}
+	orig := requestSummary{method: r.Method, path: r.URL.RequestURI(), authority: r.Host, proto: r.Proto,
+		grpc: strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc")}
 	reqID := ensureRequestID(r.Header)
 	trace := propagateTrace(r.Header)
 	defer func() { p.report(c, rec, &orig, reqID, trace, start) }()
 
-	rt, m := selectRoute(st.port.routes, r)
+	// The stream may outlive the config it was admitted with (keep-alive,
+	// h2c): route each request with the current one.
+	pt := st.port
+	if cur := p.cfg.Routes.lookup(st.svc.key); cur != st.svc {
+		if cur == nil || !cur.waypoints[p.cfg.Name] || cur.ports[pt.port] == nil {
+			c.flags = flagNoRoute
+			http.Error(rec, "service no longer served by this waypoint", http.StatusServiceUnavailable)
+			return
+		}
+		pt = cur.ports[pt.port]
+	}
+	c.port = pt
+	rt, m := selectRoute(pt.routes, r)
 	if rt == nil {
 		c.flags = flagNoRoute
 		http.Error(rec, "no route", http.StatusNotFound)
@@ -133,7 +147,7 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request, rp *httputil.R
 		http.Error(rec, "invalid backend", http.StatusInternalServerError)
 		return
 	}
-	c.h2 = p.upstreamH2(st, c.backend.backend)
+	c.h2 = p.upstreamH2(pt, c.backend.backend)
 
 	ctx := context.WithValue(r.Context(), callKey{}, c)
 	if rt.requestTimeout > 0 {
@@ -155,8 +169,8 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request, rp *httputil.R
 // upstreamH2 tells whether the backend port speaks HTTP/2 (HTTP2, GRPC):
 // from the backend Service's own config when it has one, else the
 // protocol of the port the request came in on.
-func (p *Proxy) upstreamH2(st *stream, b backendRef) bool {
-	proto := st.port.protocol
+func (p *Proxy) upstreamH2(pt *port, b backendRef) bool {
+	proto := pt.protocol
 	if s := p.cfg.Routes.lookup(b.key); s != nil {
 		if pt := s.ports[b.port]; pt != nil {
 			proto = pt.protocol
@@ -180,7 +194,7 @@ func (p *Proxy) bufferBody(r *http.Request, c *call, wanted bool) {
 	limit := int64(p.cfg.MaxReplayBody)
 	switch {
 	case r.ContentLength > 0 && r.ContentLength <= limit:
-	case r.ContentLength < 0 && wanted && c.st.port.protocol != waypointv1alpha1.Protocol_GRPC:
+	case r.ContentLength < 0 && wanted && c.port.protocol != waypointv1alpha1.Protocol_GRPC:
 	default:
 		return
 	}
@@ -291,6 +305,7 @@ func (r *recorder) grpcStatus() string {
 
 type requestSummary struct {
 	method, path, authority, proto string
+	grpc                           bool
 }
 
 // report records the metrics and the access-log line of a finished request.
@@ -298,7 +313,7 @@ func (p *Proxy) report(c *call, rec *recorder, orig *requestSummary, reqID, trac
 	d := time.Since(start)
 	st := c.st
 	protocol := "http"
-	if st.port.protocol == waypointv1alpha1.Protocol_GRPC {
+	if st.port.protocol == waypointv1alpha1.Protocol_GRPC || orig.grpc {
 		protocol = "grpc"
 	}
 	r := &requestRecord{

@@ -43,7 +43,7 @@ func (p *Proxy) mirror(mi *mirror, r *http.Request, c *call) {
 	}
 	out.URL.Scheme = "http"
 	tr := p.h1
-	if p.upstreamH2(c.st, mi.backend) {
+	if p.upstreamH2(c.port, mi.backend) {
 		tr = p.h2c
 	}
 	snap := c.snap

@@ -1,0 +1,240 @@
+package waypoint
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	waypointv1alpha1 "github.com/ambient-mesh/mesh/api/waypoint/v1alpha1"
+)
+
+func answer(code int, body string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.WriteHeader(code)
+		_, _ = io.WriteString(w, body)
+	})
+}
+
+// TestRetriesMaskFailingEndpoint: one of two endpoints answers 503 to
+// everything, so half the requests fail without retries; with attempts 3
+// on 503 at least 99.9% succeed, including requests with a body.
+func TestRetriesMaskFailingEndpoint(t *testing.T) {
+	leakCheck(t)
+	m := newMesh(t, meshOptions{})
+	m.addService(reviews, "10.0.0.1")
+	m.addPod("reviews-good", reviews, text("ok"))
+	bad := m.addPod("reviews-bad", reviews, answer(503, "down"))
+	route := defaultRoute(reviews)
+	m.setRoutes(serviceConfig(reviews, waypointv1alpha1.Protocol_HTTP, route))
+	c := m.httpClient(false)
+
+	failures := 0
+	for range 200 {
+		if code, _, _ := get(t, c, "http://10.0.0.1/", nil); code != 200 {
+			failures++
+		}
+	}
+	if failures < 60 || failures > 140 {
+		t.Fatalf("without retries %d of 200 failed, want about half", failures)
+	}
+
+	route.Retry = &waypointv1alpha1.Retry{Codes: []uint32{503}, Attempts: 3, Backoff: durationpb.New(time.Millisecond)}
+	m.setRoutes(serviceConfig(reviews, waypointv1alpha1.Protocol_HTTP, route))
+	bad.hits.Store(0)
+	const n = 2000
+	var ok atomic.Int64
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Go(func() {
+			for i := w; i < n; i += 8 {
+				var body io.Reader
+				method := http.MethodGet
+				if i%2 == 0 {
+					method, body = http.MethodPost, bytes.NewReader([]byte(fmt.Sprintf("request %d", i)))
+				}
+				req, _ := http.NewRequestWithContext(t.Context(), method, "http://10.0.0.1/", body)
+				resp, err := c.Do(req)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode == 200 {
+					ok.Add(1)
+				} else if i < 100 {
+					t.Logf("%s: %d %s", method, resp.StatusCode, resp.Header.Get("X-Backend"))
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if rate := float64(ok.Load()) / n; rate < 0.999 {
+		t.Errorf("with retries %d of %d succeeded (%.2f%%), want >= 99.9%%", ok.Load(), n, rate*100)
+	}
+	if bad.hits.Load() == 0 {
+		t.Error("the failing endpoint got no traffic: the test proves nothing")
+	}
+}
+
+// TestRetryOnlyReplayable: a body larger than MaxReplayBody is streamed
+// and not retried.
+func TestRetryOnlyReplayable(t *testing.T) {
+	leakCheck(t)
+	m := newMesh(t, meshOptions{maxReplayBody: 16})
+	m.addService(reviews, "10.0.0.1")
+	bad := m.addPod("reviews-bad", reviews, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.WriteHeader(503)
+	}))
+	route := defaultRoute(reviews)
+	route.Retry = &waypointv1alpha1.Retry{Codes: []uint32{503}, Attempts: 2, Backoff: durationpb.New(time.Millisecond)}
+	m.setRoutes(serviceConfig(reviews, waypointv1alpha1.Protocol_HTTP, route))
+	c := m.httpClient(false)
+	send := func(body string) int {
+		req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, "http://10.0.0.1/", bytes.NewReader([]byte(body)))
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	tests := []struct {
+		name      string
+		body      string
+		wantTries int64
+	}{
+		{"small body is retried", "0123456789", 3},
+		{"large body is not", "0123456789012345678901234567890123456789", 1},
+	}
+	for _, tc := range tests {
+		bad.hits.Store(0)
+		if code := send(tc.body); code != 503 {
+			t.Errorf("%s: status %d, want 503", tc.name, code)
+		}
+		if got := bad.hits.Load(); got != tc.wantTries {
+			t.Errorf("%s: backend saw %d tries, want %d", tc.name, got, tc.wantTries)
+		}
+	}
+}
+
+// TestRequestTimeout: a backend slower than the route's request timeout
+// gets the client a 504 on time.
+func TestRequestTimeout(t *testing.T) {
+	leakCheck(t)
+	m := newMesh(t, meshOptions{})
+	m.addService(reviews, "10.0.0.1")
+	release := make(chan struct{})
+	m.addPod("reviews-slow", reviews, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(func() { close(release) })
+	route := defaultRoute(reviews)
+	route.RequestTimeout = durationpb.New(200 * time.Millisecond)
+	m.setRoutes(serviceConfig(reviews, waypointv1alpha1.Protocol_HTTP, route))
+	c := m.httpClient(false)
+	start := time.Now()
+	code, _, _ := get(t, c, "http://10.0.0.1/", nil)
+	took := time.Since(start)
+	if code != http.StatusGatewayTimeout {
+		t.Errorf("status %d, want 504", code)
+	}
+	if took < 200*time.Millisecond || took > 2*time.Second {
+		t.Errorf("504 after %v, want about 200ms", took)
+	}
+}
+
+// TestBackendRequestTimeoutRetried: a try that outlives
+// backend_request_timeout is retried on 504, and the next endpoint answers.
+func TestBackendRequestTimeoutRetried(t *testing.T) {
+	leakCheck(t)
+	m := newMesh(t, meshOptions{})
+	m.addService(reviews, "10.0.0.1")
+	m.addPod("reviews-slow", reviews, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() }))
+	m.addPod("reviews-fast", reviews, text("fast"))
+	route := defaultRoute(reviews)
+	route.BackendRequestTimeout = durationpb.New(100 * time.Millisecond)
+	route.Retry = &waypointv1alpha1.Retry{Codes: []uint32{504}, Attempts: 1, Backoff: durationpb.New(time.Millisecond)}
+	m.setRoutes(serviceConfig(reviews, waypointv1alpha1.Protocol_HTTP, route))
+	c := m.httpClient(false)
+	for i := range 4 {
+		if code, from, _ := get(t, c, "http://10.0.0.1/", nil); code != 200 || from != "reviews-fast" {
+			t.Errorf("request %d: %d from %q, want 200 from reviews-fast", i, code, from)
+		}
+	}
+}
+
+// TestMirror: the mirror backend receives a copy of every request (with
+// its body) while the client sees only the primary's answer.
+func TestMirror(t *testing.T) {
+	leakCheck(t)
+	m := newMesh(t, meshOptions{})
+	const shadow = "shadow.demo.svc.cluster.local"
+	m.addService(reviews, "10.0.0.1")
+	m.addService(shadow, "10.0.0.9")
+	var mu sync.Mutex
+	var mirrored []string
+	m.addPod("reviews-a", reviews, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		_, _ = io.WriteString(w, "primary:"+string(b))
+	}))
+	m.addPod("shadow-a", shadow, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		mirrored = append(mirrored, r.Method+" "+r.URL.Path+" "+string(b)+" "+r.Header.Get("X-Test"))
+		mu.Unlock()
+		time.Sleep(50 * time.Millisecond) // a slow mirror must not delay the primary
+		w.Header().Set("X-Mirror", "leaked")
+		_, _ = io.WriteString(w, "mirror")
+	}))
+	route := defaultRoute(reviews)
+	route.Filters = []*waypointv1alpha1.HTTPFilter{{Kind: &waypointv1alpha1.HTTPFilter_RequestMirror{RequestMirror: &waypointv1alpha1.Mirror{
+		Backend: &waypointv1alpha1.Backend{Namespace: testNS, Hostname: shadow, Port: 80}, FractionPerMillion: 1_000_000}}}}
+	m.setRoutes(serviceConfig(reviews, waypointv1alpha1.Protocol_HTTP, route))
+	c := m.httpClient(false)
+	const n = 10
+	for i := range n {
+		req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, "http://10.0.0.1/p", bytes.NewReader([]byte(fmt.Sprint(i))))
+		req.Header.Set("X-Test", "yes")
+		start := time.Now()
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(b) != fmt.Sprintf("primary:%d", i) || resp.Header.Get("X-Mirror") != "" || resp.Header.Get("X-Backend") != "reviews-a" {
+			t.Errorf("client got %q (X-Mirror %q, from %q), want only the primary's answer", b, resp.Header.Get("X-Mirror"), resp.Header.Get("X-Backend"))
+		}
+		if d := time.Since(start); d > 45*time.Millisecond {
+			t.Logf("request %d took %v (the mirror sleeps 50ms)", i, d)
+		}
+	}
+	waitFor(t, 5*time.Second, "mirror copies", func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(mirrored) != n {
+			return fmt.Errorf("%d copies, want %d", len(mirrored), n)
+		}
+		return nil
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	for _, got := range mirrored {
+		var i int
+		if _, err := fmt.Sscanf(got, "POST /p %d yes", &i); err != nil {
+			t.Errorf("mirror got %q, want \"POST /p <i> yes\"", got)
+		}
+	}
+}

@@ -19,9 +19,11 @@ import (
 	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
@@ -89,14 +91,16 @@ func (c *Collector) SetupWithManager(mgr ctrl.Manager) error {
 	optional := []struct {
 		gvk schema.GroupVersionKind
 		obj client.Object
+		// specOnly: status writes (ours, by pkg/routestatus) are not inputs.
+		specOnly bool
 	}{
-		{gatewayv1.SchemeGroupVersion.WithKind("Gateway"), &gatewayv1.Gateway{}},
-		{securityv1.SchemeGroupVersion.WithKind("AuthorizationPolicy"), &securityv1.AuthorizationPolicy{}},
-		{securityv1.SchemeGroupVersion.WithKind("PeerAuthentication"), &securityv1.PeerAuthentication{}},
-		{gatewayv1.SchemeGroupVersion.WithKind("HTTPRoute"), &gatewayv1.HTTPRoute{}},
-		{gatewayv1.SchemeGroupVersion.WithKind("GRPCRoute"), &gatewayv1.GRPCRoute{}},
-		{gatewayv1.SchemeGroupVersion.WithKind("TCPRoute"), &gatewayv1.TCPRoute{}},
-		{gatewayv1.SchemeGroupVersion.WithKind("ReferenceGrant"), &gatewayv1.ReferenceGrant{}},
+		{gatewayv1.SchemeGroupVersion.WithKind("Gateway"), &gatewayv1.Gateway{}, false},
+		{securityv1.SchemeGroupVersion.WithKind("AuthorizationPolicy"), &securityv1.AuthorizationPolicy{}, false},
+		{securityv1.SchemeGroupVersion.WithKind("PeerAuthentication"), &securityv1.PeerAuthentication{}, false},
+		{gatewayv1.SchemeGroupVersion.WithKind("HTTPRoute"), &gatewayv1.HTTPRoute{}, true},
+		{gatewayv1.SchemeGroupVersion.WithKind("GRPCRoute"), &gatewayv1.GRPCRoute{}, true},
+		{gatewayv1.SchemeGroupVersion.WithKind("TCPRoute"), &gatewayv1.TCPRoute{}, true},
+		{gatewayv1.SchemeGroupVersion.WithKind("ReferenceGrant"), &gatewayv1.ReferenceGrant{}, false},
 	}
 	for _, o := range optional {
 		_, err := mgr.GetRESTMapper().RESTMapping(o.gvk.GroupKind(), o.gvk.Version)
@@ -108,6 +112,10 @@ func (c *Collector) SetupWithManager(mgr ctrl.Manager) error {
 			return fmt.Errorf("look up %s in the API: %w", o.gvk, err)
 		}
 		c.optional[o.gvk.Kind] = true
+		if o.specOnly {
+			b = b.Watches(o.obj, handler.EnqueueRequestsFromMapFunc(toKey), builder.WithPredicates(predicate.GenerationChangedPredicate{}))
+			continue
+		}
 		b = b.Watches(o.obj, handler.EnqueueRequestsFromMapFunc(toKey))
 	}
 	return b.Complete(c)

@@ -7,11 +7,13 @@ import (
 	"hash/fnv"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -239,14 +241,19 @@ func envFingerprint(s model.Snapshot) uint64 {
 	for _, o := range s.PeerAuthentications {
 		add("PeerAuthentication", o)
 	}
+	// Routes by generation: their status (written by istiod-lite itself)
+	// changes the resourceVersion but is not an input.
+	addSpec := func(kind string, m metav1.Object) {
+		sum += hashString(strings.Join([]string{kind, m.GetNamespace(), m.GetName(), string(m.GetUID()), strconv.FormatInt(m.GetGeneration(), 10)}, "\x00"))
+	}
 	for _, o := range s.HTTPRoutes {
-		add("HTTPRoute", o)
+		addSpec("HTTPRoute", o)
 	}
 	for _, o := range s.GRPCRoutes {
-		add("GRPCRoute", o)
+		addSpec("GRPCRoute", o)
 	}
 	for _, o := range s.TCPRoutes {
-		add("TCPRoute", o)
+		addSpec("TCPRoute", o)
 	}
 	for _, o := range s.ReferenceGrants {
 		add("ReferenceGrant", o)

@@ -89,9 +89,14 @@ func TestIncrementalTranslate(t *testing.T) {
 			v.ResourceVersion, v.Spec.Ports[0].Port = "9", 8080
 			s.Services[0] = v
 		}, false, nil},
+		{"route status written", func(s *model.Snapshot) {
+			r := s.HTTPRoutes[0].DeepCopy()
+			r.ResourceVersion = "9"
+			s.HTTPRoutes[0] = r
+		}, true, []string{uidA, uidB, svc}},
 		{"route changed", func(s *model.Snapshot) {
 			r := s.HTTPRoutes[0].DeepCopy()
-			r.ResourceVersion, r.Spec.Rules[0].BackendRefs[0].Weight = "9", ptr.To[int32](3)
+			r.ResourceVersion, r.Generation, r.Spec.Rules[0].BackendRefs[0].Weight = "9", 2, ptr.To[int32](3)
 			s.HTTPRoutes[0] = r
 		}, false, nil},
 		{"namespace left the mesh", func(s *model.Snapshot) {

@@ -34,6 +34,7 @@ import (
 	"github.com/ambient-mesh/mesh/pkg/controller"
 	"github.com/ambient-mesh/mesh/pkg/gateway"
 	"github.com/ambient-mesh/mesh/pkg/model"
+	"github.com/ambient-mesh/mesh/pkg/routestatus"
 	"github.com/ambient-mesh/mesh/pkg/xds"
 )
 
@@ -122,10 +123,15 @@ func Run(ctx context.Context, cfg Config, restCfg *rest.Config, log *zap.Logger)
 	if err != nil {
 		return fmt.Errorf("xds server: %w", err)
 	}
+	// Leader only: the route statuses of each translation.
+	routeStatus := &routestatus.Writer{Client: mgr.GetClient(), Logger: log.Named("routestatus")}
 	collector := &controller.Collector{
 		Client: mgr.GetClient(),
 		Mesh:   model.MeshConfig{ClusterID: cfg.ClusterID, TrustDomain: cfg.TrustDomain, DomainSuffix: cfg.DomainSuffix, RootNamespace: cfg.Namespace},
-		Sink:   xdsSrv.Update,
+		Sink: func(r model.Resources) {
+			xdsSrv.Update(r)
+			routeStatus.Update(r)
+		},
 		Logger: log.Named("model"),
 		Events: mgr.GetEventRecorder("istiod-lite"),
 		IsLeader: func() bool {
@@ -139,6 +145,10 @@ func Run(ctx context.Context, cfg Config, restCfg *rest.Config, log *zap.Logger)
 	}
 	if err := collector.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up the model collector: %w", err)
+	}
+	routeStatus.Watches = collector.Watches
+	if err := mgr.Add(routeStatus); err != nil {
+		return err
 	}
 	waypoints := &gateway.Reconciler{Client: mgr.GetClient(), Opts: gateway.Options{
 		Image:        cfg.WaypointImage,

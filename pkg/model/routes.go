@@ -534,11 +534,12 @@ func (c *routeCompiler) compileHTTPRoute(hr *gatewayv1.HTTPRoute) *routeSource {
 			r.problem = err
 			return r
 		}
-		if len(rule.Matches) == 0 {
-			r.http = append(r.http, &httpEntry{route: base, src: r, rule: i})
-			continue
+		matches := rule.Matches
+		if len(matches) == 0 {
+			// Gateway API's default: one match on PathPrefix "/".
+			matches = []gatewayv1.HTTPRouteMatch{{}}
 		}
-		for j, m := range rule.Matches {
+		for j, m := range matches {
 			e, err := httpMatch(m, field+".matches["+itoa(j)+"]")
 			if err != nil {
 				r.problem = err
@@ -563,8 +564,10 @@ func withMatch(route *waypointv1alpha1.HTTPRoute, m *waypointv1alpha1.HTTPMatch)
 // httpMatch compiles one HTTPRouteMatch into an entry holding a route with
 // that single match, and its precedence keys.
 func httpMatch(m gatewayv1.HTTPRouteMatch, field string) (*httpEntry, *routeProblem) {
-	e := &httpEntry{}
-	out := &waypointv1alpha1.HTTPMatch{}
+	e := &httpEntry{pathLen: 1}
+	// No path is Gateway API's default PathPrefix "/", written out so that
+	// ReplacePrefixMatch always has the PREFIX match the waypoint requires.
+	out := &waypointv1alpha1.HTTPMatch{Path: &waypointv1alpha1.PathMatch{Type: waypointv1alpha1.PathMatch_PREFIX, Value: "/"}}
 	if m.Path != nil {
 		typ, val := gatewayv1.PathMatchPathPrefix, "/"
 		if m.Path.Type != nil {
@@ -581,9 +584,9 @@ func httpMatch(m gatewayv1.HTTPRouteMatch, field string) (*httpEntry, *routeProb
 			if len(val) > 1 {
 				val = strings.TrimSuffix(val, "/")
 			}
+			out.Path = &waypointv1alpha1.PathMatch{Type: waypointv1alpha1.PathMatch_PREFIX, Value: val}
 			if val != "/" {
-				out.Path = &waypointv1alpha1.PathMatch{Type: waypointv1alpha1.PathMatch_PREFIX, Value: val}
-				e.pathRank = 2
+				e.pathRank = 2 // "/" matches any path: rank 0
 			}
 		case gatewayv1.PathMatchRegularExpression:
 			if _, err := regexp.Compile(val); err != nil {
@@ -683,8 +686,10 @@ func (c *routeCompiler) httpFilters(r *routeSource, fs []gatewayv1.HTTPRouteFilt
 				rd.Port = uint32(*f.RequestRedirect.Port)
 			}
 			if sc := f.RequestRedirect.StatusCode; sc != nil {
-				if *sc != 301 && *sc != 302 {
-					return nil, &routeProblem{ff + ".requestRedirect.statusCode", fmt.Sprintf("status code %d is not supported; use 301 or 302", *sc)}
+				switch *sc {
+				case 301, 302, 303, 307, 308:
+				default:
+					return nil, &routeProblem{ff + ".requestRedirect.statusCode", fmt.Sprintf("status code %d is not supported; use 301, 302, 303, 307 or 308", *sc)}
 				}
 				rd.StatusCode = uint32(*sc)
 			}
@@ -809,6 +814,9 @@ func duration(d *gatewayv1.Duration, field string) (*durationpb.Duration, *route
 	return durationpb.New(v), nil
 }
 
+// maxRetryAttempts is the most retries the waypoint accepts per route.
+const maxRetryAttempts = 100
+
 func ruleTimeouts(out *waypointv1alpha1.HTTPRoute, rule gatewayv1.HTTPRouteRule, field string) *routeProblem {
 	var err *routeProblem
 	if t := rule.Timeouts; t != nil {
@@ -823,6 +831,9 @@ func ruleTimeouts(out *waypointv1alpha1.HTTPRoute, rule gatewayv1.HTTPRouteRule,
 		// Attempts default to 2 when unset, Istio's default retry count.
 		out.Retry = &waypointv1alpha1.Retry{Attempts: 2}
 		if rt.Attempts != nil {
+			if *rt.Attempts > maxRetryAttempts {
+				return &routeProblem{field + ".retry.attempts", fmt.Sprintf("%d retries exceed the waypoint's limit of %d", *rt.Attempts, maxRetryAttempts)}
+			}
 			out.Retry.Attempts = uint32(max(*rt.Attempts, 0))
 		}
 		for _, code := range rt.Codes {

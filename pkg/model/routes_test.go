@@ -223,6 +223,12 @@ func routeCases() []struct {
 						Timeouts: &gatewayv1.HTTPRouteTimeouts{Request: ptr.To(gatewayv1.Duration("0s"))},
 						Retry:    &gatewayv1.HTTPRouteRetry{},
 					},
+					// No match is PathPrefix "/", which ReplacePrefixMatch needs.
+					gatewayv1.HTTPRouteRule{
+						Filters: []gatewayv1.HTTPRouteFilter{{Type: gatewayv1.HTTPRouteFilterURLRewrite, URLRewrite: &gatewayv1.HTTPURLRewriteFilter{
+							Path: &gatewayv1.HTTPPathModifier{Type: gatewayv1.PrefixMatchHTTPPathModifier, ReplacePrefixMatch: ptr.To("/legacy")}}}},
+						BackendRefs: to("reviews-v2", 80),
+					},
 				)}
 				return s
 			}(),
@@ -246,8 +252,10 @@ func routeCases() []struct {
 						gatewayv1.HTTPRouteRule{Matches: []gatewayv1.HTTPRouteMatch{pathMatch(gatewayv1.PathMatchRegularExpression, "/items/(")}, BackendRefs: to("reviews-v1", 80)}),
 					httpRoute("demo", "cors", 0, parents(svcParent("reviews", 0)),
 						gatewayv1.HTTPRouteRule{Filters: []gatewayv1.HTTPRouteFilter{{Type: gatewayv1.HTTPRouteFilterCORS, CORS: &gatewayv1.HTTPCORSFilter{}}}, BackendRefs: to("reviews-v1", 80)}),
-					httpRoute("demo", "redirect-303", 0, parents(svcParent("reviews", 0)),
-						gatewayv1.HTTPRouteRule{Filters: []gatewayv1.HTTPRouteFilter{{Type: gatewayv1.HTTPRouteFilterRequestRedirect, RequestRedirect: &gatewayv1.HTTPRequestRedirectFilter{StatusCode: ptr.To(303)}}}}),
+					httpRoute("demo", "redirect-304", 0, parents(svcParent("reviews", 0)),
+						gatewayv1.HTTPRouteRule{Filters: []gatewayv1.HTTPRouteFilter{{Type: gatewayv1.HTTPRouteFilterRequestRedirect, RequestRedirect: &gatewayv1.HTTPRequestRedirectFilter{StatusCode: ptr.To(304)}}}}),
+					httpRoute("demo", "retry-forever", 0, parents(svcParent("reviews", 0)),
+						gatewayv1.HTTPRouteRule{Retry: &gatewayv1.HTTPRouteRetry{Attempts: ptr.To(1000)}, BackendRefs: to("reviews-v1", 80)}),
 					httpRoute("demo", "bad-backends", 1, parents(svcParent("reviews", 0)),
 						gatewayv1.HTTPRouteRule{Matches: []gatewayv1.HTTPRouteMatch{pathMatch(gatewayv1.PathMatchPathPrefix, "/broken")}, BackendRefs: []gatewayv1.HTTPBackendRef{
 							backendRef("missing", 80, 50),

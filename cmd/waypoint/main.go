@@ -1,6 +1,10 @@
-// Command waypoint is the optional per-namespace L7 proxy of the ambient mesh
-// (HTTPRoute splitting, retries, timeouts, outlier detection). The L7 engine
-// lands with pkg/waypoint; today the binary starts, logs its version and waits.
+// Command waypoint is the ambient mesh's optional L7 proxy, one Deployment
+// per waypoint Gateway (class istio-waypoint): it terminates HBONE on 15008
+// for the Services bound to the waypoint, applies their HTTPRoute, GRPCRoute
+// and TCPRoute configuration (splits, matches, filters, retries, timeouts,
+// mirrors) and tunnels on to backend pods over HBONE. It is a thin main over
+// pkg/waypoint/app: flags (each with its environment variable) ->
+// app.Config -> app.New -> Run until SIGTERM, which drains.
 package main
 
 import (
@@ -12,25 +16,41 @@ import (
 	"syscall"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
+	"github.com/ambient-mesh/mesh/pkg/logging"
 	"github.com/ambient-mesh/mesh/pkg/version"
+	"github.com/ambient-mesh/mesh/pkg/waypoint/app"
 )
 
 func main() {
+	var cfg app.Config
+	cfg.RegisterFlags(flag.CommandLine)
 	showVersion := flag.Bool("version", false, "print the version and exit")
 	flag.Parse()
 	if *showVersion {
 		fmt.Println("waypoint", version.String())
 		return
 	}
-	log, err := zap.NewProduction()
+	level := zap.NewAtomicLevel()
+	if l, err := zapcore.ParseLevel(cfg.LogLevel); err == nil {
+		level.SetLevel(l)
+	}
+	log, err := logging.Build(level)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "waypoint: logger:", err)
+		fmt.Fprintln(os.Stderr, "waypoint:", err)
 		os.Exit(1)
 	}
+	defer func() { _ = log.Sync() }()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	log.Named("waypoint").Info("starting", zap.String("version", version.String()))
-	<-ctx.Done()
+	a, err := app.New(cfg, log, &level)
+	if err != nil {
+		log.Fatal("configure waypoint", zap.Error(err))
+	}
+	if err := a.Run(ctx); err != nil {
+		log.Fatal("waypoint failed", zap.Error(err))
+	}
 	log.Named("waypoint").Info("stopped")
 }

@@ -1,0 +1,386 @@
+package app
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/ambient-mesh/mesh/pkg/certmanager"
+	"github.com/ambient-mesh/mesh/pkg/waypoint"
+	"github.com/ambient-mesh/mesh/pkg/xds/xdsclient"
+	"github.com/ambient-mesh/mesh/pkg/ztunnel/state"
+)
+
+// App is a configured waypoint. Build it with New, then Run it.
+type App struct {
+	cfg      Config
+	name     string // "<namespace>/<gateway>"
+	id       spiffeid.ID
+	log      *zap.Logger
+	level    zap.AtomicLevel
+	store    *state.Store
+	routes   *waypoint.Routes
+	certs    *certmanager.Manager
+	proxy    *waypoint.Proxy
+	xds      *xdsclient.Client
+	conns    []*grpc.ClientConn
+	registry *prometheus.Registry
+
+	addressSynced atomic.Bool
+	stopping      atomic.Bool
+}
+
+// New builds the App: it reads the root certificate, prepares the gRPC
+// connections (dialled lazily) and every component. level, if non-nil, is
+// the logger's level, which /logging changes.
+func New(cfg Config, log *zap.Logger, level *zap.AtomicLevel) (*App, error) {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	if cfg.GatewayName == "" || cfg.PodNamespace == "" {
+		return nil, errors.New("-gateway-name (GATEWAY_NAME) and -pod-namespace (POD_NAMESPACE) are required")
+	}
+	if cfg.ServiceAccount == "" {
+		cfg.ServiceAccount = cfg.GatewayName // istiod-lite gives the waypoint a service account named after the Gateway
+	}
+	td, err := spiffeid.TrustDomainFromString(cfg.TrustDomain)
+	if err != nil {
+		return nil, fmt.Errorf("-trust-domain %q: %w", cfg.TrustDomain, err)
+	}
+	id, err := spiffeid.FromSegments(td, "ns", cfg.PodNamespace, "sa", cfg.ServiceAccount)
+	if err != nil {
+		return nil, fmt.Errorf("waypoint identity: %w", err)
+	}
+	a := &App{cfg: cfg, name: cfg.PodNamespace + "/" + cfg.GatewayName, id: id, log: log.Named("app"),
+		store: state.NewStore(), routes: waypoint.NewRoutes(), registry: prometheus.NewRegistry()}
+	if level != nil {
+		a.level = *level
+	} else {
+		a.level = zap.NewAtomicLevel()
+	}
+	pem, err := os.ReadFile(cfg.RootCertFile)
+	if err != nil {
+		return nil, fmt.Errorf("read root certificate: %w", err)
+	}
+	roots, err := certmanager.ParseCertificates(pem)
+	if err != nil || len(roots) == 0 {
+		return nil, fmt.Errorf("parse root certificate %s: %d certificates, %v", cfg.RootCertFile, len(roots), err)
+	}
+	pool := x509.NewCertPool()
+	for _, r := range roots {
+		pool.AddCert(r)
+	}
+	caAddr := cfg.CAAddress
+	if caAddr == "" {
+		caAddr = cfg.XDSAddress
+	}
+	tokens := certmanager.FileToken(cfg.TokenFile)
+	caConn, err := certmanager.DialCA(caAddr, pool, serverName(cfg.ServerName, caAddr))
+	if err != nil {
+		return nil, err
+	}
+	xdsConn, err := grpc.NewClient(cfg.XDSAddress,
+		grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool, ServerName: serverName(cfg.ServerName, cfg.XDSAddress)})),
+		grpc.WithPerRPCCredentials(bearer{tokens: tokens, clusterID: cfg.ClusterID}),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(200<<20)))
+	if err != nil {
+		_ = caConn.Close()
+		return nil, fmt.Errorf("dial xds %s: %w", cfg.XDSAddress, err)
+	}
+	a.conns = []*grpc.ClientConn{caConn, xdsConn}
+	a.certs, err = certmanager.New(certmanager.Config{
+		Fetcher:     certmanager.NewCAClient(caConn, tokens, certmanager.CAClientOptions{ClusterID: cfg.ClusterID}),
+		TrustDomain: cfg.TrustDomain,
+		Roots:       roots,
+		Logger:      log.Named("certs"),
+	})
+	if err != nil {
+		a.close()
+		return nil, err
+	}
+	a.certs.SetLocalIdentities([]spiffeid.ID{id})
+	a.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics, err := waypoint.NewMetrics(a.registry)
+	if err != nil {
+		a.close()
+		return nil, err
+	}
+	var access *zap.Logger
+	if cfg.AccessLog {
+		access = log.Named("access")
+	}
+	a.proxy, err = waypoint.New(waypoint.Config{
+		Name: a.name, Addresses: a.store, Routes: a.routes,
+		SVID: a.certs.SVIDSource(id), Bundle: a.certs,
+		Network: cfg.Network, MaxReplayBody: cfg.MaxReplayBody, DrainTimeout: cfg.DrainTimeout,
+		Metrics: metrics, Logger: log, AccessLog: access,
+	})
+	if err != nil {
+		a.close()
+		return nil, err
+	}
+	a.xds, err = xdsclient.New(xdsclient.Config{
+		Conn: xdsConn,
+		Node: a.node(),
+		Subscriptions: []xdsclient.Subscription{
+			{TypeURL: state.AddressTypeURL},
+			{TypeURL: waypoint.ServiceConfigTypeURL},
+		},
+		Handler:        a.handle,
+		Logger:         log.Named("xds"),
+		InitialBackoff: 10 * time.Millisecond,
+		MaxBackoff:     15 * time.Second,
+	})
+	if err != nil {
+		_ = a.proxy.Close()
+		a.close()
+		return nil, err
+	}
+	return a, nil
+}
+
+// handle applies one delta: Addresses to the state store, ServiceConfigs
+// to the route table (each NACKs its invalid resources and keeps the last
+// good ones).
+func (a *App) handle(d xdsclient.Delta) error {
+	switch d.TypeURL {
+	case state.AddressTypeURL:
+		err := a.store.HandleAddress(d)
+		a.addressSynced.Store(true)
+		return err
+	case waypoint.ServiceConfigTypeURL:
+		return a.routes.Handle(d)
+	}
+	return fmt.Errorf("unexpected type %s", d.TypeURL)
+}
+
+func serverName(explicit, addr string) string {
+	if explicit != "" {
+		return explicit
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	return host
+}
+
+// node is the waypoint's xDS node: Istio's "<type>~<ip>~<pod>.<ns>~<ns>.svc.<domain>"
+// with type waypoint, and the Gateway in the metadata.
+func (a *App) node() *core.Node {
+	md, _ := structpb.NewStruct(map[string]any{
+		"NAME": a.cfg.PodName, "NAMESPACE": a.cfg.PodNamespace, "INSTANCE_IPS": a.cfg.InstanceIP,
+		"CLUSTER_ID": a.cfg.ClusterID, "SERVICE_ACCOUNT": a.cfg.ServiceAccount, "WAYPOINT": a.name,
+		"LABELS": map[string]any{"gateway.networking.k8s.io/gateway-name": a.cfg.GatewayName},
+	})
+	return &core.Node{
+		Id:       fmt.Sprintf("waypoint~%s~%s.%s~%s.svc.cluster.local", a.cfg.InstanceIP, a.cfg.PodName, a.cfg.PodNamespace, a.cfg.PodNamespace),
+		Metadata: md,
+	}
+}
+
+// bearer puts the projected token (re-read on every call) and the cluster
+// id on each xDS RPC.
+type bearer struct {
+	tokens    certmanager.TokenSource
+	clusterID string
+}
+
+func (b bearer) GetRequestMetadata(ctx context.Context, _ ...string) (map[string]string, error) {
+	tok, err := b.tokens(ctx)
+	if err != nil {
+		return nil, err
+	}
+	md := map[string]string{"authorization": "Bearer " + tok}
+	if b.clusterID != "" {
+		md["clusterid"] = b.clusterID
+	}
+	return md, nil
+}
+
+func (bearer) RequireTransportSecurity() bool { return true }
+
+// Ready reports whether the waypoint may take traffic: not stopping, the
+// Address state received and its certificate held. ServiceConfigs are not
+// waited for: istiod-lite binds Services to a waypoint only once it is
+// ready, so there may be none yet.
+func (a *App) Ready() error {
+	if a.stopping.Load() {
+		return errors.New("stopping")
+	}
+	if !a.addressSynced.Load() {
+		return fmt.Errorf("xds %s not received", state.AddressTypeURL)
+	}
+	if _, ok := a.certs.Current(a.id); !ok {
+		return fmt.Errorf("no certificate for %s yet", a.id)
+	}
+	return nil
+}
+
+func (a *App) close() {
+	for _, c := range a.conns {
+		_ = c.Close()
+	}
+}
+
+// Run serves until ctx ends (SIGTERM in main), then drains: readiness turns
+// false, the proxy stops accepting and finishes requests until
+// DrainTimeout. It returns the first component failure, or nil.
+func (a *App) Run(ctx context.Context) error {
+	defer a.close()
+	defer func() { _ = a.proxy.Close() }()
+	ln, err := net.Listen("tcp", a.cfg.HBONEAddr)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", a.cfg.HBONEAddr, err)
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var wg sync.WaitGroup
+	run := func(name string, fn func(context.Context) error) {
+		wg.Go(func() {
+			if err := fn(ctx); err != nil && !errors.Is(err, context.Canceled) {
+				cancel(fmt.Errorf("%s: %w", name, err))
+			}
+		})
+	}
+	go func() { <-ctx.Done(); a.stopping.Store(true) }()
+	run("certificates", a.certs.Start)
+	run("xds", a.xds.Run)
+	run("proxy", func(ctx context.Context) error { return a.proxy.Serve(ctx, ln) })
+	run("metrics", serveHTTP(a.cfg.MetricsAddr, a.metricsMux()))
+	run("readiness", serveHTTP(a.cfg.ReadinessAddr, a.readinessMux()))
+	run("admin", serveHTTP(a.cfg.AdminAddr, a.adminMux()))
+	a.log.Info("started", zap.String("waypoint", a.name), zap.Stringer("identity", a.id), zap.String("xds", a.cfg.XDSAddress), zap.String("hbone", a.cfg.HBONEAddr))
+	wg.Wait()
+	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}
+
+// serveHTTP serves mux on addr until ctx ends, then shuts down within 5 s.
+func serveHTTP(addr string, mux http.Handler) func(context.Context) error {
+	return func(ctx context.Context) error {
+		if addr == "" || addr == "0" {
+			<-ctx.Done()
+			return nil
+		}
+		srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("listen %s: %w", addr, err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- srv.Serve(ln) }()
+		select {
+		case err := <-done:
+			return err
+		case <-ctx.Done():
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = srv.Shutdown(sctx)
+			<-done
+			return nil
+		}
+	}
+}
+
+func (a *App) metricsMux() http.Handler {
+	mux := http.NewServeMux()
+	h := promhttp.HandlerFor(a.registry, promhttp.HandlerOpts{})
+	mux.Handle("/metrics", h)
+	mux.Handle("/stats/prometheus", h)
+	return mux
+}
+
+func (a *App) readinessMux() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz/ready", func(w http.ResponseWriter, _ *http.Request) {
+		if err := a.Ready(); err != nil {
+			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ready\n"))
+	})
+	return mux
+}
+
+func (a *App) adminMux() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/config_dump", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(ConfigDump(a.name, a.store.Snapshot(), a.routes, a.certInfo()))
+	})
+	mux.HandleFunc("/logging", func(w http.ResponseWriter, r *http.Request) {
+		if lv := r.URL.Query().Get("level"); lv != "" {
+			l, err := zapcore.ParseLevel(lv)
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			a.level.SetLevel(l)
+		}
+		fmt.Fprintf(w, "level=%s\n", a.level.Level())
+	})
+	return mux
+}
+
+// CertInfo is a certificate as the config dump shows it: never the key.
+type CertInfo struct {
+	Identity  string    `json:"identity"`
+	NotBefore time.Time `json:"not_before,omitzero"`
+	NotAfter  time.Time `json:"not_after,omitzero"`
+	RefreshAt time.Time `json:"refresh_at,omitzero"`
+	Serial    string    `json:"serial,omitempty"`
+}
+
+func (a *App) certInfo() []CertInfo {
+	c, ok := a.certs.Current(a.id)
+	if !ok {
+		return []CertInfo{{Identity: a.id.String()}}
+	}
+	return []CertInfo{{Identity: a.id.String(), NotBefore: c.Leaf.NotBefore, NotAfter: c.Leaf.NotAfter, RefreshAt: c.RefreshAt, Serial: c.Leaf.SerialNumber.String()}}
+}
+
+// ConfigDump renders the waypoint's name, Address state, ServiceConfigs and
+// certificate (protos in their protojson form). It holds no keys.
+func ConfigDump(name string, snap *state.Snapshot, routes *waypoint.Routes, certs []CertInfo) []byte {
+	list := func(n int, item func(i int) []byte) []json.RawMessage {
+		out := make([]json.RawMessage, 0, n)
+		for i := range n {
+			out = append(out, item(i))
+		}
+		return out
+	}
+	ws, ss, cs := snap.Workloads(), snap.Services(), routes.Configs()
+	out, _ := json.MarshalIndent(map[string]any{
+		"waypoint":        name,
+		"version":         snap.Version,
+		"workloads":       list(len(ws), func(i int) []byte { b, _ := protojson.Marshal(ws[i]); return b }),
+		"services":        list(len(ss), func(i int) []byte { b, _ := protojson.Marshal(ss[i]); return b }),
+		"service_configs": list(len(cs), func(i int) []byte { b, _ := protojson.Marshal(cs[i]); return b }),
+		"certificates":    certs,
+	}, "", "  ")
+	return out
+}

@@ -1,0 +1,100 @@
+// Package app wires a waypoint together: the delta xDS client filling the
+// Address state and the ServiceConfig route table, the certificate manager
+// fetching the waypoint's own certificate from the mesh CA, the L7 proxy
+// (pkg/waypoint) on 15008, and the waypoint's HTTP endpoints: metrics on
+// 15020 (/metrics, /stats/prometheus), readiness on 15021 (/healthz/ready:
+// ready once the Address state arrived and the certificate is held), admin
+// on localhost:15000 (/config_dump without keys, /logging).
+//
+// cmd/waypoint is a thin main over it: Config.RegisterFlags, New, Run.
+// Run drains on cancellation (SIGTERM): readiness turns false, the proxy
+// stops accepting and shuts down gracefully until DrainTimeout.
+package app
+
+import (
+	"flag"
+	"os"
+	"strconv"
+	"time"
+)
+
+// Config is every setting of the waypoint. RegisterFlags is the one place
+// that names them, with their environment variable, default and help.
+type Config struct {
+	XDSAddress     string // istiod-lite's gRPC (xDS) address
+	CAAddress      string // the CA's address (default: the xDS address)
+	ServerName     string // name istiod-lite's serving certificate is checked for; default the address host
+	RootCertFile   string // mesh root(s), PEM (ConfigMap istio-ca-root-cert)
+	TokenFile      string // projected service-account token (audience istio-ca)
+	ClusterID      string
+	TrustDomain    string
+	Network        string
+	GatewayName    string // the waypoint Gateway's name; with PodNamespace it is the waypoint's "<ns>/<name>"
+	PodName        string
+	PodNamespace   string
+	ServiceAccount string // the waypoint's own identity is spiffe://<td>/ns/<PodNamespace>/sa/<ServiceAccount>
+	InstanceIP     string
+	HBONEAddr      string
+	MetricsAddr    string
+	ReadinessAddr  string
+	AdminAddr      string
+	LogLevel       string
+	AccessLog      bool
+	DrainTimeout   time.Duration
+	MaxReplayBody  int
+}
+
+func env(key, def string) string {
+	if v, ok := os.LookupEnv(key); ok {
+		return v
+	}
+	return def
+}
+
+// drainDefault is Istio's rule: terminationGracePeriodSeconds minus 5 s
+// (minus 1 s when it is 10 s or less), 5 s when unset.
+func drainDefault() time.Duration {
+	v, err := strconv.Atoi(os.Getenv("TERMINATION_GRACE_PERIOD_SECONDS"))
+	switch {
+	case err != nil || v <= 0:
+		return 5 * time.Second
+	case v <= 10:
+		return time.Duration(v-1) * time.Second
+	default:
+		return time.Duration(v-5) * time.Second
+	}
+}
+
+// RegisterFlags registers every setting on fs; each flag's default comes
+// from its environment variable (named in the help), else the built-in one.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	s := func(p *string, name, envKey, def, help string) {
+		fs.StringVar(p, name, env(envKey, def), help+" (env "+envKey+")")
+	}
+	s(&c.XDSAddress, "xds-address", "XDS_ADDRESS", "istiod.istio-system.svc:15012", "istiod-lite xDS address")
+	s(&c.CAAddress, "ca-address", "CA_ADDRESS", "", "mesh CA address; empty: the xDS address")
+	s(&c.ServerName, "server-name", "XDS_SERVER_NAME", "", "server name in istiod-lite's certificate; empty: the address host")
+	s(&c.RootCertFile, "root-cert", "ROOT_CERT_FILE", "/var/run/secrets/istio/root-cert.pem", "mesh root certificate(s), PEM")
+	s(&c.TokenFile, "token", "TOKEN_FILE", "/var/run/secrets/tokens/istio-token", "service-account token (audience istio-ca) for xDS and the CA")
+	s(&c.ClusterID, "cluster-id", "CLUSTER_ID", "Kubernetes", "cluster id sent to the CA and in xDS metadata")
+	s(&c.TrustDomain, "trust-domain", "TRUST_DOMAIN", "cluster.local", "mesh trust domain")
+	s(&c.Network, "network", "NETWORK", "", "network of the waypoint and its backends")
+	s(&c.GatewayName, "gateway-name", "GATEWAY_NAME", "", "name of the waypoint's Gateway (required); Services list the waypoint as <pod-namespace>/<gateway-name>")
+	s(&c.PodName, "pod-name", "POD_NAME", "", "the waypoint's pod name")
+	s(&c.PodNamespace, "pod-namespace", "POD_NAMESPACE", "default", "the waypoint's namespace (the Gateway's)")
+	s(&c.ServiceAccount, "service-account", "SERVICE_ACCOUNT", "", "the waypoint's service account; empty: the gateway name")
+	s(&c.InstanceIP, "instance-ip", "INSTANCE_IP", env("POD_IP", ""), "the waypoint's pod IP (env POD_IP also works)")
+	s(&c.HBONEAddr, "hbone-address", "HBONE_ADDRESS", ":15008", "HBONE listener")
+	s(&c.MetricsAddr, "metrics-address", "METRICS_ADDRESS", ":15020", "Prometheus metrics (/metrics, /stats/prometheus)")
+	s(&c.ReadinessAddr, "readiness-address", "READINESS_ADDRESS", ":15021", "readiness (/healthz/ready)")
+	s(&c.AdminAddr, "admin-address", "ADMIN_ADDRESS", "localhost:15000", "admin: /config_dump, /logging")
+	s(&c.LogLevel, "log-level", "LOG_LEVEL", "info", "log level: debug, info, warn, error")
+	accessLog, _ := strconv.ParseBool(env("ACCESS_LOG", "true"))
+	fs.BoolVar(&c.AccessLog, "access-log", accessLog, "log one line per request and TCP connection (env ACCESS_LOG)")
+	fs.DurationVar(&c.DrainTimeout, "drain-timeout", drainDefault(), "how long a stopping waypoint drains (env TERMINATION_GRACE_PERIOD_SECONDS minus 5 s)")
+	maxBody, err := strconv.Atoi(env("MAX_REPLAY_BODY", "65536"))
+	if err != nil {
+		maxBody = 65536
+	}
+	fs.IntVar(&c.MaxReplayBody, "max-replay-body", maxBody, "largest request body buffered for retries and mirrors, bytes (env MAX_REPLAY_BODY)")
+}

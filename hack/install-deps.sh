@@ -13,6 +13,7 @@ declare -A pkgs=(
   [iptables]=/usr/sbin/iptables
   [nftables]=/usr/sbin/nft
   [conntrack]=/usr/sbin/conntrack
+  [haproxy]=/usr/sbin/haproxy
   [iproute2]=/usr/sbin/ip
   [openssl]=/usr/bin/openssl
   [curl]=/usr/bin/curl

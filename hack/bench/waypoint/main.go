@@ -1,0 +1,419 @@
+// Command waypoint is the driver of `make bench-waypoint`: on the local
+// cluster (up, with the images imported) it installs the mesh from
+// manifests/ if needed and runs, in one run, fortio 1 KB HTTP at 1000 qps
+// over 4 connections for -duration (BENCH_DURATION, default 60 s) from a
+// client pod to a server pod:
+//
+//   - direct: in a plain namespace, through the server's Service;
+//   - ztunnel: in an ambient namespace, through the Service (two ztunnel hops);
+//   - waypoint: in the ambient namespace, through a Service labelled
+//     istio.io/use-waypoint (ztunnel -> waypoint -> ztunnel);
+//   - haproxy: the Debian HAProxy on the node as the same L7 hop, in front of
+//     the plain server, reached from the plain client.
+//
+// It measures the waypoint's and HAProxy's CPU-seconds and resident set from
+// /proc while they carry the load, then each one's maximum RPS with the
+// proxy held to one core (the waypoint with GOMAXPROCS=1 through the
+// Gateway's parameters ConfigMap, HAProxy with nbthread 1), normalised by
+// the CPU it used: the machine's other core runs the load generator, the
+// backend and ztunnels, so the proxy does not always saturate its core.
+// It writes the flat JSON figures of DESIGN.md §9, prints a one-line summary
+// and removes what it created.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/ambient-mesh/mesh/hack/bench/benchkit"
+	"github.com/ambient-mesh/mesh/hack/bench/clusterbench"
+)
+
+const (
+	waypointExe = "/usr/local/bin/waypoint"
+	// haproxyAddr is where HAProxy listens on the node (the node IP of
+	// hack/cluster, reachable from pods).
+	haproxyAddr = "198.18.0.1:18080"
+)
+
+func main() {
+	out := flag.String("out", "_output/bench/waypoint.json", "where to write the JSON figures")
+	kubectlBin := flag.String("kubectl", "kubectl", "kubectl binary")
+	kubeconfig := flag.String("kubeconfig", os.Getenv("KUBECONFIG"), "the local cluster's admin kubeconfig")
+	manifests := flag.String("manifests", "manifests", "the mesh's kustomization directory")
+	haproxy := flag.String("haproxy", "/usr/sbin/haproxy", "HAProxy binary (Debian package haproxy)")
+	def := 60 * time.Second
+	if v := os.Getenv("BENCH_DURATION"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "bench-waypoint: BENCH_DURATION=%q: %v\n", v, err)
+			os.Exit(2)
+		}
+		def = d
+	}
+	duration := flag.Duration("duration", def, "length of each fixed-rate run (env BENCH_DURATION)")
+	maxDuration := flag.Duration("max-duration", 20*time.Second, "length of each maximum-RPS run")
+	qps := flag.Int("qps", 1000, "requests per second of the fixed-rate runs")
+	conns := flag.Int("c", 4, "connections of the fixed-rate runs")
+	maxConns := flag.Int("max-c", 16, "connections of the maximum-RPS runs")
+	timeout := flag.Duration("timeout", 0, "bound on the whole run (default 4x duration + 2x max-duration + 5 min)")
+	flag.Parse()
+	if *timeout == 0 {
+		*timeout = 4**duration + 2**maxDuration + 5*time.Minute
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	b := &bench{k: clusterbench.Kubectl{Bin: *kubectlBin, Kubeconfig: *kubeconfig}, manifests: *manifests, haproxyBin: *haproxy,
+		duration: *duration, maxDuration: *maxDuration, qps: *qps, conns: *conns, maxConns: *maxConns}
+	time.AfterFunc(*timeout+90*time.Second, func() {
+		fmt.Fprintln(os.Stderr, "bench-waypoint: timed out")
+		b.stopHAProxy()
+		os.Exit(2)
+	})
+	fig, err := b.run(ctx)
+	b.cleanup()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench-waypoint:", err)
+		os.Exit(1)
+	}
+	if err := benchkit.WriteJSON(*out, fig); err != nil {
+		fmt.Fprintln(os.Stderr, "bench-waypoint:", err)
+		os.Exit(1)
+	}
+	fmt.Printf("bench-waypoint: %d qps x %s over %d conns, 1 KB: waypoint adds p50 %.3f ms, p99 %.3f ms vs direct (%.3f / %.3f ms vs ztunnel only; HAProxy adds %.3f / %.3f ms); waypoint %.3f vCPU and %.1f MB per 1000 rps; max %.0f rps per waypoint core vs HAProxy %.0f (%.2fx) -> %s\n",
+		*qps, *duration, *conns, fig["p50_added_ms"], fig["p99_added_ms"], fig["p50_added_vs_ztunnel_ms"], fig["p99_added_vs_ztunnel_ms"],
+		fig["haproxy_p50_added_ms"], fig["haproxy_p99_added_ms"], fig["vcpu_per_krps"], fig["rss_mb_per_krps"],
+		fig["max_rps_one_core"], fig["haproxy_max_rps_one_core"], fig["max_rps_ratio_vs_haproxy"], *out)
+}
+
+type bench struct {
+	k                     clusterbench.Kubectl
+	manifests, haproxyBin string
+	duration, maxDuration time.Duration
+	qps, conns, maxConns  int
+
+	direct, meshed string // namespaces
+	namespaces     []string
+	installedMesh  bool
+	haproxyCmd     *exec.Cmd
+	haproxyDir     string
+	cleanupOnce    sync.Once
+	mu             sync.Mutex
+}
+
+// serverManifest is fortio's echo server and its Service, and an idle
+// client pod to run fortio's load from.
+const serverManifest = `apiVersion: v1
+kind: Pod
+metadata: {name: server, labels: {app: server}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: fortio
+    image: ` + clusterbench.BulkImage + `
+    imagePullPolicy: Never
+    command: ["/usr/local/bin/fortio", "server", "-http-port=8080", "-grpc-port=disabled", "-redirect-port=disabled", "-logger-json=false", "-quiet"]
+    readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: server}
+spec:
+  selector: {app: server}
+  ports: [{name: http, port: 8080, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: client
+    image: ` + clusterbench.BulkImage + `
+    imagePullPolicy: Never
+    args: ["serve", "-listen=:9000"]
+    readinessProbe: {tcpSocket: {port: 9000}, periodSeconds: 1}
+`
+
+// waypointManifest is the waypoint (held to one core: GOMAXPROCS=1 through
+// the Gateway's parameters ConfigMap) and a second Service over the server
+// that uses it.
+const waypointManifest = `apiVersion: v1
+kind: ConfigMap
+metadata: {name: waypoint-bench}
+data:
+  deployment: |
+    spec:
+      template:
+        spec:
+          containers:
+          - name: istio-proxy
+            env:
+            - {name: GOMAXPROCS, value: "1"}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint}
+spec:
+  gatewayClassName: istio-waypoint
+  infrastructure:
+    parametersRef: {group: "", kind: ConfigMap, name: waypoint-bench}
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: server-wp
+  labels: {istio.io/use-waypoint: waypoint}
+spec:
+  selector: {app: server}
+  ports: [{name: http, port: 8080, targetPort: 8080}]
+`
+
+func (b *bench) run(ctx context.Context) (map[string]float64, error) {
+	installed, err := b.k.InstallMesh(ctx, b.manifests)
+	b.installedMesh = installed
+	if err != nil {
+		return nil, err
+	}
+	suffix := strconv.FormatInt(time.Now().UnixNano()%1_000_000, 10)
+	b.direct, b.meshed = "bench-wp-direct-"+suffix, "bench-wp-mesh-"+suffix
+	for _, ns := range []string{b.direct, b.meshed} {
+		if _, err := b.k.Run(ctx, "", "create", "namespace", ns); err != nil {
+			return nil, err
+		}
+		b.namespaces = append(b.namespaces, ns)
+	}
+	if _, err := b.k.Run(ctx, "", "label", "namespace", b.meshed, "istio.io/dataplane-mode=ambient"); err != nil {
+		return nil, err
+	}
+	if _, err := b.k.Run(ctx, serverManifest, "-n", b.direct, "apply", "-f", "-"); err != nil {
+		return nil, err
+	}
+	if _, err := b.k.Run(ctx, serverManifest+"---\n"+waypointManifest, "-n", b.meshed, "apply", "-f", "-"); err != nil {
+		return nil, err
+	}
+	for _, ns := range []string{b.direct, b.meshed} {
+		if _, err := b.k.Run(ctx, "", "-n", ns, "wait", "--for=condition=Ready", "pod/server", "pod/client", "--timeout=120s"); err != nil {
+			return nil, err
+		}
+	}
+	for _, p := range []string{"server", "client"} {
+		if _, err := b.k.Run(ctx, "", "-n", b.meshed, "wait", "pod/"+p, "--for=jsonpath={.metadata.annotations.ambient\\.istio\\.io/redirection}=enabled", "--timeout=120s"); err != nil {
+			return nil, fmt.Errorf("mesh pods not captured: %w", err)
+		}
+	}
+	if _, err := b.k.Run(ctx, "", "-n", b.meshed, "wait", "--for=condition=Programmed", "gateway/waypoint", "--timeout=180s"); err != nil {
+		return nil, fmt.Errorf("waypoint not programmed: %w", err)
+	}
+	if _, err := b.k.Run(ctx, "", "-n", b.meshed, "rollout", "status", "deployment/waypoint", "--timeout=180s"); err != nil {
+		return nil, err
+	}
+	serverIP, err := b.k.Run(ctx, "", "-n", b.direct, "get", "pod", "server", "-o", "jsonpath={.status.podIP}")
+	if err != nil {
+		return nil, err
+	}
+	hpid, err := b.startHAProxy(serverIP + ":8080")
+	if err != nil {
+		return nil, err
+	}
+
+	type path struct {
+		name, ns, url string
+	}
+	paths := []path{
+		{"direct", b.direct, "http://server:8080/echo"},
+		{"ztunnel", b.meshed, "http://server:8080/echo"},
+		{"waypoint", b.meshed, "http://server-wp:8080/echo"},
+		{"haproxy", b.direct, "http://" + haproxyAddr + "/echo"},
+	}
+	// Reachable, then warm (pools, certificates, caches).
+	for _, p := range paths {
+		if err := b.k.WaitReachable(ctx, p.ns, "client", p.url); err != nil {
+			return nil, err
+		}
+		if _, err := b.k.Fortio(ctx, clusterbench.Load{Namespace: p.ns, Pod: "client", URL: p.url, QPS: b.qps, Conns: b.conns, Duration: 3 * time.Second, PayloadBytes: 1024}); err != nil {
+			return nil, fmt.Errorf("warm-up %s: %w", p.name, err)
+		}
+	}
+	wpid, err := clusterbench.FindProcess(waypointExe, "POD_NAMESPACE="+b.meshed)
+	if err != nil {
+		return nil, err
+	}
+	procs := map[string]int{"waypoint": wpid, "haproxy": hpid}
+
+	fig := map[string]float64{"duration_s": b.duration.Seconds(), "target_qps": float64(b.qps), "connections": float64(b.conns)}
+	res := map[string]*clusterbench.FortioResult{}
+	for _, p := range paths {
+		fmt.Fprintf(os.Stderr, "bench-waypoint: %s: %d qps over %d connections for %s\n", p.name, b.qps, b.conns, b.duration)
+		var u *clusterbench.Usage
+		if pid, ok := procs[p.name]; ok {
+			if u, err = clusterbench.StartUsage(pid); err != nil {
+				return nil, err
+			}
+		}
+		r, err := b.k.Fortio(ctx, clusterbench.Load{Namespace: p.ns, Pod: "client", URL: p.url, QPS: b.qps, Conns: b.conns, Duration: b.duration, PayloadBytes: 1024})
+		if u != nil {
+			cpu, wall, rss, uerr := u.Stop()
+			if err == nil && uerr != nil {
+				err = uerr
+			}
+			if err == nil {
+				window := min(wall.Seconds(), b.duration.Seconds()+1)
+				prefix := p.name + "_"
+				if p.name == "waypoint" {
+					prefix = ""
+				}
+				fig[prefix+"cpu_s"] = cpu
+				fig[prefix+"vcpu_per_krps"] = cpu / window / (r.ActualQPS / 1000)
+				fig[prefix+"rss_mb"] = rss
+				fig[prefix+"rss_mb_per_krps"] = rss / (r.ActualQPS / 1000)
+			}
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s run: %w", p.name, err)
+		}
+		res[p.name] = r
+		fig[p.name+"_qps"] = r.ActualQPS
+		fig[p.name+"_errors"] = float64(r.Errors())
+		for _, q := range []struct {
+			name string
+			p    float64
+		}{{"p50", 50}, {"p90", 90}, {"p99", 99}} {
+			fig[p.name+"_"+q.name+"_ms"] = r.Percentile(q.p) * 1e3
+		}
+	}
+	for _, q := range []string{"p50", "p90", "p99"} {
+		fig[q+"_added_ms"] = fig["waypoint_"+q+"_ms"] - fig["direct_"+q+"_ms"]
+		fig[q+"_added_vs_ztunnel_ms"] = fig["waypoint_"+q+"_ms"] - fig["ztunnel_"+q+"_ms"]
+		fig["haproxy_"+q+"_added_ms"] = fig["haproxy_"+q+"_ms"] - fig["direct_"+q+"_ms"]
+	}
+
+	// Maximum RPS per core of each L7 hop.
+	for _, p := range paths[2:] {
+		fmt.Fprintf(os.Stderr, "bench-waypoint: %s: maximum rate over %d connections for %s\n", p.name, b.maxConns, b.maxDuration)
+		u, err := clusterbench.StartUsage(procs[p.name])
+		if err != nil {
+			return nil, err
+		}
+		r, err := b.k.Fortio(ctx, clusterbench.Load{Namespace: p.ns, Pod: "client", URL: p.url, Conns: b.maxConns, Duration: b.maxDuration, PayloadBytes: 1024})
+		cpu, wall, _, uerr := u.Stop()
+		if err == nil {
+			err = uerr
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s maximum run: %w", p.name, err)
+		}
+		window := min(wall.Seconds(), b.maxDuration.Seconds()+1)
+		cores := cpu / window
+		prefix := p.name + "_"
+		if p.name == "waypoint" {
+			prefix = ""
+		}
+		fig[prefix+"max_rps"] = r.ActualQPS
+		fig[prefix+"max_rps_cores_used"] = cores
+		fig[prefix+"max_rps_one_core"] = r.ActualQPS / max(cores, 0.01)
+		fig[prefix+"max_rps_errors"] = float64(r.Errors())
+	}
+	fig["max_rps_ratio_vs_haproxy"] = fig["max_rps_one_core"] / fig["haproxy_max_rps_one_core"]
+
+	var failed []string
+	for name, r := range res {
+		if r.Errors() > 0 {
+			failed = append(failed, fmt.Sprintf("%s %d", name, r.Errors()))
+		}
+	}
+	if len(failed) > 0 {
+		return fig, fmt.Errorf("requests failed: %s", strings.Join(failed, ", "))
+	}
+	return fig, nil
+}
+
+// startHAProxy runs HAProxy on the node as an HTTP proxy to backend, held
+// to one thread, and returns its pid.
+func (b *bench) startHAProxy(backend string) (int, error) {
+	dir, err := os.MkdirTemp("", "bench-waypoint-haproxy-")
+	if err != nil {
+		return 0, err
+	}
+	b.haproxyDir = dir
+	cfg := fmt.Sprintf(`global
+  nbthread 1
+  maxconn 20000
+  log stderr format short local0 err
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  http-reuse always
+frontend bench
+  bind %s
+  default_backend fortio
+backend fortio
+  server server %s
+`, haproxyAddr, backend)
+	path := filepath.Join(dir, "haproxy.cfg")
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		return 0, err
+	}
+	if _, err := exec.Command(b.haproxyBin, "-c", "-q", "-f", path).CombinedOutput(); err != nil {
+		return 0, fmt.Errorf("haproxy config check (%s): %w", path, err)
+	}
+	cmd := exec.Command(b.haproxyBin, "-db", "-f", path)
+	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return 0, fmt.Errorf("start %s (install the Debian package haproxy): %w", b.haproxyBin, err)
+	}
+	b.mu.Lock()
+	b.haproxyCmd = cmd
+	b.mu.Unlock()
+	if err := os.WriteFile(filepath.Join(dir, "haproxy.pid"), []byte(strconv.Itoa(cmd.Process.Pid)), 0o644); err != nil {
+		return 0, err
+	}
+	return cmd.Process.Pid, nil
+}
+
+func (b *bench) stopHAProxy() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.haproxyCmd != nil {
+		_ = b.haproxyCmd.Process.Kill()
+		_ = b.haproxyCmd.Wait()
+		b.haproxyCmd = nil
+	}
+	if b.haproxyDir != "" {
+		_ = os.RemoveAll(b.haproxyDir)
+	}
+}
+
+func (b *bench) cleanup() {
+	b.cleanupOnce.Do(func() {
+		b.stopHAProxy()
+		ctx, cancel := context.WithTimeout(context.Background(), 80*time.Second)
+		defer cancel()
+		for _, ns := range b.namespaces {
+			if _, err := b.k.Run(ctx, "", "delete", "namespace", ns, "--wait=false"); err != nil {
+				fmt.Fprintln(os.Stderr, "bench-waypoint: cleanup:", err)
+			}
+		}
+		for _, ns := range b.namespaces {
+			_, _ = b.k.Run(ctx, "", "wait", "--for=delete", "namespace/"+ns, "--timeout=60s")
+		}
+		if b.installedMesh {
+			if _, err := b.k.Run(ctx, "", "delete", "-k", b.manifests, "--ignore-not-found", "--wait=false"); err != nil {
+				fmt.Fprintln(os.Stderr, "bench-waypoint: cleanup:", err)
+			}
+		}
+	})
+}

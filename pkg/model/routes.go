@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/net/http/httpguts"
 	"google.golang.org/protobuf/types/known/durationpb"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -660,9 +661,17 @@ func (c *routeCompiler) httpFilters(r *routeSource, fs []gatewayv1.HTTPRouteFilt
 		ff := field + "[" + itoa(i) + "]"
 		switch {
 		case f.Type == gatewayv1.HTTPRouteFilterRequestHeaderModifier && f.RequestHeaderModifier != nil:
-			out = append(out, &waypointv1alpha1.HTTPFilter{Kind: &waypointv1alpha1.HTTPFilter_RequestHeaderModifier{RequestHeaderModifier: headerModifier(f.RequestHeaderModifier)}})
+			hm, err := headerModifier(f.RequestHeaderModifier, ff+".requestHeaderModifier")
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, &waypointv1alpha1.HTTPFilter{Kind: &waypointv1alpha1.HTTPFilter_RequestHeaderModifier{RequestHeaderModifier: hm}})
 		case f.Type == gatewayv1.HTTPRouteFilterResponseHeaderModifier && f.ResponseHeaderModifier != nil:
-			out = append(out, &waypointv1alpha1.HTTPFilter{Kind: &waypointv1alpha1.HTTPFilter_ResponseHeaderModifier{ResponseHeaderModifier: headerModifier(f.ResponseHeaderModifier)}})
+			hm, err := headerModifier(f.ResponseHeaderModifier, ff+".responseHeaderModifier")
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, &waypointv1alpha1.HTTPFilter{Kind: &waypointv1alpha1.HTTPFilter_ResponseHeaderModifier{ResponseHeaderModifier: hm}})
 		case f.Type == gatewayv1.HTTPRouteFilterURLRewrite && f.URLRewrite != nil:
 			rw := &waypointv1alpha1.URLRewrite{}
 			if f.URLRewrite.Hostname != nil {
@@ -718,15 +727,31 @@ func (c *routeCompiler) httpFilters(r *routeSource, fs []gatewayv1.HTTPRouteFilt
 	return out, nil
 }
 
-func headerModifier(h *gatewayv1.HTTPHeaderFilter) *waypointv1alpha1.HeaderModifier {
-	out := &waypointv1alpha1.HeaderModifier{Remove: slices.Clone(h.Remove)}
-	for _, s := range h.Set {
-		out.Set = append(out.Set, &waypointv1alpha1.Header{Name: string(s.Name), Value: s.Value})
+func headerModifier(h *gatewayv1.HTTPHeaderFilter, field string) (*waypointv1alpha1.HeaderModifier, *routeProblem) {
+	out := &waypointv1alpha1.HeaderModifier{}
+	for _, l := range []struct {
+		name string
+		in   []gatewayv1.HTTPHeader
+		out  *[]*waypointv1alpha1.Header
+	}{{"set", h.Set, &out.Set}, {"add", h.Add, &out.Add}} {
+		for i, hd := range l.in {
+			at := field + "." + l.name + "[" + itoa(i) + "]"
+			if !httpguts.ValidHeaderFieldName(string(hd.Name)) {
+				return nil, &routeProblem{at + ".name", fmt.Sprintf("%q is not a header name", hd.Name)}
+			}
+			if !httpguts.ValidHeaderFieldValue(hd.Value) {
+				return nil, &routeProblem{at + ".value", "not a valid header value"}
+			}
+			*l.out = append(*l.out, &waypointv1alpha1.Header{Name: string(hd.Name), Value: hd.Value})
+		}
 	}
-	for _, a := range h.Add {
-		out.Add = append(out.Add, &waypointv1alpha1.Header{Name: string(a.Name), Value: a.Value})
+	for i, n := range h.Remove {
+		if !httpguts.ValidHeaderFieldName(n) {
+			return nil, &routeProblem{field + ".remove[" + itoa(i) + "]", fmt.Sprintf("%q is not a header name", n)}
+		}
+		out.Remove = append(out.Remove, n)
 	}
-	return out
+	return out, nil
 }
 
 func pathModifier(p *gatewayv1.HTTPPathModifier, matches []gatewayv1.HTTPRouteMatch, field string) (*waypointv1alpha1.PathModifier, *routeProblem) {
@@ -738,6 +763,9 @@ func pathModifier(p *gatewayv1.HTTPPathModifier, matches []gatewayv1.HTTPRouteMa
 		if p.ReplaceFullPath == nil {
 			return nil, &routeProblem{field + ".replaceFullPath", "required with type ReplaceFullPath"}
 		}
+		if !strings.HasPrefix(*p.ReplaceFullPath, "/") {
+			return nil, &routeProblem{field + ".replaceFullPath", "must start with /"}
+		}
 		return &waypointv1alpha1.PathModifier{Type: waypointv1alpha1.PathModifier_REPLACE_FULL_PATH, Value: *p.ReplaceFullPath}, nil
 	case gatewayv1.PrefixMatchHTTPPathModifier:
 		if p.ReplacePrefixMatch == nil {
@@ -747,6 +775,9 @@ func pathModifier(p *gatewayv1.HTTPPathModifier, matches []gatewayv1.HTTPRouteMa
 			if m.Path != nil && m.Path.Type != nil && *m.Path.Type != gatewayv1.PathMatchPathPrefix {
 				return nil, &routeProblem{field + ".type", "ReplacePrefixMatch needs every match of the rule to be a PathPrefix match"}
 			}
+		}
+		if v := *p.ReplacePrefixMatch; v != "" && !strings.HasPrefix(v, "/") {
+			return nil, &routeProblem{field + ".replacePrefixMatch", "must start with /"}
 		}
 		return &waypointv1alpha1.PathModifier{Type: waypointv1alpha1.PathModifier_REPLACE_PREFIX_MATCH, Value: *p.ReplacePrefixMatch}, nil
 	}

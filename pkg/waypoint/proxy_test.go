@@ -1,9 +1,11 @@
 package waypoint
 
 import (
+	"io"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	waypointv1alpha1 "github.com/ambient-mesh/mesh/api/waypoint/v1alpha1"
 	"github.com/ambient-mesh/mesh/pkg/hbone"
@@ -191,4 +193,130 @@ func TestMetricsCountRequests(t *testing.T) {
 	if got := count("404"); got != 3 {
 		t.Errorf("istio_requests_total{response_code=404} = %v, want 3 (POST matches no route)", got)
 	}
+}
+
+// TestFiltersEndToEnd: header modifiers, rewrite and redirect applied by
+// the proxy, trace context propagated, and the error statuses of bad
+// backends.
+func TestFiltersEndToEnd(t *testing.T) {
+	leakCheck(t)
+	m := newMesh(t, meshOptions{})
+	const empty = "empty.demo.svc.cluster.local"
+	m.addService(reviews, "10.0.0.1")
+	m.addService(empty, "10.0.0.4")
+	var seen http.Header
+	var seenPath, seenHost string
+	m.addPod("reviews-a", reviews, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen, seenPath, seenHost = r.Header.Clone(), r.URL.Path, r.Host
+		w.Header().Set("X-Internal", "secret")
+	}))
+	prefix := func(v string) []*waypointv1alpha1.HTTPMatch {
+		return []*waypointv1alpha1.HTTPMatch{{Path: &waypointv1alpha1.PathMatch{Type: waypointv1alpha1.PathMatch_PREFIX, Value: v}}}
+	}
+	m.setRoutes(serviceConfig(reviews, waypointv1alpha1.Protocol_HTTP,
+		&waypointv1alpha1.HTTPRoute{Name: "old", Matches: prefix("/old"), Filters: []*waypointv1alpha1.HTTPFilter{{Kind: &waypointv1alpha1.HTTPFilter_RequestRedirect{
+			RequestRedirect: &waypointv1alpha1.Redirect{Path: &waypointv1alpha1.PathModifier{Type: waypointv1alpha1.PathModifier_REPLACE_PREFIX_MATCH, Value: "/new"}, StatusCode: 301}}}}},
+		&waypointv1alpha1.HTTPRoute{Name: "invalid", Matches: prefix("/invalid"), Backends: []*waypointv1alpha1.WeightedBackend{{Weight: 1, Backend: &waypointv1alpha1.Backend{Invalid: true}}}},
+		&waypointv1alpha1.HTTPRoute{Name: "none", Matches: prefix("/none")},
+		&waypointv1alpha1.HTTPRoute{Name: "empty", Matches: prefix("/empty"), Backends: []*waypointv1alpha1.WeightedBackend{backend(empty, 1)}},
+		&waypointv1alpha1.HTTPRoute{Name: "api", Matches: prefix("/api"),
+			Filters: []*waypointv1alpha1.HTTPFilter{
+				{Kind: &waypointv1alpha1.HTTPFilter_RequestHeaderModifier{RequestHeaderModifier: &waypointv1alpha1.HeaderModifier{
+					Set: []*waypointv1alpha1.Header{{Name: "x-route", Value: "api"}}, Remove: []string{"x-secret"}}}},
+				{Kind: &waypointv1alpha1.HTTPFilter_ResponseHeaderModifier{ResponseHeaderModifier: &waypointv1alpha1.HeaderModifier{
+					Add: []*waypointv1alpha1.Header{{Name: "x-served-by", Value: "waypoint"}}, Remove: []string{"x-internal"}}}},
+				{Kind: &waypointv1alpha1.HTTPFilter_UrlRewrite{UrlRewrite: &waypointv1alpha1.URLRewrite{Hostname: "reviews.internal",
+					Path: &waypointv1alpha1.PathModifier{Type: waypointv1alpha1.PathModifier_REPLACE_PREFIX_MATCH, Value: "/v2"}}}},
+			},
+			Backends: []*waypointv1alpha1.WeightedBackend{backend(reviews, 1)}},
+	))
+	c := m.httpClient(false)
+
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, "http://10.0.0.1/api/items", nil)
+	req.Header.Set("X-Secret", "s")
+	req.Header.Set("Traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if seen.Get("X-Route") != "api" || seen.Get("X-Secret") != "" || seenPath != "/v2/items" || seenHost != "reviews.internal" {
+		t.Errorf("backend saw host %q path %q headers %v; want host reviews.internal, path /v2/items, x-route set, x-secret removed", seenHost, seenPath, seen)
+	}
+	if tp := seen.Get("Traceparent"); !strings.HasPrefix(tp, "00-4bf92f3577b34da6a3ce929d0e0e4736-") || strings.Contains(tp, "00f067aa0ba902b7") {
+		t.Errorf("backend saw traceparent %q, want the same trace with a new span", tp)
+	}
+	if seen.Get("X-Request-Id") == "" {
+		t.Error("backend saw no x-request-id")
+	}
+	if resp.Header.Get("X-Served-By") != "waypoint" || resp.Header.Get("X-Internal") != "" {
+		t.Errorf("client got headers %v, want x-served-by added and x-internal removed", resp.Header)
+	}
+
+	resp, err = c.Get("http://10.0.0.1/old/page?x=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 301 || resp.Header.Get("Location") != "http://10.0.0.1/new/page?x=1" {
+		t.Errorf("redirect: %d Location %q, want 301 to http://10.0.0.1/new/page?x=1", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	for path, want := range map[string]int{"/invalid": 500, "/none": 500, "/empty": 503, "/nothing": 404} {
+		if code, _, _ := get(t, c, "http://10.0.0.1"+path, nil); code != want {
+			t.Errorf("GET %s: %d, want %d", path, code, want)
+		}
+	}
+}
+
+// TestDrain: on cancellation the waypoint finishes the request in flight
+// and refuses nothing it already accepted; Serve returns once it is done.
+func TestDrain(t *testing.T) {
+	leakCheck(t)
+	m := newMesh(t, meshOptions{drainTimeout: 5 * time.Second})
+	m.addService(reviews, "10.0.0.1")
+	started := make(chan struct{})
+	release := make(chan struct{})
+	m.addPod("reviews-a", reviews, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(started)
+		<-release
+		_, _ = io.WriteString(w, "done")
+	}))
+	m.setRoutes(serviceConfig(reviews, waypointv1alpha1.Protocol_HTTP, defaultRoute(reviews)))
+	c := m.httpClient(false)
+	type result struct {
+		code int
+		body string
+	}
+	res := make(chan result, 1)
+	go func() {
+		resp, err := c.Get("http://10.0.0.1/")
+		if err != nil {
+			res <- result{body: err.Error()}
+			return
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		res <- result{resp.StatusCode, string(b)}
+	}()
+	<-started
+	m.cancel()
+	select {
+	case err := <-m.served:
+		t.Fatalf("Serve returned %v while a request was in flight", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(release)
+	if r := <-res; r.code != 200 || r.body != "done" {
+		t.Errorf("in-flight request got %d %q, want 200 done", r.code, r.body)
+	}
+	select {
+	case err := <-m.served:
+		if err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Serve did not return after the drain")
+	}
+	m.cancel = nil
+	_ = m.proxy.Close()
 }

@@ -1,7 +1,8 @@
 // Package istiod assembles istiod-lite: the controller-runtime manager (leader
 // election, informer cache, metrics on 15014), the mesh CA and the delta xDS
-// server sharing one TLS gRPC port (15012), the model Collector, and the debug
-// and health endpoints. cmd/istiod-lite parses its Config and calls Run.
+// server sharing one TLS gRPC port (15012), the model Collector, the
+// waypoint deployer and the mesh route status writer (leader only), and the
+// debug and health endpoints. cmd/istiod-lite parses its Config and calls Run.
 package istiod
 
 import (

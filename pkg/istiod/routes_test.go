@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"slices"
 	"sync"
 	"testing"
@@ -17,9 +18,11 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	waypointv1alpha1 "github.com/ambient-mesh/mesh/api/waypoint/v1alpha1"
+	"github.com/ambient-mesh/mesh/internal/kubetest"
 	"github.com/ambient-mesh/mesh/pkg/model"
 	"github.com/ambient-mesh/mesh/pkg/xds/xdsclient"
 )
@@ -302,4 +305,47 @@ func TestMeshRoutes(t *testing.T) {
 	if c, err := condition(r, "ResolvedRefs"); err != nil || c.Status != metav1.ConditionTrue {
 		t.Errorf("canary ResolvedRefs = %+v, %v; want True", c, err)
 	}
+}
+
+// TestRunWithoutGatewayAPI: without the Gateway API CRDs istiod-lite still
+// becomes ready and serves ztunnels; routes, waypoints and route status
+// stand down.
+func TestRunWithoutGatewayAPI(t *testing.T) {
+	env := kubetest.Start(t, kubetest.Options{})
+	cs, err := kubernetes.NewForConfig(env.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cs.CoreV1().Namespaces().Create(t.Context(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "istio-system"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{}
+	cfg.RegisterFlags(newFlagSet(t))
+	cfg.GRPCAddr, cfg.MetricsAddr, cfg.DebugAddr = freeAddr(t), freeAddr(t), freeAddr(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, cfg, env.Config, zaptest.NewLogger(t)) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run returned %v on shutdown, want nil", err)
+		}
+	}()
+	waitFor(t, 60*time.Second, "istiod-lite /ready without the Gateway API CRDs", func() error {
+		select {
+		case err := <-done:
+			done <- err
+			return fmt.Errorf("Run returned early: %v", err)
+		default:
+		}
+		resp, err := http.Get("http://" + cfg.DebugAddr + "/ready")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("status %d", resp.StatusCode)
+		}
+		return nil
+	})
 }

@@ -46,10 +46,19 @@ const (
 	// FieldOwner is the server-side apply manager of generated objects.
 	FieldOwner = client.FieldOwner("istiod-lite")
 
-	hbonePort           = 15008
-	readinessPort       = 15021
-	metricsPort         = 15020
-	containerName       = "istio-proxy"
+	hbonePort     = 15008
+	readinessPort = 15021
+	metricsPort   = 15020
+	containerName = "istio-proxy"
+	// The waypoint's credentials: a projected token for the CA (and xDS)
+	// and the mesh root from the ConfigMap istiod-lite publishes in every
+	// namespace.
+	caAudience          = "istio-ca"
+	tokenVolume         = "istio-token"
+	tokenDir            = "/var/run/secrets/tokens"
+	rootCertVolume      = "istiod-ca-cert"
+	rootCertDir         = "/var/run/secrets/istio"
+	rootCertConfigMap   = "istio-ca-root-cert"
 	parametersDeployKey = "deployment"
 	parametersSvcKey    = "service"
 )
@@ -62,7 +71,9 @@ type Options struct {
 	XDSAddress string
 	// DomainSuffix of Service hostnames (cluster.local).
 	DomainSuffix string
-	Logger       *zap.Logger
+	// TrustDomain of the mesh, for the waypoint's identity; default cluster.local.
+	TrustDomain string
+	Logger      *zap.Logger
 }
 
 // Reconciler reconciles istio-waypoint Gateways. It is level-based: each
@@ -168,6 +179,13 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	return reconcile.Result{}, r.writeStatus(ctx, &gw, accepted, &dep, &svc)
 }
 
+func (r *Reconciler) trustDomain() string {
+	if r.Opts.TrustDomain != "" {
+		return r.Opts.TrustDomain
+	}
+	return "cluster.local"
+}
+
 // validate checks the listener contract of a waypoint: a listener of
 // protocol HBONE on port 15008.
 func validate(gw *gatewayv1.Gateway) (field, msg string) {
@@ -244,6 +262,8 @@ func (r *Reconciler) desired(ctx context.Context, gw *gatewayv1.Gateway) ([]*uns
 	sa := &corev1.ServiceAccount{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "ServiceAccount"}, ObjectMeta: om()}
 	podLabels := maps.Clone(lbls)
 	podLabels[model.LabelDataplaneMode] = model.DataplaneModeNone // waypoints speak HBONE themselves; ztunnel does not capture them
+	podAnnotations := map[string]string{"prometheus.io/scrape": "true", "prometheus.io/port": "15020", "prometheus.io/path": "/stats/prometheus"}
+	maps.Copy(podAnnotations, annotations)
 	dep := &appsv1.Deployment{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "apps/v1", Kind: "Deployment"},
 		ObjectMeta: om(),
@@ -251,26 +271,49 @@ func (r *Reconciler) desired(ctx context.Context, gw *gatewayv1.Gateway) ([]*uns
 			Replicas: ptr.To[int32](1),
 			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{model.LabelGatewayName: gw.Name}},
 			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: podLabels, Annotations: maps.Clone(annotations)},
+				ObjectMeta: metav1.ObjectMeta{Labels: podLabels, Annotations: podAnnotations},
 				Spec: corev1.PodSpec{
-					ServiceAccountName:            gw.Name,
+					ServiceAccountName: gw.Name,
+					// The waypoint never calls the Kubernetes API: its only
+					// token is the projected istio-ca one below.
+					AutomountServiceAccountToken:  ptr.To(false),
 					TerminationGracePeriodSeconds: ptr.To[int64](30),
+					SecurityContext:               &corev1.PodSecurityContext{FSGroup: ptr.To[int64](1337)},
+					Volumes: []corev1.Volume{
+						{Name: tokenVolume, VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
+							Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{
+								Audience: caAudience, ExpirationSeconds: ptr.To[int64](43200), Path: "istio-token"}}}}}},
+						{Name: rootCertVolume, VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
+							LocalObjectReference: corev1.LocalObjectReference{Name: rootCertConfigMap}}}},
+					},
 					Containers: []corev1.Container{{
 						Name:            containerName,
 						Image:           r.Opts.Image,
 						ImagePullPolicy: corev1.PullIfNotPresent,
 						Args:            []string{"--xds-address", r.Opts.XDSAddress},
+						// cmd/waypoint's settings (pkg/waypoint/app.Config): its
+						// Gateway and identity, the mesh root and the token the CA
+						// and xDS accept, and the drain deadline.
 						Env: []corev1.EnvVar{
 							{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
 							{Name: "POD_NAMESPACE", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.namespace"}}},
+							{Name: "POD_IP", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.podIP"}}},
 							{Name: "INSTANCE_IP", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.podIP"}}},
 							{Name: "SERVICE_ACCOUNT", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "spec.serviceAccountName"}}},
 							{Name: "GATEWAY_NAME", Value: gw.Name},
+							{Name: "TRUST_DOMAIN", Value: r.trustDomain()},
+							{Name: "ROOT_CERT_FILE", Value: rootCertDir + "/root-cert.pem"},
+							{Name: "TOKEN_FILE", Value: tokenDir + "/istio-token"},
+							{Name: "TERMINATION_GRACE_PERIOD_SECONDS", Value: "30"},
 						},
 						Ports: []corev1.ContainerPort{
 							{Name: "hbone", ContainerPort: hbonePort},
 							{Name: "status-port", ContainerPort: readinessPort},
-							{Name: "http-envoy-prom", ContainerPort: metricsPort},
+							{Name: "metrics", ContainerPort: metricsPort},
+						},
+						VolumeMounts: []corev1.VolumeMount{
+							{Name: tokenVolume, MountPath: tokenDir, ReadOnly: true},
+							{Name: rootCertVolume, MountPath: rootCertDir, ReadOnly: true},
 						},
 						ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
 							Path: "/healthz/ready", Port: intstr.FromInt32(readinessPort)}}, PeriodSeconds: 2},

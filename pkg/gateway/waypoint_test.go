@@ -133,6 +133,7 @@ func TestWaypointDeployment(t *testing.T) {
 	if got := dep.Spec.Template.Labels["istio.io/dataplane-mode"]; got != "none" {
 		t.Errorf("waypoint pods labelled dataplane-mode=%q, want none (not captured)", got)
 	}
+	checkWaypointPod(t, &dep.Spec.Template.Spec)
 	waitFor(t, 30*time.Second, "Accepted true, Programmed false while the deployment is not available", func() error {
 		acc, gw := condition(c, t, "waypoint", "Accepted")
 		prog, _ := condition(c, t, "waypoint", "Programmed")
@@ -273,5 +274,60 @@ func TestWithoutGatewayCRDs(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Errorf("manager: %v", err)
+	}
+}
+
+// checkWaypointPod checks what cmd/waypoint needs from its pod: the
+// projected token the CA accepts, the mesh root, its identity and Gateway
+// in the environment, and the ports it serves.
+func checkWaypointPod(t *testing.T, spec *corev1.PodSpec) {
+	t.Helper()
+	var token, root bool
+	for _, v := range spec.Volumes {
+		if p := v.Projected; p != nil {
+			for _, src := range p.Sources {
+				if sat := src.ServiceAccountToken; sat != nil && sat.Audience == "istio-ca" && sat.Path == "istio-token" {
+					token = true
+				}
+			}
+		}
+		if cm := v.ConfigMap; cm != nil && cm.Name == "istio-ca-root-cert" {
+			root = true
+		}
+	}
+	if !token || !root {
+		t.Errorf("volumes %v: want a projected istio-ca token and the istio-ca-root-cert ConfigMap", spec.Volumes)
+	}
+	if spec.AutomountServiceAccountToken == nil || *spec.AutomountServiceAccountToken {
+		t.Error("the waypoint pod mounts an API token; it needs none")
+	}
+	c := spec.Containers[0]
+	env := map[string]corev1.EnvVar{}
+	for _, e := range c.Env {
+		env[e.Name] = e
+	}
+	for name, want := range map[string]string{"GATEWAY_NAME": "waypoint", "TOKEN_FILE": "/var/run/secrets/tokens/istio-token", "ROOT_CERT_FILE": "/var/run/secrets/istio/root-cert.pem"} {
+		if env[name].Value != want {
+			t.Errorf("env %s = %q, want %q", name, env[name].Value, want)
+		}
+	}
+	for name, field := range map[string]string{"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace", "POD_IP": "status.podIP", "SERVICE_ACCOUNT": "spec.serviceAccountName"} {
+		if e := env[name]; e.ValueFrom == nil || e.ValueFrom.FieldRef == nil || e.ValueFrom.FieldRef.FieldPath != field {
+			t.Errorf("env %s = %+v, want from field %s", name, e, field)
+		}
+	}
+	ports := map[int32]bool{}
+	for _, p := range c.Ports {
+		ports[p.ContainerPort] = true
+	}
+	if !ports[15008] || !ports[15020] || !ports[15021] {
+		t.Errorf("container ports %v, want 15008, 15020 and 15021", c.Ports)
+	}
+	mounts := map[string]bool{}
+	for _, m := range c.VolumeMounts {
+		mounts[m.MountPath] = true
+	}
+	if !mounts["/var/run/secrets/tokens"] || !mounts["/var/run/secrets/istio"] {
+		t.Errorf("mounts %v, want the token and root-cert directories", c.VolumeMounts)
 	}
 }

@@ -44,7 +44,7 @@ func leakCheck(t *testing.T) {
 // app server behind its own HBONE server on a distinct 127.0.0.x), the
 // waypoint under test, and an HBONE client standing in for ztunnel.
 type mesh struct {
-	t      *testing.T
+	t      testing.TB
 	ca     *meshtest.CA
 	wpSVID *x509svid.SVID
 	client *hbone.Client
@@ -72,7 +72,7 @@ type meshOptions struct {
 	drainTimeout  time.Duration
 }
 
-func newMesh(t *testing.T, opts meshOptions) *mesh {
+func newMesh(t testing.TB, opts meshOptions) *mesh {
 	t.Helper()
 	ca, err := meshtest.NewCA("cluster.local")
 	if err != nil {
@@ -324,7 +324,7 @@ func (m *mesh) httpClient(h2 bool) *http.Client {
 }
 
 // get sends a GET and returns status, X-Backend and body.
-func get(t *testing.T, c *http.Client, url string, hdr map[string]string) (int, string, string) {
+func get(t testing.TB, c *http.Client, url string, hdr map[string]string) (int, string, string) {
 	t.Helper()
 	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, url, nil)
 	if err != nil {
@@ -375,7 +375,7 @@ func (m *mesh) setRoutes(cfgs ...*waypointv1alpha1.ServiceConfig) {
 }
 
 // waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() error) {
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() error) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {

@@ -79,4 +79,3 @@ func directClient(b *testing.B, h2 bool) *http.Client {
 	b.Cleanup(tr.CloseIdleConnections)
 	return &http.Client{Transport: tr}
 }
-

@@ -20,6 +20,7 @@ import (
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 	"istio.io/istio/pkg/workloadapi"
 
 	waypointv1alpha1 "github.com/ambient-mesh/mesh/api/waypoint/v1alpha1"
@@ -53,6 +54,7 @@ type mesh struct {
 	addrs   *state.Store
 	routes  *Routes
 	reg     *prometheus.Registry
+	access  *observer.ObservedLogs
 	proxy   *Proxy
 	wpAddr  netip.AddrPort
 	cancel  context.CancelFunc
@@ -96,6 +98,8 @@ func newMesh(t testing.TB, opts meshOptions) *mesh {
 		t.Fatal(err)
 	}
 	log := zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
+	accessCore, access := observer.New(zap.InfoLevel)
+	m.access = access
 	m.proxy, err = New(Config{
 		Name: waypointName, Addresses: m.addrs, Routes: m.routes,
 		SVID: staticSVID{m.wpSVID}, Bundle: ca.Bundle(),
@@ -104,7 +108,7 @@ func newMesh(t testing.TB, opts meshOptions) *mesh {
 		DrainTimeout:  opts.drainTimeout,
 		Metrics:       metrics,
 		Logger:        log,
-		AccessLog:     zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)),
+		AccessLog:     zap.New(accessCore),
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -193,6 +193,21 @@ func TestMetricsCountRequests(t *testing.T) {
 	if got := count("404"); got != 3 {
 		t.Errorf("istio_requests_total{response_code=404} = %v, want 3 (POST matches no route)", got)
 	}
+	logs := m.access.FilterMessage("request complete").AllUntimed()
+	if len(logs) != 10 {
+		t.Fatalf("%d access-log lines, want one per request (10)", len(logs))
+	}
+	codes := map[int64]int{}
+	for _, l := range logs {
+		f := l.ContextMap()
+		codes[f["response_code"].(int64)]++
+		if f["src.identity"] != m.caller.ID.String() || f["dst.service"] != reviews || f["request_id"] == "" || f["trace_id"] == "" {
+			t.Errorf("access log fields %v: want the caller's identity, the service, a request id and a trace id", f)
+		}
+	}
+	if codes[200] != 7 || codes[404] != 3 {
+		t.Errorf("access-log response codes %v, want 7x200 and 3x404", codes)
+	}
 }
 
 // TestFiltersEndToEnd: header modifiers, rewrite and redirect applied by

@@ -74,6 +74,13 @@ func (t roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 			}
 		} else {
 			if last || !rt.retry.codes[resp.StatusCode] {
+				if resp.StatusCode == http.StatusSwitchingProtocols {
+					// An upgraded connection (WebSocket): the reverse proxy
+					// needs its body as the raw connection, so it is not
+					// wrapped; the try's context ends with the request's.
+					context.AfterFunc(req.Context(), cancel)
+					return resp, nil
+				}
 				resp.Body = &cancelBody{ReadCloser: resp.Body, cancel: cancel}
 				return resp, nil
 			}

@@ -88,6 +88,101 @@ func (Protocol) EnumDescriptor() ([]byte, []int) {
 	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{0}
 }
 
+type TrafficPolicy_LoadBalancer int32
+
+const (
+	TrafficPolicy_ROUND_ROBIN   TrafficPolicy_LoadBalancer = 0
+	TrafficPolicy_LEAST_REQUEST TrafficPolicy_LoadBalancer = 1 // power of two choices over active requests
+	TrafficPolicy_RANDOM        TrafficPolicy_LoadBalancer = 2
+)
+
+// Enum value maps for TrafficPolicy_LoadBalancer.
+var (
+	TrafficPolicy_LoadBalancer_name = map[int32]string{
+		0: "ROUND_ROBIN",
+		1: "LEAST_REQUEST",
+		2: "RANDOM",
+	}
+	TrafficPolicy_LoadBalancer_value = map[string]int32{
+		"ROUND_ROBIN":   0,
+		"LEAST_REQUEST": 1,
+		"RANDOM":        2,
+	}
+)
+
+func (x TrafficPolicy_LoadBalancer) Enum() *TrafficPolicy_LoadBalancer {
+	p := new(TrafficPolicy_LoadBalancer)
+	*p = x
+	return p
+}
+
+func (x TrafficPolicy_LoadBalancer) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (TrafficPolicy_LoadBalancer) Descriptor() protoreflect.EnumDescriptor {
+	return file_api_waypoint_v1alpha1_waypoint_proto_enumTypes[1].Descriptor()
+}
+
+func (TrafficPolicy_LoadBalancer) Type() protoreflect.EnumType {
+	return &file_api_waypoint_v1alpha1_waypoint_proto_enumTypes[1]
+}
+
+func (x TrafficPolicy_LoadBalancer) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use TrafficPolicy_LoadBalancer.Descriptor instead.
+func (TrafficPolicy_LoadBalancer) EnumDescriptor() ([]byte, []int) {
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{7, 0}
+}
+
+type AuthorizationPolicy_Action int32
+
+const (
+	AuthorizationPolicy_ALLOW AuthorizationPolicy_Action = 0
+	AuthorizationPolicy_DENY  AuthorizationPolicy_Action = 1
+)
+
+// Enum value maps for AuthorizationPolicy_Action.
+var (
+	AuthorizationPolicy_Action_name = map[int32]string{
+		0: "ALLOW",
+		1: "DENY",
+	}
+	AuthorizationPolicy_Action_value = map[string]int32{
+		"ALLOW": 0,
+		"DENY":  1,
+	}
+)
+
+func (x AuthorizationPolicy_Action) Enum() *AuthorizationPolicy_Action {
+	p := new(AuthorizationPolicy_Action)
+	*p = x
+	return p
+}
+
+func (x AuthorizationPolicy_Action) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (AuthorizationPolicy_Action) Descriptor() protoreflect.EnumDescriptor {
+	return file_api_waypoint_v1alpha1_waypoint_proto_enumTypes[2].Descriptor()
+}
+
+func (AuthorizationPolicy_Action) Type() protoreflect.EnumType {
+	return &file_api_waypoint_v1alpha1_waypoint_proto_enumTypes[2]
+}
+
+func (x AuthorizationPolicy_Action) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use AuthorizationPolicy_Action.Descriptor instead.
+func (AuthorizationPolicy_Action) EnumDescriptor() ([]byte, []int) {
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{10, 0}
+}
+
 type PathMatch_Type int32
 
 const (
@@ -123,11 +218,11 @@ func (x PathMatch_Type) String() string {
 }
 
 func (PathMatch_Type) Descriptor() protoreflect.EnumDescriptor {
-	return file_api_waypoint_v1alpha1_waypoint_proto_enumTypes[1].Descriptor()
+	return file_api_waypoint_v1alpha1_waypoint_proto_enumTypes[3].Descriptor()
 }
 
 func (PathMatch_Type) Type() protoreflect.EnumType {
-	return &file_api_waypoint_v1alpha1_waypoint_proto_enumTypes[1]
+	return &file_api_waypoint_v1alpha1_waypoint_proto_enumTypes[3]
 }
 
 func (x PathMatch_Type) Number() protoreflect.EnumNumber {
@@ -136,7 +231,7 @@ func (x PathMatch_Type) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use PathMatch_Type.Descriptor instead.
 func (PathMatch_Type) EnumDescriptor() ([]byte, []int) {
-	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{4, 0}
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{16, 0}
 }
 
 type StringMatch_Type int32
@@ -169,11 +264,11 @@ func (x StringMatch_Type) String() string {
 }
 
 func (StringMatch_Type) Descriptor() protoreflect.EnumDescriptor {
-	return file_api_waypoint_v1alpha1_waypoint_proto_enumTypes[2].Descriptor()
+	return file_api_waypoint_v1alpha1_waypoint_proto_enumTypes[4].Descriptor()
 }
 
 func (StringMatch_Type) Type() protoreflect.EnumType {
-	return &file_api_waypoint_v1alpha1_waypoint_proto_enumTypes[2]
+	return &file_api_waypoint_v1alpha1_waypoint_proto_enumTypes[4]
 }
 
 func (x StringMatch_Type) Number() protoreflect.EnumNumber {
@@ -182,7 +277,7 @@ func (x StringMatch_Type) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use StringMatch_Type.Descriptor instead.
 func (StringMatch_Type) EnumDescriptor() ([]byte, []int) {
-	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{5, 0}
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{17, 0}
 }
 
 type PathModifier_Type int32
@@ -216,11 +311,11 @@ func (x PathModifier_Type) String() string {
 }
 
 func (PathModifier_Type) Descriptor() protoreflect.EnumDescriptor {
-	return file_api_waypoint_v1alpha1_waypoint_proto_enumTypes[3].Descriptor()
+	return file_api_waypoint_v1alpha1_waypoint_proto_enumTypes[5].Descriptor()
 }
 
 func (PathModifier_Type) Type() protoreflect.EnumType {
-	return &file_api_waypoint_v1alpha1_waypoint_proto_enumTypes[3]
+	return &file_api_waypoint_v1alpha1_waypoint_proto_enumTypes[5]
 }
 
 func (x PathModifier_Type) Number() protoreflect.EnumNumber {
@@ -229,7 +324,7 @@ func (x PathModifier_Type) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use PathModifier_Type.Descriptor instead.
 func (PathModifier_Type) EnumDescriptor() ([]byte, []int) {
-	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{9, 0}
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{21, 0}
 }
 
 // ServiceConfig is the L7 configuration of one Service bound to a waypoint.
@@ -244,7 +339,21 @@ type ServiceConfig struct {
 	// waypoint refuses (503) traffic for a Service that does not list it.
 	Waypoints []string `protobuf:"bytes,3,rep,name=waypoints,proto3" json:"waypoints,omitempty"`
 	// One entry per Service port.
-	Ports         []*Port `protobuf:"bytes,4,rep,name=ports,proto3" json:"ports,omitempty"`
+	Ports []*Port `protobuf:"bytes,4,rep,name=ports,proto3" json:"ports,omitempty"`
+	// DestinationRule traffic policy of every backend Service the routes of
+	// this Service reference (and of the Service itself), with its subsets.
+	// The waypoint keeps circuit-breaker and outlier state per (backend
+	// Service, port, subset); the same backend compiles to the same policy in
+	// every ServiceConfig that references it.
+	BackendPolicies []*BackendPolicy `protobuf:"bytes,5,rep,name=backend_policies,json=backendPolicies,proto3" json:"backend_policies,omitempty"`
+	// Local rate limit of the whole Service, per waypoint replica (from a
+	// LocalRateLimitPolicy targeting the Service). Routes may add their own.
+	RateLimit *LocalRateLimit `protobuf:"bytes,6,opt,name=rate_limit,json=rateLimit,proto3" json:"rate_limit,omitempty"`
+	// L7 AuthorizationPolicies enforced by the waypoint for this Service
+	// (targetRefs to the Service or to the waypoint Gateway), Istio's order:
+	// any matching DENY denies (403); else, when there is any ALLOW policy, a
+	// request must match one; else allowed.
+	Authorization []*AuthorizationPolicy `protobuf:"bytes,7,rep,name=authorization,proto3" json:"authorization,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -303,6 +412,27 @@ func (x *ServiceConfig) GetWaypoints() []string {
 func (x *ServiceConfig) GetPorts() []*Port {
 	if x != nil {
 		return x.Ports
+	}
+	return nil
+}
+
+func (x *ServiceConfig) GetBackendPolicies() []*BackendPolicy {
+	if x != nil {
+		return x.BackendPolicies
+	}
+	return nil
+}
+
+func (x *ServiceConfig) GetRateLimit() *LocalRateLimit {
+	if x != nil {
+		return x.RateLimit
+	}
+	return nil
+}
+
+func (x *ServiceConfig) GetAuthorization() []*AuthorizationPolicy {
+	if x != nil {
+		return x.Authorization
 	}
 	return nil
 }
@@ -400,8 +530,14 @@ type HTTPRoute struct {
 	// Deadline of each try (HTTPRoute timeouts.backendRequest).
 	BackendRequestTimeout *durationpb.Duration `protobuf:"bytes,6,opt,name=backend_request_timeout,json=backendRequestTimeout,proto3" json:"backend_request_timeout,omitempty"`
 	Retry                 *Retry               `protobuf:"bytes,7,opt,name=retry,proto3" json:"retry,omitempty"`
-	unknownFields         protoimpl.UnknownFields
-	sizeCache             protoimpl.SizeCache
+	// Fault injection (VirtualService fault), applied before the backend is
+	// chosen; an aborted request never reaches a backend.
+	Fault *Fault `protobuf:"bytes,8,opt,name=fault,proto3" json:"fault,omitempty"`
+	// Local rate limit of this route, per waypoint replica, checked after the
+	// Service's.
+	RateLimit     *LocalRateLimit `protobuf:"bytes,9,opt,name=rate_limit,json=rateLimit,proto3" json:"rate_limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *HTTPRoute) Reset() {
@@ -483,6 +619,880 @@ func (x *HTTPRoute) GetRetry() *Retry {
 	return nil
 }
 
+func (x *HTTPRoute) GetFault() *Fault {
+	if x != nil {
+		return x.Fault
+	}
+	return nil
+}
+
+func (x *HTTPRoute) GetRateLimit() *LocalRateLimit {
+	if x != nil {
+		return x.RateLimit
+	}
+	return nil
+}
+
+type Fault struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Delay         *Fault_Delay           `protobuf:"bytes,1,opt,name=delay,proto3" json:"delay,omitempty"`
+	Abort         *Fault_Abort           `protobuf:"bytes,2,opt,name=abort,proto3" json:"abort,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Fault) Reset() {
+	*x = Fault{}
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Fault) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Fault) ProtoMessage() {}
+
+func (x *Fault) ProtoReflect() protoreflect.Message {
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Fault.ProtoReflect.Descriptor instead.
+func (*Fault) Descriptor() ([]byte, []int) {
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Fault) GetDelay() *Fault_Delay {
+	if x != nil {
+		return x.Delay
+	}
+	return nil
+}
+
+func (x *Fault) GetAbort() *Fault_Abort {
+	if x != nil {
+		return x.Abort
+	}
+	return nil
+}
+
+// LocalRateLimit is a token bucket: it starts full with max_tokens and gains
+// tokens_per_fill every fill_interval, up to max_tokens. A request takes one
+// token; without one it is answered 429 with a retry-after header (seconds
+// until the next fill, rounded up).
+type LocalRateLimit struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The policy this came from, "<namespace>/<name>", for metrics and logs.
+	Name          string               `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	MaxTokens     uint32               `protobuf:"varint,2,opt,name=max_tokens,json=maxTokens,proto3" json:"max_tokens,omitempty"`
+	TokensPerFill uint32               `protobuf:"varint,3,opt,name=tokens_per_fill,json=tokensPerFill,proto3" json:"tokens_per_fill,omitempty"`
+	FillInterval  *durationpb.Duration `protobuf:"bytes,4,opt,name=fill_interval,json=fillInterval,proto3" json:"fill_interval,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LocalRateLimit) Reset() {
+	*x = LocalRateLimit{}
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LocalRateLimit) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LocalRateLimit) ProtoMessage() {}
+
+func (x *LocalRateLimit) ProtoReflect() protoreflect.Message {
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LocalRateLimit.ProtoReflect.Descriptor instead.
+func (*LocalRateLimit) Descriptor() ([]byte, []int) {
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *LocalRateLimit) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *LocalRateLimit) GetMaxTokens() uint32 {
+	if x != nil {
+		return x.MaxTokens
+	}
+	return 0
+}
+
+func (x *LocalRateLimit) GetTokensPerFill() uint32 {
+	if x != nil {
+		return x.TokensPerFill
+	}
+	return 0
+}
+
+func (x *LocalRateLimit) GetFillInterval() *durationpb.Duration {
+	if x != nil {
+		return x.FillInterval
+	}
+	return nil
+}
+
+type BackendPolicy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The backend Service.
+	Namespace string `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Hostname  string `protobuf:"bytes,2,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	// Policy for all endpoints of the Service (subset "").
+	Policy        *TrafficPolicy `protobuf:"bytes,3,opt,name=policy,proto3" json:"policy,omitempty"`
+	Subsets       []*Subset      `protobuf:"bytes,4,rep,name=subsets,proto3" json:"subsets,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackendPolicy) Reset() {
+	*x = BackendPolicy{}
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackendPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackendPolicy) ProtoMessage() {}
+
+func (x *BackendPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackendPolicy.ProtoReflect.Descriptor instead.
+func (*BackendPolicy) Descriptor() ([]byte, []int) {
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *BackendPolicy) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *BackendPolicy) GetHostname() string {
+	if x != nil {
+		return x.Hostname
+	}
+	return ""
+}
+
+func (x *BackendPolicy) GetPolicy() *TrafficPolicy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
+func (x *BackendPolicy) GetSubsets() []*Subset {
+	if x != nil {
+		return x.Subsets
+	}
+	return nil
+}
+
+// Subset is a DestinationRule subset resolved by istiod-lite to the
+// workloads whose labels match it (the Address resources carry no labels).
+type Subset struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// istio.workload.Workload uids.
+	WorkloadUids []string `protobuf:"bytes,2,rep,name=workload_uids,json=workloadUids,proto3" json:"workload_uids,omitempty"`
+	// The effective policy of the subset: the host-level policy with the
+	// subset's own settings merged over it.
+	Policy        *TrafficPolicy `protobuf:"bytes,3,opt,name=policy,proto3" json:"policy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Subset) Reset() {
+	*x = Subset{}
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Subset) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Subset) ProtoMessage() {}
+
+func (x *Subset) ProtoReflect() protoreflect.Message {
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Subset.ProtoReflect.Descriptor instead.
+func (*Subset) Descriptor() ([]byte, []int) {
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *Subset) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Subset) GetWorkloadUids() []string {
+	if x != nil {
+		return x.WorkloadUids
+	}
+	return nil
+}
+
+func (x *Subset) GetPolicy() *TrafficPolicy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
+type TrafficPolicy struct {
+	state          protoimpl.MessageState     `protogen:"open.v1"`
+	LoadBalancer   TrafficPolicy_LoadBalancer `protobuf:"varint,1,opt,name=load_balancer,json=loadBalancer,proto3,enum=ambientmesh.waypoint.v1alpha1.TrafficPolicy_LoadBalancer" json:"load_balancer,omitempty"`
+	ConnectionPool *ConnectionPool            `protobuf:"bytes,2,opt,name=connection_pool,json=connectionPool,proto3" json:"connection_pool,omitempty"`
+	// Unset: no outlier detection.
+	OutlierDetection *OutlierDetection `protobuf:"bytes,3,opt,name=outlier_detection,json=outlierDetection,proto3" json:"outlier_detection,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *TrafficPolicy) Reset() {
+	*x = TrafficPolicy{}
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TrafficPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TrafficPolicy) ProtoMessage() {}
+
+func (x *TrafficPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TrafficPolicy.ProtoReflect.Descriptor instead.
+func (*TrafficPolicy) Descriptor() ([]byte, []int) {
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *TrafficPolicy) GetLoadBalancer() TrafficPolicy_LoadBalancer {
+	if x != nil {
+		return x.LoadBalancer
+	}
+	return TrafficPolicy_ROUND_ROBIN
+}
+
+func (x *TrafficPolicy) GetConnectionPool() *ConnectionPool {
+	if x != nil {
+		return x.ConnectionPool
+	}
+	return nil
+}
+
+func (x *TrafficPolicy) GetOutlierDetection() *OutlierDetection {
+	if x != nil {
+		return x.OutlierDetection
+	}
+	return nil
+}
+
+// ConnectionPool limits, per waypoint replica and backend (Service, subset),
+// with Envoy's circuit-breaker semantics. 0 means unlimited. A request over a
+// limit is answered 503 at once with header x-envoy-overloaded: true and
+// never reaches the backend.
+type ConnectionPool struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// tcp.maxConnections: upstream connections (HTTP/1.1: one request each).
+	MaxConnections uint32 `protobuf:"varint,1,opt,name=max_connections,json=maxConnections,proto3" json:"max_connections,omitempty"`
+	// http.http1MaxPendingRequests: requests waiting for a connection.
+	Http1MaxPendingRequests uint32 `protobuf:"varint,2,opt,name=http1_max_pending_requests,json=http1MaxPendingRequests,proto3" json:"http1_max_pending_requests,omitempty"`
+	// http.http2MaxRequests: requests in flight to the backend.
+	Http2MaxRequests uint32 `protobuf:"varint,3,opt,name=http2_max_requests,json=http2MaxRequests,proto3" json:"http2_max_requests,omitempty"`
+	// http.maxRequestsPerConnection: 1 disables keep-alive.
+	MaxRequestsPerConnection uint32 `protobuf:"varint,4,opt,name=max_requests_per_connection,json=maxRequestsPerConnection,proto3" json:"max_requests_per_connection,omitempty"`
+	// http.maxRetries: retries in flight to the backend.
+	MaxRetries    uint32 `protobuf:"varint,5,opt,name=max_retries,json=maxRetries,proto3" json:"max_retries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConnectionPool) Reset() {
+	*x = ConnectionPool{}
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConnectionPool) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConnectionPool) ProtoMessage() {}
+
+func (x *ConnectionPool) ProtoReflect() protoreflect.Message {
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConnectionPool.ProtoReflect.Descriptor instead.
+func (*ConnectionPool) Descriptor() ([]byte, []int) {
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ConnectionPool) GetMaxConnections() uint32 {
+	if x != nil {
+		return x.MaxConnections
+	}
+	return 0
+}
+
+func (x *ConnectionPool) GetHttp1MaxPendingRequests() uint32 {
+	if x != nil {
+		return x.Http1MaxPendingRequests
+	}
+	return 0
+}
+
+func (x *ConnectionPool) GetHttp2MaxRequests() uint32 {
+	if x != nil {
+		return x.Http2MaxRequests
+	}
+	return 0
+}
+
+func (x *ConnectionPool) GetMaxRequestsPerConnection() uint32 {
+	if x != nil {
+		return x.MaxRequestsPerConnection
+	}
+	return 0
+}
+
+func (x *ConnectionPool) GetMaxRetries() uint32 {
+	if x != nil {
+		return x.MaxRetries
+	}
+	return 0
+}
+
+// OutlierDetection ejects an endpoint after consecutive errors, Envoy's
+// way: checked on every response, ejections reviewed every interval, an
+// endpoint ejected for base_ejection_time times its ejection count, at most
+// max_ejection_percent of the endpoints ejected, and none when fewer than
+// min_health_percent are healthy. 0 disables a detector.
+type OutlierDetection struct {
+	state                 protoimpl.MessageState `protogen:"open.v1"`
+	Consecutive_5XxErrors uint32                 `protobuf:"varint,1,opt,name=consecutive_5xx_errors,json=consecutive5xxErrors,proto3" json:"consecutive_5xx_errors,omitempty"`
+	// 502, 503, 504 and connection failures.
+	ConsecutiveGatewayErrors uint32               `protobuf:"varint,2,opt,name=consecutive_gateway_errors,json=consecutiveGatewayErrors,proto3" json:"consecutive_gateway_errors,omitempty"`
+	Interval                 *durationpb.Duration `protobuf:"bytes,3,opt,name=interval,proto3" json:"interval,omitempty"`
+	BaseEjectionTime         *durationpb.Duration `protobuf:"bytes,4,opt,name=base_ejection_time,json=baseEjectionTime,proto3" json:"base_ejection_time,omitempty"`
+	MaxEjectionPercent       uint32               `protobuf:"varint,5,opt,name=max_ejection_percent,json=maxEjectionPercent,proto3" json:"max_ejection_percent,omitempty"`
+	MinHealthPercent         uint32               `protobuf:"varint,6,opt,name=min_health_percent,json=minHealthPercent,proto3" json:"min_health_percent,omitempty"`
+	unknownFields            protoimpl.UnknownFields
+	sizeCache                protoimpl.SizeCache
+}
+
+func (x *OutlierDetection) Reset() {
+	*x = OutlierDetection{}
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OutlierDetection) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OutlierDetection) ProtoMessage() {}
+
+func (x *OutlierDetection) ProtoReflect() protoreflect.Message {
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OutlierDetection.ProtoReflect.Descriptor instead.
+func (*OutlierDetection) Descriptor() ([]byte, []int) {
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *OutlierDetection) GetConsecutive_5XxErrors() uint32 {
+	if x != nil {
+		return x.Consecutive_5XxErrors
+	}
+	return 0
+}
+
+func (x *OutlierDetection) GetConsecutiveGatewayErrors() uint32 {
+	if x != nil {
+		return x.ConsecutiveGatewayErrors
+	}
+	return 0
+}
+
+func (x *OutlierDetection) GetInterval() *durationpb.Duration {
+	if x != nil {
+		return x.Interval
+	}
+	return nil
+}
+
+func (x *OutlierDetection) GetBaseEjectionTime() *durationpb.Duration {
+	if x != nil {
+		return x.BaseEjectionTime
+	}
+	return nil
+}
+
+func (x *OutlierDetection) GetMaxEjectionPercent() uint32 {
+	if x != nil {
+		return x.MaxEjectionPercent
+	}
+	return 0
+}
+
+func (x *OutlierDetection) GetMinHealthPercent() uint32 {
+	if x != nil {
+		return x.MinHealthPercent
+	}
+	return 0
+}
+
+// AuthorizationPolicy is an Istio AuthorizationPolicy compiled for the
+// waypoint. String matches follow Istio: "*" matches anything, "abc*" a
+// prefix, "*abc" a suffix, anything else exactly.
+type AuthorizationPolicy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "<namespace>/<name>".
+	Name   string                     `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Action AuthorizationPolicy_Action `protobuf:"varint,2,opt,name=action,proto3,enum=ambientmesh.waypoint.v1alpha1.AuthorizationPolicy_Action" json:"action,omitempty"`
+	// A request matches the policy when it matches any rule. An ALLOW policy
+	// without rules matches nothing; a DENY policy without rules nothing.
+	Rules         []*AuthorizationRule `protobuf:"bytes,3,rep,name=rules,proto3" json:"rules,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthorizationPolicy) Reset() {
+	*x = AuthorizationPolicy{}
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthorizationPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthorizationPolicy) ProtoMessage() {}
+
+func (x *AuthorizationPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthorizationPolicy.ProtoReflect.Descriptor instead.
+func (*AuthorizationPolicy) Descriptor() ([]byte, []int) {
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *AuthorizationPolicy) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *AuthorizationPolicy) GetAction() AuthorizationPolicy_Action {
+	if x != nil {
+		return x.Action
+	}
+	return AuthorizationPolicy_ALLOW
+}
+
+func (x *AuthorizationPolicy) GetRules() []*AuthorizationRule {
+	if x != nil {
+		return x.Rules
+	}
+	return nil
+}
+
+// AuthorizationRule matches when from, to and when all match; an empty
+// list matches every request.
+type AuthorizationRule struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Any entry (OR).
+	From []*AuthorizationSource `protobuf:"bytes,1,rep,name=from,proto3" json:"from,omitempty"`
+	// Any entry (OR).
+	To []*AuthorizationOperation `protobuf:"bytes,2,rep,name=to,proto3" json:"to,omitempty"`
+	// All entries (AND).
+	When          []*AuthorizationCondition `protobuf:"bytes,3,rep,name=when,proto3" json:"when,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthorizationRule) Reset() {
+	*x = AuthorizationRule{}
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthorizationRule) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthorizationRule) ProtoMessage() {}
+
+func (x *AuthorizationRule) ProtoReflect() protoreflect.Message {
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthorizationRule.ProtoReflect.Descriptor instead.
+func (*AuthorizationRule) Descriptor() ([]byte, []int) {
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *AuthorizationRule) GetFrom() []*AuthorizationSource {
+	if x != nil {
+		return x.From
+	}
+	return nil
+}
+
+func (x *AuthorizationRule) GetTo() []*AuthorizationOperation {
+	if x != nil {
+		return x.To
+	}
+	return nil
+}
+
+func (x *AuthorizationRule) GetWhen() []*AuthorizationCondition {
+	if x != nil {
+		return x.When
+	}
+	return nil
+}
+
+// Each non-empty field must match (AND); within a field any value (OR);
+// not_ fields must not match.
+type AuthorizationSource struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// SPIFFE ids without "spiffe://", as Istio writes principals.
+	Principals    []string `protobuf:"bytes,1,rep,name=principals,proto3" json:"principals,omitempty"`
+	NotPrincipals []string `protobuf:"bytes,2,rep,name=not_principals,json=notPrincipals,proto3" json:"not_principals,omitempty"`
+	Namespaces    []string `protobuf:"bytes,3,rep,name=namespaces,proto3" json:"namespaces,omitempty"`
+	NotNamespaces []string `protobuf:"bytes,4,rep,name=not_namespaces,json=notNamespaces,proto3" json:"not_namespaces,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthorizationSource) Reset() {
+	*x = AuthorizationSource{}
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthorizationSource) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthorizationSource) ProtoMessage() {}
+
+func (x *AuthorizationSource) ProtoReflect() protoreflect.Message {
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthorizationSource.ProtoReflect.Descriptor instead.
+func (*AuthorizationSource) Descriptor() ([]byte, []int) {
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *AuthorizationSource) GetPrincipals() []string {
+	if x != nil {
+		return x.Principals
+	}
+	return nil
+}
+
+func (x *AuthorizationSource) GetNotPrincipals() []string {
+	if x != nil {
+		return x.NotPrincipals
+	}
+	return nil
+}
+
+func (x *AuthorizationSource) GetNamespaces() []string {
+	if x != nil {
+		return x.Namespaces
+	}
+	return nil
+}
+
+func (x *AuthorizationSource) GetNotNamespaces() []string {
+	if x != nil {
+		return x.NotNamespaces
+	}
+	return nil
+}
+
+type AuthorizationOperation struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Hosts         []string               `protobuf:"bytes,1,rep,name=hosts,proto3" json:"hosts,omitempty"`
+	NotHosts      []string               `protobuf:"bytes,2,rep,name=not_hosts,json=notHosts,proto3" json:"not_hosts,omitempty"`
+	Ports         []uint32               `protobuf:"varint,3,rep,packed,name=ports,proto3" json:"ports,omitempty"`
+	NotPorts      []uint32               `protobuf:"varint,4,rep,packed,name=not_ports,json=notPorts,proto3" json:"not_ports,omitempty"`
+	Methods       []string               `protobuf:"bytes,5,rep,name=methods,proto3" json:"methods,omitempty"`
+	NotMethods    []string               `protobuf:"bytes,6,rep,name=not_methods,json=notMethods,proto3" json:"not_methods,omitempty"`
+	Paths         []string               `protobuf:"bytes,7,rep,name=paths,proto3" json:"paths,omitempty"`
+	NotPaths      []string               `protobuf:"bytes,8,rep,name=not_paths,json=notPaths,proto3" json:"not_paths,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthorizationOperation) Reset() {
+	*x = AuthorizationOperation{}
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthorizationOperation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthorizationOperation) ProtoMessage() {}
+
+func (x *AuthorizationOperation) ProtoReflect() protoreflect.Message {
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthorizationOperation.ProtoReflect.Descriptor instead.
+func (*AuthorizationOperation) Descriptor() ([]byte, []int) {
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *AuthorizationOperation) GetHosts() []string {
+	if x != nil {
+		return x.Hosts
+	}
+	return nil
+}
+
+func (x *AuthorizationOperation) GetNotHosts() []string {
+	if x != nil {
+		return x.NotHosts
+	}
+	return nil
+}
+
+func (x *AuthorizationOperation) GetPorts() []uint32 {
+	if x != nil {
+		return x.Ports
+	}
+	return nil
+}
+
+func (x *AuthorizationOperation) GetNotPorts() []uint32 {
+	if x != nil {
+		return x.NotPorts
+	}
+	return nil
+}
+
+func (x *AuthorizationOperation) GetMethods() []string {
+	if x != nil {
+		return x.Methods
+	}
+	return nil
+}
+
+func (x *AuthorizationOperation) GetNotMethods() []string {
+	if x != nil {
+		return x.NotMethods
+	}
+	return nil
+}
+
+func (x *AuthorizationOperation) GetPaths() []string {
+	if x != nil {
+		return x.Paths
+	}
+	return nil
+}
+
+func (x *AuthorizationOperation) GetNotPaths() []string {
+	if x != nil {
+		return x.NotPaths
+	}
+	return nil
+}
+
+type AuthorizationCondition struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Istio condition keys the waypoint evaluates: request.headers[<name>],
+	// source.principal, source.namespace, destination.port.
+	Key           string   `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Values        []string `protobuf:"bytes,2,rep,name=values,proto3" json:"values,omitempty"`
+	NotValues     []string `protobuf:"bytes,3,rep,name=not_values,json=notValues,proto3" json:"not_values,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthorizationCondition) Reset() {
+	*x = AuthorizationCondition{}
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthorizationCondition) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthorizationCondition) ProtoMessage() {}
+
+func (x *AuthorizationCondition) ProtoReflect() protoreflect.Message {
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthorizationCondition.ProtoReflect.Descriptor instead.
+func (*AuthorizationCondition) Descriptor() ([]byte, []int) {
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *AuthorizationCondition) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *AuthorizationCondition) GetValues() []string {
+	if x != nil {
+		return x.Values
+	}
+	return nil
+}
+
+func (x *AuthorizationCondition) GetNotValues() []string {
+	if x != nil {
+		return x.NotValues
+	}
+	return nil
+}
+
 type HTTPMatch struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Unset means any path.
@@ -498,7 +1508,7 @@ type HTTPMatch struct {
 
 func (x *HTTPMatch) Reset() {
 	*x = HTTPMatch{}
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[3]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -510,7 +1520,7 @@ func (x *HTTPMatch) String() string {
 func (*HTTPMatch) ProtoMessage() {}
 
 func (x *HTTPMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[3]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -523,7 +1533,7 @@ func (x *HTTPMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HTTPMatch.ProtoReflect.Descriptor instead.
 func (*HTTPMatch) Descriptor() ([]byte, []int) {
-	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{3}
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *HTTPMatch) GetPath() *PathMatch {
@@ -564,7 +1574,7 @@ type PathMatch struct {
 
 func (x *PathMatch) Reset() {
 	*x = PathMatch{}
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[4]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -576,7 +1586,7 @@ func (x *PathMatch) String() string {
 func (*PathMatch) ProtoMessage() {}
 
 func (x *PathMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[4]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -589,7 +1599,7 @@ func (x *PathMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PathMatch.ProtoReflect.Descriptor instead.
 func (*PathMatch) Descriptor() ([]byte, []int) {
-	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{4}
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *PathMatch) GetType() PathMatch_Type {
@@ -618,7 +1628,7 @@ type StringMatch struct {
 
 func (x *StringMatch) Reset() {
 	*x = StringMatch{}
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[5]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -630,7 +1640,7 @@ func (x *StringMatch) String() string {
 func (*StringMatch) ProtoMessage() {}
 
 func (x *StringMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[5]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -643,7 +1653,7 @@ func (x *StringMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StringMatch.ProtoReflect.Descriptor instead.
 func (*StringMatch) Descriptor() ([]byte, []int) {
-	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{5}
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *StringMatch) GetName() string {
@@ -683,7 +1693,7 @@ type HTTPFilter struct {
 
 func (x *HTTPFilter) Reset() {
 	*x = HTTPFilter{}
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[6]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -695,7 +1705,7 @@ func (x *HTTPFilter) String() string {
 func (*HTTPFilter) ProtoMessage() {}
 
 func (x *HTTPFilter) ProtoReflect() protoreflect.Message {
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[6]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -708,7 +1718,7 @@ func (x *HTTPFilter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HTTPFilter.ProtoReflect.Descriptor instead.
 func (*HTTPFilter) Descriptor() ([]byte, []int) {
-	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{6}
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *HTTPFilter) GetKind() isHTTPFilter_Kind {
@@ -807,7 +1817,7 @@ type Header struct {
 
 func (x *Header) Reset() {
 	*x = Header{}
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[7]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -819,7 +1829,7 @@ func (x *Header) String() string {
 func (*Header) ProtoMessage() {}
 
 func (x *Header) ProtoReflect() protoreflect.Message {
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[7]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -832,7 +1842,7 @@ func (x *Header) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Header.ProtoReflect.Descriptor instead.
 func (*Header) Descriptor() ([]byte, []int) {
-	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{7}
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Header) GetName() string {
@@ -860,7 +1870,7 @@ type HeaderModifier struct {
 
 func (x *HeaderModifier) Reset() {
 	*x = HeaderModifier{}
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[8]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -872,7 +1882,7 @@ func (x *HeaderModifier) String() string {
 func (*HeaderModifier) ProtoMessage() {}
 
 func (x *HeaderModifier) ProtoReflect() protoreflect.Message {
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[8]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -885,7 +1895,7 @@ func (x *HeaderModifier) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeaderModifier.ProtoReflect.Descriptor instead.
 func (*HeaderModifier) Descriptor() ([]byte, []int) {
-	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{8}
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *HeaderModifier) GetSet() []*Header {
@@ -919,7 +1929,7 @@ type PathModifier struct {
 
 func (x *PathModifier) Reset() {
 	*x = PathModifier{}
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[9]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -931,7 +1941,7 @@ func (x *PathModifier) String() string {
 func (*PathModifier) ProtoMessage() {}
 
 func (x *PathModifier) ProtoReflect() protoreflect.Message {
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[9]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -944,7 +1954,7 @@ func (x *PathModifier) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PathModifier.ProtoReflect.Descriptor instead.
 func (*PathModifier) Descriptor() ([]byte, []int) {
-	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{9}
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *PathModifier) GetType() PathModifier_Type {
@@ -973,7 +1983,7 @@ type URLRewrite struct {
 
 func (x *URLRewrite) Reset() {
 	*x = URLRewrite{}
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[10]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -985,7 +1995,7 @@ func (x *URLRewrite) String() string {
 func (*URLRewrite) ProtoMessage() {}
 
 func (x *URLRewrite) ProtoReflect() protoreflect.Message {
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[10]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -998,7 +2008,7 @@ func (x *URLRewrite) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use URLRewrite.ProtoReflect.Descriptor instead.
 func (*URLRewrite) Descriptor() ([]byte, []int) {
-	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{10}
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *URLRewrite) GetHostname() string {
@@ -1028,7 +2038,7 @@ type Redirect struct {
 
 func (x *Redirect) Reset() {
 	*x = Redirect{}
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[11]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1040,7 +2050,7 @@ func (x *Redirect) String() string {
 func (*Redirect) ProtoMessage() {}
 
 func (x *Redirect) ProtoReflect() protoreflect.Message {
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[11]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1053,7 +2063,7 @@ func (x *Redirect) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Redirect.ProtoReflect.Descriptor instead.
 func (*Redirect) Descriptor() ([]byte, []int) {
-	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{11}
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Redirect) GetScheme() string {
@@ -1103,7 +2113,7 @@ type Mirror struct {
 
 func (x *Mirror) Reset() {
 	*x = Mirror{}
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[12]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1115,7 +2125,7 @@ func (x *Mirror) String() string {
 func (*Mirror) ProtoMessage() {}
 
 func (x *Mirror) ProtoReflect() protoreflect.Message {
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[12]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1128,7 +2138,7 @@ func (x *Mirror) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Mirror.ProtoReflect.Descriptor instead.
 func (*Mirror) Descriptor() ([]byte, []int) {
-	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{12}
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Mirror) GetBackend() *Backend {
@@ -1155,14 +2165,17 @@ type Backend struct {
 	// Set when the reference could not be resolved (missing Service, kind not
 	// supported, cross-namespace without a ReferenceGrant): requests that pick
 	// this backend get 500.
-	Invalid       bool `protobuf:"varint,4,opt,name=invalid,proto3" json:"invalid,omitempty"`
+	Invalid bool `protobuf:"varint,4,opt,name=invalid,proto3" json:"invalid,omitempty"`
+	// DestinationRule subset (see ServiceConfig.backend_policies); empty:
+	// every endpoint of the Service.
+	Subset        string `protobuf:"bytes,5,opt,name=subset,proto3" json:"subset,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Backend) Reset() {
 	*x = Backend{}
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[13]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1174,7 +2187,7 @@ func (x *Backend) String() string {
 func (*Backend) ProtoMessage() {}
 
 func (x *Backend) ProtoReflect() protoreflect.Message {
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[13]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1187,7 +2200,7 @@ func (x *Backend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Backend.ProtoReflect.Descriptor instead.
 func (*Backend) Descriptor() ([]byte, []int) {
-	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{13}
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Backend) GetNamespace() string {
@@ -1218,6 +2231,13 @@ func (x *Backend) GetInvalid() bool {
 	return false
 }
 
+func (x *Backend) GetSubset() string {
+	if x != nil {
+		return x.Subset
+	}
+	return ""
+}
+
 type WeightedBackend struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Backend *Backend               `protobuf:"bytes,1,opt,name=backend,proto3" json:"backend,omitempty"`
@@ -1230,7 +2250,7 @@ type WeightedBackend struct {
 
 func (x *WeightedBackend) Reset() {
 	*x = WeightedBackend{}
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[14]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1242,7 +2262,7 @@ func (x *WeightedBackend) String() string {
 func (*WeightedBackend) ProtoMessage() {}
 
 func (x *WeightedBackend) ProtoReflect() protoreflect.Message {
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[14]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1255,7 +2275,7 @@ func (x *WeightedBackend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WeightedBackend.ProtoReflect.Descriptor instead.
 func (*WeightedBackend) Descriptor() ([]byte, []int) {
-	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{14}
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *WeightedBackend) GetBackend() *Backend {
@@ -1287,14 +2307,18 @@ type Retry struct {
 	// Total retries after the first try (Gateway API retry.attempts).
 	Attempts uint32 `protobuf:"varint,2,opt,name=attempts,proto3" json:"attempts,omitempty"`
 	// Base of the jittered exponential backoff between tries; unset: 25 ms.
-	Backoff       *durationpb.Duration `protobuf:"bytes,3,opt,name=backoff,proto3" json:"backoff,omitempty"`
+	Backoff *durationpb.Duration `protobuf:"bytes,3,opt,name=backoff,proto3" json:"backoff,omitempty"`
+	// Envoy retry conditions (VirtualService retryOn): 5xx, gateway-error,
+	// reset, connect-failure, refused-stream, retriable-4xx,
+	// retriable-status-codes (with codes). Empty: codes and connect failures.
+	RetryOn       []string `protobuf:"bytes,4,rep,name=retry_on,json=retryOn,proto3" json:"retry_on,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Retry) Reset() {
 	*x = Retry{}
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[15]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1306,7 +2330,7 @@ func (x *Retry) String() string {
 func (*Retry) ProtoMessage() {}
 
 func (x *Retry) ProtoReflect() protoreflect.Message {
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[15]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1319,7 +2343,7 @@ func (x *Retry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Retry.ProtoReflect.Descriptor instead.
 func (*Retry) Descriptor() ([]byte, []int) {
-	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{15}
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Retry) GetCodes() []uint32 {
@@ -1343,6 +2367,13 @@ func (x *Retry) GetBackoff() *durationpb.Duration {
 	return nil
 }
 
+func (x *Retry) GetRetryOn() []string {
+	if x != nil {
+		return x.RetryOn
+	}
+	return nil
+}
+
 type TCPRoute struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -1353,7 +2384,7 @@ type TCPRoute struct {
 
 func (x *TCPRoute) Reset() {
 	*x = TCPRoute{}
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[16]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1365,7 +2396,7 @@ func (x *TCPRoute) String() string {
 func (*TCPRoute) ProtoMessage() {}
 
 func (x *TCPRoute) ProtoReflect() protoreflect.Message {
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[16]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1378,7 +2409,7 @@ func (x *TCPRoute) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TCPRoute.ProtoReflect.Descriptor instead.
 func (*TCPRoute) Descriptor() ([]byte, []int) {
-	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{16}
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *TCPRoute) GetName() string {
@@ -1395,22 +2426,140 @@ func (x *TCPRoute) GetBackends() []*WeightedBackend {
 	return nil
 }
 
+type Fault_Delay struct {
+	state              protoimpl.MessageState `protogen:"open.v1"`
+	FixedDelay         *durationpb.Duration   `protobuf:"bytes,1,opt,name=fixed_delay,json=fixedDelay,proto3" json:"fixed_delay,omitempty"`
+	FractionPerMillion uint32                 `protobuf:"varint,2,opt,name=fraction_per_million,json=fractionPerMillion,proto3" json:"fraction_per_million,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *Fault_Delay) Reset() {
+	*x = Fault_Delay{}
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Fault_Delay) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Fault_Delay) ProtoMessage() {}
+
+func (x *Fault_Delay) ProtoReflect() protoreflect.Message {
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Fault_Delay.ProtoReflect.Descriptor instead.
+func (*Fault_Delay) Descriptor() ([]byte, []int) {
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{3, 0}
+}
+
+func (x *Fault_Delay) GetFixedDelay() *durationpb.Duration {
+	if x != nil {
+		return x.FixedDelay
+	}
+	return nil
+}
+
+func (x *Fault_Delay) GetFractionPerMillion() uint32 {
+	if x != nil {
+		return x.FractionPerMillion
+	}
+	return 0
+}
+
+type Fault_Abort struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	HttpStatus uint32                 `protobuf:"varint,1,opt,name=http_status,json=httpStatus,proto3" json:"http_status,omitempty"`
+	// For gRPC routes: the grpc-status to answer with instead (0: use
+	// http_status).
+	GrpcStatus         uint32 `protobuf:"varint,2,opt,name=grpc_status,json=grpcStatus,proto3" json:"grpc_status,omitempty"`
+	FractionPerMillion uint32 `protobuf:"varint,3,opt,name=fraction_per_million,json=fractionPerMillion,proto3" json:"fraction_per_million,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *Fault_Abort) Reset() {
+	*x = Fault_Abort{}
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Fault_Abort) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Fault_Abort) ProtoMessage() {}
+
+func (x *Fault_Abort) ProtoReflect() protoreflect.Message {
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Fault_Abort.ProtoReflect.Descriptor instead.
+func (*Fault_Abort) Descriptor() ([]byte, []int) {
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{3, 1}
+}
+
+func (x *Fault_Abort) GetHttpStatus() uint32 {
+	if x != nil {
+		return x.HttpStatus
+	}
+	return 0
+}
+
+func (x *Fault_Abort) GetGrpcStatus() uint32 {
+	if x != nil {
+		return x.GrpcStatus
+	}
+	return 0
+}
+
+func (x *Fault_Abort) GetFractionPerMillion() uint32 {
+	if x != nil {
+		return x.FractionPerMillion
+	}
+	return 0
+}
+
 var File_api_waypoint_v1alpha1_waypoint_proto protoreflect.FileDescriptor
 
 const file_api_waypoint_v1alpha1_waypoint_proto_rawDesc = "" +
 	"\n" +
-	"$api/waypoint/v1alpha1/waypoint.proto\x12\x1dambientmesh.waypoint.v1alpha1\x1a\x1egoogle/protobuf/duration.proto\"\xa2\x01\n" +
+	"$api/waypoint/v1alpha1/waypoint.proto\x12\x1dambientmesh.waypoint.v1alpha1\x1a\x1egoogle/protobuf/duration.proto\"\xa3\x03\n" +
 	"\rServiceConfig\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x1a\n" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\x12\x1c\n" +
 	"\twaypoints\x18\x03 \x03(\tR\twaypoints\x129\n" +
-	"\x05ports\x18\x04 \x03(\v2#.ambientmesh.waypoint.v1alpha1.PortR\x05ports\"\xf0\x01\n" +
+	"\x05ports\x18\x04 \x03(\v2#.ambientmesh.waypoint.v1alpha1.PortR\x05ports\x12W\n" +
+	"\x10backend_policies\x18\x05 \x03(\v2,.ambientmesh.waypoint.v1alpha1.BackendPolicyR\x0fbackendPolicies\x12L\n" +
+	"\n" +
+	"rate_limit\x18\x06 \x01(\v2-.ambientmesh.waypoint.v1alpha1.LocalRateLimitR\trateLimit\x12X\n" +
+	"\rauthorization\x18\a \x03(\v22.ambientmesh.waypoint.v1alpha1.AuthorizationPolicyR\rauthorization\"\xf0\x01\n" +
 	"\x04Port\x12\x12\n" +
 	"\x04port\x18\x01 \x01(\rR\x04port\x12C\n" +
 	"\bprotocol\x18\x02 \x01(\x0e2'.ambientmesh.waypoint.v1alpha1.ProtocolR\bprotocol\x12I\n" +
 	"\vhttp_routes\x18\x03 \x03(\v2(.ambientmesh.waypoint.v1alpha1.HTTPRouteR\n" +
 	"httpRoutes\x12D\n" +
-	"\ttcp_route\x18\x04 \x01(\v2'.ambientmesh.waypoint.v1alpha1.TCPRouteR\btcpRoute\"\xc7\x03\n" +
+	"\ttcp_route\x18\x04 \x01(\v2'.ambientmesh.waypoint.v1alpha1.TCPRouteR\btcpRoute\"\xd1\x04\n" +
 	"\tHTTPRoute\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12B\n" +
 	"\amatches\x18\x02 \x03(\v2(.ambientmesh.waypoint.v1alpha1.HTTPMatchR\amatches\x12C\n" +
@@ -1418,7 +2567,96 @@ const file_api_waypoint_v1alpha1_waypoint_proto_rawDesc = "" +
 	"\bbackends\x18\x04 \x03(\v2..ambientmesh.waypoint.v1alpha1.WeightedBackendR\bbackends\x12B\n" +
 	"\x0frequest_timeout\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x0erequestTimeout\x12Q\n" +
 	"\x17backend_request_timeout\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x15backendRequestTimeout\x12:\n" +
-	"\x05retry\x18\a \x01(\v2$.ambientmesh.waypoint.v1alpha1.RetryR\x05retry\"\xf6\x01\n" +
+	"\x05retry\x18\a \x01(\v2$.ambientmesh.waypoint.v1alpha1.RetryR\x05retry\x12:\n" +
+	"\x05fault\x18\b \x01(\v2$.ambientmesh.waypoint.v1alpha1.FaultR\x05fault\x12L\n" +
+	"\n" +
+	"rate_limit\x18\t \x01(\v2-.ambientmesh.waypoint.v1alpha1.LocalRateLimitR\trateLimit\"\xff\x02\n" +
+	"\x05Fault\x12@\n" +
+	"\x05delay\x18\x01 \x01(\v2*.ambientmesh.waypoint.v1alpha1.Fault.DelayR\x05delay\x12@\n" +
+	"\x05abort\x18\x02 \x01(\v2*.ambientmesh.waypoint.v1alpha1.Fault.AbortR\x05abort\x1au\n" +
+	"\x05Delay\x12:\n" +
+	"\vfixed_delay\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"fixedDelay\x120\n" +
+	"\x14fraction_per_million\x18\x02 \x01(\rR\x12fractionPerMillion\x1a{\n" +
+	"\x05Abort\x12\x1f\n" +
+	"\vhttp_status\x18\x01 \x01(\rR\n" +
+	"httpStatus\x12\x1f\n" +
+	"\vgrpc_status\x18\x02 \x01(\rR\n" +
+	"grpcStatus\x120\n" +
+	"\x14fraction_per_million\x18\x03 \x01(\rR\x12fractionPerMillion\"\xab\x01\n" +
+	"\x0eLocalRateLimit\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
+	"\n" +
+	"max_tokens\x18\x02 \x01(\rR\tmaxTokens\x12&\n" +
+	"\x0ftokens_per_fill\x18\x03 \x01(\rR\rtokensPerFill\x12>\n" +
+	"\rfill_interval\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\ffillInterval\"\xd0\x01\n" +
+	"\rBackendPolicy\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x1a\n" +
+	"\bhostname\x18\x02 \x01(\tR\bhostname\x12D\n" +
+	"\x06policy\x18\x03 \x01(\v2,.ambientmesh.waypoint.v1alpha1.TrafficPolicyR\x06policy\x12?\n" +
+	"\asubsets\x18\x04 \x03(\v2%.ambientmesh.waypoint.v1alpha1.SubsetR\asubsets\"\x87\x01\n" +
+	"\x06Subset\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12#\n" +
+	"\rworkload_uids\x18\x02 \x03(\tR\fworkloadUids\x12D\n" +
+	"\x06policy\x18\x03 \x01(\v2,.ambientmesh.waypoint.v1alpha1.TrafficPolicyR\x06policy\"\xe5\x02\n" +
+	"\rTrafficPolicy\x12^\n" +
+	"\rload_balancer\x18\x01 \x01(\x0e29.ambientmesh.waypoint.v1alpha1.TrafficPolicy.LoadBalancerR\floadBalancer\x12V\n" +
+	"\x0fconnection_pool\x18\x02 \x01(\v2-.ambientmesh.waypoint.v1alpha1.ConnectionPoolR\x0econnectionPool\x12\\\n" +
+	"\x11outlier_detection\x18\x03 \x01(\v2/.ambientmesh.waypoint.v1alpha1.OutlierDetectionR\x10outlierDetection\">\n" +
+	"\fLoadBalancer\x12\x0f\n" +
+	"\vROUND_ROBIN\x10\x00\x12\x11\n" +
+	"\rLEAST_REQUEST\x10\x01\x12\n" +
+	"\n" +
+	"\x06RANDOM\x10\x02\"\x84\x02\n" +
+	"\x0eConnectionPool\x12'\n" +
+	"\x0fmax_connections\x18\x01 \x01(\rR\x0emaxConnections\x12;\n" +
+	"\x1ahttp1_max_pending_requests\x18\x02 \x01(\rR\x17http1MaxPendingRequests\x12,\n" +
+	"\x12http2_max_requests\x18\x03 \x01(\rR\x10http2MaxRequests\x12=\n" +
+	"\x1bmax_requests_per_connection\x18\x04 \x01(\rR\x18maxRequestsPerConnection\x12\x1f\n" +
+	"\vmax_retries\x18\x05 \x01(\rR\n" +
+	"maxRetries\"\xe6\x02\n" +
+	"\x10OutlierDetection\x124\n" +
+	"\x16consecutive_5xx_errors\x18\x01 \x01(\rR\x14consecutive5xxErrors\x12<\n" +
+	"\x1aconsecutive_gateway_errors\x18\x02 \x01(\rR\x18consecutiveGatewayErrors\x125\n" +
+	"\binterval\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\binterval\x12G\n" +
+	"\x12base_ejection_time\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x10baseEjectionTime\x120\n" +
+	"\x14max_ejection_percent\x18\x05 \x01(\rR\x12maxEjectionPercent\x12,\n" +
+	"\x12min_health_percent\x18\x06 \x01(\rR\x10minHealthPercent\"\xe3\x01\n" +
+	"\x13AuthorizationPolicy\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12Q\n" +
+	"\x06action\x18\x02 \x01(\x0e29.ambientmesh.waypoint.v1alpha1.AuthorizationPolicy.ActionR\x06action\x12F\n" +
+	"\x05rules\x18\x03 \x03(\v20.ambientmesh.waypoint.v1alpha1.AuthorizationRuleR\x05rules\"\x1d\n" +
+	"\x06Action\x12\t\n" +
+	"\x05ALLOW\x10\x00\x12\b\n" +
+	"\x04DENY\x10\x01\"\xed\x01\n" +
+	"\x11AuthorizationRule\x12F\n" +
+	"\x04from\x18\x01 \x03(\v22.ambientmesh.waypoint.v1alpha1.AuthorizationSourceR\x04from\x12E\n" +
+	"\x02to\x18\x02 \x03(\v25.ambientmesh.waypoint.v1alpha1.AuthorizationOperationR\x02to\x12I\n" +
+	"\x04when\x18\x03 \x03(\v25.ambientmesh.waypoint.v1alpha1.AuthorizationConditionR\x04when\"\xa3\x01\n" +
+	"\x13AuthorizationSource\x12\x1e\n" +
+	"\n" +
+	"principals\x18\x01 \x03(\tR\n" +
+	"principals\x12%\n" +
+	"\x0enot_principals\x18\x02 \x03(\tR\rnotPrincipals\x12\x1e\n" +
+	"\n" +
+	"namespaces\x18\x03 \x03(\tR\n" +
+	"namespaces\x12%\n" +
+	"\x0enot_namespaces\x18\x04 \x03(\tR\rnotNamespaces\"\xec\x01\n" +
+	"\x16AuthorizationOperation\x12\x14\n" +
+	"\x05hosts\x18\x01 \x03(\tR\x05hosts\x12\x1b\n" +
+	"\tnot_hosts\x18\x02 \x03(\tR\bnotHosts\x12\x14\n" +
+	"\x05ports\x18\x03 \x03(\rR\x05ports\x12\x1b\n" +
+	"\tnot_ports\x18\x04 \x03(\rR\bnotPorts\x12\x18\n" +
+	"\amethods\x18\x05 \x03(\tR\amethods\x12\x1f\n" +
+	"\vnot_methods\x18\x06 \x03(\tR\n" +
+	"notMethods\x12\x14\n" +
+	"\x05paths\x18\a \x03(\tR\x05paths\x12\x1b\n" +
+	"\tnot_paths\x18\b \x03(\tR\bnotPaths\"a\n" +
+	"\x16AuthorizationCondition\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x16\n" +
+	"\x06values\x18\x02 \x03(\tR\x06values\x12\x1d\n" +
+	"\n" +
+	"not_values\x18\x03 \x03(\tR\tnotValues\"\xf6\x01\n" +
 	"\tHTTPMatch\x12<\n" +
 	"\x04path\x18\x01 \x01(\v2(.ambientmesh.waypoint.v1alpha1.PathMatchR\x04path\x12D\n" +
 	"\aheaders\x18\x02 \x03(\v2*.ambientmesh.waypoint.v1alpha1.StringMatchR\aheaders\x12M\n" +
@@ -1474,20 +2712,22 @@ const file_api_waypoint_v1alpha1_waypoint_proto_rawDesc = "" +
 	"statusCode\"|\n" +
 	"\x06Mirror\x12@\n" +
 	"\abackend\x18\x01 \x01(\v2&.ambientmesh.waypoint.v1alpha1.BackendR\abackend\x120\n" +
-	"\x14fraction_per_million\x18\x02 \x01(\rR\x12fractionPerMillion\"q\n" +
+	"\x14fraction_per_million\x18\x02 \x01(\rR\x12fractionPerMillion\"\x89\x01\n" +
 	"\aBackend\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x1a\n" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\x12\x12\n" +
 	"\x04port\x18\x03 \x01(\rR\x04port\x12\x18\n" +
-	"\ainvalid\x18\x04 \x01(\bR\ainvalid\"\xb0\x01\n" +
+	"\ainvalid\x18\x04 \x01(\bR\ainvalid\x12\x16\n" +
+	"\x06subset\x18\x05 \x01(\tR\x06subset\"\xb0\x01\n" +
 	"\x0fWeightedBackend\x12@\n" +
 	"\abackend\x18\x01 \x01(\v2&.ambientmesh.waypoint.v1alpha1.BackendR\abackend\x12\x16\n" +
 	"\x06weight\x18\x02 \x01(\rR\x06weight\x12C\n" +
-	"\afilters\x18\x03 \x03(\v2).ambientmesh.waypoint.v1alpha1.HTTPFilterR\afilters\"n\n" +
+	"\afilters\x18\x03 \x03(\v2).ambientmesh.waypoint.v1alpha1.HTTPFilterR\afilters\"\x89\x01\n" +
 	"\x05Retry\x12\x14\n" +
 	"\x05codes\x18\x01 \x03(\rR\x05codes\x12\x1a\n" +
 	"\battempts\x18\x02 \x01(\rR\battempts\x123\n" +
-	"\abackoff\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\abackoff\"j\n" +
+	"\abackoff\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\abackoff\x12\x19\n" +
+	"\bretry_on\x18\x04 \x03(\tR\aretryOn\"j\n" +
 	"\bTCPRoute\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12J\n" +
 	"\bbackends\x18\x02 \x03(\v2..ambientmesh.waypoint.v1alpha1.WeightedBackendR\bbackends*2\n" +
@@ -1509,68 +2749,106 @@ func file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP() []byte {
 	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescData
 }
 
-var file_api_waypoint_v1alpha1_waypoint_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_api_waypoint_v1alpha1_waypoint_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_api_waypoint_v1alpha1_waypoint_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
+var file_api_waypoint_v1alpha1_waypoint_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_api_waypoint_v1alpha1_waypoint_proto_goTypes = []any{
-	(Protocol)(0),               // 0: ambientmesh.waypoint.v1alpha1.Protocol
-	(PathMatch_Type)(0),         // 1: ambientmesh.waypoint.v1alpha1.PathMatch.Type
-	(StringMatch_Type)(0),       // 2: ambientmesh.waypoint.v1alpha1.StringMatch.Type
-	(PathModifier_Type)(0),      // 3: ambientmesh.waypoint.v1alpha1.PathModifier.Type
-	(*ServiceConfig)(nil),       // 4: ambientmesh.waypoint.v1alpha1.ServiceConfig
-	(*Port)(nil),                // 5: ambientmesh.waypoint.v1alpha1.Port
-	(*HTTPRoute)(nil),           // 6: ambientmesh.waypoint.v1alpha1.HTTPRoute
-	(*HTTPMatch)(nil),           // 7: ambientmesh.waypoint.v1alpha1.HTTPMatch
-	(*PathMatch)(nil),           // 8: ambientmesh.waypoint.v1alpha1.PathMatch
-	(*StringMatch)(nil),         // 9: ambientmesh.waypoint.v1alpha1.StringMatch
-	(*HTTPFilter)(nil),          // 10: ambientmesh.waypoint.v1alpha1.HTTPFilter
-	(*Header)(nil),              // 11: ambientmesh.waypoint.v1alpha1.Header
-	(*HeaderModifier)(nil),      // 12: ambientmesh.waypoint.v1alpha1.HeaderModifier
-	(*PathModifier)(nil),        // 13: ambientmesh.waypoint.v1alpha1.PathModifier
-	(*URLRewrite)(nil),          // 14: ambientmesh.waypoint.v1alpha1.URLRewrite
-	(*Redirect)(nil),            // 15: ambientmesh.waypoint.v1alpha1.Redirect
-	(*Mirror)(nil),              // 16: ambientmesh.waypoint.v1alpha1.Mirror
-	(*Backend)(nil),             // 17: ambientmesh.waypoint.v1alpha1.Backend
-	(*WeightedBackend)(nil),     // 18: ambientmesh.waypoint.v1alpha1.WeightedBackend
-	(*Retry)(nil),               // 19: ambientmesh.waypoint.v1alpha1.Retry
-	(*TCPRoute)(nil),            // 20: ambientmesh.waypoint.v1alpha1.TCPRoute
-	(*durationpb.Duration)(nil), // 21: google.protobuf.Duration
+	(Protocol)(0),                   // 0: ambientmesh.waypoint.v1alpha1.Protocol
+	(TrafficPolicy_LoadBalancer)(0), // 1: ambientmesh.waypoint.v1alpha1.TrafficPolicy.LoadBalancer
+	(AuthorizationPolicy_Action)(0), // 2: ambientmesh.waypoint.v1alpha1.AuthorizationPolicy.Action
+	(PathMatch_Type)(0),             // 3: ambientmesh.waypoint.v1alpha1.PathMatch.Type
+	(StringMatch_Type)(0),           // 4: ambientmesh.waypoint.v1alpha1.StringMatch.Type
+	(PathModifier_Type)(0),          // 5: ambientmesh.waypoint.v1alpha1.PathModifier.Type
+	(*ServiceConfig)(nil),           // 6: ambientmesh.waypoint.v1alpha1.ServiceConfig
+	(*Port)(nil),                    // 7: ambientmesh.waypoint.v1alpha1.Port
+	(*HTTPRoute)(nil),               // 8: ambientmesh.waypoint.v1alpha1.HTTPRoute
+	(*Fault)(nil),                   // 9: ambientmesh.waypoint.v1alpha1.Fault
+	(*LocalRateLimit)(nil),          // 10: ambientmesh.waypoint.v1alpha1.LocalRateLimit
+	(*BackendPolicy)(nil),           // 11: ambientmesh.waypoint.v1alpha1.BackendPolicy
+	(*Subset)(nil),                  // 12: ambientmesh.waypoint.v1alpha1.Subset
+	(*TrafficPolicy)(nil),           // 13: ambientmesh.waypoint.v1alpha1.TrafficPolicy
+	(*ConnectionPool)(nil),          // 14: ambientmesh.waypoint.v1alpha1.ConnectionPool
+	(*OutlierDetection)(nil),        // 15: ambientmesh.waypoint.v1alpha1.OutlierDetection
+	(*AuthorizationPolicy)(nil),     // 16: ambientmesh.waypoint.v1alpha1.AuthorizationPolicy
+	(*AuthorizationRule)(nil),       // 17: ambientmesh.waypoint.v1alpha1.AuthorizationRule
+	(*AuthorizationSource)(nil),     // 18: ambientmesh.waypoint.v1alpha1.AuthorizationSource
+	(*AuthorizationOperation)(nil),  // 19: ambientmesh.waypoint.v1alpha1.AuthorizationOperation
+	(*AuthorizationCondition)(nil),  // 20: ambientmesh.waypoint.v1alpha1.AuthorizationCondition
+	(*HTTPMatch)(nil),               // 21: ambientmesh.waypoint.v1alpha1.HTTPMatch
+	(*PathMatch)(nil),               // 22: ambientmesh.waypoint.v1alpha1.PathMatch
+	(*StringMatch)(nil),             // 23: ambientmesh.waypoint.v1alpha1.StringMatch
+	(*HTTPFilter)(nil),              // 24: ambientmesh.waypoint.v1alpha1.HTTPFilter
+	(*Header)(nil),                  // 25: ambientmesh.waypoint.v1alpha1.Header
+	(*HeaderModifier)(nil),          // 26: ambientmesh.waypoint.v1alpha1.HeaderModifier
+	(*PathModifier)(nil),            // 27: ambientmesh.waypoint.v1alpha1.PathModifier
+	(*URLRewrite)(nil),              // 28: ambientmesh.waypoint.v1alpha1.URLRewrite
+	(*Redirect)(nil),                // 29: ambientmesh.waypoint.v1alpha1.Redirect
+	(*Mirror)(nil),                  // 30: ambientmesh.waypoint.v1alpha1.Mirror
+	(*Backend)(nil),                 // 31: ambientmesh.waypoint.v1alpha1.Backend
+	(*WeightedBackend)(nil),         // 32: ambientmesh.waypoint.v1alpha1.WeightedBackend
+	(*Retry)(nil),                   // 33: ambientmesh.waypoint.v1alpha1.Retry
+	(*TCPRoute)(nil),                // 34: ambientmesh.waypoint.v1alpha1.TCPRoute
+	(*Fault_Delay)(nil),             // 35: ambientmesh.waypoint.v1alpha1.Fault.Delay
+	(*Fault_Abort)(nil),             // 36: ambientmesh.waypoint.v1alpha1.Fault.Abort
+	(*durationpb.Duration)(nil),     // 37: google.protobuf.Duration
 }
 var file_api_waypoint_v1alpha1_waypoint_proto_depIdxs = []int32{
-	5,  // 0: ambientmesh.waypoint.v1alpha1.ServiceConfig.ports:type_name -> ambientmesh.waypoint.v1alpha1.Port
-	0,  // 1: ambientmesh.waypoint.v1alpha1.Port.protocol:type_name -> ambientmesh.waypoint.v1alpha1.Protocol
-	6,  // 2: ambientmesh.waypoint.v1alpha1.Port.http_routes:type_name -> ambientmesh.waypoint.v1alpha1.HTTPRoute
-	20, // 3: ambientmesh.waypoint.v1alpha1.Port.tcp_route:type_name -> ambientmesh.waypoint.v1alpha1.TCPRoute
-	7,  // 4: ambientmesh.waypoint.v1alpha1.HTTPRoute.matches:type_name -> ambientmesh.waypoint.v1alpha1.HTTPMatch
-	10, // 5: ambientmesh.waypoint.v1alpha1.HTTPRoute.filters:type_name -> ambientmesh.waypoint.v1alpha1.HTTPFilter
-	18, // 6: ambientmesh.waypoint.v1alpha1.HTTPRoute.backends:type_name -> ambientmesh.waypoint.v1alpha1.WeightedBackend
-	21, // 7: ambientmesh.waypoint.v1alpha1.HTTPRoute.request_timeout:type_name -> google.protobuf.Duration
-	21, // 8: ambientmesh.waypoint.v1alpha1.HTTPRoute.backend_request_timeout:type_name -> google.protobuf.Duration
-	19, // 9: ambientmesh.waypoint.v1alpha1.HTTPRoute.retry:type_name -> ambientmesh.waypoint.v1alpha1.Retry
-	8,  // 10: ambientmesh.waypoint.v1alpha1.HTTPMatch.path:type_name -> ambientmesh.waypoint.v1alpha1.PathMatch
-	9,  // 11: ambientmesh.waypoint.v1alpha1.HTTPMatch.headers:type_name -> ambientmesh.waypoint.v1alpha1.StringMatch
-	9,  // 12: ambientmesh.waypoint.v1alpha1.HTTPMatch.query_params:type_name -> ambientmesh.waypoint.v1alpha1.StringMatch
-	1,  // 13: ambientmesh.waypoint.v1alpha1.PathMatch.type:type_name -> ambientmesh.waypoint.v1alpha1.PathMatch.Type
-	2,  // 14: ambientmesh.waypoint.v1alpha1.StringMatch.type:type_name -> ambientmesh.waypoint.v1alpha1.StringMatch.Type
-	12, // 15: ambientmesh.waypoint.v1alpha1.HTTPFilter.request_header_modifier:type_name -> ambientmesh.waypoint.v1alpha1.HeaderModifier
-	12, // 16: ambientmesh.waypoint.v1alpha1.HTTPFilter.response_header_modifier:type_name -> ambientmesh.waypoint.v1alpha1.HeaderModifier
-	14, // 17: ambientmesh.waypoint.v1alpha1.HTTPFilter.url_rewrite:type_name -> ambientmesh.waypoint.v1alpha1.URLRewrite
-	15, // 18: ambientmesh.waypoint.v1alpha1.HTTPFilter.request_redirect:type_name -> ambientmesh.waypoint.v1alpha1.Redirect
-	16, // 19: ambientmesh.waypoint.v1alpha1.HTTPFilter.request_mirror:type_name -> ambientmesh.waypoint.v1alpha1.Mirror
-	11, // 20: ambientmesh.waypoint.v1alpha1.HeaderModifier.set:type_name -> ambientmesh.waypoint.v1alpha1.Header
-	11, // 21: ambientmesh.waypoint.v1alpha1.HeaderModifier.add:type_name -> ambientmesh.waypoint.v1alpha1.Header
-	3,  // 22: ambientmesh.waypoint.v1alpha1.PathModifier.type:type_name -> ambientmesh.waypoint.v1alpha1.PathModifier.Type
-	13, // 23: ambientmesh.waypoint.v1alpha1.URLRewrite.path:type_name -> ambientmesh.waypoint.v1alpha1.PathModifier
-	13, // 24: ambientmesh.waypoint.v1alpha1.Redirect.path:type_name -> ambientmesh.waypoint.v1alpha1.PathModifier
-	17, // 25: ambientmesh.waypoint.v1alpha1.Mirror.backend:type_name -> ambientmesh.waypoint.v1alpha1.Backend
-	17, // 26: ambientmesh.waypoint.v1alpha1.WeightedBackend.backend:type_name -> ambientmesh.waypoint.v1alpha1.Backend
-	10, // 27: ambientmesh.waypoint.v1alpha1.WeightedBackend.filters:type_name -> ambientmesh.waypoint.v1alpha1.HTTPFilter
-	21, // 28: ambientmesh.waypoint.v1alpha1.Retry.backoff:type_name -> google.protobuf.Duration
-	18, // 29: ambientmesh.waypoint.v1alpha1.TCPRoute.backends:type_name -> ambientmesh.waypoint.v1alpha1.WeightedBackend
-	30, // [30:30] is the sub-list for method output_type
-	30, // [30:30] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	7,  // 0: ambientmesh.waypoint.v1alpha1.ServiceConfig.ports:type_name -> ambientmesh.waypoint.v1alpha1.Port
+	11, // 1: ambientmesh.waypoint.v1alpha1.ServiceConfig.backend_policies:type_name -> ambientmesh.waypoint.v1alpha1.BackendPolicy
+	10, // 2: ambientmesh.waypoint.v1alpha1.ServiceConfig.rate_limit:type_name -> ambientmesh.waypoint.v1alpha1.LocalRateLimit
+	16, // 3: ambientmesh.waypoint.v1alpha1.ServiceConfig.authorization:type_name -> ambientmesh.waypoint.v1alpha1.AuthorizationPolicy
+	0,  // 4: ambientmesh.waypoint.v1alpha1.Port.protocol:type_name -> ambientmesh.waypoint.v1alpha1.Protocol
+	8,  // 5: ambientmesh.waypoint.v1alpha1.Port.http_routes:type_name -> ambientmesh.waypoint.v1alpha1.HTTPRoute
+	34, // 6: ambientmesh.waypoint.v1alpha1.Port.tcp_route:type_name -> ambientmesh.waypoint.v1alpha1.TCPRoute
+	21, // 7: ambientmesh.waypoint.v1alpha1.HTTPRoute.matches:type_name -> ambientmesh.waypoint.v1alpha1.HTTPMatch
+	24, // 8: ambientmesh.waypoint.v1alpha1.HTTPRoute.filters:type_name -> ambientmesh.waypoint.v1alpha1.HTTPFilter
+	32, // 9: ambientmesh.waypoint.v1alpha1.HTTPRoute.backends:type_name -> ambientmesh.waypoint.v1alpha1.WeightedBackend
+	37, // 10: ambientmesh.waypoint.v1alpha1.HTTPRoute.request_timeout:type_name -> google.protobuf.Duration
+	37, // 11: ambientmesh.waypoint.v1alpha1.HTTPRoute.backend_request_timeout:type_name -> google.protobuf.Duration
+	33, // 12: ambientmesh.waypoint.v1alpha1.HTTPRoute.retry:type_name -> ambientmesh.waypoint.v1alpha1.Retry
+	9,  // 13: ambientmesh.waypoint.v1alpha1.HTTPRoute.fault:type_name -> ambientmesh.waypoint.v1alpha1.Fault
+	10, // 14: ambientmesh.waypoint.v1alpha1.HTTPRoute.rate_limit:type_name -> ambientmesh.waypoint.v1alpha1.LocalRateLimit
+	35, // 15: ambientmesh.waypoint.v1alpha1.Fault.delay:type_name -> ambientmesh.waypoint.v1alpha1.Fault.Delay
+	36, // 16: ambientmesh.waypoint.v1alpha1.Fault.abort:type_name -> ambientmesh.waypoint.v1alpha1.Fault.Abort
+	37, // 17: ambientmesh.waypoint.v1alpha1.LocalRateLimit.fill_interval:type_name -> google.protobuf.Duration
+	13, // 18: ambientmesh.waypoint.v1alpha1.BackendPolicy.policy:type_name -> ambientmesh.waypoint.v1alpha1.TrafficPolicy
+	12, // 19: ambientmesh.waypoint.v1alpha1.BackendPolicy.subsets:type_name -> ambientmesh.waypoint.v1alpha1.Subset
+	13, // 20: ambientmesh.waypoint.v1alpha1.Subset.policy:type_name -> ambientmesh.waypoint.v1alpha1.TrafficPolicy
+	1,  // 21: ambientmesh.waypoint.v1alpha1.TrafficPolicy.load_balancer:type_name -> ambientmesh.waypoint.v1alpha1.TrafficPolicy.LoadBalancer
+	14, // 22: ambientmesh.waypoint.v1alpha1.TrafficPolicy.connection_pool:type_name -> ambientmesh.waypoint.v1alpha1.ConnectionPool
+	15, // 23: ambientmesh.waypoint.v1alpha1.TrafficPolicy.outlier_detection:type_name -> ambientmesh.waypoint.v1alpha1.OutlierDetection
+	37, // 24: ambientmesh.waypoint.v1alpha1.OutlierDetection.interval:type_name -> google.protobuf.Duration
+	37, // 25: ambientmesh.waypoint.v1alpha1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
+	2,  // 26: ambientmesh.waypoint.v1alpha1.AuthorizationPolicy.action:type_name -> ambientmesh.waypoint.v1alpha1.AuthorizationPolicy.Action
+	17, // 27: ambientmesh.waypoint.v1alpha1.AuthorizationPolicy.rules:type_name -> ambientmesh.waypoint.v1alpha1.AuthorizationRule
+	18, // 28: ambientmesh.waypoint.v1alpha1.AuthorizationRule.from:type_name -> ambientmesh.waypoint.v1alpha1.AuthorizationSource
+	19, // 29: ambientmesh.waypoint.v1alpha1.AuthorizationRule.to:type_name -> ambientmesh.waypoint.v1alpha1.AuthorizationOperation
+	20, // 30: ambientmesh.waypoint.v1alpha1.AuthorizationRule.when:type_name -> ambientmesh.waypoint.v1alpha1.AuthorizationCondition
+	22, // 31: ambientmesh.waypoint.v1alpha1.HTTPMatch.path:type_name -> ambientmesh.waypoint.v1alpha1.PathMatch
+	23, // 32: ambientmesh.waypoint.v1alpha1.HTTPMatch.headers:type_name -> ambientmesh.waypoint.v1alpha1.StringMatch
+	23, // 33: ambientmesh.waypoint.v1alpha1.HTTPMatch.query_params:type_name -> ambientmesh.waypoint.v1alpha1.StringMatch
+	3,  // 34: ambientmesh.waypoint.v1alpha1.PathMatch.type:type_name -> ambientmesh.waypoint.v1alpha1.PathMatch.Type
+	4,  // 35: ambientmesh.waypoint.v1alpha1.StringMatch.type:type_name -> ambientmesh.waypoint.v1alpha1.StringMatch.Type
+	26, // 36: ambientmesh.waypoint.v1alpha1.HTTPFilter.request_header_modifier:type_name -> ambientmesh.waypoint.v1alpha1.HeaderModifier
+	26, // 37: ambientmesh.waypoint.v1alpha1.HTTPFilter.response_header_modifier:type_name -> ambientmesh.waypoint.v1alpha1.HeaderModifier
+	28, // 38: ambientmesh.waypoint.v1alpha1.HTTPFilter.url_rewrite:type_name -> ambientmesh.waypoint.v1alpha1.URLRewrite
+	29, // 39: ambientmesh.waypoint.v1alpha1.HTTPFilter.request_redirect:type_name -> ambientmesh.waypoint.v1alpha1.Redirect
+	30, // 40: ambientmesh.waypoint.v1alpha1.HTTPFilter.request_mirror:type_name -> ambientmesh.waypoint.v1alpha1.Mirror
+	25, // 41: ambientmesh.waypoint.v1alpha1.HeaderModifier.set:type_name -> ambientmesh.waypoint.v1alpha1.Header
+	25, // 42: ambientmesh.waypoint.v1alpha1.HeaderModifier.add:type_name -> ambientmesh.waypoint.v1alpha1.Header
+	5,  // 43: ambientmesh.waypoint.v1alpha1.PathModifier.type:type_name -> ambientmesh.waypoint.v1alpha1.PathModifier.Type
+	27, // 44: ambientmesh.waypoint.v1alpha1.URLRewrite.path:type_name -> ambientmesh.waypoint.v1alpha1.PathModifier
+	27, // 45: ambientmesh.waypoint.v1alpha1.Redirect.path:type_name -> ambientmesh.waypoint.v1alpha1.PathModifier
+	31, // 46: ambientmesh.waypoint.v1alpha1.Mirror.backend:type_name -> ambientmesh.waypoint.v1alpha1.Backend
+	31, // 47: ambientmesh.waypoint.v1alpha1.WeightedBackend.backend:type_name -> ambientmesh.waypoint.v1alpha1.Backend
+	24, // 48: ambientmesh.waypoint.v1alpha1.WeightedBackend.filters:type_name -> ambientmesh.waypoint.v1alpha1.HTTPFilter
+	37, // 49: ambientmesh.waypoint.v1alpha1.Retry.backoff:type_name -> google.protobuf.Duration
+	32, // 50: ambientmesh.waypoint.v1alpha1.TCPRoute.backends:type_name -> ambientmesh.waypoint.v1alpha1.WeightedBackend
+	37, // 51: ambientmesh.waypoint.v1alpha1.Fault.Delay.fixed_delay:type_name -> google.protobuf.Duration
+	52, // [52:52] is the sub-list for method output_type
+	52, // [52:52] is the sub-list for method input_type
+	52, // [52:52] is the sub-list for extension type_name
+	52, // [52:52] is the sub-list for extension extendee
+	0,  // [0:52] is the sub-list for field type_name
 }
 
 func init() { file_api_waypoint_v1alpha1_waypoint_proto_init() }
@@ -1578,7 +2856,7 @@ func file_api_waypoint_v1alpha1_waypoint_proto_init() {
 	if File_api_waypoint_v1alpha1_waypoint_proto != nil {
 		return
 	}
-	file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[6].OneofWrappers = []any{
+	file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[18].OneofWrappers = []any{
 		(*HTTPFilter_RequestHeaderModifier)(nil),
 		(*HTTPFilter_ResponseHeaderModifier)(nil),
 		(*HTTPFilter_UrlRewrite)(nil),
@@ -1590,8 +2868,8 @@ func file_api_waypoint_v1alpha1_waypoint_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_waypoint_v1alpha1_waypoint_proto_rawDesc), len(file_api_waypoint_v1alpha1_waypoint_proto_rawDesc)),
-			NumEnums:      4,
-			NumMessages:   17,
+			NumEnums:      6,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

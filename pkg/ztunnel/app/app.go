@@ -301,7 +301,7 @@ func serveHTTP(addr string, mux http.Handler) func(context.Context) error {
 			return nil
 		}
 		srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-		ln, err := net.Listen("tcp", addr)
+		ln, err := listenReusePort.Listen(ctx, "tcp", addr)
 		if err != nil {
 			return fmt.Errorf("listen %s: %w", addr, err)
 		}

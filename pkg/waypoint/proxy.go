@@ -48,6 +48,10 @@ type Config struct {
 	// backends alike; Bundle is the mesh trust bundle.
 	SVID   x509svid.Source
 	Bundle x509bundle.Source
+	// TrustDomain of the mesh: clients must belong to it. Zero:
+	// cluster.local. (Set, it also keeps New from waiting for the first
+	// certificate.)
+	TrustDomain spiffeid.TrustDomain
 	// Network of the waypoint; VIP and pod IP lookups use it.
 	Network string
 	// HBONEPort is the tunnel port of backend pods. Zero: 15008.
@@ -101,6 +105,9 @@ func New(cfg Config) (*Proxy, error) {
 	if ns, n, ok := cutName(cfg.Name); !ok || ns == "" || n == "" {
 		return nil, fmt.Errorf("waypoint: Config.Name %q is not <namespace>/<name>", cfg.Name)
 	}
+	if cfg.TrustDomain.IsZero() {
+		cfg.TrustDomain = spiffeid.RequireTrustDomainFromString("cluster.local")
+	}
 	if cfg.HBONEPort == 0 {
 		cfg.HBONEPort = DefaultHBONEPort
 	}
@@ -125,7 +132,7 @@ func New(cfg Config) (*Proxy, error) {
 		return nil, err
 	}
 	p.hsrv, err = hbone.NewServer(hbone.ServerConfig{
-		SVID: cfg.SVID, Bundle: cfg.Bundle, Logger: log, DrainTimeout: cfg.DrainTimeout,
+		SVID: cfg.SVID, Bundle: cfg.Bundle, TrustDomain: cfg.TrustDomain, Logger: log, DrainTimeout: cfg.DrainTimeout,
 		Hooks: hbone.Hooks{DialUpstream: p.admit},
 	})
 	if err != nil {

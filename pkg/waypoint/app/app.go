@@ -49,6 +49,15 @@ type App struct {
 
 	addressSynced atomic.Bool
 	stopping      atomic.Bool
+	hboneAddr     atomic.Pointer[net.Addr]
+}
+
+// HBONEAddr is the address the proxy listens on, once Run started it.
+func (a *App) HBONEAddr() net.Addr {
+	if p := a.hboneAddr.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 // New builds the App: it reads the root certificate, prepares the gRPC
@@ -132,9 +141,9 @@ func New(cfg Config, log *zap.Logger, level *zap.AtomicLevel) (*App, error) {
 	}
 	a.proxy, err = waypoint.New(waypoint.Config{
 		Name: a.name, Addresses: a.store, Routes: a.routes,
-		SVID: a.certs.SVIDSource(id), Bundle: a.certs,
+		SVID: a.certs.SVIDSource(id), Bundle: a.certs, TrustDomain: td,
 		Network: cfg.Network, MaxReplayBody: cfg.MaxReplayBody, DrainTimeout: cfg.DrainTimeout,
-		Metrics: metrics, Logger: log, AccessLog: access,
+		Metrics: metrics, Logger: log, AccessLog: access, Dial: cfg.TunnelDial,
 	})
 	if err != nil {
 		a.close()
@@ -254,6 +263,8 @@ func (a *App) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", a.cfg.HBONEAddr, err)
 	}
+	addr := ln.Addr()
+	a.hboneAddr.Store(&addr)
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	var wg sync.WaitGroup

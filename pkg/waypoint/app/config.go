@@ -12,7 +12,10 @@
 package app
 
 import (
+	"context"
 	"flag"
+	"net"
+	"net/netip"
 	"os"
 	"strconv"
 	"time"
@@ -42,6 +45,10 @@ type Config struct {
 	AccessLog      bool
 	DrainTimeout   time.Duration
 	MaxReplayBody  int
+
+	// TunnelDial, if set, opens outbound HBONE connections instead of a
+	// plain dial of podIP:15008 (in-process tests; no flag).
+	TunnelDial func(ctx context.Context, network, address string, local netip.Addr) (net.Conn, error)
 }
 
 func env(key, def string) string {

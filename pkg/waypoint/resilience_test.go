@@ -5,12 +5,14 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"google.golang.org/protobuf/types/known/durationpb"
+	"istio.io/istio/pkg/workloadapi"
 
 	waypointv1alpha1 "github.com/ambient-mesh/mesh/api/waypoint/v1alpha1"
 )
@@ -236,5 +238,62 @@ func TestMirror(t *testing.T) {
 		if _, err := fmt.Sscanf(got, "POST /p %d yes", &i); err != nil {
 			t.Errorf("mirror got %q, want \"POST /p <i> yes\"", got)
 		}
+	}
+}
+
+// TestEndpointSelection: unhealthy workloads get no traffic; an endpoint
+// whose tunnel cannot be opened (nothing listens, or it presents another
+// identity than its workload's) fails the request with 503 unless the
+// route retries connect failures, which then always reach the good one.
+func TestEndpointSelection(t *testing.T) {
+	leakCheck(t)
+	m := newMesh(t, meshOptions{})
+	m.addService(reviews, "10.0.0.1")
+	good := m.addPod("reviews-good", reviews, text("ok"))
+	// No tunnel at all.
+	m.registerPod(&pod{name: "reviews-gone", ip: netip.AddrFrom4([4]byte{127, 0, 0, byte(m.nextIP.Add(1))}), appPort: 1}, reviews)
+	// A tunnel whose certificate is not the workload's identity.
+	impostor := netip.AddrFrom4([4]byte{127, 0, 0, byte(m.nextIP.Add(1))})
+	other, err := m.ca.SVID(testNS, "someone-else")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.startTunnel(impostor, other, nil)
+	m.registerPod(&pod{name: "reviews-impostor", ip: impostor, appPort: good.appPort}, reviews)
+	// Unhealthy: must never be picked.
+	sick := m.addPod("reviews-sick", reviews, text("sick"))
+	m.mu.Lock()
+	for _, w := range m.workloads {
+		if w.GetName() == "reviews-sick" {
+			w.Status = workloadapi.WorkloadStatus_UNHEALTHY
+		}
+	}
+	m.mu.Unlock()
+	m.publish()
+
+	route := defaultRoute(reviews)
+	m.setRoutes(serviceConfig(reviews, waypointv1alpha1.Protocol_HTTP, route))
+	c := m.httpClient(false)
+	codes := map[int]int{}
+	for range 30 {
+		code, _, _ := get(t, c, "http://10.0.0.1/", nil)
+		codes[code]++
+	}
+	if codes[200] != 10 || codes[503] != 20 {
+		t.Errorf("without retries: %v, want 10x200 (good) and 20x503 (gone, impostor)", codes)
+	}
+	if got := m.requestCount(map[string]string{"response_code": "503", "response_flags": "UF"}); got != 20 {
+		t.Errorf("503 UF count %v, want 20", got)
+	}
+
+	route.Retry = &waypointv1alpha1.Retry{Attempts: 2, Backoff: durationpb.New(time.Millisecond)}
+	m.setRoutes(serviceConfig(reviews, waypointv1alpha1.Protocol_HTTP, route))
+	for i := range 30 {
+		if code, from, _ := get(t, c, "http://10.0.0.1/", nil); code != 200 || from != "reviews-good" {
+			t.Errorf("request %d with connect retries: %d from %q, want 200 from reviews-good", i, code, from)
+		}
+	}
+	if sick.hits.Load() != 0 {
+		t.Errorf("the unhealthy workload got %d requests", sick.hits.Load())
 	}
 }

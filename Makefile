@@ -19,7 +19,7 @@ test: ## Run the whole suite: unit, integration, netns, envtest and end-to-end o
 	hack/test.sh
 
 ##@ Build
-.PHONY: build images build-k8s verify
+.PHONY: build images build-k8s build-otelcol verify
 build: ## Build every binary under cmd/ into _output/bin.
 	$(GO) build -trimpath -o $(OUT)/bin/ ./cmd/...
 
@@ -28,6 +28,9 @@ images: ## Build every image as a tarball in _output/images (no Docker needed).
 
 build-k8s: ## Build the pinned Kubernetes components into the cache (once per pin).
 	hack/build-k8s.sh
+
+build-otelcol: ## Build the OpenTelemetry Collector (hack/tools/otelcol) into the cache.
+	hack/build-otelcol.sh
 
 verify: ## Check formatting, vet, go.mod tidiness and generated code.
 	hack/verify.sh

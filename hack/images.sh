@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds every image of the project as a tarball in _output/images (static
 # binaries on a scratch base, no Docker): the binaries under cmd/, the pause
-# image, CoreDNS, Istio's echo app, and the bulk test app with fortio.
+# image, CoreDNS, Istio's echo app, the bulk test app with fortio, and the
+# OpenTelemetry Collector.
 # `images.sh import` also loads them into the local cluster's containerd (only
 # those whose tarball changed).
 source "$(dirname "$0")/lib.sh"
@@ -32,6 +33,11 @@ img pause /pause "/pause=$BIN/pause"
 img coredns /coredns "/coredns=$APPS_BIN/coredns"
 img bulk /usr/local/bin/bulk "/usr/local/bin/bulk=$BIN/bulk" "/usr/local/bin/fortio=$BIN/fortio"
 img echo /usr/local/bin/server "/usr/local/bin/server=$APPS_BIN/echo-server" "/usr/local/bin/client=$APPS_BIN/echo-client"
+# OpenTelemetry Collector (hack/tools/otelcol) for manifests/samples/otel-collector.yaml,
+# with a cat so its file-exporter output can be read with kubectl exec.
+otelcol_bin="$("$REPO_ROOT/hack/build-otelcol.sh")"
+go build -trimpath -ldflags "-s -w" -o "$BIN/cat" ./hack/cmd/cat
+img otelcol /otelcol "/otelcol=$otelcol_bin" "/bin/cat=$BIN/cat"
 log "images: $(ls "$IMG" | tr '\n' ' ')in $IMG"
 
 [ "${1:-}" = import ] || exit 0

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite (`make test`, and what .ci/run runs):
 #   1. installs what the tests need (Debian packages, the pinned Kubernetes
-#      build for envtest and the cluster) — idempotent, cached;
+#      build for envtest and the cluster, the OpenTelemetry Collector build)
+#      — idempotent, cached;
 #   2. as root, brings the local cluster up with the project's images (so the
 #      end-to-end tests have it), unless it is already up;
 #   3. runs every Go test: unit, in-process integration, network-namespace
@@ -16,6 +17,8 @@ if [ "$(id -u)" = 0 ]; then
   "$REPO_ROOT/hack/install-deps.sh"
 fi
 "$REPO_ROOT/hack/build-k8s.sh"
+# The OpenTelemetry Collector the pkg/otel tests export to (cached).
+"$REPO_ROOT/hack/build-otelcol.sh" >/dev/null
 
 started_cluster=0
 if [ "$(id -u)" = 0 ]; then

@@ -8,7 +8,7 @@ fail=0
 unformatted="$(gofmt -l $(git ls-files '*.go'))"
 if [ -n "$unformatted" ]; then echo "gofmt would change:"; echo "$unformatted"; fail=1; fi
 go vet ./... || fail=1
-for m in . hack/tools/k8s hack/tools/apps hack/tools/fortio; do
+for m in . hack/tools/k8s hack/tools/apps hack/tools/fortio hack/tools/otelcol; do
   if ! (cd "$m" && go mod tidy -diff >/dev/null); then
     echo "go mod tidy would change $m/go.mod or go.sum (run it there and commit)"; fail=1
   fi

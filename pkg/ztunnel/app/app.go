@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"strings"
 	"sync"
@@ -357,6 +358,13 @@ func (a *App) adminMux() http.Handler {
 		}
 		fmt.Fprintf(w, "level=%s\n", a.level.Level())
 	})
+	// Go's profiles, as Istio's ztunnel serves its own on the admin port
+	// (localhost only): /debug/pprof/profile?seconds=N, /heap, ...
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	return mux
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"flag"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -149,6 +150,15 @@ func TestReadinessAndAdmin(t *testing.T) {
 	resp.Body.Close()
 	if level.Level() != zap.DebugLevel {
 		t.Errorf("level = %s after /logging?level=debug", level.Level())
+	}
+	resp, err = http.Get(admin.URL + "/debug/pprof/heap?debug=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	heap, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(heap), "heap profile") {
+		t.Errorf("admin /debug/pprof/heap: %s %.100q", resp.Status, heap)
 	}
 	if !strings.Contains(string(ConfigDump(state.Empty(), nil, nil)), `"certificates": []`) {
 		t.Error("empty dump lacks certificates list")

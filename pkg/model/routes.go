@@ -111,12 +111,21 @@ type routeCompiler struct {
 	services map[string]*corev1.Service // "ns/name", ExternalName included
 	infos    map[string]*serviceInfo    // "ns/name", translated Services
 	grants   []*gatewayv1.ReferenceGrant
+	limits   rateLimits // LocalRateLimitPolicies, compiled before the routes
 	diags    []Diagnostic
 }
 
 // compileRoutes builds the ServiceConfig of every Service bound to a
-// waypoint and the status of every route with a parent istiod-lite owns.
-func compileRoutes(s Snapshot, idx *index, svcs []*serviceInfo) (map[string]*waypointv1alpha1.ServiceConfig, map[string]*RouteStatus, []Diagnostic) {
+// waypoint and the status of every route with a parent istiod-lite owns,
+// and of the VirtualServices and LocalRateLimitPolicies it reads.
+//
+// A Service's HTTP ports take their routes from the Gateway API routes
+// attached to any of its ports; only when there are none, from the
+// VirtualService for it (mixing both is undefined in Istio; here the
+// Gateway API wins and the VirtualService is reported Conflicted). Then
+// DestinationRules (backend_policies of every backend referenced),
+// LocalRateLimitPolicies and targetRef'd AuthorizationPolicies are added.
+func compileRoutes(s Snapshot, idx *index, svcs []*serviceInfo) (map[string]*waypointv1alpha1.ServiceConfig, map[string]*RouteStatus, map[string]*PolicyStatus, []Diagnostic) {
 	c := &routeCompiler{mesh: s.Mesh, idx: idx, services: map[string]*corev1.Service{}, infos: map[string]*serviceInfo{}, grants: s.ReferenceGrants}
 	for _, svc := range s.Services {
 		c.services[svc.Namespace+"/"+svc.Name] = svc
@@ -124,6 +133,11 @@ func compileRoutes(s Snapshot, idx *index, svcs []*serviceInfo) (map[string]*way
 	for _, info := range svcs {
 		c.infos[info.source.Namespace+"/"+info.source.Name] = info
 	}
+	policyStatuses := map[string]*PolicyStatus{}
+	drs := c.compileDestinationRules(s)
+	c.limits = c.compileRateLimits(s, policyStatuses)
+	vsBySvc, allVS := c.resolveVirtualServices(s)
+	authz := c.compileWaypointAuthorizations(s)
 	var routes []*routeSource
 	for _, r := range s.HTTPRoutes {
 		routes = append(routes, c.compileHTTPRoute(r))
@@ -202,6 +216,7 @@ func compileRoutes(s Snapshot, idx *index, svcs []*serviceInfo) (map[string]*way
 			Hostname:  info.svc.Hostname,
 			Waypoints: []string{info.waypoint.namespace + "/" + info.waypoint.name},
 		}
+		vsRoutes := c.virtualServiceRoutes(vsBySvc[svcKey], info, drs, func(port int32) []*httpEntry { return attachedHTTP[portKey{svcKey, port}] })
 		for _, p := range meshPorts(info.source) {
 			k := portKey{svcKey, p.Port}
 			port := &waypointv1alpha1.Port{Port: uint32(p.Port), Protocol: portProtocol(p)}
@@ -221,14 +236,23 @@ func compileRoutes(s Snapshot, idx *index, svcs []*serviceInfo) (map[string]*way
 					port.HttpRoutes = append(port.HttpRoutes, e.route)
 				}
 				if len(port.HttpRoutes) == 0 {
+					port.HttpRoutes = vsRoutes[p.Port]
+				}
+				if len(port.HttpRoutes) == 0 {
 					port.HttpRoutes = []*waypointv1alpha1.HTTPRoute{{Name: "default", Backends: []*waypointv1alpha1.WeightedBackend{self}}}
 				}
 			}
 			sc.Ports = append(sc.Ports, port)
 		}
+		sc.BackendPolicies = backendPolicies(sc, drs)
+		sc.RateLimit = c.limits.services[svcKey]
+		sc.Authorization = authz[ServiceResourceName(info.svc)]
 		configs[ServiceResourceName(info.svc)] = sc
 	}
-	return configs, statuses, c.diags
+	for _, v := range allVS {
+		policyStatuses[RouteStatusKey(KindVirtualService, v.vs.Namespace, v.vs.Name)] = v.status()
+	}
+	return configs, statuses, policyStatuses, c.diags
 }
 
 // meshPorts are the TCP ports of a Service a waypoint can carry, one per
@@ -522,7 +546,7 @@ func (c *routeCompiler) compileHTTPRoute(hr *gatewayv1.HTTPRoute) *routeSource {
 	r := &routeSource{kind: KindHTTPRoute, meta: &hr.ObjectMeta, parentRefs: hr.Spec.ParentRefs}
 	for i, rule := range hr.Spec.Rules {
 		field := "spec.rules[" + itoa(i) + "]"
-		base := &waypointv1alpha1.HTTPRoute{Name: ruleName(r.kind, r.meta, i)}
+		base := &waypointv1alpha1.HTTPRoute{Name: ruleName(r.kind, r.meta, i), RateLimit: c.limits.forRule(r.meta.Namespace, r.meta.Name, rule.Name)}
 		var err *routeProblem
 		base.Filters, err = c.httpFilters(r, rule.Filters, rule.Matches, field+".filters")
 		if err == nil {
@@ -559,6 +583,7 @@ func withMatch(route *waypointv1alpha1.HTTPRoute, m *waypointv1alpha1.HTTPMatch)
 	return &waypointv1alpha1.HTTPRoute{
 		Name: route.Name, Matches: []*waypointv1alpha1.HTTPMatch{m}, Filters: route.Filters, Backends: route.Backends,
 		RequestTimeout: route.RequestTimeout, BackendRequestTimeout: route.BackendRequestTimeout, Retry: route.Retry,
+		Fault: route.Fault, RateLimit: route.RateLimit,
 	}
 }
 

@@ -85,12 +85,13 @@ func sport(name string, port int32, appProtocol string) corev1.ServicePort {
 type routesGolden struct {
 	WaypointConfigs map[string]json.RawMessage `json:"waypointConfigs"`
 	RouteStatuses   map[string]*RouteStatus    `json:"routeStatuses"`
+	PolicyStatuses  map[string]*PolicyStatus   `json:"policyStatuses,omitempty"`
 	Diagnostics     []Diagnostic               `json:"diagnostics"`
 }
 
 func toRoutesGolden(t *testing.T, r Resources) []byte {
 	t.Helper()
-	g := routesGolden{WaypointConfigs: map[string]json.RawMessage{}, RouteStatuses: r.RouteStatuses, Diagnostics: r.Diagnostics}
+	g := routesGolden{WaypointConfigs: map[string]json.RawMessage{}, RouteStatuses: r.RouteStatuses, PolicyStatuses: r.PolicyStatuses, Diagnostics: r.Diagnostics}
 	for k, v := range r.WaypointConfigs {
 		g.WaypointConfigs[k] = marshalProto(t, v)
 	}
@@ -123,7 +124,7 @@ func routeCases() []struct {
 			}, extra...),
 		}
 	}
-	return []struct {
+	return append([]struct {
 		name string
 		snap Snapshot
 	}{
@@ -365,7 +366,7 @@ func routeCases() []struct {
 				return s
 			}(),
 		},
-	}
+	}, policyCases(base)...)
 }
 
 func TestRoutesGolden(t *testing.T) {
@@ -407,6 +408,11 @@ func TestRoutesDeterministic(t *testing.T) {
 				s.GRPCRoutes = shuffled(r, s.GRPCRoutes)
 				s.TCPRoutes = shuffled(r, s.TCPRoutes)
 				s.Gateways = shuffled(r, s.Gateways)
+				s.Pods = shuffled(r, s.Pods)
+				s.DestinationRules = shuffled(r, s.DestinationRules)
+				s.VirtualServices = shuffled(r, s.VirtualServices)
+				s.LocalRateLimitPolicies = shuffled(r, s.LocalRateLimitPolicies)
+				s.AuthorizationPolicies = shuffled(r, s.AuthorizationPolicies)
 				if got := toRoutesGolden(t, Translate(s)); string(got) != string(want) {
 					t.Fatalf("shuffled input changed the output:\n got %s\nwant %s", got, want)
 				}

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"slices"
 
+	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	"istio.io/istio/pkg/workloadapi"
 	"istio.io/istio/pkg/workloadapi/security"
@@ -11,6 +12,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
+	policyv1alpha1 "github.com/ambient-mesh/mesh/api/policy/v1alpha1"
 	waypointv1alpha1 "github.com/ambient-mesh/mesh/api/waypoint/v1alpha1"
 )
 
@@ -100,6 +102,12 @@ type Snapshot struct {
 	GRPCRoutes      []*gatewayv1.GRPCRoute
 	TCPRoutes       []*gatewayv1.TCPRoute
 	ReferenceGrants []*gatewayv1.ReferenceGrant
+	// Istio traffic APIs and the mesh's own policies, compiled into
+	// waypoint ServiceConfigs (destinationrule.go, virtualservice.go,
+	// ratelimit.go, waypointauthz.go).
+	DestinationRules       []*networkingv1.DestinationRule
+	VirtualServices        []*networkingv1.VirtualService
+	LocalRateLimitPolicies []*policyv1alpha1.LocalRateLimitPolicy
 }
 
 // Resources is the result of a translation: xDS resources keyed by resource
@@ -116,6 +124,9 @@ type Resources struct {
 	// RouteStatuses are the route statuses istiod-lite owns, keyed by
 	// RouteStatusKey; written under RouteStatusControllerName.
 	RouteStatuses map[string]*RouteStatus
+	// PolicyStatuses are the statuses of VirtualServices and
+	// LocalRateLimitPolicies, keyed by RouteStatusKey(kind, ns, name).
+	PolicyStatuses map[string]*PolicyStatus
 	// Diagnostics lists input problems, sorted; the objects concerned were
 	// translated as far as possible (or skipped), never fatally.
 	Diagnostics []Diagnostic
@@ -165,8 +176,8 @@ func Translate(s Snapshot) Resources {
 		}
 	}
 
-	configs, statuses, routeDiags := compileRoutes(s, idx, svcs)
-	out.WaypointConfigs, out.RouteStatuses = configs, statuses
+	configs, statuses, policyStatuses, routeDiags := compileRoutes(s, idx, svcs)
+	out.WaypointConfigs, out.RouteStatuses, out.PolicyStatuses = configs, statuses, policyStatuses
 	out.Diagnostics = append(out.Diagnostics, routeDiags...)
 
 	wls, wlDiags := translateWorkloads(s, idx, svcs, auths)
@@ -177,6 +188,7 @@ func Translate(s Snapshot) Resources {
 		}
 	}
 	sortDiagnostics(out.Diagnostics)
+	out.Diagnostics = slices.Compact(out.Diagnostics) // a problem found once per port is one problem
 	return out
 }
 

@@ -198,6 +198,8 @@ func (b *bench) run(ctx context.Context) (map[string]float64, error) {
 		}
 	}
 	fig := map[string]float64{"duration_s": b.duration.Seconds(), "target_qps": float64(b.qps), "connections": float64(b.conns)}
+	// The machine is shared: its load says how noisy the figures are.
+	fig["loadavg_1m_before"] = loadavg()
 
 	direct, err := b.load(ctx, b.direct, b.duration)
 	if err != nil {
@@ -239,6 +241,8 @@ func (b *bench) run(ctx context.Context) (map[string]float64, error) {
 	fig["vcpu_per_krps"] = cpu / window / (mesh.ActualQPS / 1000)
 	fig["rss_mb"] = rss
 	fig["ztunnel_peak_rss_since_start_mb"] = hwm
+
+	fig["loadavg_1m_after_load"] = loadavg()
 
 	ds, err := b.stream(ctx, b.direct)
 	if err != nil {
@@ -439,3 +443,17 @@ func startRSSSampler(pid int) *rssSampler {
 }
 
 func (s *rssSampler) stop() float64 { close(s.stopc); return <-s.done }
+
+// loadavg is the node's 1-minute load average, 0 if unreadable.
+func loadavg() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0
+	}
+	v, _ := strconv.ParseFloat(f[0], 64)
+	return v
+}

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -29,6 +30,7 @@ import (
 
 	"go.uber.org/zap"
 
+	policyv1alpha1 "github.com/ambient-mesh/mesh/api/policy/v1alpha1"
 	"github.com/ambient-mesh/mesh/pkg/model"
 )
 
@@ -43,7 +45,7 @@ import (
 // translates those alone, keeping every other message (see incremental).
 //
 // Optional kinds (Gateway API Gateways, routes and ReferenceGrants, Istio
-// security CRDs) are watched only
+// security and networking CRDs, the mesh's LocalRateLimitPolicy) are watched only
 // when their CRDs are installed when the Collector is set up; Missing lists the
 // ones that were not.
 type Collector struct {
@@ -101,6 +103,9 @@ func (c *Collector) SetupWithManager(mgr ctrl.Manager) error {
 		{gatewayv1.SchemeGroupVersion.WithKind("GRPCRoute"), &gatewayv1.GRPCRoute{}, true},
 		{gatewayv1.SchemeGroupVersion.WithKind("TCPRoute"), &gatewayv1.TCPRoute{}, true},
 		{gatewayv1.SchemeGroupVersion.WithKind("ReferenceGrant"), &gatewayv1.ReferenceGrant{}, false},
+		{networkingv1.SchemeGroupVersion.WithKind("DestinationRule"), &networkingv1.DestinationRule{}, false},
+		{networkingv1.SchemeGroupVersion.WithKind("VirtualService"), &networkingv1.VirtualService{}, true},
+		{policyv1alpha1.SchemeGroupVersion.WithKind(model.KindLocalRateLimitPolicy), &policyv1alpha1.LocalRateLimitPolicy{}, true},
 	}
 	for _, o := range optional {
 		_, err := mgr.GetRESTMapper().RESTMapping(o.gvk.GroupKind(), o.gvk.Version)
@@ -122,7 +127,8 @@ func (c *Collector) SetupWithManager(mgr ctrl.Manager) error {
 }
 
 // optionalKinds are the kinds watched only when their CRD is installed.
-var optionalKinds = []string{"Gateway", "AuthorizationPolicy", "PeerAuthentication", "HTTPRoute", "GRPCRoute", "TCPRoute", "ReferenceGrant"}
+var optionalKinds = []string{"Gateway", "AuthorizationPolicy", "PeerAuthentication", "HTTPRoute", "GRPCRoute", "TCPRoute", "ReferenceGrant",
+	model.KindDestinationRule, model.KindVirtualService, model.KindLocalRateLimitPolicy}
 
 // Missing lists the optional kinds that are not watched (CRD absent).
 func (c *Collector) Missing() []string {
@@ -208,6 +214,12 @@ func objectFor(kind string) client.Object {
 		return &gatewayv1.GRPCRoute{}
 	case "TCPRoute":
 		return &gatewayv1.TCPRoute{}
+	case model.KindDestinationRule:
+		return &networkingv1.DestinationRule{}
+	case model.KindVirtualService:
+		return &networkingv1.VirtualService{}
+	case model.KindLocalRateLimitPolicy:
+		return &policyv1alpha1.LocalRateLimitPolicy{}
 	}
 	return nil
 }
@@ -298,6 +310,27 @@ func (c *Collector) snapshot(ctx context.Context, withPods bool) (model.Snapshot
 			return s, fmt.Errorf("list referencegrants: %w", err)
 		}
 		s.ReferenceGrants = ptrs(l.Items)
+	}
+	if c.optional[model.KindDestinationRule] {
+		var l networkingv1.DestinationRuleList
+		if err := c.Client.List(ctx, &l, client.UnsafeDisableDeepCopy); err != nil {
+			return s, fmt.Errorf("list destinationrules: %w", err)
+		}
+		s.DestinationRules = l.Items
+	}
+	if c.optional[model.KindVirtualService] {
+		var l networkingv1.VirtualServiceList
+		if err := c.Client.List(ctx, &l, client.UnsafeDisableDeepCopy); err != nil {
+			return s, fmt.Errorf("list virtualservices: %w", err)
+		}
+		s.VirtualServices = l.Items
+	}
+	if c.optional[model.KindLocalRateLimitPolicy] {
+		var l policyv1alpha1.LocalRateLimitPolicyList
+		if err := c.Client.List(ctx, &l, client.UnsafeDisableDeepCopy); err != nil {
+			return s, fmt.Errorf("list localratelimitpolicies: %w", err)
+		}
+		s.LocalRateLimitPolicies = ptrs(l.Items)
 	}
 	return s, nil
 }

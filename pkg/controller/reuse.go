@@ -34,7 +34,9 @@ import (
 // not a Pod (namespace labels, Services and their selectors,
 // EndpointSlices, waypoints, nodes, policies); every other message (Services,
 // EndpointSlice workloads, Authorizations, waypoint ServiceConfigs, route
-// statuses) on non-Pod objects only. So when
+// statuses) on non-Pod objects only, except that a ServiceConfig lists the
+// workloads of its DestinationRule subsets: a change to a Pod that is or may
+// become a subset member translates everything. So when
 // the fingerprint of the non-Pod inputs is unchanged, the Pods whose uid and
 // resourceVersion changed (or that came or went) are translated alone and
 // merged into the previous result; any other change translates everything.
@@ -46,6 +48,10 @@ type incremental struct {
 	env  uint64            // fingerprint of every input but Pods; 0 = no previous translation
 	pods map[string]string // "<ns>/<name>" -> "<uid>/<resourceVersion>" of the Pods of prev
 	prev model.Resources
+	// subsetUIDs are the workloads prev's DestinationRule subsets list;
+	// subsets says which pods may join one (built with prev).
+	subsetUIDs map[string]bool
+	subsets    *model.SubsetSelector
 }
 
 // translate returns the translation of snap and whether it was incremental.
@@ -67,13 +73,17 @@ func (r *incremental) translate(snap model.Snapshot) (model.Resources, bool) {
 	}
 	rest := snap
 	rest.Pods = nil
-	return r.update(rest, pods), true
+	if res, ok := r.update(rest, pods); ok {
+		return res, true
+	}
+	return r.full(snap, env), false
 }
 
 // full translates snap from scratch; env is its fingerprint.
 func (r *incremental) full(snap model.Snapshot, env uint64) model.Resources {
 	res := model.Translate(snap)
 	r.env, r.prev = env, res
+	r.subsetUIDs, r.subsets = model.SubsetWorkloads(res.WaypointConfigs), model.NewSubsetSelector(snap)
 	r.pods = make(map[string]string, len(snap.Pods))
 	for _, p := range snap.Pods {
 		r.pods[p.Namespace+"/"+p.Name] = podVersion(p)
@@ -85,8 +95,10 @@ func podVersion(p *corev1.Pod) string { return string(p.UID) + "/" + p.ResourceV
 
 // update merges into the previous translation the Pods that may have
 // changed: pods maps "<ns>/<name>" to the Pod now, or nil if it is gone.
-// rest is the snapshot without Pods; its fingerprint must be r.env.
-func (r *incremental) update(rest model.Snapshot, pods map[string]*corev1.Pod) model.Resources {
+// rest is the snapshot without Pods; its fingerprint must be r.env. ok is
+// false, and nothing is changed, when a changed Pod is or may become a
+// member of a DestinationRule subset: then only a full translation is right.
+func (r *incremental) update(rest model.Snapshot, pods map[string]*corev1.Pod) (res model.Resources, ok bool) {
 	var changed []*corev1.Pod
 	dirty := map[string]bool{} // "<ns>/<name>" of pods changed, added or removed
 	for k, p := range pods {
@@ -102,19 +114,27 @@ func (r *incremental) update(rest model.Snapshot, pods map[string]*corev1.Pod) m
 		}
 	}
 	if len(dirty) == 0 {
-		return r.prev
+		return r.prev, true
+	}
+	cluster := cmp.Or(rest.Mesh.ClusterID, "Kubernetes") // model.MeshConfig's default
+	for k := range dirty {
+		ns, name, _ := strings.Cut(k, "/")
+		if r.subsetUIDs[model.PodUID(cluster, ns, name)] || (pods[k] != nil && r.subsets.Selects(pods[k])) {
+			r.pods = nil // forget the partial bookkeeping: the caller translates in full
+			return model.Resources{}, false
+		}
 	}
 	part := rest
 	part.Pods = changed
 	partRes := model.Translate(part)
 
-	cluster := cmp.Or(rest.Mesh.ClusterID, "Kubernetes") // model.MeshConfig's default
 	out := model.Resources{
 		Addresses:      maps.Clone(r.prev.Addresses),
 		Authorizations: r.prev.Authorizations, // non-Pod inputs only; unchanged
 		// Waypoint configs and route statuses depend on non-Pod inputs only.
 		WaypointConfigs: r.prev.WaypointConfigs,
 		RouteStatuses:   r.prev.RouteStatuses,
+		PolicyStatuses:  r.prev.PolicyStatuses,
 	}
 	for k := range dirty {
 		ns, name, _ := strings.Cut(k, "/")
@@ -140,7 +160,7 @@ func (r *incremental) update(rest model.Snapshot, pods map[string]*corev1.Pod) m
 			cmp.Compare(a.Field, b.Field), cmp.Compare(a.Reason, b.Reason), cmp.Compare(a.Message, b.Message))
 	})
 	r.prev = out
-	return out
+	return out, true
 }
 
 // translate builds the model for Reconcile. When the previous translation
@@ -172,7 +192,9 @@ func (c *Collector) translate(ctx context.Context) (res model.Resources, increme
 					got[k] = &p
 				}
 			}
-			return c.inc.update(rest, got), true, len(c.inc.pods), nil
+			if res, ok := c.inc.update(rest, got); ok {
+				return res, true, len(c.inc.pods), nil
+			}
 		}
 	}
 	snap, err := c.snapshot(ctx, true)
@@ -257,6 +279,16 @@ func envFingerprint(s model.Snapshot) uint64 {
 	}
 	for _, o := range s.ReferenceGrants {
 		add("ReferenceGrant", o)
+	}
+	for _, o := range s.DestinationRules {
+		add(model.KindDestinationRule, o)
+	}
+	// Their status is istiod-lite's own writing too.
+	for _, o := range s.VirtualServices {
+		addSpec(model.KindVirtualService, o)
+	}
+	for _, o := range s.LocalRateLimitPolicies {
+		addSpec(model.KindLocalRateLimitPolicy, o)
 	}
 	if sum == 0 {
 		sum = 1

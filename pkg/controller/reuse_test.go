@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"google.golang.org/protobuf/proto"
+	networking "istio.io/api/networking/v1alpha3"
+	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -177,4 +179,72 @@ func diagStrings(ds []model.Diagnostic) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// TestIncrementalSubsets: a ServiceConfig lists the workloads of its
+// DestinationRule subsets, so a change to a pod that is, or may become, a
+// member is translated in full; other pod changes stay incremental.
+func TestIncrementalSubsets(t *testing.T) {
+	withDR := func() model.Snapshot {
+		s := incSnapshot()
+		dr := &networkingv1.DestinationRule{ObjectMeta: metav1.ObjectMeta{Namespace: "demo", Name: "web", UID: "dr-uid", ResourceVersion: "6"}}
+		dr.Spec.Host = "web"
+		dr.Spec.Subsets = []*networking.Subset{{Name: "v2", Labels: map[string]string{"version": "v2"}}}
+		s.DestinationRules = []*networkingv1.DestinationRule{dr}
+		other := incPod("other", "10.0.0.9")
+		other.Labels = map[string]string{"app": "db"}
+		s.Pods = append(s.Pods, other)
+		return s
+	}
+	const svc = "demo/web.demo.svc.cluster.local"
+	tests := []struct {
+		name        string
+		change      func(*model.Snapshot)
+		incremental bool
+		members     []string
+	}{
+		{"pod joins the subset", func(s *model.Snapshot) {
+			p := s.Pods[0].DeepCopy()
+			p.ResourceVersion, p.Labels["version"] = "9", "v2"
+			s.Pods[0] = p
+		}, false, []string{model.PodUID("Kubernetes", "demo", "a")}},
+		{"pod of another service changed", func(s *model.Snapshot) {
+			p := s.Pods[2].DeepCopy()
+			p.ResourceVersion, p.Labels["version"] = "9", "v2"
+			s.Pods[2] = p
+		}, true, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var r incremental
+			if _, inc := r.translate(withDR()); inc {
+				t.Fatal("first translation was incremental")
+			}
+			s2 := withDR()
+			tt.change(&s2)
+			got, inc := r.translate(s2)
+			if inc != tt.incremental {
+				t.Errorf("incremental = %v, want %v", inc, tt.incremental)
+			}
+			want := model.Translate(s2)
+			if !proto.Equal(got.WaypointConfigs[svc], want.WaypointConfigs[svc]) {
+				t.Errorf("waypoint config = %v, want %v", got.WaypointConfigs[svc], want.WaypointConfigs[svc])
+			}
+			subs := got.WaypointConfigs[svc].GetBackendPolicies()
+			if len(subs) != 1 || len(subs[0].GetSubsets()) != 1 || !slices.Equal(subs[0].GetSubsets()[0].GetWorkloadUids(), tt.members) {
+				t.Errorf("backend policies = %v, want subset v2 with %v", subs, tt.members)
+			}
+			// A pod that left the subset is noticed too.
+			if !tt.incremental {
+				s3 := withDR()
+				got, inc := r.translate(s3)
+				if inc {
+					t.Error("the pod leaving the subset was translated incrementally")
+				}
+				if n := len(got.WaypointConfigs[svc].GetBackendPolicies()[0].GetSubsets()[0].GetWorkloadUids()); n != 0 {
+					t.Errorf("subset still lists %d workloads after the pod left", n)
+				}
+			}
+		})
+	}
 }

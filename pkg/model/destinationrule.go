@@ -467,3 +467,61 @@ func backendPolicies(sc *waypointv1alpha1.ServiceConfig, drs destinationRules) [
 	})
 	return out
 }
+
+// SubsetSelector tells which pods the DestinationRule subsets of a
+// snapshot may select, for callers that retranslate only changed Pods
+// (pkg/controller): a ServiceConfig lists the workload uids of its subsets,
+// so a change to such a pod changes it.
+type SubsetSelector struct {
+	services []*corev1.Service // hosts of DestinationRules with subsets
+}
+
+// NewSubsetSelector indexes the DestinationRules of s (its Pods are not
+// read).
+func NewSubsetSelector(s Snapshot) *SubsetSelector {
+	out := &SubsetSelector{}
+	if len(s.DestinationRules) == 0 {
+		return out
+	}
+	s.Mesh = s.Mesh.withDefaults()
+	c := &routeCompiler{mesh: s.Mesh, services: map[string]*corev1.Service{}}
+	for _, svc := range s.Services {
+		c.services[svc.Namespace+"/"+svc.Name] = svc
+	}
+	for _, dr := range s.DestinationRules {
+		if len(dr.Spec.GetSubsets()) == 0 {
+			continue
+		}
+		if svc := c.serviceByHost(dr.Spec.GetHost(), dr.Namespace); svc != nil && !slices.Contains(out.services, svc) {
+			out.services = append(out.services, svc)
+		}
+	}
+	return out
+}
+
+// Selects reports whether p, as it is, may belong to a subset: it is a
+// pod of a Service that has subsets (selected by its selector; any pod of
+// the namespace for a Service without one).
+func (s *SubsetSelector) Selects(p *corev1.Pod) bool {
+	for _, svc := range s.services {
+		if svc.Namespace == p.Namespace && (len(svc.Spec.Selector) == 0 || selects(svc.Spec.Selector, p.Labels)) {
+			return true
+		}
+	}
+	return false
+}
+
+// SubsetWorkloads returns the workload uids the subsets of configs list.
+func SubsetWorkloads(configs map[string]*waypointv1alpha1.ServiceConfig) map[string]bool {
+	out := map[string]bool{}
+	for _, sc := range configs {
+		for _, bp := range sc.GetBackendPolicies() {
+			for _, sub := range bp.GetSubsets() {
+				for _, uid := range sub.GetWorkloadUids() {
+					out[uid] = true
+				}
+			}
+		}
+	}
+	return out
+}

@@ -3,8 +3,10 @@
 // translation: the entries of status.parents istiod-lite owns (controllerName
 // istio.io/gateway-controller, for parentRefs to a Service or to an
 // istio-waypoint Gateway), with Accepted, ResolvedRefs and ResolvedWaypoints
-// conditions carrying observedGeneration. Only the leader writes. Only
-// istiod-lite imports it.
+// conditions carrying observedGeneration; and the status of the policies
+// it reads (policies.go): LocalRateLimitPolicy status.ancestors with
+// Accepted, and an Accepted condition in VirtualService status.conditions.
+// Only the leader writes. Only istiod-lite imports it.
 package routestatus
 
 import (
@@ -55,11 +57,12 @@ type Writer struct {
 	// Resync; DefaultResync when zero.
 	Resync time.Duration
 
-	mu      sync.Mutex
-	desired map[string]*model.RouteStatus // newest translation's; guarded by mu
-	have    bool                          // a translation arrived; guarded by mu
-	kick    chan struct{}                 // capacity 1
-	once    sync.Once
+	mu       sync.Mutex
+	desired  map[string]*model.RouteStatus  // newest translation's; guarded by mu
+	policies map[string]*model.PolicyStatus // newest translation's; guarded by mu
+	have     bool                           // a translation arrived; guarded by mu
+	kick     chan struct{}                  // capacity 1
+	once     sync.Once
 }
 
 func (w *Writer) init() {
@@ -79,7 +82,7 @@ func (w *Writer) init() {
 func (w *Writer) Update(r model.Resources) {
 	w.init()
 	w.mu.Lock()
-	w.desired, w.have = r.RouteStatuses, true
+	w.desired, w.policies, w.have = r.RouteStatuses, r.PolicyStatuses, true
 	w.mu.Unlock()
 	select {
 	case w.kick <- struct{}{}:
@@ -160,12 +163,15 @@ func (w *Writer) list(ctx context.Context, kind string) ([]routeRef, error) {
 // sync makes one pass over every route.
 func (w *Writer) sync(ctx context.Context) error {
 	w.mu.Lock()
-	desired, have := w.desired, w.have
+	desired, policies, have := w.desired, w.policies, w.have
 	w.mu.Unlock()
 	if !have {
 		return nil // nothing translated yet: do not clear what a previous leader wrote
 	}
 	var errs []error
+	if err := w.syncPolicies(ctx, policies); err != nil {
+		errs = append(errs, err)
+	}
 	for _, kind := range []string{model.KindHTTPRoute, model.KindGRPCRoute, model.KindTCPRoute} {
 		if w.Watches != nil && !w.Watches(kind) {
 			continue

@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
+	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
@@ -30,6 +31,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
+	policyv1alpha1 "github.com/ambient-mesh/mesh/api/policy/v1alpha1"
 	"github.com/ambient-mesh/mesh/pkg/ca"
 	"github.com/ambient-mesh/mesh/pkg/controller"
 	"github.com/ambient-mesh/mesh/pkg/gateway"
@@ -41,7 +43,8 @@ import (
 // Scheme holds every kind istiod-lite reads or writes.
 func Scheme() (*runtime.Scheme, error) {
 	s := runtime.NewScheme()
-	for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, gatewayv1.Install, securityv1.AddToScheme} {
+	for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, gatewayv1.Install, securityv1.AddToScheme,
+		networkingv1.AddToScheme, policyv1alpha1.AddToScheme} {
 		if err := add(s); err != nil {
 			return nil, err
 		}

@@ -505,7 +505,12 @@ func (mc *meshCases) testRollingRestart(t *testing.T) {
 	st := s.state()
 	outcome := "SURVIVED: the long-lived connection kept streaming, every byte checked"
 	if st.closed {
-		outcome = "BROKEN: the long-lived connection closed: " + st.last
+		lost := "every byte sent came back before the close"
+		if st.sent != st.recv {
+			lost = fmt.Sprintf("%d bytes sent never came back", st.sent-st.recv)
+		}
+		outcome = fmt.Sprintf("BROKEN: the long-lived connection closed %s after the restart began (%s): %s",
+			st.closedAt.Sub(started).Round(100*time.Millisecond), lost, st.last)
 	}
 	report := fmt.Sprintf("ztunnel rolling restart (rollingUpdate %s, rollout %s): %s; new connections during it: %d served, %d failed over %s",
 		strategy, rolled.Round(time.Second), outcome, pr.ok, pr.failed, pr.gap().Round(100*time.Millisecond))
@@ -572,6 +577,7 @@ type stream struct {
 type streamState struct {
 	sent, recv int64
 	closed     bool
+	closedAt   time.Time
 	last       string
 }
 
@@ -602,14 +608,16 @@ func startStream(t *testing.T, k *kubectl, pod, addr string) *stream {
 				s.st.last = line
 				s.st.sent, _ = strconv.ParseInt(m[2], 10, 64)
 				s.st.recv, _ = strconv.ParseInt(m[3], 10, 64)
-				s.st.closed = s.st.closed || m[1] != "ok"
+				if !s.st.closed && m[1] != "ok" {
+					s.st.closed, s.st.closedAt = true, time.Now()
+				}
 			}
 			s.mu.Unlock()
 		}
 		werr := cmd.Wait()
 		s.mu.Lock()
 		if !s.st.closed {
-			s.st.closed = true
+			s.st.closed, s.st.closedAt = true, time.Now()
 			s.st.last += fmt.Sprintf(" (kubectl exec ended: %v)", werr)
 		}
 		s.mu.Unlock()

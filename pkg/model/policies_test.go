@@ -1,6 +1,9 @@
 package model
 
 import (
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -15,9 +18,11 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+	"sigs.k8s.io/yaml"
 
 	policyv1alpha1 "github.com/ambient-mesh/mesh/api/policy/v1alpha1"
 	waypointv1alpha1 "github.com/ambient-mesh/mesh/api/waypoint/v1alpha1"
+	waypointproxy "github.com/ambient-mesh/mesh/pkg/waypoint"
 )
 
 // Builders for the Istio traffic APIs and the mesh's policies.
@@ -322,6 +327,87 @@ func TestRateLimitBucket(t *testing.T) {
 			}
 			if got.Name != "ns/p" || got.MaxTokens != tc.tokens || got.TokensPerFill != tc.perFill || got.FillInterval.AsDuration() != tc.interval {
 				t.Errorf("bucket() = %v, want ns/p %d tokens, %d per %s", got, tc.tokens, tc.perFill, tc.interval)
+			}
+		})
+	}
+}
+
+// TestResilienceSamples: the manifests/samples/resilience objects compile
+// for a waypoint-bound Service echo without a diagnostic.
+func TestResilienceSamples(t *testing.T) {
+	files, err := filepath.Glob("../../manifests/samples/resilience/*.yaml")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no samples: %v", err)
+	}
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := Snapshot{
+				Namespaces: []*corev1.Namespace{namespace("demo", map[string]string{LabelDataplaneMode: DataplaneModeAmbient})},
+				Gateways:   []*gatewayv1.Gateway{waypointGateway("demo", "waypoint")},
+				Services: []*corev1.Service{service("demo", "echo", "10.96.0.10", map[string]string{"app": "echo"},
+					withLabels(map[string]string{LabelUseWaypoint: "waypoint"}))},
+				Pods: []*corev1.Pod{
+					pod("demo", "echo-v1", "a", "10.1.0.1", map[string]string{"app": "echo", "version": "v1"}),
+					pod("demo", "echo-v2", "a", "10.1.0.2", map[string]string{"app": "echo", "version": "v2"}),
+				},
+			}
+			for _, doc := range strings.Split(string(b), "\n---\n") {
+				var meta metav1.TypeMeta
+				if err := yaml.Unmarshal([]byte(doc), &meta); err != nil {
+					t.Fatal(err)
+				}
+				var obj any
+				switch meta.Kind {
+				case "DestinationRule":
+					dr := &networkingv1.DestinationRule{}
+					s.DestinationRules, obj = append(s.DestinationRules, dr), dr
+				case "VirtualService":
+					vs := &networkingv1.VirtualService{}
+					s.VirtualServices, obj = append(s.VirtualServices, vs), vs
+				case "LocalRateLimitPolicy":
+					p := &policyv1alpha1.LocalRateLimitPolicy{}
+					s.LocalRateLimitPolicies, obj = append(s.LocalRateLimitPolicies, p), p
+				case "AuthorizationPolicy":
+					ap := &securityv1.AuthorizationPolicy{}
+					s.AuthorizationPolicies, obj = append(s.AuthorizationPolicies, ap), ap
+				default:
+					t.Fatalf("unexpected kind %q", meta.Kind)
+				}
+				if err := yaml.UnmarshalStrict([]byte(doc), obj); err != nil {
+					t.Fatalf("decode %s: %v", meta.Kind, err)
+				}
+				obj.(metav1.Object).SetNamespace("demo")
+			}
+			r := Translate(s)
+			if len(r.Diagnostics) > 0 {
+				t.Errorf("diagnostics: %+v", r.Diagnostics)
+			}
+			sc := r.WaypointConfigs["demo/echo.demo.svc.cluster.local"]
+			if sc == nil {
+				t.Fatal("no ServiceConfig for echo")
+			}
+			for _, st := range r.PolicyStatuses {
+				for _, c := range st.Conditions {
+					if c.Status != metav1.ConditionTrue {
+						t.Errorf("%s %s: %+v", st.Kind, st.Name, c)
+					}
+				}
+				for _, a := range st.Ancestors {
+					if a.Conditions[0].Status != metav1.ConditionTrue {
+						t.Errorf("%s %s: %+v", st.Kind, st.Name, a.Conditions[0])
+					}
+				}
+			}
+			vsRoute := strings.HasPrefix(sc.Ports[0].HttpRoutes[0].Name, KindVirtualService+"/")
+			if len(sc.BackendPolicies) == 0 && sc.RateLimit == nil && len(sc.Authorization) == 0 && !vsRoute {
+				t.Errorf("the sample changed nothing in the ServiceConfig: %v", sc)
+			}
+			if err := waypointproxy.NewRoutes().Set(sc); err != nil {
+				t.Errorf("the waypoint refuses the config: %v", err)
 			}
 		})
 	}

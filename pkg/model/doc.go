@@ -5,7 +5,11 @@
 // PeerAuthentication. It also compiles Gateway API mesh routes (HTTPRoute,
 // GRPCRoute, TCPRoute attached to a Service or to an istio-waypoint Gateway)
 // into the waypoints' ambientmesh.waypoint.v1alpha1.ServiceConfig, one per
-// Service bound to a waypoint, and computes the routes' status (routes.go).
+// Service bound to a waypoint, and computes the routes' status (routes.go),
+// together with Istio's DestinationRule (destinationrule.go) and
+// VirtualService (virtualservice.go), the mesh's LocalRateLimitPolicy
+// (ratelimit.go) and AuthorizationPolicies with targetRefs, which waypoints
+// enforce (waypointauthz.go); see docs/decisions.md for the choices.
 //
 // Everything here is a pure function of a [Snapshot]: no clients, no caches,
 // no clocks. The same snapshot always produces the same [Resources], keyed by

@@ -56,6 +56,7 @@ var dataPlane = []string{
 	module + "/pkg/waypoint",
 	module + "/pkg/ztunnel",
 	module + "/pkg/zds",
+	module + "/pkg/otel", // OTLP export for ztunnel and waypoint
 	module + "/pkg/cni", // the CNI plugin asks the node agent; it holds no API credentials
 }
 

@@ -330,23 +330,31 @@ func (m *mesh) httpClient(h2 bool) *http.Client {
 // get sends a GET and returns status, X-Backend and body.
 func get(t testing.TB, c *http.Client, url string, hdr map[string]string) (int, string, string) {
 	t.Helper()
-	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, url, nil)
+	code, from, body, err := tryGet(t, c, url, hdr)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return code, from, body
+}
+
+func tryGet(t testing.TB, c *http.Client, url string, hdr map[string]string) (int, string, string, error) {
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, url, nil)
+	if err != nil {
+		return 0, "", "", err
 	}
 	for k, v := range hdr {
 		req.Header.Set(k, v)
 	}
 	resp, err := c.Do(req)
 	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
+		return 0, "", "", fmt.Errorf("GET %s: %w", url, err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
-		t.Fatalf("GET %s: read body: %v", url, err)
+		return 0, "", "", fmt.Errorf("GET %s: read body: %w", url, err)
 	}
-	return resp.StatusCode, resp.Header.Get("X-Backend"), string(b)
+	return resp.StatusCode, resp.Header.Get("X-Backend"), string(b), nil
 }
 
 // text answers 200 with the given body.

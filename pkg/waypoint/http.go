@@ -46,7 +46,13 @@ type callKey struct{}
 // one connection per endpoint. Both dial HBONE streams through the pooled
 // HBONE client.
 func (p *Proxy) transports() (h1, h2c *http.Transport) {
-	dial := func(ctx context.Context, _, addr string) (net.Conn, error) { return p.dialEndpoint(ctx, addr) }
+	dial := func(ctx context.Context, _, addr string) (net.Conn, error) {
+		c, err := p.dialEndpoint(ctx, addr)
+		if err != nil {
+			return nil, err
+		}
+		return abortOnClose{c}, nil
+	}
 	h1 = &http.Transport{
 		DialContext:         dial,
 		MaxIdleConns:        1024,
@@ -68,6 +74,18 @@ func (p *Proxy) transports() (h1, h2c *http.Transport) {
 		},
 	}
 	return h1, h2c
+}
+
+// abortOnClose resets an upstream HTTP stream both ways when the transport
+// closes it. An HBONE Conn's Close is a TCP-like graceful close that keeps
+// reading until what was written is sent; an HTTP client closes a
+// connection only when it is done with it (or gave up on a try), and a
+// late answer of a cancelled try must not race the cancellation.
+type abortOnClose struct{ net.Conn }
+
+func (c abortOnClose) Close() error {
+	_ = c.Conn.SetReadDeadline(time.Unix(1, 0)) // terminal: resets the stream now
+	return c.Conn.Close()
 }
 
 func (p *Proxy) reverseProxy() http.Handler {

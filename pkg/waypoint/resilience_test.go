@@ -163,13 +163,23 @@ func TestBackendRequestTimeoutRetried(t *testing.T) {
 	leakCheck(t)
 	m := newMesh(t, meshOptions{})
 	m.addService(reviews, "10.0.0.1")
-	m.addPod("reviews-slow", reviews, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() }))
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) }) // before the pods stop
+	// The slow pod answers only at the end of the test, whatever happens
+	// to its connection.
+	m.addPod("reviews-slow", reviews, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-release }))
 	m.addPod("reviews-fast", reviews, text("fast"))
 	route := defaultRoute(reviews)
-	route.BackendRequestTimeout = durationpb.New(100 * time.Millisecond)
-	route.Retry = &waypointv1alpha1.Retry{Codes: []uint32{504}, Attempts: 1, Backoff: durationpb.New(time.Millisecond)}
 	m.setRoutes(serviceConfig(reviews, waypointv1alpha1.Protocol_HTTP, route))
 	c := m.httpClient(false)
+	// Warm the tunnel to the fast pod (the first endpoint) so that the
+	// try timeout below measures the answer, not a handshake under -race.
+	if code, from, _ := get(t, c, "http://10.0.0.1/", nil); code != 200 || from != "reviews-fast" {
+		t.Fatalf("warm-up: %d from %q", code, from)
+	}
+	route.BackendRequestTimeout = durationpb.New(300 * time.Millisecond)
+	route.Retry = &waypointv1alpha1.Retry{Codes: []uint32{504}, Attempts: 1, Backoff: durationpb.New(time.Millisecond)}
+	m.setRoutes(serviceConfig(reviews, waypointv1alpha1.Protocol_HTTP, route))
 	for i := range 4 {
 		if code, from, _ := get(t, c, "http://10.0.0.1/", nil); code != 200 || from != "reviews-fast" {
 			t.Errorf("request %d: %d from %q, want 200 from reviews-fast", i, code, from)

@@ -99,7 +99,10 @@ func TestConfigFromXDSNackKeepsLastGood(t *testing.T) {
 	c := m.httpClient(false)
 	servedBy := func(want string) func() error {
 		return func() error {
-			code, from, _ := get(t, c, "http://10.0.0.1/", map[string]string{"x-user": "anna"})
+			code, from, _, err := tryGet(t, c, "http://10.0.0.1/", map[string]string{"x-user": "anna"})
+			if err != nil {
+				return err
+			}
 			if code != 200 || from != want {
 				return errorf("got %d from %q, want 200 from %q", code, from, want)
 			}

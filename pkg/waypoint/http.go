@@ -10,6 +10,7 @@ import (
 	"net/http/httputil"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -88,6 +89,15 @@ func (c abortOnClose) Close() error {
 	return c.Conn.Close()
 }
 
+// copyBuffers pools the reverse proxy's body-copy buffers (it would
+// allocate 32 KiB per request otherwise).
+type copyBuffers struct{}
+
+var copyBufferPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+func (copyBuffers) Get() []byte  { return *copyBufferPool.Get().(*[]byte) }
+func (copyBuffers) Put(b []byte) { copyBufferPool.Put(&b) }
+
 func (p *Proxy) reverseProxy() http.Handler {
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
@@ -102,6 +112,7 @@ func (p *Proxy) reverseProxy() http.Handler {
 		},
 		Transport:     roundTripper{p},
 		FlushInterval: -1, // stream: gRPC and server-sent events must not wait
+		BufferPool:    copyBuffers{},
 		ErrorHandler:  p.proxyError,
 		ErrorLog:      zap.NewStdLog(p.log.Named("reverseproxy")),
 	}

@@ -2,6 +2,7 @@ package waypoint
 
 import (
 	"strconv"
+	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -47,15 +48,41 @@ var durationBuckets = []float64{0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500
 // Metrics holds the waypoint's Istio metrics: request counts and durations
 // for HTTP and gRPC, and the TCP metrics of L4 (TCPRoute) traffic. A nil
 // *Metrics records nothing. Safe for concurrent use.
+//
+// Resolving 25 label values per request costs more than the request's
+// own bookkeeping, so the counter and histogram of each distinct label set
+// are cached (series, keyed by the record minus its duration). The cache is
+// dropped whole when it reaches maxCachedSeries, which bounds it as
+// workloads come and go.
 type Metrics struct {
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
 	tcp      *telemetry.Metrics
+
+	mu     sync.Mutex
+	series map[seriesKey]*series
+}
+
+const maxCachedSeries = 10000
+
+type seriesKey struct {
+	srcWorkload, dstWorkload *workloadapi.Workload
+	dstService               *workloadapi.Service
+	srcIdentity, dstIdentity spiffeid.ID
+	dstHost, dstNS, protocol string
+	code                     int
+	grpcStatus, flags        string
+}
+
+type series struct {
+	count    prometheus.Counter
+	duration prometheus.Observer
 }
 
 // NewMetrics registers the waypoint's metrics with reg.
 func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	m := &Metrics{
+		series:   map[seriesKey]*series{},
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "istio_requests_total", Help: "Total requests"}, requestLabels),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "istio_request_duration_milliseconds",
 			Help: "Duration of requests in milliseconds", Buckets: durationBuckets}, requestLabels),
@@ -139,9 +166,23 @@ func (m *Metrics) request(r *requestRecord) {
 	if m == nil {
 		return
 	}
-	l := r.labels()
-	m.requests.WithLabelValues(l...).Inc()
-	m.duration.WithLabelValues(l...).Observe(r.durationMS)
+	k := seriesKey{r.srcWorkload, r.dstWorkload, r.dstService, r.srcIdentity, r.dstIdentity,
+		r.dstHost, r.dstNS, r.protocol, r.code, r.grpcStatus, r.flags}
+	m.mu.Lock()
+	s := m.series[k]
+	m.mu.Unlock()
+	if s == nil {
+		l := r.labels()
+		s = &series{count: m.requests.WithLabelValues(l...), duration: m.duration.WithLabelValues(l...)}
+		m.mu.Lock()
+		if len(m.series) >= maxCachedSeries {
+			m.series = map[seriesKey]*series{}
+		}
+		m.series[k] = s
+		m.mu.Unlock()
+	}
+	s.count.Inc()
+	s.duration.Observe(r.durationMS)
 }
 
 func (m *Metrics) tcpMetrics() *telemetry.Metrics {

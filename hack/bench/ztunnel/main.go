@@ -12,25 +12,23 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/ambient-mesh/mesh/hack/bench/benchkit"
+	"github.com/ambient-mesh/mesh/hack/bench/clusterbench"
 )
 
 const (
-	bulkImage = "localhost/ambient-mesh/bulk:dev"
+	bulkImage = clusterbench.BulkImage
+	serverURL = "http://server:8080/echo"
 	// ztunnelExe is the ztunnel binary's path in its image, how the driver
 	// finds the process among the node's.
 	ztunnelExe = "/usr/local/bin/ztunnel"
@@ -61,7 +59,7 @@ func main() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	b := &bench{kubectl: *kubectlBin, kubeconfig: *kubeconfig, manifests: *manifests,
+	b := &bench{kube: clusterbench.Kubectl{Bin: *kubectlBin, Kubeconfig: *kubeconfig}, manifests: *manifests,
 		duration: *duration, qps: *qps, conns: *conns, streamBytes: *streamBytes}
 	// A watchdog keeps the bound hard even if cleanup hangs.
 	time.AfterFunc(*timeout+90*time.Second, func() {
@@ -84,10 +82,11 @@ func main() {
 }
 
 type bench struct {
-	kubectl, kubeconfig, manifests string
-	duration                       time.Duration
-	qps, conns                     int
-	streamBytes                    int64
+	kube        clusterbench.Kubectl
+	manifests   string
+	duration    time.Duration
+	qps, conns  int
+	streamBytes int64
 
 	namespaces     []string
 	installedMesh  bool
@@ -98,16 +97,7 @@ type bench struct {
 
 // k runs kubectl and returns its stdout.
 func (b *bench) k(ctx context.Context, stdin string, args ...string) (string, error) {
-	cmd := exec.CommandContext(ctx, b.kubectl, append([]string{"--kubeconfig", b.kubeconfig}, args...)...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if stdin != "" {
-		cmd.Stdin = strings.NewReader(stdin)
-	}
-	if err := cmd.Run(); err != nil {
-		return stdout.String(), fmt.Errorf("kubectl %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
-	}
-	return stdout.String(), nil
+	return b.kube.Run(ctx, stdin, args...)
 }
 
 // appManifest is the server (fortio's echo server on 8080 and bulk's sink on
@@ -152,7 +142,9 @@ spec:
 `
 
 func (b *bench) run(ctx context.Context) (map[string]float64, error) {
-	if err := b.installMesh(ctx); err != nil {
+	installed, err := b.kube.InstallMesh(ctx, b.manifests)
+	b.installedMesh = installed
+	if err != nil {
 		return nil, err
 	}
 	suffix := strconv.FormatInt(time.Now().UnixNano()%1_000_000, 10)
@@ -181,7 +173,7 @@ func (b *bench) run(ctx context.Context) (map[string]float64, error) {
 			return nil, fmt.Errorf("mesh pods not captured: %w", err)
 		}
 	}
-	pid, err := findZtunnel()
+	pid, err := clusterbench.FindProcess(ztunnelExe)
 	if err != nil {
 		return nil, err
 	}
@@ -190,7 +182,7 @@ func (b *bench) run(ctx context.Context) (map[string]float64, error) {
 	// The Service answers once kube-proxy and ztunnel have its endpoint;
 	// then warm up both paths (connection pools, certificates, caches).
 	for _, ns := range []string{b.direct, b.meshed} {
-		if err := b.waitReachable(ctx, ns); err != nil {
+		if err := b.kube.WaitReachable(ctx, ns, "client", serverURL); err != nil {
 			return nil, err
 		}
 		if _, err := b.load(ctx, ns, 3*time.Second); err != nil {
@@ -205,21 +197,17 @@ func (b *bench) run(ctx context.Context) (map[string]float64, error) {
 	if err != nil {
 		return nil, fmt.Errorf("direct run: %w", err)
 	}
-	cpu0, err := benchkit.CPUSeconds(pid)
+	usage, err := clusterbench.StartUsage(pid)
 	if err != nil {
-		return nil, fmt.Errorf("ztunnel cpu: %w", err)
+		return nil, fmt.Errorf("ztunnel usage: %w", err)
 	}
-	sampler := startRSSSampler(pid)
-	start := time.Now()
 	mesh, err := b.load(ctx, b.meshed, b.duration)
-	elapsed := time.Since(start)
-	rss := sampler.stop()
+	cpu, elapsed, rss, uerr := usage.Stop()
 	if err != nil {
 		return nil, fmt.Errorf("mesh run: %w", err)
 	}
-	cpu1, err := benchkit.CPUSeconds(pid)
-	if err != nil {
-		return nil, fmt.Errorf("ztunnel cpu (did it restart?): %w", err)
+	if uerr != nil {
+		return nil, fmt.Errorf("ztunnel usage: %w", uerr)
 	}
 	hwm, _ := benchkit.PeakRSSMB(pid)
 
@@ -227,14 +215,13 @@ func (b *bench) run(ctx context.Context) (map[string]float64, error) {
 		name string
 		q    float64
 	}{{"p50", 50}, {"p90", 90}, {"p99", 99}} {
-		d, m := direct.percentile(p.q)*1e3, mesh.percentile(p.q)*1e3
+		d, m := direct.Percentile(p.q)*1e3, mesh.Percentile(p.q)*1e3
 		fig["direct_"+p.name+"_ms"] = d
 		fig["mesh_"+p.name+"_ms"] = m
 		fig[p.name+"_added_ms"] = m - d
 	}
 	fig["direct_qps"], fig["mesh_qps"] = direct.ActualQPS, mesh.ActualQPS
-	fig["direct_errors"], fig["mesh_errors"] = float64(direct.errors()), float64(mesh.errors())
-	cpu := cpu1 - cpu0
+	fig["direct_errors"], fig["mesh_errors"] = float64(direct.Errors()), float64(mesh.Errors())
 	fig["ztunnel_cpu_s"] = cpu
 	// The load's own wall time (kubectl exec adds start-up around it).
 	window := min(elapsed.Seconds(), b.duration.Seconds()+1)
@@ -254,27 +241,10 @@ func (b *bench) run(ctx context.Context) (map[string]float64, error) {
 	}
 	fig["direct_stream_mb_per_s"], fig["mesh_stream_mb_per_s"] = ds, ms
 	fig["stream_throughput_ratio_vs_direct"] = ms / ds
-	if mesh.errors() > 0 || direct.errors() > 0 {
-		return fig, fmt.Errorf("requests failed: %d direct, %d through the mesh", direct.errors(), mesh.errors())
+	if mesh.Errors() > 0 || direct.Errors() > 0 {
+		return fig, fmt.Errorf("requests failed: %d direct, %d through the mesh", direct.Errors(), mesh.Errors())
 	}
 	return fig, nil
-}
-
-// installMesh applies manifests/ unless istiod-lite is there already, and
-// waits for the mesh's rollouts.
-func (b *bench) installMesh(ctx context.Context) error {
-	if _, err := b.k(ctx, "", "-n", "istio-system", "get", "deployment", "istiod-lite"); err != nil {
-		if _, err := b.k(ctx, "", "apply", "--server-side", "--force-conflicts", "-k", b.manifests); err != nil {
-			return err
-		}
-		b.installedMesh = true
-	}
-	for _, r := range []string{"deployment/istiod-lite", "daemonset/ztunnel", "daemonset/ambient-cni"} {
-		if _, err := b.k(ctx, "", "-n", "istio-system", "rollout", "status", r, "--timeout=180s"); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 func (b *bench) cleanup() {
@@ -297,77 +267,11 @@ func (b *bench) cleanup() {
 	})
 }
 
-// fortioResult is the part of fortio's JSON result the bench reads.
-type fortioResult struct {
-	ActualQPS         float64
-	RetCodes          map[string]int64
-	DurationHistogram struct {
-		Count       int64
-		Percentiles []struct {
-			Percentile float64
-			Value      float64 // seconds
-		}
-	}
-}
-
-func (r *fortioResult) percentile(p float64) float64 {
-	for _, q := range r.DurationHistogram.Percentiles {
-		if q.Percentile == p {
-			return q.Value
-		}
-	}
-	return 0
-}
-
-func (r *fortioResult) errors() int64 {
-	n := r.DurationHistogram.Count
-	return n - r.RetCodes["200"]
-}
-
-// load runs fortio in the client pod of ns against the server's Service.
-func (b *bench) load(ctx context.Context, ns string, d time.Duration) (*fortioResult, error) {
-	out, err := b.k(ctx, "", "-n", ns, "exec", "client", "--", "/usr/local/bin/fortio", "load",
-		"-qps", strconv.Itoa(b.qps), "-c", strconv.Itoa(b.conns), "-t", d.String(),
-		"-payload-size", "1024", "-p", "50,90,99", "-uniform", "-nocatchup",
-		"-logger-json=false", "-quiet", "-json", "-",
-		"http://server:8080/echo")
-	if err != nil {
-		return nil, err
-	}
-	// The JSON object is the last thing fortio prints.
-	i := strings.Index(out, "{")
-	if i < 0 {
-		return nil, fmt.Errorf("fortio printed no JSON: %s", out)
-	}
-	var r fortioResult
-	if err := json.Unmarshal([]byte(out[i:]), &r); err != nil {
-		return nil, fmt.Errorf("fortio output: %w", err)
-	}
-	if r.DurationHistogram.Count == 0 {
-		return nil, errors.New("fortio made no request")
-	}
-	return &r, nil
-}
-
-// waitReachable retries one request from the client to the server's
-// Service in ns until it succeeds, for at most a minute.
-func (b *bench) waitReachable(ctx context.Context, ns string) error {
-	deadline := time.Now().Add(time.Minute)
-	for {
-		_, err := b.k(ctx, "", "-n", ns, "exec", "client", "--", "/usr/local/bin/fortio", "curl",
-			"-logger-json=false", "-quiet", "-payload-size", "1024", "http://server:8080/echo")
-		if err == nil {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("server in %s not reachable through its Service: %w", ns, err)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(500 * time.Millisecond):
-		}
-	}
+// load runs fortio in the client pod of ns against the server's Service:
+// 1 KB POSTs echoed back.
+func (b *bench) load(ctx context.Context, ns string, d time.Duration) (*clusterbench.FortioResult, error) {
+	return b.kube.Fortio(ctx, clusterbench.Load{Namespace: ns, Pod: "client", URL: serverURL,
+		QPS: b.qps, Conns: b.conns, Duration: d, PayloadBytes: 1024})
 }
 
 // stream sends one TCP stream from the client to the server's sink in ns,
@@ -390,59 +294,6 @@ func (b *bench) stream(ctx context.Context, ns string) (float64, error) {
 	}
 	return r.MBps, nil
 }
-
-// findZtunnel returns the pid of the node's ztunnel (one node, one
-// ztunnel): the process whose executable path is ztunnelExe.
-func findZtunnel() (int, error) {
-	dirs, err := filepath.Glob("/proc/[0-9]*/cmdline")
-	if err != nil {
-		return 0, err
-	}
-	var pids []int
-	for _, d := range dirs {
-		b, err := os.ReadFile(d)
-		if err != nil {
-			continue
-		}
-		if argv0, _, _ := bytes.Cut(b, []byte{0}); string(argv0) == ztunnelExe {
-			pid, _ := strconv.Atoi(strings.Split(d, "/")[2])
-			pids = append(pids, pid)
-		}
-	}
-	if len(pids) != 1 {
-		return 0, fmt.Errorf("want one ztunnel process on the node, found %v", pids)
-	}
-	return pids[0], nil
-}
-
-// rssSampler polls a process's resident set and keeps the largest.
-type rssSampler struct {
-	stopc chan struct{}
-	done  chan float64
-}
-
-func startRSSSampler(pid int) *rssSampler {
-	s := &rssSampler{stopc: make(chan struct{}), done: make(chan float64, 1)}
-	go func() {
-		var peak float64
-		t := time.NewTicker(250 * time.Millisecond)
-		defer t.Stop()
-		for {
-			if v, err := benchkit.CurrentRSSMB(pid); err == nil {
-				peak = max(peak, v)
-			}
-			select {
-			case <-s.stopc:
-				s.done <- peak
-				return
-			case <-t.C:
-			}
-		}
-	}()
-	return s
-}
-
-func (s *rssSampler) stop() float64 { close(s.stopc); return <-s.done }
 
 // loadavg is the node's 1-minute load average, 0 if unreadable.
 func loadavg() float64 {

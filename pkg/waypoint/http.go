@@ -139,16 +139,24 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request, rp *httputil.R
 
 	// The stream may outlive the config it was admitted with (keep-alive,
 	// h2c): route each request with the current one.
-	pt := st.port
+	svc, pt := st.svc, st.port
 	if cur := p.cfg.Routes.lookup(st.svc.key); cur != st.svc {
 		if cur == nil || !cur.waypoints[p.cfg.Name] || cur.ports[pt.port] == nil {
 			c.flags = flagNoRoute
 			http.Error(rec, "service no longer served by this waypoint", http.StatusServiceUnavailable)
 			return
 		}
-		pt = cur.ports[pt.port]
+		svc, pt = cur, cur.ports[pt.port]
 	}
 	c.port = pt
+	if len(svc.authz) > 0 {
+		if ok, by := authorize(svc.authz, newAuthzRequest(st.in.Peer, pt.port, r)); !ok {
+			c.flags = flagDenied
+			p.log.Debug("request denied", zap.String("service", svc.key), zap.String("policy", by), zap.Stringer("peer", st.in.Peer))
+			http.Error(rec, "RBAC: access denied", http.StatusForbidden)
+			return
+		}
+	}
 	rt, m := selectRoute(pt.routes, r)
 	if rt == nil {
 		c.flags = flagNoRoute

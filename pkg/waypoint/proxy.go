@@ -172,6 +172,9 @@ func (p *Proxy) admit(ctx context.Context, in *hbone.Inbound) (net.Conn, error) 
 		return nil, err
 	}
 	if st.port.protocol == waypointv1alpha1.Protocol_TCP {
+		if ok, by := authorize(st.svc.authz, newAuthzRequest(in.Peer, st.port.port, nil)); !ok {
+			return nil, refuse(in, http.StatusUnauthorized, "denied by %s", by)
+		}
 		return p.dialTCP(ctx, st)
 	}
 	ln := p.streams.Load()

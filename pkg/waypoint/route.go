@@ -31,6 +31,7 @@ type service struct {
 	hostname  string
 	waypoints map[string]bool
 	ports     map[uint32]*port
+	authz     []*authzPolicy
 	src       *waypointv1alpha1.ServiceConfig
 }
 
@@ -180,6 +181,11 @@ func compile(name string, sc *waypointv1alpha1.ServiceConfig) (*service, error) 
 		}
 		s.ports[p.GetPort()] = cp
 	}
+	authz, err := compileAuthz(sc.GetAuthorization(), bad)
+	if err != nil {
+		return nil, err
+	}
+	s.authz = authz
 	return s, nil
 }
 

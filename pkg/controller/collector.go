@@ -97,6 +97,9 @@ func (c *Collector) SetupWithManager(mgr ctrl.Manager) error {
 		specOnly bool
 	}{
 		{gatewayv1.SchemeGroupVersion.WithKind("Gateway"), &gatewayv1.Gateway{}, false},
+		// Not specOnly though istiod-lite writes its status: the dry-run
+		// annotation is an input and does not change the generation. A
+		// status write costs one translation that changes nothing.
 		{securityv1.SchemeGroupVersion.WithKind("AuthorizationPolicy"), &securityv1.AuthorizationPolicy{}, false},
 		{securityv1.SchemeGroupVersion.WithKind("PeerAuthentication"), &securityv1.PeerAuthentication{}, false},
 		{gatewayv1.SchemeGroupVersion.WithKind("HTTPRoute"), &gatewayv1.HTTPRoute{}, true},

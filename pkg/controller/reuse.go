@@ -242,6 +242,11 @@ func envFingerprint(s model.Snapshot) uint64 {
 		}
 		sum += hashString(strings.Join([]string{kind, m.GetNamespace(), m.GetName(), string(m.GetUID()), m.GetResourceVersion()}, "\x00"))
 	}
+	// Objects whose status istiod-lite writes count by generation: their
+	// status changes the resourceVersion but is not an input.
+	addSpec := func(kind string, m metav1.Object) {
+		sum += hashString(strings.Join([]string{kind, m.GetNamespace(), m.GetName(), string(m.GetUID()), strconv.FormatInt(m.GetGeneration(), 10)}, "\x00"))
+	}
 	for _, o := range s.Namespaces {
 		add("Namespace", o)
 	}
@@ -258,15 +263,10 @@ func envFingerprint(s model.Snapshot) uint64 {
 		add("Gateway", o)
 	}
 	for _, o := range s.AuthorizationPolicies {
-		add("AuthorizationPolicy", o)
+		add("AuthorizationPolicy", o) // by resourceVersion: annotations (dry-run) are inputs
 	}
 	for _, o := range s.PeerAuthentications {
 		add("PeerAuthentication", o)
-	}
-	// Routes by generation: their status (written by istiod-lite itself)
-	// changes the resourceVersion but is not an input.
-	addSpec := func(kind string, m metav1.Object) {
-		sum += hashString(strings.Join([]string{kind, m.GetNamespace(), m.GetName(), string(m.GetUID()), strconv.FormatInt(m.GetGeneration(), 10)}, "\x00"))
 	}
 	for _, o := range s.HTTPRoutes {
 		addSpec("HTTPRoute", o)

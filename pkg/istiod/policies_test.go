@@ -44,7 +44,8 @@ func object(apiVersion, kind, name string, spec map[string]any) *unstructured.Un
 // detection), a VirtualService splitting 50/50 over the subsets, a
 // LocalRateLimitPolicy and an L7 AuthorizationPolicy reach a waypoint's
 // xDS stream as one decoded ServiceConfig; the policies' statuses are
-// written; a bad DestinationRule gets a Warning Event and breaks nothing.
+// written (the AuthorizationPolicy's as Istio's istio.io/WaypointAccepted);
+// a bad DestinationRule gets a Warning Event and breaks nothing.
 func TestIstioPolicies(t *testing.T) {
 	h := startIstiod(t)
 	ctx := t.Context()
@@ -201,6 +202,20 @@ func TestIstioPolicies(t *testing.T) {
 			return fmt.Errorf("condition = %v (generation %d)", c, u.GetGeneration())
 		}
 		return nil
+	})
+	waitFor(t, 30*time.Second, "AuthorizationPolicy deny-admin-post istio.io/WaypointAccepted", func() error {
+		u, err := h.dyn.Resource(authzPoliciesGVR).Namespace("demo").Get(ctx, "deny-admin-post", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
+		for _, c := range conds {
+			c := c.(map[string]any)
+			if c["type"] == model.ConditionWaypointAccepted && c["status"] == "True" && c["message"] == "bound to demo/wp" {
+				return nil
+			}
+		}
+		return fmt.Errorf("status.conditions = %v", conds)
 	})
 	waitFor(t, 30*time.Second, "VirtualService reviews Accepted", func() error {
 		u, err := h.dyn.Resource(virtualServicesGVR).Namespace("demo").Get(ctx, "reviews", metav1.GetOptions{})

@@ -137,7 +137,7 @@ func compileRoutes(s Snapshot, idx *index, svcs []*serviceInfo) (map[string]*way
 	drs := c.compileDestinationRules(s)
 	c.limits = c.compileRateLimits(s, policyStatuses)
 	vsBySvc, allVS := c.resolveVirtualServices(s)
-	authz := c.compileWaypointAuthorizations(s)
+	authz := c.compileWaypointAuthorizations(s, policyStatuses)
 	var routes []*routeSource
 	for _, r := range s.HTTPRoutes {
 		routes = append(routes, c.compileHTTPRoute(r))

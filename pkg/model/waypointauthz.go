@@ -3,6 +3,7 @@ package model
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"regexp"
 	"slices"
 	"strconv"
@@ -11,6 +12,7 @@ import (
 	securityv1beta1 "istio.io/api/security/v1beta1"
 	typev1beta1 "istio.io/api/type/v1beta1"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	waypointv1alpha1 "github.com/ambient-mesh/mesh/api/waypoint/v1alpha1"
 )
@@ -18,88 +20,121 @@ import (
 // headerKey matches Istio's request.headers[<name>] condition key.
 var headerKey = regexp.MustCompile(`^request\.headers\[([^\]]+)\]$`)
 
+// ConditionWaypointAccepted is the condition Istio writes on an
+// AuthorizationPolicy with targetRefs: whether a waypoint enforces it.
+const ConditionWaypointAccepted = "istio.io/WaypointAccepted"
+
 // compileWaypointAuthorizations compiles the AuthorizationPolicies with
 // targetRefs, which waypoints enforce (ztunnel ignores them; see
 // convertAuthorizationPolicy), keyed by the ServiceConfig they apply to. A
 // policy applies to a Service it targets (group "", kind Service), to every
 // Service of a waypoint Gateway it targets, and, from the root namespace
 // with the GatewayClass istio-waypoint, to every waypoint-bound Service.
-func (c *routeCompiler) compileWaypointAuthorizations(s Snapshot) map[string][]*waypointv1alpha1.AuthorizationPolicy {
+// Each such policy gets Istio's istio.io/WaypointAccepted condition in
+// statuses.
+func (c *routeCompiler) compileWaypointAuthorizations(s Snapshot, statuses map[string]*PolicyStatus) map[string][]*waypointv1alpha1.AuthorizationPolicy {
 	out := map[string][]*waypointv1alpha1.AuthorizationPolicy{}
 	for _, ap := range s.AuthorizationPolicies {
-		type refAt struct {
-			ref   *typev1beta1.PolicyTargetReference
-			field string
-		}
-		var refs []refAt
-		if r := ap.Spec.GetTargetRef(); r != nil {
-			refs = append(refs, refAt{r, "spec.targetRef"})
-		}
-		for i, r := range ap.Spec.GetTargetRefs() {
-			refs = append(refs, refAt{r, "spec.targetRefs[" + itoa(i) + "]"})
-		}
-		if len(refs) == 0 {
+		if ap.Spec.GetTargetRef() == nil && len(ap.Spec.GetTargetRefs()) == 0 {
 			continue
 		}
-		diag := func(field, reason, msg string) {
-			c.diags = append(c.diags, Diagnostic{Kind: "AuthorizationPolicy", Namespace: ap.Namespace, Name: ap.Name, Field: field, Reason: reason, Message: msg})
-		}
-		if ap.Spec.GetSelector() != nil {
-			diag("spec.selector", "UnsupportedValue", "selector and targetRefs are exclusive; the policy is enforced by waypoints for its targetRefs only")
-		}
-		pol := c.waypointPolicy(ap, diag)
-		if pol == nil {
-			continue
-		}
-		targets := map[string]bool{}
-		for _, at := range refs {
-			ref, f := at.ref, at.field
-			if ref.GetNamespace() != "" && ref.GetNamespace() != ap.Namespace {
-				diag(f+".namespace", "UnsupportedValue", "a targetRef must be in the policy's namespace; ignored")
-				continue
-			}
-			key := ap.Namespace + "/" + ref.GetName()
-			switch {
-			case (ref.GetGroup() == "" || ref.GetGroup() == "core") && ref.GetKind() == "Service":
-				info := c.infos[key]
-				switch {
-				case info == nil:
-					diag(f, "TargetNotFound", fmt.Sprintf("Service %s not found", key))
-				case info.waypoint == nil:
-					diag(f, "NoWaypoint", fmt.Sprintf("Service %s does not use a waypoint; the policy is not enforced until it does (ztunnel ignores policies with targetRefs)", key))
-				default:
-					targets[ServiceResourceName(info.svc)] = true
-				}
-			case ref.GetGroup() == "gateway.networking.k8s.io" && ref.GetKind() == "Gateway":
-				wp := c.idx.waypointGateways[key]
-				if wp == nil {
-					diag(f, "TargetNotFound", fmt.Sprintf("waypoint Gateway %s not found (gatewayClassName %s)", key, WaypointGatewayClassName))
-					continue
-				}
-				for _, info := range c.infos {
-					if info.waypoint != nil && info.waypoint.namespace == wp.namespace && info.waypoint.name == wp.name {
-						targets[ServiceResourceName(info.svc)] = true
-					}
-				}
-			case ref.GetGroup() == "gateway.networking.k8s.io" && ref.GetKind() == "GatewayClass" && ref.GetName() == WaypointGatewayClassName && ap.Namespace == c.mesh.RootNamespace:
-				for _, info := range c.infos {
-					if info.waypoint != nil {
-						targets[ServiceResourceName(info.svc)] = true
-					}
-				}
-			default:
-				diag(f, "UnsupportedValue", fmt.Sprintf("target %s %q in group %q is not supported; use a Service or a waypoint Gateway (or GatewayClass %s from %s)",
-					ref.GetKind(), ref.GetName(), ref.GetGroup(), WaypointGatewayClassName, c.mesh.RootNamespace))
-			}
-		}
-		for k := range targets {
+		pol, targets, cond := c.waypointAuthorization(ap)
+		for _, k := range targets {
 			out[k] = append(out[k], pol)
 		}
+		statuses[RouteStatusKey(KindAuthorizationPolicy, ap.Namespace, ap.Name)] = &PolicyStatus{Kind: KindAuthorizationPolicy,
+			Namespace: ap.Namespace, Name: ap.Name, Generation: ap.Generation, Conditions: []metav1.Condition{cond}}
 	}
 	for k := range out {
 		slices.SortFunc(out[k], func(a, b *waypointv1alpha1.AuthorizationPolicy) int { return cmp.Compare(a.Name, b.Name) })
 	}
 	return out
+}
+
+// KindAuthorizationPolicy is the kind of Istio's AuthorizationPolicy.
+const KindAuthorizationPolicy = "AuthorizationPolicy"
+
+// waypointAuthorization compiles one policy with targetRefs: the policy,
+// the ServiceConfigs it applies to, and its WaypointAccepted condition
+// (True when a waypoint enforces it, else False with the first reason).
+func (c *routeCompiler) waypointAuthorization(ap *securityv1.AuthorizationPolicy) (*waypointv1alpha1.AuthorizationPolicy, []string, metav1.Condition) {
+	cond := metav1.Condition{Type: ConditionWaypointAccepted, Status: metav1.ConditionFalse, ObservedGeneration: ap.Generation}
+	diag := func(field, reason, msg string) {
+		c.diags = append(c.diags, Diagnostic{Kind: KindAuthorizationPolicy, Namespace: ap.Namespace, Name: ap.Name, Field: field, Reason: reason, Message: msg})
+		if cond.Reason == "" {
+			cond.Reason, cond.Message = reason, field+": "+msg
+		}
+	}
+	type refAt struct {
+		ref   *typev1beta1.PolicyTargetReference
+		field string
+	}
+	var refs []refAt
+	if r := ap.Spec.GetTargetRef(); r != nil {
+		refs = append(refs, refAt{r, "spec.targetRef"})
+	}
+	for i, r := range ap.Spec.GetTargetRefs() {
+		refs = append(refs, refAt{r, "spec.targetRefs[" + itoa(i) + "]"})
+	}
+	if ap.Spec.GetSelector() != nil {
+		diag("spec.selector", "UnsupportedValue", "selector and targetRefs are exclusive; the policy is enforced by waypoints for its targetRefs only")
+	}
+	pol := c.waypointPolicy(ap, diag)
+	if pol == nil {
+		return nil, nil, cond
+	}
+	targets := map[string]bool{}
+	waypoints := map[string]bool{}
+	bind := func(info *serviceInfo) {
+		targets[ServiceResourceName(info.svc)] = true
+		waypoints[info.waypoint.namespace+"/"+info.waypoint.name] = true
+	}
+	for _, at := range refs {
+		ref, f := at.ref, at.field
+		if ref.GetNamespace() != "" && ref.GetNamespace() != ap.Namespace {
+			diag(f+".namespace", "UnsupportedValue", "a targetRef must be in the policy's namespace; ignored")
+			continue
+		}
+		key := ap.Namespace + "/" + ref.GetName()
+		switch {
+		case (ref.GetGroup() == "" || ref.GetGroup() == "core") && ref.GetKind() == "Service":
+			info := c.infos[key]
+			switch {
+			case info == nil:
+				diag(f, "TargetNotFound", fmt.Sprintf("Service %s not found", key))
+			case info.waypoint == nil:
+				diag(f, "NoWaypoint", fmt.Sprintf("Service %s does not use a waypoint; the policy is not enforced until it does (ztunnel ignores policies with targetRefs)", key))
+			default:
+				bind(info)
+			}
+		case ref.GetGroup() == "gateway.networking.k8s.io" && ref.GetKind() == "Gateway":
+			wp := c.idx.waypointGateways[key]
+			if wp == nil {
+				diag(f, "TargetNotFound", fmt.Sprintf("waypoint Gateway %s not found (gatewayClassName %s)", key, WaypointGatewayClassName))
+				continue
+			}
+			for _, info := range c.infos {
+				if info.waypoint != nil && info.waypoint.namespace == wp.namespace && info.waypoint.name == wp.name {
+					bind(info)
+				}
+			}
+		case ref.GetGroup() == "gateway.networking.k8s.io" && ref.GetKind() == "GatewayClass" && ref.GetName() == WaypointGatewayClassName && ap.Namespace == c.mesh.RootNamespace:
+			for _, info := range c.infos {
+				if info.waypoint != nil {
+					bind(info)
+				}
+			}
+		default:
+			diag(f, "UnsupportedValue", fmt.Sprintf("target %s %q in group %q is not supported; use a Service or a waypoint Gateway (or GatewayClass %s from %s)",
+				ref.GetKind(), ref.GetName(), ref.GetGroup(), WaypointGatewayClassName, c.mesh.RootNamespace))
+		}
+	}
+	if len(targets) > 0 {
+		cond.Status, cond.Reason, cond.Message = metav1.ConditionTrue, "Accepted", "bound to "+strings.Join(slices.Sorted(maps.Keys(waypoints)), ", ")
+	} else if cond.Reason == "" {
+		cond.Reason, cond.Message = "NoWaypoint", "no target uses a waypoint"
+	}
+	return pol, slices.Sorted(maps.Keys(targets)), cond
 }
 
 // waypointPolicy compiles an AuthorizationPolicy's rules for the waypoint.

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 	metav1alpha1 "istio.io/api/meta/v1alpha1"
 	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	apiequality "k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -22,8 +23,9 @@ import (
 )
 
 // syncPolicies writes the statuses of LocalRateLimitPolicies (our ancestor
-// entries of status.ancestors) and VirtualServices (our Accepted condition
-// in Istio's status.conditions) like sync writes routes': only on change,
+// entries of status.ancestors), VirtualServices (our Accepted condition in
+// Istio's status.conditions) and AuthorizationPolicies with targetRefs
+// (Istio's istio.io/WaypointAccepted condition) like sync writes routes': only on change,
 // skipping objects whose generation the translation did not see.
 func (w *Writer) syncPolicies(ctx context.Context, desired map[string]*model.PolicyStatus) error {
 	var errs []error
@@ -73,6 +75,25 @@ func (w *Writer) syncPolicies(ctx context.Context, desired map[string]*model.Pol
 			vs = vs.DeepCopy()
 			vs.Status.Conditions = next
 			update(model.KindVirtualService, vs)
+		}
+	}
+	if w.Watches == nil || w.Watches(model.KindAuthorizationPolicy) {
+		var l securityv1.AuthorizationPolicyList
+		if err := w.Client.List(ctx, &l); err != nil {
+			errs = append(errs, fmt.Errorf("list %s from the cache: %w", model.KindAuthorizationPolicy, err))
+		}
+		for _, ap := range l.Items {
+			want := desired[model.RouteStatusKey(model.KindAuthorizationPolicy, ap.Namespace, ap.Name)]
+			if want == nil || want.Generation != ap.Generation {
+				continue
+			}
+			next, changed := MergeIstioConditions(ap.Status.GetConditions(), want.Conditions, metav1.Now())
+			if !changed {
+				continue
+			}
+			ap = ap.DeepCopy()
+			ap.Status.Conditions = next
+			update(model.KindAuthorizationPolicy, ap)
 		}
 	}
 	return errors.Join(errs...)

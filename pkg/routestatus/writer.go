@@ -5,7 +5,8 @@
 // istio-waypoint Gateway), with Accepted, ResolvedRefs and ResolvedWaypoints
 // conditions carrying observedGeneration; and the status of the policies
 // it reads (policies.go): LocalRateLimitPolicy status.ancestors with
-// Accepted, and an Accepted condition in VirtualService status.conditions.
+// Accepted, an Accepted condition in VirtualService status.conditions and
+// istio.io/WaypointAccepted in AuthorizationPolicy status.conditions.
 // Only the leader writes. Only istiod-lite imports it.
 package routestatus
 

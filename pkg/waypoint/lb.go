@@ -10,6 +10,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"istio.io/istio/pkg/workloadapi"
 
+	waypointv1alpha1 "github.com/ambient-mesh/mesh/api/waypoint/v1alpha1"
 	"github.com/ambient-mesh/mesh/pkg/ztunnel/state"
 )
 
@@ -22,18 +23,21 @@ type endpoint struct {
 	workload *workloadapi.Workload
 	identity spiffeid.ID
 	service  *workloadapi.Service // nil when the Address state lacks it
+	active   *atomic.Int64        // requests in flight (LEAST_REQUEST)
 }
 
 // endpointSet is the ready endpoints of one (Service, port), with its
 // round-robin cursor.
 type endpointSet struct {
 	eps  []endpoint
+	lb   waypointv1alpha1.TrafficPolicy_LoadBalancer
 	next atomic.Uint64
 }
 
 type lbKey struct {
-	svc  string // "<namespace>/<hostname>"
-	port uint32
+	svc    string // "<namespace>/<hostname>"
+	port   uint32
+	policy *targetPolicy // subset and balancer; nil: all endpoints, round-robin
 }
 
 // balancer picks endpoints round-robin. Endpoint lists are derived lazily
@@ -47,14 +51,27 @@ type balancer struct {
 	sets map[lbKey]*endpointSet
 }
 
-// pick returns the next ready endpoint of ref in snap.
+// pick returns the next ready endpoint of ref in snap, by the policy's
+// balancer: round-robin (default), random, or the less loaded of two
+// random endpoints (LEAST_REQUEST).
 func (b *balancer) pick(snap *state.Snapshot, ref backendRef) (*endpoint, error) {
-	set := b.set(snap, lbKey{ref.key, ref.port})
-	if len(set.eps) == 0 {
+	set := b.set(snap, lbKey{ref.key, ref.port, ref.policy})
+	n := len(set.eps)
+	if n == 0 {
 		return nil, errNoEndpoints
 	}
+	switch set.lb {
+	case waypointv1alpha1.TrafficPolicy_RANDOM:
+		return &set.eps[rand.IntN(n)], nil
+	case waypointv1alpha1.TrafficPolicy_LEAST_REQUEST:
+		a, c := &set.eps[rand.IntN(n)], &set.eps[rand.IntN(n)]
+		if c.active.Load() < a.active.Load() {
+			return c, nil
+		}
+		return a, nil
+	}
 	i := set.next.Add(1) - 1
-	return &set.eps[i%uint64(len(set.eps))], nil
+	return &set.eps[i%uint64(n)], nil
 }
 
 func (b *balancer) set(snap *state.Snapshot, k lbKey) *endpointSet {
@@ -66,19 +83,29 @@ func (b *balancer) set(snap *state.Snapshot, k lbKey) *endpointSet {
 	}
 	s := b.sets[k]
 	if s == nil {
-		s = &endpointSet{eps: resolveEndpoints(snap, k.svc, k.port)}
+		s = &endpointSet{eps: resolveEndpoints(snap, k.svc, k.port, k.policy)}
+		if k.policy != nil {
+			s.lb = k.policy.lb
+		}
 		b.sets[k] = s
 	}
 	return s
 }
 
 // resolveEndpoints lists the HEALTHY workloads whose services map holds
-// svcKey, each with its target port for servicePort.
-func resolveEndpoints(snap *state.Snapshot, svcKey string, servicePort uint32) []endpoint {
+// svcKey (and, with a subset, that the subset names), each with its target
+// port for servicePort.
+func resolveEndpoints(snap *state.Snapshot, svcKey string, servicePort uint32, pol *targetPolicy) []endpoint {
+	if pol != nil && pol.unknown {
+		return nil
+	}
 	svc := snap.Service(svcKey)
 	var out []endpoint
 	for _, w := range snap.Endpoints(svcKey) {
 		if w.GetStatus() != workloadapi.WorkloadStatus_HEALTHY {
+			continue
+		}
+		if pol != nil && pol.uids != nil && !pol.uids[w.GetUid()] {
 			continue
 		}
 		ips := state.IPs(w)
@@ -90,7 +117,7 @@ func resolveEndpoints(snap *state.Snapshot, svcKey string, servicePort uint32) [
 			continue
 		}
 		tp := targetPort(w, svcKey, svc, servicePort)
-		out = append(out, endpoint{addr: netip.AddrPortFrom(ips[0], uint16(tp)), workload: w, identity: id, service: svc})
+		out = append(out, endpoint{addr: netip.AddrPortFrom(ips[0], uint16(tp)), workload: w, identity: id, service: svc, active: new(atomic.Int64)})
 	}
 	return out
 }

@@ -307,3 +307,53 @@ func TestEndpointSelection(t *testing.T) {
 		t.Errorf("the unhealthy workload got %d requests", sick.hits.Load())
 	}
 }
+
+// TestSubsetsAndBalancers: a backend with a DestinationRule subset reaches
+// only the subset's workloads, an undeclared subset gets 503, and the
+// RANDOM and LEAST_REQUEST balancers spread requests over the subset.
+func TestSubsetsAndBalancers(t *testing.T) {
+	leakCheck(t)
+	m := newMesh(t, meshOptions{})
+	m.addService(reviews, "10.0.0.1")
+	a := m.addPod("reviews-a", reviews, text("a"))
+	b := m.addPod("reviews-b", reviews, text("b"))
+	c := m.addPod("reviews-c", reviews, text("c"))
+	uid := func(p *pod) string { return "cluster/pod/" + testNS + "/" + p.name }
+	to := func(subset string) *waypointv1alpha1.HTTPRoute {
+		wb := backend(reviews, 1)
+		wb.Backend.Subset = subset
+		return &waypointv1alpha1.HTTPRoute{Name: "to-" + subset,
+			Matches:  []*waypointv1alpha1.HTTPMatch{{Path: &waypointv1alpha1.PathMatch{Type: waypointv1alpha1.PathMatch_PREFIX, Value: "/" + subset}}},
+			Backends: []*waypointv1alpha1.WeightedBackend{wb}}
+	}
+	for _, lb := range []waypointv1alpha1.TrafficPolicy_LoadBalancer{waypointv1alpha1.TrafficPolicy_ROUND_ROBIN, waypointv1alpha1.TrafficPolicy_RANDOM, waypointv1alpha1.TrafficPolicy_LEAST_REQUEST} {
+		t.Run(lb.String(), func(t *testing.T) {
+			sc := serviceConfig(reviews, waypointv1alpha1.Protocol_HTTP, to("v1"), to("v2"), to("v3"))
+			sc.BackendPolicies = []*waypointv1alpha1.BackendPolicy{{Namespace: testNS, Hostname: reviews, Subsets: []*waypointv1alpha1.Subset{
+				{Name: "v1", WorkloadUids: []string{uid(a), uid(b)}, Policy: &waypointv1alpha1.TrafficPolicy{LoadBalancer: lb}},
+				{Name: "v2", WorkloadUids: []string{uid(c)}},
+			}}}
+			m.setRoutes(sc)
+			cl := m.httpClient(false)
+			a.hits.Store(0)
+			b.hits.Store(0)
+			c.hits.Store(0)
+			for range 40 {
+				if code, _, _ := get(t, cl, "http://10.0.0.1/v1", nil); code != 200 {
+					t.Fatalf("GET /v1: %d", code)
+				}
+			}
+			if c.hits.Load() != 0 || a.hits.Load() < 5 || b.hits.Load() < 5 {
+				t.Errorf("subset v1 over 40 requests: a %d, b %d, c %d; want a and b only, both used", a.hits.Load(), b.hits.Load(), c.hits.Load())
+			}
+			for range 5 {
+				if code, from, _ := get(t, cl, "http://10.0.0.1/v2", nil); code != 200 || from != "reviews-c" {
+					t.Errorf("GET /v2: %d from %q, want 200 from reviews-c", code, from)
+				}
+			}
+			if code, _, _ := get(t, cl, "http://10.0.0.1/v3", nil); code != 503 {
+				t.Errorf("GET /v3 (undeclared subset): %d, want 503", code)
+			}
+		})
+	}
+}

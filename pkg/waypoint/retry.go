@@ -7,6 +7,8 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -60,8 +62,10 @@ func (t roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 			ctx, cancel = context.WithTimeout(ctx, rt.tryTimeout)
 		}
 		out = out.WithContext(ctx)
+		ep.active.Add(1)
 		resp, err := tr.RoundTrip(out)
 		if err != nil {
+			ep.active.Add(-1)
 			cancel()
 			tryTimedOut := rt.tryTimeout > 0 && ctx.Err() != nil && req.Context().Err() == nil
 			if tryTimedOut {
@@ -79,15 +83,17 @@ func (t roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 					// needs its body as the raw connection, so it is not
 					// wrapped; the try's context ends with the request's.
 					context.AfterFunc(req.Context(), cancel)
+					ep.active.Add(-1)
 					return resp, nil
 				}
-				resp.Body = &cancelBody{ReadCloser: resp.Body, cancel: cancel}
+				resp.Body = &cancelBody{ReadCloser: resp.Body, cancel: cancel, active: ep.active}
 				return resp, nil
 			}
 			// Retriable status: drop this answer (reading a little of it
 			// lets the connection be reused) and try again.
 			_, _ = io.CopyN(io.Discard, resp.Body, 4<<10)
 			_ = resp.Body.Close()
+			ep.active.Add(-1)
 			cancel()
 		}
 		if err := sleepBackoff(req.Context(), rt.retry.backoff, try); err != nil {
@@ -134,14 +140,20 @@ func sleepBackoff(ctx context.Context, base time.Duration, try int) error {
 	}
 }
 
-// cancelBody releases a try's context once its response body is closed.
+// cancelBody releases a try's context, and its endpoint's in-flight
+// count, once its response body is closed.
 type cancelBody struct {
 	io.ReadCloser
 	cancel context.CancelFunc
+	active *atomic.Int64
+	once   sync.Once
 }
 
 func (b *cancelBody) Close() error {
 	err := b.ReadCloser.Close()
-	b.cancel()
+	b.once.Do(func() {
+		b.cancel()
+		b.active.Add(-1)
+	})
 	return err
 }

@@ -98,6 +98,16 @@ type backendRef struct {
 	hostname string
 	port     uint32
 	invalid  bool
+	subset   string
+	policy   *targetPolicy // which endpoints and how to balance; nil: all, round-robin
+}
+
+// targetPolicy is the compiled DestinationRule policy of one (backend
+// Service, subset).
+type targetPolicy struct {
+	uids    map[string]bool // the subset's workloads; nil: every endpoint
+	unknown bool            // a subset the ServiceConfig does not declare: no endpoints
+	lb      waypointv1alpha1.TrafficPolicy_LoadBalancer
 }
 
 // filter is one compiled HTTPFilter; exactly one field is set.
@@ -186,7 +196,81 @@ func compile(name string, sc *waypointv1alpha1.ServiceConfig) (*service, error) 
 		return nil, err
 	}
 	s.authz = authz
+	if err := attachPolicies(s, sc.GetBackendPolicies(), bad); err != nil {
+		return nil, err
+	}
 	return s, nil
+}
+
+// attachPolicies resolves every backend reference of s (routes, backends'
+// and rules' mirrors, TCP routes) to its DestinationRule policy and subset.
+func attachPolicies(s *service, bps []*waypointv1alpha1.BackendPolicy, bad badFunc) error {
+	type key struct{ svc, subset string }
+	pols := map[key]*targetPolicy{}
+	for i, bp := range bps {
+		at := fmt.Sprintf("backend_policies[%d]", i)
+		svc := bp.GetNamespace() + "/" + bp.GetHostname()
+		lb, err := loadBalancer(bp.GetPolicy(), at+".policy.load_balancer", bad)
+		if err != nil {
+			return err
+		}
+		pols[key{svc, ""}] = &targetPolicy{lb: lb}
+		for j, ss := range bp.GetSubsets() {
+			sat := fmt.Sprintf("%s.subsets[%d]", at, j)
+			if ss.GetName() == "" {
+				return bad(sat+".name", "empty")
+			}
+			slb, err := loadBalancer(ss.GetPolicy(), sat+".policy.load_balancer", bad)
+			if err != nil {
+				return err
+			}
+			tp := &targetPolicy{uids: map[string]bool{}, lb: slb}
+			for _, u := range ss.GetWorkloadUids() {
+				tp.uids[u] = true
+			}
+			pols[key{svc, ss.GetName()}] = tp
+		}
+	}
+	resolve := func(ref *backendRef) {
+		if ref.invalid {
+			return
+		}
+		if tp := pols[key{ref.key, ref.subset}]; tp != nil {
+			ref.policy = tp
+		} else if ref.subset != "" {
+			ref.policy = &targetPolicy{unknown: true}
+		}
+	}
+	filters := func(fs []filter) {
+		for i := range fs {
+			if fs[i].mirror != nil {
+				resolve(&fs[i].mirror.backend)
+			}
+		}
+	}
+	for _, pt := range s.ports {
+		for _, rt := range pt.routes {
+			filters(rt.filters)
+			for i := range rt.backends {
+				resolve(&rt.backends[i].backend)
+				filters(rt.backends[i].filters)
+			}
+		}
+		if pt.tcp != nil {
+			for i := range pt.tcp.backends {
+				resolve(&pt.tcp.backends[i].backend)
+			}
+		}
+	}
+	return nil
+}
+
+func loadBalancer(tp *waypointv1alpha1.TrafficPolicy, at string, bad badFunc) (waypointv1alpha1.TrafficPolicy_LoadBalancer, error) {
+	lb := tp.GetLoadBalancer()
+	if _, ok := waypointv1alpha1.TrafficPolicy_LoadBalancer_name[int32(lb)]; !ok {
+		return 0, bad(at, "unknown value %d", lb)
+	}
+	return lb, nil
 }
 
 type badFunc func(field, why string, args ...any) error
@@ -365,7 +449,7 @@ func compileBackend(b *waypointv1alpha1.WeightedBackend, at string, bad badFunc)
 		return weightedBackend{}, bad(at+".backend", "unset")
 	}
 	wb := weightedBackend{weight: b.GetWeight(), backend: backendRef{
-		key: ref.GetNamespace() + "/" + ref.GetHostname(), hostname: ref.GetHostname(), port: ref.GetPort(), invalid: ref.GetInvalid()}}
+		key: ref.GetNamespace() + "/" + ref.GetHostname(), hostname: ref.GetHostname(), port: ref.GetPort(), invalid: ref.GetInvalid(), subset: ref.GetSubset()}}
 	if !wb.backend.invalid {
 		if err := validRef(ref, at+".backend", bad); err != nil {
 			return weightedBackend{}, err
@@ -447,7 +531,7 @@ func compileFilters(fs []*waypointv1alpha1.HTTPFilter, matches []*match, at stri
 			}
 			b := m.GetBackend()
 			cf.mirror = &mirror{fraction: m.GetFractionPerMillion(), backend: backendRef{
-				key: b.GetNamespace() + "/" + b.GetHostname(), hostname: b.GetHostname(), port: b.GetPort(), invalid: b.GetInvalid()}}
+				key: b.GetNamespace() + "/" + b.GetHostname(), hostname: b.GetHostname(), port: b.GetPort(), invalid: b.GetInvalid(), subset: b.GetSubset()}}
 		default:
 			return nil, bad(fat, "no filter kind set")
 		}

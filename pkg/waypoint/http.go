@@ -376,7 +376,7 @@ func (p *Proxy) report(c *call, rec *recorder, orig *requestSummary, reqID, trac
 		r.dstWorkload, r.dstIdentity = ep.workload, ep.identity
 		dstAddr = ep.addr.String()
 	}
-	if r.flags == "" && c.attempts > 1 && c.route != nil && c.route.retry.codes[r.code] {
+	if r.flags == "" && c.attempts > 1 && c.route != nil && c.route.retry.status(r.code) {
 		r.flags = flagRetryLimit
 	}
 	p.cfg.Metrics.request(r)

@@ -72,12 +72,20 @@ func (t roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 				err = errTryTimeout
 			}
 			var de *dialError
-			retriable := (errors.As(err, &de) && rt.retry.attempts > 0) || (tryTimedOut && rt.retry.codes[http.StatusGatewayTimeout])
+			var retriable bool
+			switch {
+			case tryTimedOut:
+				retriable = rt.retry.timeout()
+			case errors.As(err, &de):
+				retriable = rt.retry.connectFailure()
+			default:
+				retriable = rt.retry.reset()
+			}
 			if last || !retriable || req.Context().Err() != nil {
 				return nil, err
 			}
 		} else {
-			if last || !rt.retry.codes[resp.StatusCode] {
+			if last || !rt.retry.status(resp.StatusCode) {
 				if resp.StatusCode == http.StatusSwitchingProtocols {
 					// An upgraded connection (WebSocket): the reverse proxy
 					// needs its body as the raw connection, so it is not

@@ -65,7 +65,42 @@ type retryPolicy struct {
 	codes    map[int]bool
 	attempts int
 	backoff  time.Duration
+	on       map[string]bool // Envoy retry_on conditions; empty: codes and connect failures
 }
+
+// Envoy retry_on conditions the waypoint implements.
+var retryConditions = map[string]bool{
+	"5xx": true, "gateway-error": true, "reset": true, "connect-failure": true,
+	"refused-stream": true, "retriable-4xx": true, "retriable-status-codes": true,
+}
+
+// status reports whether a response status is retried.
+func (r *retryPolicy) status(code int) bool {
+	if len(r.on) == 0 {
+		return r.codes[code]
+	}
+	return r.on["5xx"] && code >= 500 ||
+		r.on["gateway-error"] && (code == 502 || code == 503 || code == 504) ||
+		r.on["retriable-4xx"] && code == 409 ||
+		r.on["retriable-status-codes"] && r.codes[code]
+}
+
+// connectFailure reports whether a failure to open the tunnel is retried.
+func (r *retryPolicy) connectFailure() bool {
+	if len(r.on) == 0 {
+		return r.attempts > 0
+	}
+	return r.on["5xx"] || r.on["gateway-error"] || r.on["reset"] || r.on["connect-failure"]
+}
+
+// reset reports whether an upstream failure without a response is retried.
+func (r *retryPolicy) reset() bool {
+	return len(r.on) > 0 && (r.on["5xx"] || r.on["gateway-error"] || r.on["reset"] || r.on["refused-stream"])
+}
+
+// timeout reports whether a try that outlived backend_request_timeout is
+// retried (Envoy counts it as a 504).
+func (r *retryPolicy) timeout() bool { return r.status(http.StatusGatewayTimeout) }
 
 type match struct {
 	path    *pathMatch
@@ -344,6 +379,15 @@ func compileRoute(r *waypointv1alpha1.HTTPRoute, at string, bad badFunc) (*route
 				cr.retry.codes = map[int]bool{}
 			}
 			cr.retry.codes[int(c)] = true
+		}
+		for i, c := range rt.GetRetryOn() {
+			if !retryConditions[c] {
+				return nil, bad(fmt.Sprintf("%s.retry.retry_on[%d]", at, i), "%q is not a retry condition the waypoint implements", c)
+			}
+			if cr.retry.on == nil {
+				cr.retry.on = map[string]bool{}
+			}
+			cr.retry.on[c] = true
 		}
 		if cr.retry.backoff, err = duration(rt.GetBackoff(), at+".retry.backoff", bad); err != nil {
 			return nil, err

@@ -284,3 +284,52 @@ func TestTraceContext(t *testing.T) {
 		t.Error("x-request-id of the client not kept")
 	}
 }
+
+func TestRetryOn(t *testing.T) {
+	compileRetry := func(r *waypointv1alpha1.Retry) (*retryPolicy, error) {
+		rt := defaultRoute(reviews)
+		rt.Retry = r
+		s, err := compile(testNS+"/"+reviews, serviceConfig(reviews, waypointv1alpha1.Protocol_HTTP, rt))
+		if err != nil {
+			return nil, err
+		}
+		return &s.ports[80].routes[0].retry, nil
+	}
+	tests := []struct {
+		name                    string
+		retry                   *waypointv1alpha1.Retry
+		retried                 []int
+		notRetried              []int
+		connect, reset, timeout bool
+	}{
+		{"codes only", &waypointv1alpha1.Retry{Attempts: 2, Codes: []uint32{503}}, []int{503}, []int{500, 502, 504}, true, false, false},
+		{"5xx", &waypointv1alpha1.Retry{Attempts: 2, RetryOn: []string{"5xx"}}, []int{500, 503, 504}, []int{409, 404}, true, true, true},
+		{"gateway-error", &waypointv1alpha1.Retry{Attempts: 2, RetryOn: []string{"gateway-error"}}, []int{502, 503, 504}, []int{500}, true, true, true},
+		{"connect-failure", &waypointv1alpha1.Retry{Attempts: 2, RetryOn: []string{"connect-failure"}}, nil, []int{503}, true, false, false},
+		{"retriable-4xx and codes", &waypointv1alpha1.Retry{Attempts: 2, Codes: []uint32{429}, RetryOn: []string{"retriable-4xx", "retriable-status-codes"}}, []int{409, 429}, []int{503}, false, false, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r, err := compileRetry(tc.retry)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, c := range tc.retried {
+				if !r.status(c) {
+					t.Errorf("status %d not retried", c)
+				}
+			}
+			for _, c := range tc.notRetried {
+				if r.status(c) {
+					t.Errorf("status %d retried", c)
+				}
+			}
+			if r.connectFailure() != tc.connect || r.reset() != tc.reset || r.timeout() != tc.timeout {
+				t.Errorf("connect %v reset %v timeout %v, want %v %v %v", r.connectFailure(), r.reset(), r.timeout(), tc.connect, tc.reset, tc.timeout)
+			}
+		})
+	}
+	if _, err := compileRetry(&waypointv1alpha1.Retry{Attempts: 1, RetryOn: []string{"cancelled"}}); err == nil || !strings.Contains(err.Error(), "retry.retry_on[0]") {
+		t.Errorf("unknown retry_on: %v, want an error naming retry.retry_on[0]", err)
+	}
+}

@@ -2426,6 +2426,395 @@ func (x *TCPRoute) GetBackends() []*WeightedBackend {
 	return nil
 }
 
+// Telemetry is what a waypoint exports and how, compiled by istiod-lite from
+// the mesh config's extensionProviders and the telemetry.istio.io Telemetry
+// resources that apply to the waypoint (root namespace, then the waypoint's
+// namespace, then those with targetRefs to its Gateway; the most specific
+// wins per field, as Istio merges them). Type URL:
+// type.googleapis.com/ambientmesh.waypoint.v1alpha1.Telemetry
+// Resource name: "<namespace>/<name>" of the waypoint Gateway. A waypoint
+// without one exports only what its OTEL_* environment configures.
+type Telemetry struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Tracing       *Tracing               `protobuf:"bytes,3,opt,name=tracing,proto3" json:"tracing,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Telemetry) Reset() {
+	*x = Telemetry{}
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Telemetry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Telemetry) ProtoMessage() {}
+
+func (x *Telemetry) ProtoReflect() protoreflect.Message {
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Telemetry.ProtoReflect.Descriptor instead.
+func (*Telemetry) Descriptor() ([]byte, []int) {
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *Telemetry) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *Telemetry) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Telemetry) GetTracing() *Tracing {
+	if x != nil {
+		return x.Tracing
+	}
+	return nil
+}
+
+type Tracing struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Unset or disabled: no spans exported (trace context still propagated).
+	Provider *OpenTelemetryProvider `protobuf:"bytes,1,opt,name=provider,proto3" json:"provider,omitempty"`
+	// 0 to 100; applied to requests without a sampled parent (parent-based).
+	RandomSamplingPercentage float64      `protobuf:"fixed64,2,opt,name=random_sampling_percentage,json=randomSamplingPercentage,proto3" json:"random_sampling_percentage,omitempty"`
+	CustomTags               []*CustomTag `protobuf:"bytes,3,rep,name=custom_tags,json=customTags,proto3" json:"custom_tags,omitempty"`
+	// Telemetry tracing disableSpanReporting.
+	Disabled      bool `protobuf:"varint,4,opt,name=disabled,proto3" json:"disabled,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Tracing) Reset() {
+	*x = Tracing{}
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Tracing) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Tracing) ProtoMessage() {}
+
+func (x *Tracing) ProtoReflect() protoreflect.Message {
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Tracing.ProtoReflect.Descriptor instead.
+func (*Tracing) Descriptor() ([]byte, []int) {
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *Tracing) GetProvider() *OpenTelemetryProvider {
+	if x != nil {
+		return x.Provider
+	}
+	return nil
+}
+
+func (x *Tracing) GetRandomSamplingPercentage() float64 {
+	if x != nil {
+		return x.RandomSamplingPercentage
+	}
+	return 0
+}
+
+func (x *Tracing) GetCustomTags() []*CustomTag {
+	if x != nil {
+		return x.CustomTags
+	}
+	return nil
+}
+
+func (x *Tracing) GetDisabled() bool {
+	if x != nil {
+		return x.Disabled
+	}
+	return false
+}
+
+// OpenTelemetryProvider is MeshConfig.extensionProviders[].opentelemetry.
+type OpenTelemetryProvider struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The extensionProviders entry's name.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Collector Service FQDN (or "<ns>/<fqdn>", as Istio accepts).
+	Service string `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
+	Port    uint32 `protobuf:"varint,3,opt,name=port,proto3" json:"port,omitempty"`
+	// Set: OTLP over HTTP to path; unset: OTLP over gRPC.
+	Http          *OpenTelemetryHTTP `protobuf:"bytes,4,opt,name=http,proto3" json:"http,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OpenTelemetryProvider) Reset() {
+	*x = OpenTelemetryProvider{}
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OpenTelemetryProvider) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OpenTelemetryProvider) ProtoMessage() {}
+
+func (x *OpenTelemetryProvider) ProtoReflect() protoreflect.Message {
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OpenTelemetryProvider.ProtoReflect.Descriptor instead.
+func (*OpenTelemetryProvider) Descriptor() ([]byte, []int) {
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *OpenTelemetryProvider) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *OpenTelemetryProvider) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *OpenTelemetryProvider) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *OpenTelemetryProvider) GetHttp() *OpenTelemetryHTTP {
+	if x != nil {
+		return x.Http
+	}
+	return nil
+}
+
+type OpenTelemetryHTTP struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Path          string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	Timeout       *durationpb.Duration   `protobuf:"bytes,2,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	Headers       []*Header              `protobuf:"bytes,3,rep,name=headers,proto3" json:"headers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OpenTelemetryHTTP) Reset() {
+	*x = OpenTelemetryHTTP{}
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OpenTelemetryHTTP) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OpenTelemetryHTTP) ProtoMessage() {}
+
+func (x *OpenTelemetryHTTP) ProtoReflect() protoreflect.Message {
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OpenTelemetryHTTP.ProtoReflect.Descriptor instead.
+func (*OpenTelemetryHTTP) Descriptor() ([]byte, []int) {
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *OpenTelemetryHTTP) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *OpenTelemetryHTTP) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+func (x *OpenTelemetryHTTP) GetHeaders() []*Header {
+	if x != nil {
+		return x.Headers
+	}
+	return nil
+}
+
+// CustomTag is a span attribute added to every span (Telemetry customTags).
+type CustomTag struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Types that are valid to be assigned to Type:
+	//
+	//	*CustomTag_Literal
+	//	*CustomTag_Environment
+	//	*CustomTag_Header
+	Type isCustomTag_Type `protobuf_oneof:"type"`
+	// Used when the environment variable or header is absent.
+	DefaultValue  string `protobuf:"bytes,5,opt,name=default_value,json=defaultValue,proto3" json:"default_value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CustomTag) Reset() {
+	*x = CustomTag{}
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CustomTag) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CustomTag) ProtoMessage() {}
+
+func (x *CustomTag) ProtoReflect() protoreflect.Message {
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CustomTag.ProtoReflect.Descriptor instead.
+func (*CustomTag) Descriptor() ([]byte, []int) {
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *CustomTag) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CustomTag) GetType() isCustomTag_Type {
+	if x != nil {
+		return x.Type
+	}
+	return nil
+}
+
+func (x *CustomTag) GetLiteral() string {
+	if x != nil {
+		if x, ok := x.Type.(*CustomTag_Literal); ok {
+			return x.Literal
+		}
+	}
+	return ""
+}
+
+func (x *CustomTag) GetEnvironment() string {
+	if x != nil {
+		if x, ok := x.Type.(*CustomTag_Environment); ok {
+			return x.Environment
+		}
+	}
+	return ""
+}
+
+func (x *CustomTag) GetHeader() string {
+	if x != nil {
+		if x, ok := x.Type.(*CustomTag_Header); ok {
+			return x.Header
+		}
+	}
+	return ""
+}
+
+func (x *CustomTag) GetDefaultValue() string {
+	if x != nil {
+		return x.DefaultValue
+	}
+	return ""
+}
+
+type isCustomTag_Type interface {
+	isCustomTag_Type()
+}
+
+type CustomTag_Literal struct {
+	Literal string `protobuf:"bytes,2,opt,name=literal,proto3,oneof"`
+}
+
+type CustomTag_Environment struct {
+	// The value of this environment variable of the waypoint.
+	Environment string `protobuf:"bytes,3,opt,name=environment,proto3,oneof"`
+}
+
+type CustomTag_Header struct {
+	// The value of this request header.
+	Header string `protobuf:"bytes,4,opt,name=header,proto3,oneof"`
+}
+
+func (*CustomTag_Literal) isCustomTag_Type() {}
+
+func (*CustomTag_Environment) isCustomTag_Type() {}
+
+func (*CustomTag_Header) isCustomTag_Type() {}
+
 type Fault_Delay struct {
 	state              protoimpl.MessageState `protogen:"open.v1"`
 	FixedDelay         *durationpb.Duration   `protobuf:"bytes,1,opt,name=fixed_delay,json=fixedDelay,proto3" json:"fixed_delay,omitempty"`
@@ -2436,7 +2825,7 @@ type Fault_Delay struct {
 
 func (x *Fault_Delay) Reset() {
 	*x = Fault_Delay{}
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[29]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2448,7 +2837,7 @@ func (x *Fault_Delay) String() string {
 func (*Fault_Delay) ProtoMessage() {}
 
 func (x *Fault_Delay) ProtoReflect() protoreflect.Message {
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[29]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2491,7 +2880,7 @@ type Fault_Abort struct {
 
 func (x *Fault_Abort) Reset() {
 	*x = Fault_Abort{}
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[30]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2503,7 +2892,7 @@ func (x *Fault_Abort) String() string {
 func (*Fault_Abort) ProtoMessage() {}
 
 func (x *Fault_Abort) ProtoReflect() protoreflect.Message {
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[30]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2730,7 +3119,33 @@ const file_api_waypoint_v1alpha1_waypoint_proto_rawDesc = "" +
 	"\bretry_on\x18\x04 \x03(\tR\aretryOn\"j\n" +
 	"\bTCPRoute\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12J\n" +
-	"\bbackends\x18\x02 \x03(\v2..ambientmesh.waypoint.v1alpha1.WeightedBackendR\bbackends*2\n" +
+	"\bbackends\x18\x02 \x03(\v2..ambientmesh.waypoint.v1alpha1.WeightedBackendR\bbackends\"\x7f\n" +
+	"\tTelemetry\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12@\n" +
+	"\atracing\x18\x03 \x01(\v2&.ambientmesh.waypoint.v1alpha1.TracingR\atracing\"\x80\x02\n" +
+	"\aTracing\x12P\n" +
+	"\bprovider\x18\x01 \x01(\v24.ambientmesh.waypoint.v1alpha1.OpenTelemetryProviderR\bprovider\x12<\n" +
+	"\x1arandom_sampling_percentage\x18\x02 \x01(\x01R\x18randomSamplingPercentage\x12I\n" +
+	"\vcustom_tags\x18\x03 \x03(\v2(.ambientmesh.waypoint.v1alpha1.CustomTagR\n" +
+	"customTags\x12\x1a\n" +
+	"\bdisabled\x18\x04 \x01(\bR\bdisabled\"\x9f\x01\n" +
+	"\x15OpenTelemetryProvider\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\aservice\x18\x02 \x01(\tR\aservice\x12\x12\n" +
+	"\x04port\x18\x03 \x01(\rR\x04port\x12D\n" +
+	"\x04http\x18\x04 \x01(\v20.ambientmesh.waypoint.v1alpha1.OpenTelemetryHTTPR\x04http\"\x9d\x01\n" +
+	"\x11OpenTelemetryHTTP\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x123\n" +
+	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12?\n" +
+	"\aheaders\x18\x03 \x03(\v2%.ambientmesh.waypoint.v1alpha1.HeaderR\aheaders\"\xa6\x01\n" +
+	"\tCustomTag\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
+	"\aliteral\x18\x02 \x01(\tH\x00R\aliteral\x12\"\n" +
+	"\venvironment\x18\x03 \x01(\tH\x00R\venvironment\x12\x18\n" +
+	"\x06header\x18\x04 \x01(\tH\x00R\x06header\x12#\n" +
+	"\rdefault_value\x18\x05 \x01(\tR\fdefaultValueB\x06\n" +
+	"\x04type*2\n" +
 	"\bProtocol\x12\a\n" +
 	"\x03TCP\x10\x00\x12\b\n" +
 	"\x04HTTP\x10\x01\x12\t\n" +
@@ -2750,7 +3165,7 @@ func file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP() []byte {
 }
 
 var file_api_waypoint_v1alpha1_waypoint_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_api_waypoint_v1alpha1_waypoint_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_api_waypoint_v1alpha1_waypoint_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_api_waypoint_v1alpha1_waypoint_proto_goTypes = []any{
 	(Protocol)(0),                   // 0: ambientmesh.waypoint.v1alpha1.Protocol
 	(TrafficPolicy_LoadBalancer)(0), // 1: ambientmesh.waypoint.v1alpha1.TrafficPolicy.LoadBalancer
@@ -2787,9 +3202,14 @@ var file_api_waypoint_v1alpha1_waypoint_proto_goTypes = []any{
 	(*WeightedBackend)(nil),         // 32: ambientmesh.waypoint.v1alpha1.WeightedBackend
 	(*Retry)(nil),                   // 33: ambientmesh.waypoint.v1alpha1.Retry
 	(*TCPRoute)(nil),                // 34: ambientmesh.waypoint.v1alpha1.TCPRoute
-	(*Fault_Delay)(nil),             // 35: ambientmesh.waypoint.v1alpha1.Fault.Delay
-	(*Fault_Abort)(nil),             // 36: ambientmesh.waypoint.v1alpha1.Fault.Abort
-	(*durationpb.Duration)(nil),     // 37: google.protobuf.Duration
+	(*Telemetry)(nil),               // 35: ambientmesh.waypoint.v1alpha1.Telemetry
+	(*Tracing)(nil),                 // 36: ambientmesh.waypoint.v1alpha1.Tracing
+	(*OpenTelemetryProvider)(nil),   // 37: ambientmesh.waypoint.v1alpha1.OpenTelemetryProvider
+	(*OpenTelemetryHTTP)(nil),       // 38: ambientmesh.waypoint.v1alpha1.OpenTelemetryHTTP
+	(*CustomTag)(nil),               // 39: ambientmesh.waypoint.v1alpha1.CustomTag
+	(*Fault_Delay)(nil),             // 40: ambientmesh.waypoint.v1alpha1.Fault.Delay
+	(*Fault_Abort)(nil),             // 41: ambientmesh.waypoint.v1alpha1.Fault.Abort
+	(*durationpb.Duration)(nil),     // 42: google.protobuf.Duration
 }
 var file_api_waypoint_v1alpha1_waypoint_proto_depIdxs = []int32{
 	7,  // 0: ambientmesh.waypoint.v1alpha1.ServiceConfig.ports:type_name -> ambientmesh.waypoint.v1alpha1.Port
@@ -2802,22 +3222,22 @@ var file_api_waypoint_v1alpha1_waypoint_proto_depIdxs = []int32{
 	21, // 7: ambientmesh.waypoint.v1alpha1.HTTPRoute.matches:type_name -> ambientmesh.waypoint.v1alpha1.HTTPMatch
 	24, // 8: ambientmesh.waypoint.v1alpha1.HTTPRoute.filters:type_name -> ambientmesh.waypoint.v1alpha1.HTTPFilter
 	32, // 9: ambientmesh.waypoint.v1alpha1.HTTPRoute.backends:type_name -> ambientmesh.waypoint.v1alpha1.WeightedBackend
-	37, // 10: ambientmesh.waypoint.v1alpha1.HTTPRoute.request_timeout:type_name -> google.protobuf.Duration
-	37, // 11: ambientmesh.waypoint.v1alpha1.HTTPRoute.backend_request_timeout:type_name -> google.protobuf.Duration
+	42, // 10: ambientmesh.waypoint.v1alpha1.HTTPRoute.request_timeout:type_name -> google.protobuf.Duration
+	42, // 11: ambientmesh.waypoint.v1alpha1.HTTPRoute.backend_request_timeout:type_name -> google.protobuf.Duration
 	33, // 12: ambientmesh.waypoint.v1alpha1.HTTPRoute.retry:type_name -> ambientmesh.waypoint.v1alpha1.Retry
 	9,  // 13: ambientmesh.waypoint.v1alpha1.HTTPRoute.fault:type_name -> ambientmesh.waypoint.v1alpha1.Fault
 	10, // 14: ambientmesh.waypoint.v1alpha1.HTTPRoute.rate_limit:type_name -> ambientmesh.waypoint.v1alpha1.LocalRateLimit
-	35, // 15: ambientmesh.waypoint.v1alpha1.Fault.delay:type_name -> ambientmesh.waypoint.v1alpha1.Fault.Delay
-	36, // 16: ambientmesh.waypoint.v1alpha1.Fault.abort:type_name -> ambientmesh.waypoint.v1alpha1.Fault.Abort
-	37, // 17: ambientmesh.waypoint.v1alpha1.LocalRateLimit.fill_interval:type_name -> google.protobuf.Duration
+	40, // 15: ambientmesh.waypoint.v1alpha1.Fault.delay:type_name -> ambientmesh.waypoint.v1alpha1.Fault.Delay
+	41, // 16: ambientmesh.waypoint.v1alpha1.Fault.abort:type_name -> ambientmesh.waypoint.v1alpha1.Fault.Abort
+	42, // 17: ambientmesh.waypoint.v1alpha1.LocalRateLimit.fill_interval:type_name -> google.protobuf.Duration
 	13, // 18: ambientmesh.waypoint.v1alpha1.BackendPolicy.policy:type_name -> ambientmesh.waypoint.v1alpha1.TrafficPolicy
 	12, // 19: ambientmesh.waypoint.v1alpha1.BackendPolicy.subsets:type_name -> ambientmesh.waypoint.v1alpha1.Subset
 	13, // 20: ambientmesh.waypoint.v1alpha1.Subset.policy:type_name -> ambientmesh.waypoint.v1alpha1.TrafficPolicy
 	1,  // 21: ambientmesh.waypoint.v1alpha1.TrafficPolicy.load_balancer:type_name -> ambientmesh.waypoint.v1alpha1.TrafficPolicy.LoadBalancer
 	14, // 22: ambientmesh.waypoint.v1alpha1.TrafficPolicy.connection_pool:type_name -> ambientmesh.waypoint.v1alpha1.ConnectionPool
 	15, // 23: ambientmesh.waypoint.v1alpha1.TrafficPolicy.outlier_detection:type_name -> ambientmesh.waypoint.v1alpha1.OutlierDetection
-	37, // 24: ambientmesh.waypoint.v1alpha1.OutlierDetection.interval:type_name -> google.protobuf.Duration
-	37, // 25: ambientmesh.waypoint.v1alpha1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
+	42, // 24: ambientmesh.waypoint.v1alpha1.OutlierDetection.interval:type_name -> google.protobuf.Duration
+	42, // 25: ambientmesh.waypoint.v1alpha1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
 	2,  // 26: ambientmesh.waypoint.v1alpha1.AuthorizationPolicy.action:type_name -> ambientmesh.waypoint.v1alpha1.AuthorizationPolicy.Action
 	17, // 27: ambientmesh.waypoint.v1alpha1.AuthorizationPolicy.rules:type_name -> ambientmesh.waypoint.v1alpha1.AuthorizationRule
 	18, // 28: ambientmesh.waypoint.v1alpha1.AuthorizationRule.from:type_name -> ambientmesh.waypoint.v1alpha1.AuthorizationSource
@@ -2841,14 +3261,20 @@ var file_api_waypoint_v1alpha1_waypoint_proto_depIdxs = []int32{
 	31, // 46: ambientmesh.waypoint.v1alpha1.Mirror.backend:type_name -> ambientmesh.waypoint.v1alpha1.Backend
 	31, // 47: ambientmesh.waypoint.v1alpha1.WeightedBackend.backend:type_name -> ambientmesh.waypoint.v1alpha1.Backend
 	24, // 48: ambientmesh.waypoint.v1alpha1.WeightedBackend.filters:type_name -> ambientmesh.waypoint.v1alpha1.HTTPFilter
-	37, // 49: ambientmesh.waypoint.v1alpha1.Retry.backoff:type_name -> google.protobuf.Duration
+	42, // 49: ambientmesh.waypoint.v1alpha1.Retry.backoff:type_name -> google.protobuf.Duration
 	32, // 50: ambientmesh.waypoint.v1alpha1.TCPRoute.backends:type_name -> ambientmesh.waypoint.v1alpha1.WeightedBackend
-	37, // 51: ambientmesh.waypoint.v1alpha1.Fault.Delay.fixed_delay:type_name -> google.protobuf.Duration
-	52, // [52:52] is the sub-list for method output_type
-	52, // [52:52] is the sub-list for method input_type
-	52, // [52:52] is the sub-list for extension type_name
-	52, // [52:52] is the sub-list for extension extendee
-	0,  // [0:52] is the sub-list for field type_name
+	36, // 51: ambientmesh.waypoint.v1alpha1.Telemetry.tracing:type_name -> ambientmesh.waypoint.v1alpha1.Tracing
+	37, // 52: ambientmesh.waypoint.v1alpha1.Tracing.provider:type_name -> ambientmesh.waypoint.v1alpha1.OpenTelemetryProvider
+	39, // 53: ambientmesh.waypoint.v1alpha1.Tracing.custom_tags:type_name -> ambientmesh.waypoint.v1alpha1.CustomTag
+	38, // 54: ambientmesh.waypoint.v1alpha1.OpenTelemetryProvider.http:type_name -> ambientmesh.waypoint.v1alpha1.OpenTelemetryHTTP
+	42, // 55: ambientmesh.waypoint.v1alpha1.OpenTelemetryHTTP.timeout:type_name -> google.protobuf.Duration
+	25, // 56: ambientmesh.waypoint.v1alpha1.OpenTelemetryHTTP.headers:type_name -> ambientmesh.waypoint.v1alpha1.Header
+	42, // 57: ambientmesh.waypoint.v1alpha1.Fault.Delay.fixed_delay:type_name -> google.protobuf.Duration
+	58, // [58:58] is the sub-list for method output_type
+	58, // [58:58] is the sub-list for method input_type
+	58, // [58:58] is the sub-list for extension type_name
+	58, // [58:58] is the sub-list for extension extendee
+	0,  // [0:58] is the sub-list for field type_name
 }
 
 func init() { file_api_waypoint_v1alpha1_waypoint_proto_init() }
@@ -2863,13 +3289,18 @@ func file_api_waypoint_v1alpha1_waypoint_proto_init() {
 		(*HTTPFilter_RequestRedirect)(nil),
 		(*HTTPFilter_RequestMirror)(nil),
 	}
+	file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[33].OneofWrappers = []any{
+		(*CustomTag_Literal)(nil),
+		(*CustomTag_Environment)(nil),
+		(*CustomTag_Header)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_waypoint_v1alpha1_waypoint_proto_rawDesc), len(file_api_waypoint_v1alpha1_waypoint_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   31,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

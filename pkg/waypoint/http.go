@@ -157,6 +157,10 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request, rp *httputil.R
 			return
 		}
 	}
+	if limited(svc.limit, rec) {
+		c.flags = flagRateLimited
+		return
+	}
 	rt, m := selectRoute(pt.routes, r)
 	if rt == nil {
 		c.flags = flagNoRoute
@@ -164,6 +168,16 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request, rp *httputil.R
 		return
 	}
 	c.route = rt
+	if limited(rt.limit, rec) {
+		c.flags = flagRateLimited
+		return
+	}
+	if aborted, delayed := rt.fault.inject(r.Context(), rec, orig.grpc); aborted {
+		c.flags = flagFaultAbort
+		return
+	} else if delayed {
+		c.flags = flagFaultDelay
+	}
 	var pl plan
 	applyFilters(rt.filters, m, r, &pl)
 	if pl.redirect == nil {

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	waypointv1alpha1 "github.com/ambient-mesh/mesh/api/waypoint/v1alpha1"
@@ -30,7 +31,11 @@ func TestGRPC(t *testing.T) {
 	healthpb.RegisterHealthServer(gs, hs)
 	t.Cleanup(gs.Stop)
 	m.addPod("grpc-a", svc, gs)
-	m.setRoutes(serviceConfig(svc, waypointv1alpha1.Protocol_GRPC, defaultRoute(svc)))
+	faulty := defaultRoute(svc)
+	faulty.Name = "fault"
+	faulty.Matches = []*waypointv1alpha1.HTTPMatch{{Headers: []*waypointv1alpha1.StringMatch{{Name: "x-fault", Value: "abort"}}}}
+	faulty.Fault = &waypointv1alpha1.Fault{Abort: &waypointv1alpha1.Fault_Abort{GrpcStatus: uint32(codes.Unavailable), FractionPerMillion: 1_000_000}}
+	m.setRoutes(serviceConfig(svc, waypointv1alpha1.Protocol_GRPC, faulty, defaultRoute(svc)))
 
 	conn, err := grpc.NewClient("passthrough:///10.0.0.5:80",
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
@@ -54,6 +59,10 @@ func TestGRPC(t *testing.T) {
 	_, err = client.Check(ctx, &healthpb.HealthCheckRequest{Service: "nope"})
 	if status.Code(err) != codes.NotFound {
 		t.Errorf("Check(nope) error %v, want NotFound", err)
+	}
+	_, err = client.Check(metadata.AppendToOutgoingContext(ctx, "x-fault", "abort"), &healthpb.HealthCheckRequest{Service: "demo"})
+	if status.Code(err) != codes.Unavailable {
+		t.Errorf("Check with an injected abort: %v, want Unavailable", err)
 	}
 	// A server stream (Watch) flows through without buffering.
 	w, err := client.Watch(ctx, &healthpb.HealthCheckRequest{Service: "demo"})

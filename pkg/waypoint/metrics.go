@@ -17,16 +17,19 @@ const Reporter = "waypoint"
 
 // Response flags (Envoy's, as Istio reports them).
 const (
-	flagNone       = "-"
-	flagNoRoute    = "NR"   // no route matched: 404
-	flagNoHealthy  = "UH"   // no ready endpoint: 503
-	flagConnect    = "UF"   // upstream connect failure: 503
-	flagTimeout    = "UT"   // request or try timeout: 504
-	flagRetryLimit = "URX"  // retries exhausted on a retriable status
-	flagReset      = "UR"   // the upstream reset or failed otherwise: 503
-	flagBadBackend = "IB"   // invalid or no backend: 500 (our flag; Envoy has no exact one)
-	flagDownstream = "DC"   // the client went away
-	flagDenied     = "RBAC" // an AuthorizationPolicy denied it: 403
+	flagNone        = "-"
+	flagNoRoute     = "NR"   // no route matched: 404
+	flagNoHealthy   = "UH"   // no ready endpoint: 503
+	flagConnect     = "UF"   // upstream connect failure: 503
+	flagTimeout     = "UT"   // request or try timeout: 504
+	flagRetryLimit  = "URX"  // retries exhausted on a retriable status
+	flagReset       = "UR"   // the upstream reset or failed otherwise: 503
+	flagBadBackend  = "IB"   // invalid or no backend: 500 (our flag; Envoy has no exact one)
+	flagDownstream  = "DC"   // the client went away
+	flagDenied      = "RBAC" // an AuthorizationPolicy denied it: 403
+	flagRateLimited = "RL"   // local rate limit: 429
+	flagFaultAbort  = "FI"   // fault injection answered
+	flagFaultDelay  = "DI"   // fault injection delayed it
 )
 
 // requestLabels are Istio's request metric labels, in Istio's order

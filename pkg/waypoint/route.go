@@ -32,6 +32,7 @@ type service struct {
 	waypoints map[string]bool
 	ports     map[uint32]*port
 	authz     []*authzPolicy
+	limit     *tokenBucket // the Service's local rate limit
 	src       *waypointv1alpha1.ServiceConfig
 }
 
@@ -59,6 +60,8 @@ type route struct {
 	requestTimeout time.Duration
 	tryTimeout     time.Duration
 	retry          retryPolicy
+	fault          *fault
+	limit          *tokenBucket
 }
 
 type retryPolicy struct {
@@ -231,6 +234,9 @@ func compile(name string, sc *waypointv1alpha1.ServiceConfig) (*service, error) 
 		return nil, err
 	}
 	s.authz = authz
+	if s.limit, err = compileRateLimit(sc.GetRateLimit(), "rate_limit", bad); err != nil {
+		return nil, err
+	}
 	if err := attachPolicies(s, sc.GetBackendPolicies(), bad); err != nil {
 		return nil, err
 	}
@@ -395,6 +401,12 @@ func compileRoute(r *waypointv1alpha1.HTTPRoute, at string, bad badFunc) (*route
 	}
 	if cr.retry.backoff == 0 {
 		cr.retry.backoff = DefaultRetryBackoff
+	}
+	if cr.fault, err = compileFault(r.GetFault(), at+".fault", bad); err != nil {
+		return nil, err
+	}
+	if cr.limit, err = compileRateLimit(r.GetRateLimit(), at+".rate_limit", bad); err != nil {
+		return nil, err
 	}
 	return cr, nil
 }

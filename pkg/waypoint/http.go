@@ -214,6 +214,14 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request, rp *httputil.R
 	if len(pl.respHeaders) > 0 {
 		rec.respHeaders = pl.respHeaders
 	}
+	release, ok := p.acquire(c.backend.backend, c.h2)
+	if !ok {
+		c.flags = flagOverflow
+		rec.Header().Set("X-Envoy-Overloaded", "true")
+		http.Error(rec, "upstream connect error or disconnect/reset before headers. reset reason: overflow", http.StatusServiceUnavailable)
+		return
+	}
+	defer release()
 	rp.ServeHTTP(rec, r)
 }
 

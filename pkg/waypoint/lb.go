@@ -74,6 +74,11 @@ func (b *balancer) pick(snap *state.Snapshot, ref backendRef) (*endpoint, error)
 	return &set.eps[i%uint64(n)], nil
 }
 
+// size is the number of ready endpoints of ref.
+func (b *balancer) size(snap *state.Snapshot, ref backendRef) int {
+	return len(b.set(snap, lbKey{ref.key, ref.port, ref.policy}).eps)
+}
+
 func (b *balancer) set(snap *state.Snapshot, k lbKey) *endpointSet {
 	b.mu.Lock()
 	defer b.mu.Unlock()

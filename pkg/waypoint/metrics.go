@@ -30,6 +30,7 @@ const (
 	flagRateLimited = "RL"   // local rate limit: 429
 	flagFaultAbort  = "FI"   // fault injection answered
 	flagFaultDelay  = "DI"   // fault injection delayed it
+	flagOverflow    = "UO"   // over a connection-pool limit: 503
 )
 
 // requestLabels are Istio's request metric labels, in Istio's order

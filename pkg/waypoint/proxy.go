@@ -89,6 +89,7 @@ type Proxy struct {
 	lb      balancer
 	handler http.Handler
 
+	targets  sync.Map // targetKey -> *targetState: circuit-breaker and outlier state
 	streams  atomic.Pointer[streamListener]
 	mirrors  sync.WaitGroup
 	mirrorCh chan struct{} // semaphore of maxMirrorsInFlight

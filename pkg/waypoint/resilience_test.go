@@ -357,3 +357,72 @@ func TestSubsetsAndBalancers(t *testing.T) {
 		})
 	}
 }
+
+// TestCircuitBreakingAndOutliers: a connection-pool limit answers 503 with
+// x-envoy-overloaded at once; outlier detection ejects an endpoint after
+// consecutive 5xx so that later requests avoid it.
+func TestCircuitBreakingAndOutliers(t *testing.T) {
+	leakCheck(t)
+	m := newMesh(t, meshOptions{})
+	m.addService(reviews, "10.0.0.1")
+	m.addService(reviewsV1, "10.0.0.2")
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	entered := make(chan struct{}, 10)
+	m.addPod("reviews-v1-slow", reviewsV1, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		entered <- struct{}{}
+		<-release
+	}))
+	good := m.addPod("reviews-good", reviews, text("ok"))
+	bad := m.addPod("reviews-bad", reviews, answer(500, "boom"))
+
+	slow := defaultRoute(reviewsV1)
+	slow.Name = "slow"
+	slow.Matches = []*waypointv1alpha1.HTTPMatch{{Path: &waypointv1alpha1.PathMatch{Type: waypointv1alpha1.PathMatch_PREFIX, Value: "/slow"}}}
+	sc := serviceConfig(reviews, waypointv1alpha1.Protocol_HTTP, slow, defaultRoute(reviews))
+	sc.BackendPolicies = []*waypointv1alpha1.BackendPolicy{
+		{Namespace: testNS, Hostname: reviewsV1, Policy: &waypointv1alpha1.TrafficPolicy{ConnectionPool: &waypointv1alpha1.ConnectionPool{
+			MaxConnections: 1, Http1MaxPendingRequests: 1}}},
+		{Namespace: testNS, Hostname: reviews, Policy: &waypointv1alpha1.TrafficPolicy{OutlierDetection: &waypointv1alpha1.OutlierDetection{
+			Consecutive_5XxErrors: 2, BaseEjectionTime: durationpb.New(time.Minute), MaxEjectionPercent: 50}}},
+	}
+	m.setRoutes(sc)
+	c := m.httpClient(false)
+
+	// Two requests fill the pool (one "connection", one pending); the third
+	// is refused at once.
+	results := make(chan int, 2)
+	for range 2 {
+		go func() {
+			code, _, _, _ := tryGet(t, c, "http://10.0.0.1/slow", nil)
+			results <- code
+		}()
+	}
+	<-entered
+	<-entered
+	resp, err := c.Get("http://10.0.0.1/slow")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 503 || resp.Header.Get("X-Envoy-Overloaded") != "true" {
+		t.Errorf("third request: %d overloaded=%q, want 503 with x-envoy-overloaded", resp.StatusCode, resp.Header.Get("X-Envoy-Overloaded"))
+	}
+	release <- struct{}{}
+	release <- struct{}{}
+	for range 2 {
+		if code := <-results; code != 200 {
+			t.Errorf("request within the pool: %d, want 200", code)
+		}
+	}
+
+	// Outliers: the bad endpoint is ejected after two 500s.
+	codes := map[int]int{}
+	for range 20 {
+		code, _, _ := get(t, c, "http://10.0.0.1/", nil)
+		codes[code]++
+	}
+	if codes[500] != 2 || bad.hits.Load() != 2 || good.hits.Load() != 18 {
+		t.Errorf("with outlier detection: %v, bad hit %d times, good %d; want exactly 2 failures before the ejection", codes, bad.hits.Load(), good.hits.Load())
+	}
+}

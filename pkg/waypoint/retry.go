@@ -38,9 +38,13 @@ func (t roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 		tries += rt.retry.attempts
 	}
 	tried := make([]*endpoint, 0, tries)
+	ref := c.backend.backend
+	oneShot := ref.policy.connectionPool().GetMaxRequestsPerConnection() == 1
+	releaseRetry := func() {}
+	defer func() { releaseRetry() }()
 	for try := 0; ; try++ {
 		last := try+1 >= tries
-		ep, err := p.pickAvoiding(c, tried)
+		ep, n, err := p.pickAvoiding(c, tried)
 		if err != nil {
 			return nil, err
 		}
@@ -57,6 +61,7 @@ func (t roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 				out.Body = http.NoBody
 			}
 		}
+		out.Close = out.Close || oneShot
 		ctx, cancel := req.Context(), context.CancelFunc(func() {})
 		if rt.tryTimeout > 0 {
 			ctx, cancel = context.WithTimeout(ctx, rt.tryTimeout)
@@ -76,15 +81,24 @@ func (t roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 			switch {
 			case tryTimedOut:
 				retriable = rt.retry.timeout()
+				p.observe(ref, ep, n, http.StatusGatewayTimeout, false)
 			case errors.As(err, &de):
 				retriable = rt.retry.connectFailure()
+				p.observe(ref, ep, n, 0, true)
 			default:
 				retriable = rt.retry.reset()
 			}
 			if last || !retriable || req.Context().Err() != nil {
 				return nil, err
 			}
+			if !p.takeRetry(ref, &releaseRetry) {
+				return nil, err
+			}
 		} else {
+			p.observe(ref, ep, n, resp.StatusCode, false)
+			if !last && rt.retry.status(resp.StatusCode) && !p.takeRetry(ref, &releaseRetry) {
+				last = true // the retry budget is spent: this answer stands
+			}
 			if last || !rt.retry.status(resp.StatusCode) {
 				if resp.StatusCode == http.StatusSwitchingProtocols {
 					// An upgraded connection (WebSocket): the reverse proxy
@@ -110,26 +124,56 @@ func (t roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 }
 
-// pickAvoiding picks the next endpoint round-robin, skipping endpoints
-// already tried for this request while untried ones remain (Istio's
-// default previous_hosts retry predicate).
-func (p *Proxy) pickAvoiding(c *call, tried []*endpoint) (*endpoint, error) {
-	var ep *endpoint
-	for range max(len(tried), 1) + 1 {
-		e, err := p.lb.pick(c.snap, c.backend.backend)
+// takeRetry takes a slot of the backend's retry budget (max_retries),
+// releasing the one this request held; false: no retry.
+func (p *Proxy) takeRetry(ref backendRef, held *func()) bool {
+	release, ok := p.retryBudget(ref)
+	if !ok {
+		return false
+	}
+	(*held)()
+	*held = release
+	return true
+}
+
+// pickAvoiding picks the next endpoint by the backend's balancer, skipping
+// ejected endpoints (outlier detection) and those already tried for this
+// request (Istio's default previous_hosts retry predicate) while others
+// remain. It also returns the number of endpoints.
+func (p *Proxy) pickAvoiding(c *call, tried []*endpoint) (*endpoint, int, error) {
+	ref := c.backend.backend
+	n := p.lb.size(c.snap, ref)
+	if n == 0 {
+		return nil, 0, errNoEndpoints
+	}
+	now := time.Now()
+	var healthyTried, anyPick *endpoint
+	for range n + len(tried) + 1 {
+		e, err := p.lb.pick(c.snap, ref)
 		if err != nil {
-			return nil, err
+			return nil, 0, err
 		}
-		ep = e
+		if anyPick == nil {
+			anyPick = e
+		}
+		if p.ejected(ref, e, n, now) {
+			continue
+		}
 		seen := false
 		for _, t := range tried {
 			seen = seen || t.addr == e.addr
 		}
 		if !seen {
-			break
+			return e, n, nil
+		}
+		if healthyTried == nil {
+			healthyTried = e
 		}
 	}
-	return ep, nil
+	if healthyTried != nil {
+		return healthyTried, n, nil
+	}
+	return anyPick, n, nil // every endpoint is ejected
 }
 
 // sleepBackoff waits base·2^try, capped at 10·base, with jitter (half of

@@ -146,6 +146,8 @@ type targetPolicy struct {
 	uids    map[string]bool // the subset's workloads; nil: every endpoint
 	unknown bool            // a subset the ServiceConfig does not declare: no endpoints
 	lb      waypointv1alpha1.TrafficPolicy_LoadBalancer
+	pool    *waypointv1alpha1.ConnectionPool // circuit-breaker limits; nil: none
+	outlier *outlierPolicy                   // nil: no outlier detection
 }
 
 // filter is one compiled HTTPFilter; exactly one field is set.
@@ -251,21 +253,21 @@ func attachPolicies(s *service, bps []*waypointv1alpha1.BackendPolicy, bad badFu
 	for i, bp := range bps {
 		at := fmt.Sprintf("backend_policies[%d]", i)
 		svc := bp.GetNamespace() + "/" + bp.GetHostname()
-		lb, err := loadBalancer(bp.GetPolicy(), at+".policy.load_balancer", bad)
+		tp, err := compileTrafficPolicy(bp.GetPolicy(), at+".policy", bad)
 		if err != nil {
 			return err
 		}
-		pols[key{svc, ""}] = &targetPolicy{lb: lb}
+		pols[key{svc, ""}] = tp
 		for j, ss := range bp.GetSubsets() {
 			sat := fmt.Sprintf("%s.subsets[%d]", at, j)
 			if ss.GetName() == "" {
 				return bad(sat+".name", "empty")
 			}
-			slb, err := loadBalancer(ss.GetPolicy(), sat+".policy.load_balancer", bad)
+			tp, err := compileTrafficPolicy(ss.GetPolicy(), sat+".policy", bad)
 			if err != nil {
 				return err
 			}
-			tp := &targetPolicy{uids: map[string]bool{}, lb: slb}
+			tp.uids = map[string]bool{}
 			for _, u := range ss.GetWorkloadUids() {
 				tp.uids[u] = true
 			}
@@ -306,12 +308,16 @@ func attachPolicies(s *service, bps []*waypointv1alpha1.BackendPolicy, bad badFu
 	return nil
 }
 
-func loadBalancer(tp *waypointv1alpha1.TrafficPolicy, at string, bad badFunc) (waypointv1alpha1.TrafficPolicy_LoadBalancer, error) {
+func compileTrafficPolicy(tp *waypointv1alpha1.TrafficPolicy, at string, bad badFunc) (*targetPolicy, error) {
 	lb := tp.GetLoadBalancer()
 	if _, ok := waypointv1alpha1.TrafficPolicy_LoadBalancer_name[int32(lb)]; !ok {
-		return 0, bad(at, "unknown value %d", lb)
+		return nil, bad(at+".load_balancer", "unknown value %d", lb)
 	}
-	return lb, nil
+	od, err := compileOutlier(tp.GetOutlierDetection(), at+".outlier_detection", bad)
+	if err != nil {
+		return nil, err
+	}
+	return &targetPolicy{lb: lb, pool: tp.GetConnectionPool(), outlier: od}, nil
 }
 
 type badFunc func(field, why string, args ...any) error

@@ -1,0 +1,214 @@
+package waypoint
+
+import (
+	"net/http"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	waypointv1alpha1 "github.com/ambient-mesh/mesh/api/waypoint/v1alpha1"
+)
+
+// Envoy's defaults where the DestinationRule leaves them unset.
+const (
+	defaultBaseEjection  = 30 * time.Second
+	defaultMaxEjectedPct = 10
+)
+
+// outlierPolicy is a compiled OutlierDetection.
+type outlierPolicy struct {
+	consecutive5xx, consecutiveGateway uint32
+	baseEjection                       time.Duration
+	maxEjectedPct, minHealthPct        uint32
+}
+
+func compileOutlier(od *waypointv1alpha1.OutlierDetection, at string, bad badFunc) (*outlierPolicy, error) {
+	if od == nil || (od.GetConsecutive_5XxErrors() == 0 && od.GetConsecutiveGatewayErrors() == 0) {
+		return nil, nil
+	}
+	base, err := duration(od.GetBaseEjectionTime(), at+".base_ejection_time", bad)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := duration(od.GetInterval(), at+".interval", bad); err != nil {
+		return nil, err
+	}
+	if od.GetMaxEjectionPercent() > 100 || od.GetMinHealthPercent() > 100 {
+		return nil, bad(at, "percentages must be 0..100")
+	}
+	if base == 0 {
+		base = defaultBaseEjection
+	}
+	maxPct := od.GetMaxEjectionPercent()
+	if maxPct == 0 {
+		maxPct = defaultMaxEjectedPct
+	}
+	return &outlierPolicy{consecutive5xx: od.GetConsecutive_5XxErrors(), consecutiveGateway: od.GetConsecutiveGatewayErrors(),
+		baseEjection: base, maxEjectedPct: maxPct, minHealthPct: od.GetMinHealthPercent()}, nil
+}
+
+// targetKey names a backend (Service, subset): circuit-breaker and outlier
+// state live per key, across config versions.
+type targetKey struct{ svc, subset string }
+
+// targetState is the runtime state of one backend (Service, subset).
+//
+// Concurrency: the counters are atomic; mu guards hosts.
+type targetState struct {
+	inflight atomic.Int64 // requests in flight (circuit breaker)
+	retries  atomic.Int64 // retries in flight (circuit breaker)
+
+	mu    sync.Mutex
+	hosts map[netip.AddrPort]*hostState
+}
+
+type hostState struct {
+	c5xx, cgw    uint32
+	ejections    int
+	ejectedUntil time.Time
+}
+
+func (p *Proxy) target(ref backendRef) *targetState {
+	k := targetKey{ref.key, ref.subset}
+	if v, ok := p.targets.Load(k); ok {
+		return v.(*targetState)
+	}
+	v, _ := p.targets.LoadOrStore(k, &targetState{hosts: map[netip.AddrPort]*hostState{}})
+	return v.(*targetState)
+}
+
+// acquire takes a request slot of the backend's connection pool; false
+// means the request is over a limit (503, x-envoy-overloaded). release must
+// be called when ok.
+func (p *Proxy) acquire(ref backendRef, h2 bool) (release func(), ok bool) {
+	pool := ref.policy.connectionPool()
+	if pool == nil {
+		return func() {}, true
+	}
+	var limit int64
+	switch {
+	case h2:
+		limit = int64(pool.GetHttp2MaxRequests())
+	case pool.GetMaxConnections() > 0 && pool.GetHttp1MaxPendingRequests() > 0:
+		// HTTP/1.1: one request per connection, plus those waiting for one.
+		limit = int64(pool.GetMaxConnections() + pool.GetHttp1MaxPendingRequests())
+	}
+	if limit == 0 {
+		return func() {}, true
+	}
+	ts := p.target(ref)
+	if ts.inflight.Add(1) > limit {
+		ts.inflight.Add(-1)
+		return nil, false
+	}
+	return func() { ts.inflight.Add(-1) }, true
+}
+
+// retryBudget takes a retry slot (max_retries); false: do not retry.
+func (p *Proxy) retryBudget(ref backendRef) (release func(), ok bool) {
+	max := int64(ref.policy.connectionPool().GetMaxRetries())
+	if max == 0 {
+		return func() {}, true
+	}
+	ts := p.target(ref)
+	if ts.retries.Add(1) > max {
+		ts.retries.Add(-1)
+		return nil, false
+	}
+	return func() { ts.retries.Add(-1) }, true
+}
+
+func (tp *targetPolicy) connectionPool() *waypointv1alpha1.ConnectionPool {
+	if tp == nil {
+		return nil
+	}
+	return tp.pool
+}
+
+// ejected reports whether ep is ejected now, among n endpoints: never when
+// fewer than min_health_percent would be left healthy.
+func (p *Proxy) ejected(ref backendRef, ep *endpoint, n int, now time.Time) bool {
+	od := ref.policy.outlierPolicy()
+	if od == nil {
+		return false
+	}
+	ts := p.target(ref)
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	h := ts.hosts[ep.addr]
+	if h == nil || !now.Before(h.ejectedUntil) {
+		return false
+	}
+	if od.minHealthPct > 0 {
+		out := ts.ejectedLocked(now)
+		if (n-out)*100 < int(od.minHealthPct)*n {
+			return false
+		}
+	}
+	return true
+}
+
+func (ts *targetState) ejectedLocked(now time.Time) int {
+	out := 0
+	for _, h := range ts.hosts {
+		if now.Before(h.ejectedUntil) {
+			out++
+		}
+	}
+	return out
+}
+
+func (tp *targetPolicy) outlierPolicy() *outlierPolicy {
+	if tp == nil {
+		return nil
+	}
+	return tp.outlier
+}
+
+// observe records the outcome of one try on ep (code 0: no response, e.g.
+// a connect failure) and ejects ep after enough consecutive errors, as
+// far as max_ejection_percent allows (at least one endpoint may always be
+// ejected, as in Envoy).
+func (p *Proxy) observe(ref backendRef, ep *endpoint, n int, code int, connectFailure bool) {
+	od := ref.policy.outlierPolicy()
+	if od == nil {
+		return
+	}
+	gateway := connectFailure || code == http.StatusBadGateway || code == http.StatusServiceUnavailable || code == http.StatusGatewayTimeout
+	fivexx := code >= 500 || connectFailure
+	ts := p.target(ref)
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	h := ts.hosts[ep.addr]
+	if h == nil {
+		h = &hostState{}
+		ts.hosts[ep.addr] = h
+	}
+	if !fivexx && !gateway {
+		h.c5xx, h.cgw = 0, 0
+		return
+	}
+	if fivexx {
+		h.c5xx++
+	}
+	if gateway {
+		h.cgw++
+	}
+	trip := (od.consecutive5xx > 0 && h.c5xx >= od.consecutive5xx) || (od.consecutiveGateway > 0 && h.cgw >= od.consecutiveGateway)
+	now := time.Now()
+	if !trip || now.Before(h.ejectedUntil) {
+		return
+	}
+	out := ts.ejectedLocked(now)
+	if out > 0 && (out+1)*100 > int(od.maxEjectedPct)*n {
+		return
+	}
+	h.ejections++
+	h.ejectedUntil = now.Add(time.Duration(h.ejections) * od.baseEjection)
+	h.c5xx, h.cgw = 0, 0
+	p.log.Info("endpoint ejected", zap.String("backend", ref.key), zap.String("endpoint", ep.addr.String()),
+		zap.Duration("for", time.Duration(h.ejections)*od.baseEjection))
+}

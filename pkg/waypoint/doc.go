@@ -27,6 +27,25 @@
 // istio_requests_total and istio_request_duration_milliseconds with
 // reporter="waypoint" and logged as one access-log line.
 //
+// The ServiceConfig's policies are enforced too: L7 AuthorizationPolicies
+// (DENY first, then ALLOW; 403 on HTTP ports, 401 on the tunnel of TCP
+// ports), local rate limits per Service and per route (429 with
+// retry-after), fault injection (delay, HTTP or gRPC abort), and per
+// backend (Service, subset) the DestinationRule policy from
+// backend_policies: subsets by workload uid, ROUND_ROBIN, RANDOM or
+// LEAST_REQUEST balancing, connection-pool limits (503 with
+// x-envoy-overloaded), max_retries and outlier detection (ejection after
+// consecutive 5xx or gateway errors, base_ejection_time times the
+// ejection count, bounded by max_ejection_percent and min_health_percent).
+//
+// Known limits: pod-addressed (workload waypoint) targets are refused; a
+// body of unknown length on a gRPC port is never buffered, so such requests
+// are neither retried nor mirrored; HTTP/1.1 connection-pool limits apply
+// as max_connections + http1_max_pending_requests concurrent requests when
+// both are set, and of max_requests_per_connection only 1 (no keep-alive)
+// is honoured; ejections end lazily (the review interval is not used). Each
+// HTTP stream is bridged to net/http through a unix socket pair.
+//
 // In-process use (benchmarks, tests, cmd/waypoint through pkg/waypoint/app):
 //
 //	addrs := state.NewStore()     // fed by Address deltas: addrs.HandleAddress

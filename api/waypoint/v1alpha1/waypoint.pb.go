@@ -2574,7 +2574,9 @@ type OpenTelemetryProvider struct {
 	Service string `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
 	Port    uint32 `protobuf:"varint,3,opt,name=port,proto3" json:"port,omitempty"`
 	// Set: OTLP over HTTP to path; unset: OTLP over gRPC.
-	Http          *OpenTelemetryHTTP `protobuf:"bytes,4,opt,name=http,proto3" json:"http,omitempty"`
+	Http *OpenTelemetryHTTP `protobuf:"bytes,4,opt,name=http,proto3" json:"http,omitempty"`
+	// Settings of OTLP over gRPC (opentelemetry.grpc); ignored when http is set.
+	Grpc          *OpenTelemetryGRPC `protobuf:"bytes,5,opt,name=grpc,proto3" json:"grpc,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2637,6 +2639,69 @@ func (x *OpenTelemetryProvider) GetHttp() *OpenTelemetryHTTP {
 	return nil
 }
 
+func (x *OpenTelemetryProvider) GetGrpc() *OpenTelemetryGRPC {
+	if x != nil {
+		return x.Grpc
+	}
+	return nil
+}
+
+// OpenTelemetryGRPC is extensionProviders[].opentelemetry.grpc.
+type OpenTelemetryGRPC struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Export timeout; unset: the exporter's default (10 s).
+	Timeout *durationpb.Duration `protobuf:"bytes,1,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	// gRPC metadata sent with every export (initialMetadata; values from
+	// istiod-lite's environment, envName, are resolved by istiod-lite).
+	InitialMetadata []*Header `protobuf:"bytes,2,rep,name=initial_metadata,json=initialMetadata,proto3" json:"initial_metadata,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *OpenTelemetryGRPC) Reset() {
+	*x = OpenTelemetryGRPC{}
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OpenTelemetryGRPC) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OpenTelemetryGRPC) ProtoMessage() {}
+
+func (x *OpenTelemetryGRPC) ProtoReflect() protoreflect.Message {
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OpenTelemetryGRPC.ProtoReflect.Descriptor instead.
+func (*OpenTelemetryGRPC) Descriptor() ([]byte, []int) {
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *OpenTelemetryGRPC) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+func (x *OpenTelemetryGRPC) GetInitialMetadata() []*Header {
+	if x != nil {
+		return x.InitialMetadata
+	}
+	return nil
+}
+
 type OpenTelemetryHTTP struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Path          string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
@@ -2648,7 +2713,7 @@ type OpenTelemetryHTTP struct {
 
 func (x *OpenTelemetryHTTP) Reset() {
 	*x = OpenTelemetryHTTP{}
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[32]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2660,7 +2725,7 @@ func (x *OpenTelemetryHTTP) String() string {
 func (*OpenTelemetryHTTP) ProtoMessage() {}
 
 func (x *OpenTelemetryHTTP) ProtoReflect() protoreflect.Message {
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[32]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2673,7 +2738,7 @@ func (x *OpenTelemetryHTTP) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenTelemetryHTTP.ProtoReflect.Descriptor instead.
 func (*OpenTelemetryHTTP) Descriptor() ([]byte, []int) {
-	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{32}
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *OpenTelemetryHTTP) GetPath() string {
@@ -2715,7 +2780,7 @@ type CustomTag struct {
 
 func (x *CustomTag) Reset() {
 	*x = CustomTag{}
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[33]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2727,7 +2792,7 @@ func (x *CustomTag) String() string {
 func (*CustomTag) ProtoMessage() {}
 
 func (x *CustomTag) ProtoReflect() protoreflect.Message {
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[33]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2740,7 +2805,7 @@ func (x *CustomTag) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CustomTag.ProtoReflect.Descriptor instead.
 func (*CustomTag) Descriptor() ([]byte, []int) {
-	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{33}
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *CustomTag) GetName() string {
@@ -2825,7 +2890,7 @@ type Fault_Delay struct {
 
 func (x *Fault_Delay) Reset() {
 	*x = Fault_Delay{}
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[34]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2837,7 +2902,7 @@ func (x *Fault_Delay) String() string {
 func (*Fault_Delay) ProtoMessage() {}
 
 func (x *Fault_Delay) ProtoReflect() protoreflect.Message {
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[34]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2880,7 +2945,7 @@ type Fault_Abort struct {
 
 func (x *Fault_Abort) Reset() {
 	*x = Fault_Abort{}
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[35]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2892,7 +2957,7 @@ func (x *Fault_Abort) String() string {
 func (*Fault_Abort) ProtoMessage() {}
 
 func (x *Fault_Abort) ProtoReflect() protoreflect.Message {
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[35]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3129,12 +3194,16 @@ const file_api_waypoint_v1alpha1_waypoint_proto_rawDesc = "" +
 	"\x1arandom_sampling_percentage\x18\x02 \x01(\x01R\x18randomSamplingPercentage\x12I\n" +
 	"\vcustom_tags\x18\x03 \x03(\v2(.ambientmesh.waypoint.v1alpha1.CustomTagR\n" +
 	"customTags\x12\x1a\n" +
-	"\bdisabled\x18\x04 \x01(\bR\bdisabled\"\x9f\x01\n" +
+	"\bdisabled\x18\x04 \x01(\bR\bdisabled\"\xe5\x01\n" +
 	"\x15OpenTelemetryProvider\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12\x12\n" +
 	"\x04port\x18\x03 \x01(\rR\x04port\x12D\n" +
-	"\x04http\x18\x04 \x01(\v20.ambientmesh.waypoint.v1alpha1.OpenTelemetryHTTPR\x04http\"\x9d\x01\n" +
+	"\x04http\x18\x04 \x01(\v20.ambientmesh.waypoint.v1alpha1.OpenTelemetryHTTPR\x04http\x12D\n" +
+	"\x04grpc\x18\x05 \x01(\v20.ambientmesh.waypoint.v1alpha1.OpenTelemetryGRPCR\x04grpc\"\x9a\x01\n" +
+	"\x11OpenTelemetryGRPC\x123\n" +
+	"\atimeout\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12P\n" +
+	"\x10initial_metadata\x18\x02 \x03(\v2%.ambientmesh.waypoint.v1alpha1.HeaderR\x0finitialMetadata\"\x9d\x01\n" +
 	"\x11OpenTelemetryHTTP\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x123\n" +
 	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12?\n" +
@@ -3165,7 +3234,7 @@ func file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP() []byte {
 }
 
 var file_api_waypoint_v1alpha1_waypoint_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_api_waypoint_v1alpha1_waypoint_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_api_waypoint_v1alpha1_waypoint_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
 var file_api_waypoint_v1alpha1_waypoint_proto_goTypes = []any{
 	(Protocol)(0),                   // 0: ambientmesh.waypoint.v1alpha1.Protocol
 	(TrafficPolicy_LoadBalancer)(0), // 1: ambientmesh.waypoint.v1alpha1.TrafficPolicy.LoadBalancer
@@ -3205,11 +3274,12 @@ var file_api_waypoint_v1alpha1_waypoint_proto_goTypes = []any{
 	(*Telemetry)(nil),               // 35: ambientmesh.waypoint.v1alpha1.Telemetry
 	(*Tracing)(nil),                 // 36: ambientmesh.waypoint.v1alpha1.Tracing
 	(*OpenTelemetryProvider)(nil),   // 37: ambientmesh.waypoint.v1alpha1.OpenTelemetryProvider
-	(*OpenTelemetryHTTP)(nil),       // 38: ambientmesh.waypoint.v1alpha1.OpenTelemetryHTTP
-	(*CustomTag)(nil),               // 39: ambientmesh.waypoint.v1alpha1.CustomTag
-	(*Fault_Delay)(nil),             // 40: ambientmesh.waypoint.v1alpha1.Fault.Delay
-	(*Fault_Abort)(nil),             // 41: ambientmesh.waypoint.v1alpha1.Fault.Abort
-	(*durationpb.Duration)(nil),     // 42: google.protobuf.Duration
+	(*OpenTelemetryGRPC)(nil),       // 38: ambientmesh.waypoint.v1alpha1.OpenTelemetryGRPC
+	(*OpenTelemetryHTTP)(nil),       // 39: ambientmesh.waypoint.v1alpha1.OpenTelemetryHTTP
+	(*CustomTag)(nil),               // 40: ambientmesh.waypoint.v1alpha1.CustomTag
+	(*Fault_Delay)(nil),             // 41: ambientmesh.waypoint.v1alpha1.Fault.Delay
+	(*Fault_Abort)(nil),             // 42: ambientmesh.waypoint.v1alpha1.Fault.Abort
+	(*durationpb.Duration)(nil),     // 43: google.protobuf.Duration
 }
 var file_api_waypoint_v1alpha1_waypoint_proto_depIdxs = []int32{
 	7,  // 0: ambientmesh.waypoint.v1alpha1.ServiceConfig.ports:type_name -> ambientmesh.waypoint.v1alpha1.Port
@@ -3222,22 +3292,22 @@ var file_api_waypoint_v1alpha1_waypoint_proto_depIdxs = []int32{
 	21, // 7: ambientmesh.waypoint.v1alpha1.HTTPRoute.matches:type_name -> ambientmesh.waypoint.v1alpha1.HTTPMatch
 	24, // 8: ambientmesh.waypoint.v1alpha1.HTTPRoute.filters:type_name -> ambientmesh.waypoint.v1alpha1.HTTPFilter
 	32, // 9: ambientmesh.waypoint.v1alpha1.HTTPRoute.backends:type_name -> ambientmesh.waypoint.v1alpha1.WeightedBackend
-	42, // 10: ambientmesh.waypoint.v1alpha1.HTTPRoute.request_timeout:type_name -> google.protobuf.Duration
-	42, // 11: ambientmesh.waypoint.v1alpha1.HTTPRoute.backend_request_timeout:type_name -> google.protobuf.Duration
+	43, // 10: ambientmesh.waypoint.v1alpha1.HTTPRoute.request_timeout:type_name -> google.protobuf.Duration
+	43, // 11: ambientmesh.waypoint.v1alpha1.HTTPRoute.backend_request_timeout:type_name -> google.protobuf.Duration
 	33, // 12: ambientmesh.waypoint.v1alpha1.HTTPRoute.retry:type_name -> ambientmesh.waypoint.v1alpha1.Retry
 	9,  // 13: ambientmesh.waypoint.v1alpha1.HTTPRoute.fault:type_name -> ambientmesh.waypoint.v1alpha1.Fault
 	10, // 14: ambientmesh.waypoint.v1alpha1.HTTPRoute.rate_limit:type_name -> ambientmesh.waypoint.v1alpha1.LocalRateLimit
-	40, // 15: ambientmesh.waypoint.v1alpha1.Fault.delay:type_name -> ambientmesh.waypoint.v1alpha1.Fault.Delay
-	41, // 16: ambientmesh.waypoint.v1alpha1.Fault.abort:type_name -> ambientmesh.waypoint.v1alpha1.Fault.Abort
-	42, // 17: ambientmesh.waypoint.v1alpha1.LocalRateLimit.fill_interval:type_name -> google.protobuf.Duration
+	41, // 15: ambientmesh.waypoint.v1alpha1.Fault.delay:type_name -> ambientmesh.waypoint.v1alpha1.Fault.Delay
+	42, // 16: ambientmesh.waypoint.v1alpha1.Fault.abort:type_name -> ambientmesh.waypoint.v1alpha1.Fault.Abort
+	43, // 17: ambientmesh.waypoint.v1alpha1.LocalRateLimit.fill_interval:type_name -> google.protobuf.Duration
 	13, // 18: ambientmesh.waypoint.v1alpha1.BackendPolicy.policy:type_name -> ambientmesh.waypoint.v1alpha1.TrafficPolicy
 	12, // 19: ambientmesh.waypoint.v1alpha1.BackendPolicy.subsets:type_name -> ambientmesh.waypoint.v1alpha1.Subset
 	13, // 20: ambientmesh.waypoint.v1alpha1.Subset.policy:type_name -> ambientmesh.waypoint.v1alpha1.TrafficPolicy
 	1,  // 21: ambientmesh.waypoint.v1alpha1.TrafficPolicy.load_balancer:type_name -> ambientmesh.waypoint.v1alpha1.TrafficPolicy.LoadBalancer
 	14, // 22: ambientmesh.waypoint.v1alpha1.TrafficPolicy.connection_pool:type_name -> ambientmesh.waypoint.v1alpha1.ConnectionPool
 	15, // 23: ambientmesh.waypoint.v1alpha1.TrafficPolicy.outlier_detection:type_name -> ambientmesh.waypoint.v1alpha1.OutlierDetection
-	42, // 24: ambientmesh.waypoint.v1alpha1.OutlierDetection.interval:type_name -> google.protobuf.Duration
-	42, // 25: ambientmesh.waypoint.v1alpha1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
+	43, // 24: ambientmesh.waypoint.v1alpha1.OutlierDetection.interval:type_name -> google.protobuf.Duration
+	43, // 25: ambientmesh.waypoint.v1alpha1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
 	2,  // 26: ambientmesh.waypoint.v1alpha1.AuthorizationPolicy.action:type_name -> ambientmesh.waypoint.v1alpha1.AuthorizationPolicy.Action
 	17, // 27: ambientmesh.waypoint.v1alpha1.AuthorizationPolicy.rules:type_name -> ambientmesh.waypoint.v1alpha1.AuthorizationRule
 	18, // 28: ambientmesh.waypoint.v1alpha1.AuthorizationRule.from:type_name -> ambientmesh.waypoint.v1alpha1.AuthorizationSource
@@ -3261,20 +3331,23 @@ var file_api_waypoint_v1alpha1_waypoint_proto_depIdxs = []int32{
 	31, // 46: ambientmesh.waypoint.v1alpha1.Mirror.backend:type_name -> ambientmesh.waypoint.v1alpha1.Backend
 	31, // 47: ambientmesh.waypoint.v1alpha1.WeightedBackend.backend:type_name -> ambientmesh.waypoint.v1alpha1.Backend
 	24, // 48: ambientmesh.waypoint.v1alpha1.WeightedBackend.filters:type_name -> ambientmesh.waypoint.v1alpha1.HTTPFilter
-	42, // 49: ambientmesh.waypoint.v1alpha1.Retry.backoff:type_name -> google.protobuf.Duration
+	43, // 49: ambientmesh.waypoint.v1alpha1.Retry.backoff:type_name -> google.protobuf.Duration
 	32, // 50: ambientmesh.waypoint.v1alpha1.TCPRoute.backends:type_name -> ambientmesh.waypoint.v1alpha1.WeightedBackend
 	36, // 51: ambientmesh.waypoint.v1alpha1.Telemetry.tracing:type_name -> ambientmesh.waypoint.v1alpha1.Tracing
 	37, // 52: ambientmesh.waypoint.v1alpha1.Tracing.provider:type_name -> ambientmesh.waypoint.v1alpha1.OpenTelemetryProvider
-	39, // 53: ambientmesh.waypoint.v1alpha1.Tracing.custom_tags:type_name -> ambientmesh.waypoint.v1alpha1.CustomTag
-	38, // 54: ambientmesh.waypoint.v1alpha1.OpenTelemetryProvider.http:type_name -> ambientmesh.waypoint.v1alpha1.OpenTelemetryHTTP
-	42, // 55: ambientmesh.waypoint.v1alpha1.OpenTelemetryHTTP.timeout:type_name -> google.protobuf.Duration
-	25, // 56: ambientmesh.waypoint.v1alpha1.OpenTelemetryHTTP.headers:type_name -> ambientmesh.waypoint.v1alpha1.Header
-	42, // 57: ambientmesh.waypoint.v1alpha1.Fault.Delay.fixed_delay:type_name -> google.protobuf.Duration
-	58, // [58:58] is the sub-list for method output_type
-	58, // [58:58] is the sub-list for method input_type
-	58, // [58:58] is the sub-list for extension type_name
-	58, // [58:58] is the sub-list for extension extendee
-	0,  // [0:58] is the sub-list for field type_name
+	40, // 53: ambientmesh.waypoint.v1alpha1.Tracing.custom_tags:type_name -> ambientmesh.waypoint.v1alpha1.CustomTag
+	39, // 54: ambientmesh.waypoint.v1alpha1.OpenTelemetryProvider.http:type_name -> ambientmesh.waypoint.v1alpha1.OpenTelemetryHTTP
+	38, // 55: ambientmesh.waypoint.v1alpha1.OpenTelemetryProvider.grpc:type_name -> ambientmesh.waypoint.v1alpha1.OpenTelemetryGRPC
+	43, // 56: ambientmesh.waypoint.v1alpha1.OpenTelemetryGRPC.timeout:type_name -> google.protobuf.Duration
+	25, // 57: ambientmesh.waypoint.v1alpha1.OpenTelemetryGRPC.initial_metadata:type_name -> ambientmesh.waypoint.v1alpha1.Header
+	43, // 58: ambientmesh.waypoint.v1alpha1.OpenTelemetryHTTP.timeout:type_name -> google.protobuf.Duration
+	25, // 59: ambientmesh.waypoint.v1alpha1.OpenTelemetryHTTP.headers:type_name -> ambientmesh.waypoint.v1alpha1.Header
+	43, // 60: ambientmesh.waypoint.v1alpha1.Fault.Delay.fixed_delay:type_name -> google.protobuf.Duration
+	61, // [61:61] is the sub-list for method output_type
+	61, // [61:61] is the sub-list for method input_type
+	61, // [61:61] is the sub-list for extension type_name
+	61, // [61:61] is the sub-list for extension extendee
+	0,  // [0:61] is the sub-list for field type_name
 }
 
 func init() { file_api_waypoint_v1alpha1_waypoint_proto_init() }
@@ -3289,7 +3362,7 @@ func file_api_waypoint_v1alpha1_waypoint_proto_init() {
 		(*HTTPFilter_RequestRedirect)(nil),
 		(*HTTPFilter_RequestMirror)(nil),
 	}
-	file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[33].OneofWrappers = []any{
+	file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[34].OneofWrappers = []any{
 		(*CustomTag_Literal)(nil),
 		(*CustomTag_Environment)(nil),
 		(*CustomTag_Header)(nil),
@@ -3300,7 +3373,7 @@ func file_api_waypoint_v1alpha1_waypoint_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_waypoint_v1alpha1_waypoint_proto_rawDesc), len(file_api_waypoint_v1alpha1_waypoint_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   36,
+			NumMessages:   37,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

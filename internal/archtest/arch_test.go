@@ -70,6 +70,7 @@ var forbiddenForDataPlane = []string{
 	"sigs.k8s.io/controller-runtime",
 	module + "/pkg/ca",
 	module + "/pkg/controller",
+	module + "/pkg/meshconfig",
 	module + "/pkg/model",
 	module + "/internal/kubetest",
 }

@@ -4,8 +4,10 @@ import (
 	"cmp"
 	"slices"
 
+	meshv1alpha1 "istio.io/api/mesh/v1alpha1"
 	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
+	telemetryv1 "istio.io/client-go/pkg/apis/telemetry/v1"
 	"istio.io/istio/pkg/workloadapi"
 	"istio.io/istio/pkg/workloadapi/security"
 	corev1 "k8s.io/api/core/v1"
@@ -74,6 +76,11 @@ type MeshConfig struct {
 	RootNamespace string
 	// Network of every address; default "" (the single local network).
 	Network string
+	// Istio is Istio's mesh config (pkg/meshconfig parses it):
+	// extensionProviders, defaultProviders.tracing and
+	// defaultConfig.tracing.sampling shape the waypoints' Telemetry
+	// (telemetry.go). nil: no providers, Istio's defaults.
+	Istio *meshv1alpha1.MeshConfig
 }
 
 func (m MeshConfig) withDefaults() MeshConfig {
@@ -108,6 +115,10 @@ type Snapshot struct {
 	DestinationRules       []*networkingv1.DestinationRule
 	VirtualServices        []*networkingv1.VirtualService
 	LocalRateLimitPolicies []*policyv1alpha1.LocalRateLimitPolicy
+	// Telemetries are telemetry.istio.io Telemetry resources (any served
+	// version, as v1 objects), compiled into the waypoints' Telemetry
+	// (telemetry.go).
+	Telemetries []*telemetryv1.Telemetry
 }
 
 // Resources is the result of a translation: xDS resources keyed by resource
@@ -121,6 +132,9 @@ type Resources struct {
 	// WaypointConfigs hold the L7 configuration of every Service bound to a
 	// waypoint, keyed like its Service Address: "<namespace>/<hostname>".
 	WaypointConfigs map[string]*waypointv1alpha1.ServiceConfig
+	// Telemetry holds the tracing configuration of every istio-waypoint
+	// Gateway, keyed "<namespace>/<name>" (telemetry.go).
+	Telemetry map[string]*waypointv1alpha1.Telemetry
 	// RouteStatuses are the route statuses istiod-lite owns, keyed by
 	// RouteStatusKey; written under RouteStatusControllerName.
 	RouteStatuses map[string]*RouteStatus
@@ -179,6 +193,10 @@ func Translate(s Snapshot) Resources {
 	configs, statuses, policyStatuses, routeDiags := compileRoutes(s, idx, svcs)
 	out.WaypointConfigs, out.RouteStatuses, out.PolicyStatuses = configs, statuses, policyStatuses
 	out.Diagnostics = append(out.Diagnostics, routeDiags...)
+
+	tel, telDiags := compileTelemetry(s, idx)
+	out.Telemetry = tel
+	out.Diagnostics = append(out.Diagnostics, telDiags...)
 
 	wls, wlDiags := translateWorkloads(s, idx, svcs, auths)
 	out.Diagnostics = append(out.Diagnostics, wlDiags...)

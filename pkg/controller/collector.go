@@ -7,13 +7,18 @@ package controller
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
+	"google.golang.org/protobuf/proto"
 	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
+	telemetryv1 "istio.io/client-go/pkg/apis/telemetry/v1"
+	telemetryv1alpha1 "istio.io/client-go/pkg/apis/telemetry/v1alpha1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
@@ -45,12 +50,22 @@ import (
 // translates those alone, keeping every other message (see incremental).
 //
 // Optional kinds (Gateway API Gateways, routes and ReferenceGrants, Istio
-// security and networking CRDs, the mesh's LocalRateLimitPolicy) are watched only
-// when their CRDs are installed when the Collector is set up; Missing lists the
-// ones that were not.
+// security, networking and telemetry CRDs, the mesh's LocalRateLimitPolicy)
+// are watched only when their CRDs are installed when the Collector is set
+// up; Missing lists the ones that were not. Telemetry is read at v1, or at
+// v1alpha1 where only that version is served.
+//
+// Istio's mesh config is read from the ConfigMap MeshConfigMap (key "mesh")
+// at every translation, parsed again only when it changed; while it does
+// not parse or validate, the last good one stays in use and the problem is
+// reported (log line and Warning Event on the ConfigMap, naming the field).
+// Without the ConfigMap, Mesh.Istio (from a file, or nil) is used.
 type Collector struct {
 	Client client.Reader
 	Mesh   model.MeshConfig
+	// MeshConfigMap names the ConfigMap holding Istio's mesh config;
+	// zero: only Mesh.Istio.
+	MeshConfigMap types.NamespacedName
 	// Sink receives every translation (normally xds.Server.Update).
 	Sink   func(model.Resources)
 	Logger *zap.Logger
@@ -61,7 +76,12 @@ type Collector struct {
 	IsLeader func() bool
 
 	optional map[string]bool // kind -> watched; written in SetupWithManager only
-	mu       sync.Mutex      // guards last
+	// telemetryVersion is the served Telemetry version read ("v1" or
+	// "v1alpha1"), "" when none; written in SetupWithManager only.
+	telemetryVersion string
+	mesh             meshState
+
+	mu       sync.Mutex // guards last
 	last     time.Time
 	reported map[model.Diagnostic]bool // problems already logged; Reconcile only (one worker)
 	inc      incremental               // previous translation; Reconcile only
@@ -126,12 +146,36 @@ func (c *Collector) SetupWithManager(mgr ctrl.Manager) error {
 		}
 		b = b.Watches(o.obj, handler.EnqueueRequestsFromMapFunc(toKey))
 	}
+	for _, v := range []struct {
+		version string
+		obj     client.Object
+	}{{"v1", &telemetryv1.Telemetry{}}, {"v1alpha1", &telemetryv1alpha1.Telemetry{}}} {
+		gvk := schema.GroupVersionKind{Group: telemetryv1.SchemeGroupVersion.Group, Version: v.version, Kind: model.KindTelemetry}
+		_, err := mgr.GetRESTMapper().RESTMapping(gvk.GroupKind(), gvk.Version)
+		if meta.IsNoMatchError(err) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("look up %s in the API: %w", gvk, err)
+		}
+		c.optional[model.KindTelemetry], c.telemetryVersion = true, v.version
+		b = b.Watches(v.obj, handler.EnqueueRequestsFromMapFunc(toKey))
+		break
+	}
+	if !c.optional[model.KindTelemetry] {
+		c.Logger.Warn("crd not installed; kind ignored until restart", zap.String("kind", "telemetry.istio.io/v1, Kind=Telemetry"))
+	}
+	if c.MeshConfigMap.Name != "" {
+		b = b.Watches(&corev1.ConfigMap{}, handler.EnqueueRequestsFromMapFunc(toKey), builder.WithPredicates(predicate.NewPredicateFuncs(func(o client.Object) bool {
+			return o.GetNamespace() == c.MeshConfigMap.Namespace && o.GetName() == c.MeshConfigMap.Name
+		})))
+	}
 	return b.Complete(c)
 }
 
 // optionalKinds are the kinds watched only when their CRD is installed.
 var optionalKinds = []string{"Gateway", "AuthorizationPolicy", "PeerAuthentication", "HTTPRoute", "GRPCRoute", "TCPRoute", "ReferenceGrant",
-	model.KindDestinationRule, model.KindVirtualService, model.KindLocalRateLimitPolicy}
+	model.KindDestinationRule, model.KindVirtualService, model.KindLocalRateLimitPolicy, model.KindTelemetry}
 
 // Missing lists the optional kinds that are not watched (CRD absent).
 func (c *Collector) Missing() []string {
@@ -156,7 +200,7 @@ func (c *Collector) Reconcile(ctx context.Context, _ reconcile.Request) (reconci
 		return reconcile.Result{}, err
 	}
 	c.Sink(res)
-	c.report(ctx, res.Diagnostics)
+	c.report(ctx, append(slices.Clip(res.Diagnostics), c.mesh.diagnostics()...))
 	c.mu.Lock()
 	c.last = time.Now()
 	c.mu.Unlock()
@@ -184,7 +228,7 @@ func (c *Collector) report(ctx context.Context, diags []model.Diagnostic) {
 		if c.Events == nil || (c.IsLeader != nil && !c.IsLeader()) {
 			continue
 		}
-		obj := objectFor(d.Kind)
+		obj := c.objectFor(d.Kind)
 		if obj == nil {
 			continue
 		}
@@ -197,8 +241,15 @@ func (c *Collector) report(ctx context.Context, diags []model.Diagnostic) {
 }
 
 // objectFor returns an empty object of a diagnosed kind.
-func objectFor(kind string) client.Object {
+func (c *Collector) objectFor(kind string) client.Object {
 	switch kind {
+	case "ConfigMap":
+		return &corev1.ConfigMap{}
+	case model.KindTelemetry:
+		if c.telemetryVersion == "v1alpha1" {
+			return &telemetryv1alpha1.Telemetry{}
+		}
+		return &telemetryv1.Telemetry{}
 	case "AuthorizationPolicy":
 		return &securityv1.AuthorizationPolicy{}
 	case "PeerAuthentication":
@@ -244,6 +295,17 @@ func (c *Collector) Snapshot(ctx context.Context) (model.Snapshot, error) {
 // snapshot is Snapshot, without the Pods unless withPods.
 func (c *Collector) snapshot(ctx context.Context, withPods bool) (model.Snapshot, error) {
 	s := model.Snapshot{Mesh: c.Mesh}
+	if c.MeshConfigMap.Name != "" {
+		var cm corev1.ConfigMap
+		switch err := c.Client.Get(ctx, c.MeshConfigMap, &cm); {
+		case apierrors.IsNotFound(err):
+			s.Mesh.Istio = c.mesh.load(nil, c.Mesh.Istio, c.Logger)
+		case err != nil:
+			return s, fmt.Errorf("get mesh config ConfigMap %s from the cache: %w", c.MeshConfigMap, err)
+		default:
+			s.Mesh.Istio = c.mesh.load(&cm, c.Mesh.Istio, c.Logger)
+		}
+	}
 	var (
 		nss   corev1.NamespaceList
 		nodes corev1.NodeList
@@ -334,6 +396,24 @@ func (c *Collector) snapshot(ctx context.Context, withPods bool) (model.Snapshot
 			return s, fmt.Errorf("list localratelimitpolicies: %w", err)
 		}
 		s.LocalRateLimitPolicies = ptrs(l.Items)
+	}
+	switch c.telemetryVersion {
+	case "v1":
+		var l telemetryv1.TelemetryList
+		if err := c.Client.List(ctx, &l, client.UnsafeDisableDeepCopy); err != nil {
+			return s, fmt.Errorf("list telemetries: %w", err)
+		}
+		s.Telemetries = l.Items
+	case "v1alpha1":
+		var l telemetryv1alpha1.TelemetryList
+		if err := c.Client.List(ctx, &l, client.UnsafeDisableDeepCopy); err != nil {
+			return s, fmt.Errorf("list telemetries: %w", err)
+		}
+		for _, o := range l.Items { // same schema: the spec is one proto type
+			t := &telemetryv1.Telemetry{ObjectMeta: o.ObjectMeta}
+			proto.Merge(&t.Spec, &o.Spec)
+			s.Telemetries = append(s.Telemetries, t)
+		}
 	}
 	return s, nil
 }

@@ -34,7 +34,7 @@ import (
 // not a Pod (namespace labels, Services and their selectors,
 // EndpointSlices, waypoints, nodes, policies); every other message (Services,
 // EndpointSlice workloads, Authorizations, waypoint ServiceConfigs, route
-// statuses) on non-Pod objects only, except that a ServiceConfig lists the
+// statuses, waypoint Telemetry) on non-Pod objects only, except that a ServiceConfig lists the
 // workloads of its DestinationRule subsets: a change to a Pod that is or may
 // become a subset member translates everything. So when
 // the fingerprint of the non-Pod inputs is unchanged, the Pods whose uid and
@@ -133,6 +133,7 @@ func (r *incremental) update(rest model.Snapshot, pods map[string]*corev1.Pod) (
 		Authorizations: r.prev.Authorizations, // non-Pod inputs only; unchanged
 		// Waypoint configs and route statuses depend on non-Pod inputs only.
 		WaypointConfigs: r.prev.WaypointConfigs,
+		Telemetry:       r.prev.Telemetry,
 		RouteStatuses:   r.prev.RouteStatuses,
 		PolicyStatuses:  r.prev.PolicyStatuses,
 	}
@@ -233,7 +234,8 @@ func (c *Collector) takeDirtyPods() map[string]bool {
 // input and the mesh config. Lists from the cache come in no fixed order, so
 // per-object hashes are summed. It is never 0.
 func envFingerprint(s model.Snapshot) uint64 {
-	sum := hashString("mesh\x00" + s.Mesh.ClusterID + "\x00" + s.Mesh.TrustDomain + "\x00" + s.Mesh.DomainSuffix + "\x00" + s.Mesh.RootNamespace + "\x00" + s.Mesh.Network)
+	sum := hashString("mesh\x00" + s.Mesh.ClusterID + "\x00" + s.Mesh.TrustDomain + "\x00" + s.Mesh.DomainSuffix + "\x00" + s.Mesh.RootNamespace + "\x00" + s.Mesh.Network +
+		"\x00" + meshFingerprint(s.Mesh.Istio))
 	add := func(kind string, o runtime.Object) {
 		m, err := meta.Accessor(o)
 		if err != nil {
@@ -289,6 +291,9 @@ func envFingerprint(s model.Snapshot) uint64 {
 	}
 	for _, o := range s.LocalRateLimitPolicies {
 		addSpec(model.KindLocalRateLimitPolicy, o)
+	}
+	for _, o := range s.Telemetries {
+		add(model.KindTelemetry, o)
 	}
 	if sum == 0 {
 		sum = 1

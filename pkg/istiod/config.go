@@ -33,6 +33,9 @@ type Config struct {
 	ShutdownGrace       time.Duration
 	LogLevel            string
 	WaypointImage       string
+	// MeshConfigFile is Istio's mesh config (MeshConfig YAML) used while the
+	// ConfigMap "istio" of Namespace does not exist; "" for none.
+	MeshConfigFile string
 }
 
 // RegisterFlags binds c to fs, taking defaults from the environment.
@@ -50,6 +53,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	str(&c.Kubeconfig, "kubeconfig", "KUBECONFIG", "", "kubeconfig; empty means in-cluster")
 	str(&c.LeaderElectionID, "leader-election-id", "LEADER_ELECTION_ID", "istiod-lite-leader", "name of the leader election Lease")
 	str(&c.WaypointImage, "waypoint-image", "WAYPOINT_IMAGE", "localhost/ambient-mesh/waypoint:dev", "image of the waypoints deployed for istio-waypoint Gateways")
+	str(&c.MeshConfigFile, "mesh-config", "MESH_CONFIG_FILE", "", "Istio mesh config file (MeshConfig YAML), used while ConfigMap istio (key mesh) in the namespace does not exist; the ConfigMap is watched and wins")
 	str(&c.LogLevel, "log-level", "LOG_LEVEL", "info", "debug, info, warn or error")
 	fs.BoolVar(&c.LeaderElection, "leader-elect", envOr("LEADER_ELECT", "true") == "true", "elect a leader for writes (env LEADER_ELECT)")
 	dur := func(p *time.Duration, name, env string, def time.Duration, help string) {

@@ -16,9 +16,13 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
+	meshv1alpha1 "istio.io/api/mesh/v1alpha1"
 	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
+	telemetryv1 "istio.io/client-go/pkg/apis/telemetry/v1"
+	telemetryv1alpha1 "istio.io/client-go/pkg/apis/telemetry/v1alpha1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
@@ -35,6 +39,7 @@ import (
 	"github.com/ambient-mesh/mesh/pkg/ca"
 	"github.com/ambient-mesh/mesh/pkg/controller"
 	"github.com/ambient-mesh/mesh/pkg/gateway"
+	"github.com/ambient-mesh/mesh/pkg/meshconfig"
 	"github.com/ambient-mesh/mesh/pkg/model"
 	"github.com/ambient-mesh/mesh/pkg/routestatus"
 	"github.com/ambient-mesh/mesh/pkg/xds"
@@ -44,7 +49,7 @@ import (
 func Scheme() (*runtime.Scheme, error) {
 	s := runtime.NewScheme()
 	for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, gatewayv1.Install, securityv1.AddToScheme,
-		networkingv1.AddToScheme, policyv1alpha1.AddToScheme} {
+		networkingv1.AddToScheme, policyv1alpha1.AddToScheme, telemetryv1.AddToScheme, telemetryv1alpha1.AddToScheme} {
 		if err := add(s); err != nil {
 			return nil, err
 		}
@@ -75,6 +80,17 @@ func Run(ctx context.Context, cfg Config, restCfg *rest.Config, log *zap.Logger)
 	cs, err := kubernetes.NewForConfig(restCfg)
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
+	}
+	var meshFile *meshv1alpha1.MeshConfig
+	if cfg.MeshConfigFile != "" {
+		mc, warnings, err := meshconfig.ReadFile(cfg.MeshConfigFile)
+		if err != nil {
+			return err
+		}
+		for _, w := range warnings {
+			log.Warn("mesh config file", zap.String("file", cfg.MeshConfigFile), zap.String("warning", w))
+		}
+		meshFile = mc
 	}
 	mgr, err := ctrl.NewManager(restCfg, manager.Options{
 		Scheme:                        scheme,
@@ -130,7 +146,9 @@ func Run(ctx context.Context, cfg Config, restCfg *rest.Config, log *zap.Logger)
 	routeStatus := &routestatus.Writer{Client: mgr.GetClient(), Logger: log.Named("routestatus")}
 	collector := &controller.Collector{
 		Client: mgr.GetClient(),
-		Mesh:   model.MeshConfig{ClusterID: cfg.ClusterID, TrustDomain: cfg.TrustDomain, DomainSuffix: cfg.DomainSuffix, RootNamespace: cfg.Namespace},
+		Mesh: model.MeshConfig{ClusterID: cfg.ClusterID, TrustDomain: cfg.TrustDomain, DomainSuffix: cfg.DomainSuffix, RootNamespace: cfg.Namespace,
+			Istio: meshFile},
+		MeshConfigMap: types.NamespacedName{Namespace: cfg.Namespace, Name: meshconfig.ConfigMapName},
 		Sink: func(r model.Resources) {
 			xdsSrv.Update(r)
 			routeStatus.Update(r)

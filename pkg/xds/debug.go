@@ -17,12 +17,13 @@ var debugTypes = map[string]string{
 	"address":       model.AddressTypeURL,
 	"authorization": model.AuthorizationTypeURL,
 	"waypoint":      model.WaypointConfigTypeURL,
+	"telemetry":     model.TelemetryTypeURL,
 }
 
 // DebugHandler serves, for the istiod-lite debug port:
 //
 //	GET /debug/connections                 connected clients with identity, node and per-type sync state
-//	GET /debug/config_dump[?node=<id>][&type=address|authorization|waypoint]
+//	GET /debug/config_dump[?node=<id>][&type=address|authorization|waypoint|telemetry]
 //	                                       resources as served; with node, what that client holds:
 //	                                       all served resources of the types it watches as wildcard
 //	                                       (on-demand subscriptions are listed as such)
@@ -91,7 +92,7 @@ func (s *Server) serveConfigDump(w http.ResponseWriter, r *http.Request) {
 	if q := r.URL.Query().Get("type"); q != "" {
 		t, ok := debugTypes[q]
 		if !ok {
-			http.Error(w, "unknown type "+q+"; want address, authorization or waypoint", http.StatusBadRequest)
+			http.Error(w, "unknown type "+q+"; want address, authorization, waypoint or telemetry", http.StatusBadRequest)
 			return
 		}
 		types = []string{t}

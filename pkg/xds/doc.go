@@ -1,7 +1,7 @@
 // Package xds is istiod-lite's delta ADS server: it streams the resources
 // built by pkg/model (istio.workload.Address, istio.security.Authorization,
-// and the waypoints' ambientmesh.waypoint.v1alpha1.ServiceConfig) to ztunnels
-// and waypoints over envoy's DeltaAggregatedResources RPC.
+// and the waypoints' ambientmesh.waypoint.v1alpha1.ServiceConfig and
+// Telemetry) to ztunnels and waypoints over envoy's DeltaAggregatedResources RPC.
 //
 // It is built on go-control-plane's delta stream server, with Callbacks for
 // authentication at stream open, NACK accounting and per-client status. The

@@ -39,7 +39,7 @@ const (
 )
 
 // TypeURLs are the resource types the server serves.
-var TypeURLs = []string{model.AddressTypeURL, model.AuthorizationTypeURL, model.WaypointConfigTypeURL}
+var TypeURLs = []string{model.AddressTypeURL, model.AuthorizationTypeURL, model.WaypointConfigTypeURL, model.TelemetryTypeURL}
 
 // Options configure a Server.
 type Options struct {
@@ -258,13 +258,14 @@ func (s *Server) applyPending() {
 
 // apply writes the difference between the applied snapshot and next into the
 // caches, Authorizations first so that no Workload names a policy a client
-// has not received, and waypoint ServiceConfigs last, after the Addresses of
-// the backends they name.
+// has not received, then waypoint ServiceConfigs, after the Addresses of
+// the backends they name, and waypoint Telemetry.
 func (s *Server) apply(next model.Resources) {
 	start := time.Now()
 	authUpd, authDel, authBytes := diff(s.applied.Authorizations, s.appliedBytes[model.AuthorizationTypeURL], next.Authorizations)
 	addrUpd, addrDel, addrBytes := diff(s.applied.Addresses, s.appliedBytes[model.AddressTypeURL], next.Addresses)
 	wpUpd, wpDel, wpBytes := diff(s.applied.WaypointConfigs, s.appliedBytes[model.WaypointConfigTypeURL], next.WaypointConfigs)
+	telUpd, telDel, telBytes := diff(s.applied.Telemetry, s.appliedBytes[model.TelemetryTypeURL], next.Telemetry)
 	// Indexes for on-demand clients: aliases, and the Services and node of
 	// each Workload (whose watchers must hear of it).
 	aliasChanges := map[string][2][]string{}  // name -> {old aliases, new aliases}
@@ -304,6 +305,7 @@ func (s *Server) apply(next model.Resources) {
 		{model.AuthorizationTypeURL, authUpd, authDel, nil},
 		{model.AddressTypeURL, addrUpd, addrDel, touched},
 		{model.WaypointConfigTypeURL, wpUpd, wpDel, nil},
+		{model.TelemetryTypeURL, telUpd, telDel, nil},
 	} {
 		if len(step.upd) == 0 && len(step.del) == 0 {
 			continue
@@ -317,12 +319,14 @@ func (s *Server) apply(next model.Resources) {
 		s.metrics.resourcesChanged.WithLabelValues(step.typeURL).Add(float64(len(step.upd) + len(step.del)))
 	}
 	s.applied = next
-	s.appliedBytes = map[string]map[string][]byte{model.AuthorizationTypeURL: authBytes, model.AddressTypeURL: addrBytes, model.WaypointConfigTypeURL: wpBytes}
+	s.appliedBytes = map[string]map[string][]byte{model.AuthorizationTypeURL: authBytes, model.AddressTypeURL: addrBytes, model.WaypointConfigTypeURL: wpBytes,
+		model.TelemetryTypeURL: telBytes}
 	s.syncedOnce.Do(func() { close(s.synced) })
 	s.log.Debug("snapshot applied",
 		zap.Int("addresses_changed", len(addrUpd)), zap.Int("addresses_removed", len(addrDel)),
 		zap.Int("authorizations_changed", len(authUpd)), zap.Int("authorizations_removed", len(authDel)),
 		zap.Int("waypoint_configs_changed", len(wpUpd)), zap.Int("waypoint_configs_removed", len(wpDel)),
+		zap.Int("telemetry_changed", len(telUpd)), zap.Int("telemetry_removed", len(telDel)),
 		zap.Duration("took", time.Since(start)))
 }
 

@@ -9,7 +9,10 @@
 // together with Istio's DestinationRule (destinationrule.go) and
 // VirtualService (virtualservice.go), the mesh's LocalRateLimitPolicy
 // (ratelimit.go) and AuthorizationPolicies with targetRefs, which waypoints
-// enforce (waypointauthz.go); see docs/decisions.md for the choices.
+// enforce (waypointauthz.go). Istio's mesh config extensionProviders and
+// telemetry.istio.io Telemetry resources become one
+// ambientmesh.waypoint.v1alpha1.Telemetry per waypoint (telemetry.go); see
+// docs/decisions.md for the choices.
 //
 // Everything here is a pure function of a [Snapshot]: no clients, no caches,
 // no clocks. The same snapshot always produces the same [Resources], keyed by

@@ -23,6 +23,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -94,10 +95,25 @@ type Collector struct {
 }
 
 // Start runs a collector on free loopback ports until the test ends. It
-// returns when the OTLP receivers accept connections.
+// returns when the OTLP receivers accept connections. A port taken between
+// choosing and binding it (an ephemeral port of another connection) costs a
+// retry on new ports.
 func Start(t testing.TB) *Collector {
 	t.Helper()
 	bin := Binary(t)
+	for attempt := 1; ; attempt++ {
+		c, err := start(t, bin)
+		if err == nil {
+			return c
+		}
+		if attempt == 3 || !strings.Contains(err.Error(), "address already in use") {
+			t.Fatal(err)
+		}
+	}
+}
+
+func start(t testing.TB, bin string) (*Collector, error) {
+	t.Helper()
 	dir := t.TempDir()
 	c := &Collector{
 		GRPCAddr:    freeAddr(t),
@@ -151,15 +167,15 @@ service:
 			}
 			select {
 			case <-c.done:
-				t.Fatalf("collector exited before listening on %s:\n%s", a, c.Log())
+				return nil, fmt.Errorf("collector exited before listening on %s:\n%s", a, c.Log())
 			case <-time.After(50 * time.Millisecond):
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("collector not listening on %s after 30s:\n%s", a, c.Log())
+				return nil, fmt.Errorf("collector not listening on %s after 30s:\n%s", a, c.Log())
 			}
 		}
 	}
-	return c
+	return c, nil
 }
 
 // Stop terminates the collector (SIGTERM, then kill after 10 s). Idempotent.

@@ -17,7 +17,7 @@ type requestSummary struct {
 }
 
 // report records the metrics and the access-log line of a finished request.
-func (p *Proxy) report(c *call, rec *recorder, orig *requestSummary, reqID, trace string, start time.Time) {
+func (p *Proxy) report(c *call, rec *recorder, orig *requestSummary, reqID string, trace *requestTrace, start time.Time) {
 	d := time.Since(start)
 	st := c.st
 	protocol := "http"
@@ -51,6 +51,7 @@ func (p *Proxy) report(c *call, rec *recorder, orig *requestSummary, reqID, trac
 		r.flags = flagRetryLimit
 	}
 	p.cfg.Metrics.request(r)
+	trace.end(c, rec, r, d)
 	if ce := p.access.Check(zap.InfoLevel, "request complete"); ce != nil {
 		routeName := ""
 		if c.route != nil {
@@ -77,7 +78,7 @@ func (p *Proxy) report(c *call, rec *recorder, orig *requestSummary, reqID, trac
 			zap.Int("attempts", c.attempts),
 			zap.Int64("bytes_sent", rec.bytes),
 			zap.String("request_id", reqID),
-			zap.String("trace_id", trace),
+			zap.String("trace_id", trace.traceID),
 			zap.String("duration", durationMS(d)),
 		)
 	}

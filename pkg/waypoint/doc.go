@@ -22,8 +22,11 @@
 // body is buffered (up to Config.MaxReplayBody) or absent are retried on
 // connect failures and the route's retriable statuses with jittered
 // exponential backoff, each try bounded by backend_request_timeout and the
-// whole by request_timeout (504). traceparent gets a new span id per hop,
-// x-request-id is kept or set, and every request is counted in
+// whole by request_timeout (504). Each request is a server span (see
+// Telemetry: exported over OTLP when a Telemetry resource names a provider
+// or the OTEL_* variables enable export) whose id the upstream traceparent
+// carries as its parent; without export traceparent still gets a new span
+// id per hop. x-request-id is kept or set, and every request is counted in
 // istio_requests_total and istio_request_duration_milliseconds with
 // reporter="waypoint" and logged as one access-log line.
 //

@@ -72,6 +72,7 @@ type mesh struct {
 type meshOptions struct {
 	maxReplayBody int
 	drainTimeout  time.Duration
+	telemetry     func(reg *prometheus.Registry) *Telemetry // OTLP export, built on the waypoint's registry
 }
 
 func newMesh(t testing.TB, opts meshOptions) *mesh {
@@ -97,6 +98,10 @@ func newMesh(t testing.TB, opts meshOptions) *mesh {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var tel *Telemetry
+	if opts.telemetry != nil {
+		tel = opts.telemetry(m.reg)
+	}
 	log := zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
 	accessCore, access := observer.New(zap.InfoLevel)
 	m.access = access
@@ -107,6 +112,7 @@ func newMesh(t testing.TB, opts meshOptions) *mesh {
 		MaxReplayBody: opts.maxReplayBody,
 		DrainTimeout:  opts.drainTimeout,
 		Metrics:       metrics,
+		Telemetry:     tel,
 		Logger:        log,
 		AccessLog:     zap.New(accessCore),
 	})

@@ -132,7 +132,7 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request, rp *httputil.R
 	orig := requestSummary{method: r.Method, path: r.URL.RequestURI(), authority: r.Host, proto: r.Proto,
 		grpc: strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc")}
 	reqID := ensureRequestID(r.Header)
-	trace := propagateTrace(r.Header)
+	trace := p.startTrace(r, start)
 	defer func() { p.report(c, rec, &orig, reqID, trace, start) }()
 
 	// The stream may outlive the config it was admitted with (keep-alive,

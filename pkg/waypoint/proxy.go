@@ -67,6 +67,10 @@ type Config struct {
 	DrainTimeout time.Duration
 	// Metrics, if set, records Istio's request and TCP metrics.
 	Metrics *Metrics
+	// Telemetry, if set, exports request spans and
+	// http.server.request.duration over OTLP (TelemetryTypeURL resources
+	// configure it). Nil: no spans; traceparent still gets a new span id.
+	Telemetry *Telemetry
 	// Logger for the proxy's own events; AccessLog, if set, gets one line
 	// per request and per TCP connection.
 	Logger    *zap.Logger

@@ -1,9 +1,18 @@
 package waypoint
 
 import (
+	"context"
 	"encoding/hex"
 	"math/rand/v2"
 	"net/http"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/ambient-mesh/mesh/pkg/otel"
 )
 
 // propagateTrace keeps W3C trace context across the waypoint hop: a valid
@@ -69,4 +78,94 @@ func putRandom(b []byte) {
 			b[i+j] = byte(v >> (8 * j))
 		}
 	}
+}
+
+// requestTrace is one request's trace context through the waypoint: the
+// server span when the Telemetry traces, else only the hand-made hop of
+// propagateTrace.
+type requestTrace struct {
+	st      *telemetryState // nil: no export
+	span    trace.Span      // nil when no span was started
+	traceID string
+	method  string
+	proto   string
+}
+
+// startTrace starts the request's server span: the W3C context is
+// extracted from the request, a span named "{method}" (renamed to
+// "{method} {route}" once routed) is started as its child and injected
+// back, so the upstream request carries traceparent with the waypoint's
+// span as parent. Without a span (no Telemetry, export off or tracing
+// disabled) propagateTrace keeps the same wire behaviour: a new span id per
+// hop, a new unsampled trace for a missing or invalid parent.
+func (p *Proxy) startTrace(r *http.Request, start time.Time) *requestTrace {
+	st := p.cfg.Telemetry.state()
+	rt := &requestTrace{st: st, method: r.Method, proto: "1.1"}
+	if r.ProtoMajor == 2 {
+		rt.proto = "2"
+	}
+	if st == nil || !st.spans {
+		rt.traceID = propagateTrace(r.Header)
+		return rt
+	}
+	prop := st.provider.Propagator()
+	carrier := propagation.HeaderCarrier(r.Header)
+	ctx := prop.Extract(context.Background(), carrier)
+	if !trace.SpanContextFromContext(ctx).IsValid() {
+		r.Header.Del("Tracestate") // it belonged to a missing or invalid parent
+	}
+	attrs := st.tagAttributes(r.Header)
+	ctx, rt.span = st.tracer.Start(ctx, otel.SpanName(r.Method, ""),
+		trace.WithSpanKind(trace.SpanKindServer), trace.WithTimestamp(start), trace.WithAttributes(attrs...))
+	prop.Inject(ctx, carrier)
+	rt.traceID = rt.span.SpanContext().TraceID().String()
+	return rt
+}
+
+// end finishes the span (name, semantic-convention and mesh attributes,
+// status) and records http.server.request.duration.
+func (rt *requestTrace) end(c *call, rec *recorder, r *requestRecord, d time.Duration) {
+	if rt.st == nil || (rt.st.metrics == nil && rt.span == nil) {
+		return
+	}
+	route := ""
+	if c.route != nil {
+		route = c.route.name
+	}
+	req := otel.HTTPRequest{Method: rt.method, Scheme: "http", Route: route, StatusCode: r.code, ProtocolVersion: rt.proto}
+	switch r.flags {
+	case flagTimeout:
+		req.ErrorType = "timeout"
+	case flagDownstream:
+		req.ErrorType = "canceled"
+	}
+	if rt.st.metrics != nil {
+		rt.st.metrics.Record(context.Background(), d, req)
+	}
+	if rt.span == nil || !rt.span.IsRecording() {
+		return
+	}
+	dstNS := r.dstNS
+	if r.dstService != nil {
+		dstNS = r.dstService.GetNamespace()
+	}
+	if r.dstWorkload != nil {
+		dstNS = r.dstWorkload.GetNamespace()
+	}
+	req.Extra = []attribute.KeyValue{
+		attribute.String("istio.source_workload", workloadName(r.srcWorkload)),
+		attribute.String("istio.source_namespace", r.srcWorkload.GetNamespace()),
+		attribute.String("istio.source_principal", idOrEmpty(r.srcIdentity)),
+		attribute.String("istio.destination_workload", workloadName(r.dstWorkload)),
+		attribute.String("istio.destination_namespace", dstNS),
+		attribute.String("istio.destination_principal", idOrEmpty(r.dstIdentity)),
+		attribute.String("istio.destination_service", c.st.svc.hostname),
+		attribute.String("istio.response_flags", or(r.flags)),
+	}
+	rt.span.SetName(otel.SpanName(rt.method, route))
+	rt.span.SetAttributes(req.Attributes()...)
+	if r.code >= 500 || r.code == 0 {
+		rt.span.SetStatus(codes.Error, http.StatusText(r.code))
+	}
+	rt.span.End()
 }

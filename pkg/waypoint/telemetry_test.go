@@ -1,0 +1,302 @@
+package waypoint
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"runtime"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/zap/zaptest"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	waypointv1alpha1 "github.com/ambient-mesh/mesh/api/waypoint/v1alpha1"
+	"github.com/ambient-mesh/mesh/internal/otelcoltest"
+	"github.com/ambient-mesh/mesh/pkg/otel"
+	"github.com/ambient-mesh/mesh/pkg/xds/xdsclient"
+)
+
+// telemetryFor is the Telemetry resource istiod-lite would push: tracing
+// to the collector at addr (OTLP/gRPC) at percent.
+func telemetryFor(t testing.TB, addr string, percent float64, tags ...*waypointv1alpha1.CustomTag) *waypointv1alpha1.Telemetry {
+	t.Helper()
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _ := strconv.Atoi(port)
+	return &waypointv1alpha1.Telemetry{Namespace: testNS, Name: "waypoint", Tracing: &waypointv1alpha1.Tracing{
+		Provider:                 &waypointv1alpha1.OpenTelemetryProvider{Name: "otel-tracing", Service: host, Port: uint32(p)},
+		RandomSamplingPercentage: percent,
+		CustomTags:               tags,
+	}}
+}
+
+func telemetryDelta(t testing.TB, tel *waypointv1alpha1.Telemetry) xdsclient.Delta {
+	t.Helper()
+	a, err := anypb.New(tel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return xdsclient.Delta{TypeURL: TelemetryTypeURL, Updated: []*discovery.Resource{{Name: tel.GetNamespace() + "/" + tel.GetName(), Resource: a}}}
+}
+
+// newTestTelemetry builds the waypoint's Telemetry with short export
+// delays, exporting reg's metrics too.
+func newTestTelemetry(t testing.TB, queue int) func(*prometheus.Registry) *Telemetry {
+	return func(reg *prometheus.Registry) *Telemetry {
+		base := otel.DefaultConfig()
+		base.ScheduleDelay = 50 * time.Millisecond
+		base.MetricInterval = 200 * time.Millisecond
+		base.Timeout = 2 * time.Second
+		base.ServiceName = "waypoint.demo"
+		if queue > 0 {
+			base.MaxQueueSize, base.MaxExportBatch = queue, queue
+		}
+		tel, err := NewTelemetry(t.Context(), TelemetryConfig{
+			Name: waypointName, Base: base, Options: []otel.Option{otel.WithPrometheusGatherer(reg)},
+			LookupEnv: func(k string) (string, bool) {
+				if k == "CLUSTER_NAME" {
+					return "kind-1", true
+				}
+				return "", false
+			},
+			Logger: zaptest.NewLogger(t),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := reg.Register(tel.Collector()); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = tel.Close(ctx)
+		})
+		return tel
+	}
+}
+
+// TestTelemetrySpans: client -> waypoint -> server through the real
+// collector: one server span per request named "{method} {route}" with the
+// HTTP and mesh attributes and the custom tags, the client's span as
+// parent and the waypoint's span as the backend's parent; the Istio
+// metrics and http.server.request.duration exported; then a Telemetry
+// delta at 0 % stops new spans without touching the proxy.
+func TestTelemetrySpans(t *testing.T) {
+	col := otelcoltest.Start(t)
+	var tel *Telemetry
+	build := newTestTelemetry(t, 0)
+	m := newMesh(t, meshOptions{telemetry: func(reg *prometheus.Registry) *Telemetry { tel = build(reg); return tel }})
+	m.addService(reviews, "10.0.0.1")
+	var mu sync.Mutex
+	var seen []string
+	m.addPod("reviews-a", reviews, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		seen = append(seen, r.Header.Get("Traceparent"))
+		mu.Unlock()
+	}))
+	m.setRoutes(serviceConfig(reviews, waypointv1alpha1.Protocol_HTTP, defaultRoute(reviews)))
+	if err := tel.Handle(telemetryDelta(t, telemetryFor(t, col.GRPCAddr, 100,
+		&waypointv1alpha1.CustomTag{Name: "team", Type: &waypointv1alpha1.CustomTag_Literal{Literal: "bookinfo"}},
+		&waypointv1alpha1.CustomTag{Name: "cluster", Type: &waypointv1alpha1.CustomTag_Environment{Environment: "CLUSTER_NAME"}},
+		&waypointv1alpha1.CustomTag{Name: "user", Type: &waypointv1alpha1.CustomTag_Header{Header: "x-user"}, DefaultValue: "anonymous"},
+	))); err != nil {
+		t.Fatal(err)
+	}
+
+	const traceID, clientSpan = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+	c := m.httpClient(false)
+	const n = 5
+	for i := range n {
+		hdr := map[string]string{"traceparent": "00-" + traceID + "-" + clientSpan + "-01"}
+		if i == 0 {
+			hdr["x-user"] = "jason"
+		}
+		if code, _, _ := get(t, c, "http://10.0.0.1/productpage", hdr); code != http.StatusOK {
+			t.Fatalf("request %d: status %d", i, code)
+		}
+	}
+	if err := tel.Provider().ForceFlush(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	var spans []otelcoltest.Span
+	waitFor(t, 10*time.Second, "5 spans in the collector", func() error {
+		spans = col.Spans(t)
+		if len(spans) != n {
+			return errorf("%d spans", len(spans))
+		}
+		return nil
+	})
+	backendParents := map[string]bool{}
+	mu.Lock()
+	for _, tp := range seen {
+		if !validTraceparent(tp) || tp[3:35] != traceID || tp[53:] != "01" {
+			t.Errorf("backend saw traceparent %q, want trace %s sampled", tp, traceID)
+			continue
+		}
+		backendParents[tp[36:52]] = true
+	}
+	mu.Unlock()
+	users := map[string]int{}
+	wantName := otel.SpanName("GET", defaultRoute(reviews).GetName())
+	for _, s := range spans {
+		if s.Name != wantName || s.Kind != 2 || s.TraceID != traceID || s.ParentSpanID != clientSpan {
+			t.Errorf("span %q kind %d trace %s parent %s, want %q server span of trace %s with parent %s", s.Name, s.Kind, s.TraceID, s.ParentSpanID, wantName, traceID, clientSpan)
+		}
+		if !backendParents[s.SpanID] {
+			t.Errorf("span %s is not the parent the backend saw (%v)", s.SpanID, backendParents)
+		}
+		want := map[string]string{
+			"http.request.method":         "GET",
+			"http.route":                  defaultRoute(reviews).GetName(),
+			"http.response.status_code":   "200",
+			"url.scheme":                  "http",
+			"istio.source_principal":      m.caller.ID.String(),
+			"istio.destination_workload":  "reviews-a",
+			"istio.destination_namespace": testNS,
+			"istio.destination_service":   reviews,
+			"team":                        "bookinfo",
+			"cluster":                     "kind-1",
+		}
+		for k, v := range want {
+			if s.Attributes[k] != v {
+				t.Errorf("span attribute %s = %q, want %q (all: %v)", k, s.Attributes[k], v, s.Attributes)
+			}
+		}
+		if p := s.Attributes["istio.destination_principal"]; p == "" {
+			t.Errorf("span has no destination principal: %v", s.Attributes)
+		}
+		users[s.Attributes["user"]]++
+		if s.Resource["service.name"] != "waypoint.demo" {
+			t.Errorf("resource %v, want service.name waypoint.demo", s.Resource)
+		}
+	}
+	if users["jason"] != 1 || users["anonymous"] != n-1 {
+		t.Errorf("header tag values %v, want jason once and the default otherwise", users)
+	}
+
+	// Metrics: the Istio counter through the Prometheus bridge, and the
+	// semantic-convention histogram.
+	waitFor(t, 10*time.Second, "metrics in the collector", func() error {
+		var reqs float64
+		var hist uint64
+		for _, p := range col.Metrics(t) {
+			switch {
+			case p.Name == "istio_requests_total" && p.Attributes["response_code"] == "200":
+				reqs = p.Value
+			case p.Name == "http.server.request.duration" && p.Attributes["http.route"] == defaultRoute(reviews).GetName():
+				hist = p.Count
+			}
+		}
+		if reqs != n || hist != n {
+			return errorf("istio_requests_total %v, http.server.request.duration count %d; want %d", reqs, hist, n)
+		}
+		return nil
+	})
+
+	// Sampling 100 -> 0 by a delta: same provider, no new root spans.
+	before := tel.Provider()
+	if err := tel.Handle(telemetryDelta(t, telemetryFor(t, col.GRPCAddr, 0))); err != nil {
+		t.Fatal(err)
+	}
+	if tel.Provider() != before {
+		t.Error("a sampling change rebuilt the provider")
+	}
+	for range n {
+		get(t, c, "http://10.0.0.1/productpage", nil)
+		get(t, c, "http://10.0.0.1/productpage", map[string]string{"traceparent": "00-" + traceID + "-" + clientSpan + "-00"})
+	}
+	if err := tel.Provider().ForceFlush(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(col.Spans(t)); got != n {
+		t.Errorf("%d spans after sampling 0 %%, want still %d", got, n)
+	}
+	if st := tel.Provider().SpanStats(); st.Enqueued != n {
+		t.Errorf("span stats %+v, want %d enqueued", st, n)
+	}
+	mu.Lock()
+	last := seen[len(seen)-1]
+	mu.Unlock()
+	if !validTraceparent(last) || last[3:35] != traceID || last[36:52] == clientSpan || last[53:] != "00" {
+		t.Errorf("unsampled request: backend saw %q, want the trace with a new span, unsampled", last)
+	}
+
+	// A bad resource is NACKed and the last good one stays.
+	bad := telemetryFor(t, col.GRPCAddr, 150)
+	if err := tel.Handle(telemetryDelta(t, bad)); err == nil {
+		t.Error("sampling 150 accepted")
+	}
+	if tel.Provider() != before || tel.Provider().SamplingPercent() != 0 {
+		t.Errorf("after a NACK: sampling %v, want the last good 0", tel.Provider().SamplingPercent())
+	}
+	if got := testutil.CollectAndCount(tel.Collector()); got != 5 {
+		t.Errorf("telemetry collector: %d metrics, want the 5 otel_export_* ones", got)
+	}
+}
+
+// TestTelemetryCollectorDown: with the collector gone, requests keep
+// flowing at full speed, the export queue stays within its bound (spans
+// are dropped and counted), and the heap does not grow from one round of
+// load to the next.
+func TestTelemetryCollectorDown(t *testing.T) {
+	col := otelcoltest.Start(t)
+	const queue = 128
+	var tel *Telemetry
+	build := newTestTelemetry(t, queue)
+	m := newMesh(t, meshOptions{telemetry: func(reg *prometheus.Registry) *Telemetry { tel = build(reg); return tel }})
+	m.addService(reviews, "10.0.0.1")
+	m.addPod("reviews-a", reviews, text("ok"))
+	m.setRoutes(serviceConfig(reviews, waypointv1alpha1.Protocol_HTTP, defaultRoute(reviews)))
+	if err := tel.Set(t.Context(), telemetryFor(t, col.GRPCAddr, 100)); err != nil {
+		t.Fatal(err)
+	}
+	col.Stop()
+	c := m.httpClient(false)
+	round := func() {
+		var wg sync.WaitGroup
+		for range 8 {
+			wg.Go(func() {
+				for range 250 {
+					code, _, _, err := tryGet(t, c, "http://10.0.0.1/", nil)
+					if err != nil || code != http.StatusOK {
+						t.Errorf("request with the collector down: %d %v", code, err)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+	}
+	heap := func() uint64 {
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapAlloc
+	}
+	round()
+	h1 := heap()
+	for range 3 {
+		round()
+		if st := tel.Provider().SpanStats(); st.Queued > queue {
+			t.Fatalf("export queue holds %d spans, bound %d", st.Queued, queue)
+		}
+	}
+	h2 := heap()
+	st := tel.Provider().SpanStats()
+	t.Logf("8000 requests, collector down: %+v; heap %d -> %d KiB", st, h1>>10, h2>>10)
+	if st.Dropped == 0 {
+		t.Errorf("span stats %+v: want drops with the collector down", st)
+	}
+	if h2 > h1+16<<20 {
+		t.Errorf("heap grew from %d to %d KiB over 6000 requests with the collector down", h1>>10, h2>>10)
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"reflect"
 
 	"go.uber.org/zap"
 	appsv1 "k8s.io/api/apps/v1"
@@ -388,6 +389,11 @@ func strategicMerge(obj any, patchYAML string, schema any) error {
 	if err != nil {
 		return fmt.Errorf("patch does not apply: %w", err)
 	}
+	// Decode into a zero value: encoding/json reuses the elements of
+	// existing slices without clearing them, which would leave fields of
+	// the original env entries in the merged ones.
+	v := reflect.ValueOf(obj).Elem()
+	v.Set(reflect.Zero(v.Type()))
 	dec := json.NewDecoder(bytes.NewReader(merged))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(obj); err != nil {

@@ -16,23 +16,25 @@ import (
 // names them, with defaults and help; each flag may also come from the
 // environment variable named in its help.
 type Config struct {
-	Namespace           string
-	TrustDomain         string
-	ClusterID           string
-	DomainSuffix        string
-	GRPCAddr            string
-	MetricsAddr         string
-	DebugAddr           string
-	Kubeconfig          string
-	LeaderElection      bool
-	LeaderElectionID    string
-	MaxCertTTL          time.Duration
-	DefaultCertTTL      time.Duration
-	TrustedNodeAccounts []string
-	XDSDebounce         time.Duration
-	ShutdownGrace       time.Duration
-	LogLevel            string
-	WaypointImage       string
+	Namespace        string
+	TrustDomain      string
+	ClusterID        string
+	DomainSuffix     string
+	GRPCAddr         string
+	MetricsAddr      string
+	DebugAddr        string
+	Kubeconfig       string
+	LeaderElection   bool
+	LeaderElectionID string
+	// LeaseDuration, RenewDeadline and RetryPeriod tune leader election.
+	LeaseDuration, RenewDeadline, RetryPeriod time.Duration
+	MaxCertTTL                                time.Duration
+	DefaultCertTTL                            time.Duration
+	TrustedNodeAccounts                       []string
+	XDSDebounce                               time.Duration
+	ShutdownGrace                             time.Duration
+	LogLevel                                  string
+	WaypointImage                             string
 	// MeshConfigFile is Istio's mesh config (MeshConfig YAML) used while the
 	// ConfigMap "istio" of Namespace does not exist; "" for none.
 	MeshConfigFile string
@@ -63,6 +65,11 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		}
 		fs.DurationVar(p, name, d, help+" (env "+env+")")
 	}
+	// Longer than controller-runtime's 15s/10s/2s: on a loaded node a slow
+	// apiserver made the leader miss its renew deadline and exit.
+	dur(&c.LeaseDuration, "leader-election-lease-duration", "LEADER_ELECTION_LEASE_DURATION", 30*time.Second, "how long a non-leader waits before taking over an unrenewed lease")
+	dur(&c.RenewDeadline, "leader-election-renew-deadline", "LEADER_ELECTION_RENEW_DEADLINE", 20*time.Second, "how long the leader retries renewing before giving up leadership (and exiting)")
+	dur(&c.RetryPeriod, "leader-election-retry-period", "LEADER_ELECTION_RETRY_PERIOD", 4*time.Second, "interval between leader election attempts")
 	dur(&c.MaxCertTTL, "max-cert-ttl", "MAX_WORKLOAD_CERT_TTL", 90*24*time.Hour, "longest workload certificate TTL granted")
 	dur(&c.DefaultCertTTL, "default-cert-ttl", "DEFAULT_WORKLOAD_CERT_TTL", 24*time.Hour, "workload certificate TTL when none is requested")
 	dur(&c.XDSDebounce, "xds-debounce", "PILOT_DEBOUNCE_AFTER", 100*time.Millisecond, "quiet period before an xDS push")

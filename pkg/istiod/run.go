@@ -100,6 +100,9 @@ func Run(ctx context.Context, cfg Config, restCfg *rest.Config, log *zap.Logger)
 		LeaderElectionID:              cfg.LeaderElectionID,
 		LeaderElectionNamespace:       cfg.Namespace,
 		LeaderElectionReleaseOnCancel: true,
+		LeaseDuration:                 durOrNil(cfg.LeaseDuration),
+		RenewDeadline:                 durOrNil(cfg.RenewDeadline),
+		RetryPeriod:                   durOrNil(cfg.RetryPeriod),
 		GracefulShutdownTimeout:       &cfg.ShutdownGrace,
 		Cache:                         cache.Options{DefaultTransform: cache.TransformStripManagedFields()},
 		// One Run per process in production; tests run several in one binary.
@@ -310,4 +313,12 @@ func serveHTTP(ctx context.Context, what, addr string, h http.Handler) error {
 		return fmt.Errorf("%s server on %s: %w", what, addr, err)
 	}
 	return nil
+}
+
+// durOrNil is d for a manager option, or nil (its default) when d is 0.
+func durOrNil(d time.Duration) *time.Duration {
+	if d <= 0 {
+		return nil
+	}
+	return &d
 }

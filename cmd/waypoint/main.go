@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/ambient-mesh/mesh/pkg/logging"
+	"github.com/ambient-mesh/mesh/pkg/otel"
 	"github.com/ambient-mesh/mesh/pkg/version"
 	"github.com/ambient-mesh/mesh/pkg/waypoint/app"
 )
@@ -27,6 +28,14 @@ func main() {
 	var cfg app.Config
 	cfg.RegisterFlags(flag.CommandLine)
 	showVersion := flag.Bool("version", false, "print the version and exit")
+	flag.Usage = func() {
+		fmt.Fprintf(flag.CommandLine.Output(), "Usage of %s:\n", os.Args[0])
+		flag.PrintDefaults()
+		fmt.Fprintln(flag.CommandLine.Output(), "\nOTLP export (environment; a Telemetry resource naming a provider overrides the collector and sampling):")
+		for _, v := range otel.EnvVars {
+			fmt.Fprintf(flag.CommandLine.Output(), "  %s (default %q)\n    \t%s\n", v.Name, v.Default, v.Help)
+		}
+	}
 	flag.Parse()
 	if *showVersion {
 		fmt.Println("waypoint", version.String())

@@ -160,7 +160,9 @@ func (rt *requestTrace) end(c *call, rec *recorder, r *requestRecord, d time.Dur
 		attribute.String("istio.destination_namespace", dstNS),
 		attribute.String("istio.destination_principal", idOrEmpty(r.dstIdentity)),
 		attribute.String("istio.destination_service", c.st.svc.hostname),
-		attribute.String("istio.response_flags", or(r.flags)),
+	}
+	if r.flags != "" {
+		req.Extra = append(req.Extra, attribute.String("istio.response_flags", r.flags))
 	}
 	rt.span.SetName(otel.SpanName(rt.method, route))
 	rt.span.SetAttributes(req.Attributes()...)

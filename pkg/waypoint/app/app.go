@@ -26,7 +26,10 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"go.opentelemetry.io/otel/attribute"
+
 	"github.com/ambient-mesh/mesh/pkg/certmanager"
+	"github.com/ambient-mesh/mesh/pkg/otel"
 	"github.com/ambient-mesh/mesh/pkg/waypoint"
 	"github.com/ambient-mesh/mesh/pkg/xds/xdsclient"
 	"github.com/ambient-mesh/mesh/pkg/ztunnel/state"
@@ -46,6 +49,7 @@ type App struct {
 	xds      *xdsclient.Client
 	conns    []*grpc.ClientConn
 	registry *prometheus.Registry
+	tel      *waypoint.Telemetry
 
 	addressSynced atomic.Bool
 	stopping      atomic.Bool
@@ -135,6 +139,11 @@ func New(cfg Config, log *zap.Logger, level *zap.AtomicLevel) (*App, error) {
 		a.close()
 		return nil, err
 	}
+	if a.tel, err = newTelemetry(cfg, a.name, a.registry, log); err != nil {
+		a.close()
+		return nil, err
+	}
+	a.registry.MustRegister(a.tel.Collector())
 	var access *zap.Logger
 	if cfg.AccessLog {
 		access = log.Named("access")
@@ -143,9 +152,10 @@ func New(cfg Config, log *zap.Logger, level *zap.AtomicLevel) (*App, error) {
 		Name: a.name, Addresses: a.store, Routes: a.routes,
 		SVID: a.certs.SVIDSource(id), Bundle: a.certs, TrustDomain: td,
 		Network: cfg.Network, MaxReplayBody: cfg.MaxReplayBody, DrainTimeout: cfg.DrainTimeout,
-		Metrics: metrics, Logger: log, AccessLog: access, Dial: cfg.TunnelDial,
+		Metrics: metrics, Telemetry: a.tel, Logger: log, AccessLog: access, Dial: cfg.TunnelDial,
 	})
 	if err != nil {
+		a.closeTelemetry()
 		a.close()
 		return nil, err
 	}
@@ -155,6 +165,7 @@ func New(cfg Config, log *zap.Logger, level *zap.AtomicLevel) (*App, error) {
 		Subscriptions: []xdsclient.Subscription{
 			{TypeURL: state.AddressTypeURL},
 			{TypeURL: waypoint.ServiceConfigTypeURL},
+			{TypeURL: waypoint.TelemetryTypeURL},
 		},
 		Handler:        a.handle,
 		Logger:         log.Named("xds"),
@@ -163,15 +174,52 @@ func New(cfg Config, log *zap.Logger, level *zap.AtomicLevel) (*App, error) {
 	})
 	if err != nil {
 		_ = a.proxy.Close()
+		a.closeTelemetry()
 		a.close()
 		return nil, err
 	}
 	return a, nil
 }
 
+// newTelemetry builds the OTLP export from the OTEL_* variables (export
+// off unless an endpoint is set), exporting the registry's istio_* metrics
+// too; Telemetry resources from istiod-lite then select the collector,
+// sampling and custom tags. service.name defaults to "<gateway>.<namespace>"
+// as Istio's proxies name themselves.
+func newTelemetry(cfg Config, name string, reg *prometheus.Registry, log *zap.Logger) (*waypoint.Telemetry, error) {
+	lookup := cfg.LookupEnv
+	if lookup == nil {
+		lookup = os.LookupEnv
+	}
+	base, err := otel.ConfigFromEnv(lookup)
+	if err != nil {
+		return nil, fmt.Errorf("OTEL_* environment: %w", err)
+	}
+	if base.ServiceName == "" || base.ServiceName == otel.DefaultServiceName {
+		base.ServiceName = cfg.GatewayName + "." + cfg.PodNamespace
+	}
+	res := []attribute.KeyValue{attribute.String("k8s.namespace.name", cfg.PodNamespace)}
+	if cfg.PodName != "" {
+		res = append(res, attribute.String("k8s.pod.name", cfg.PodName))
+	}
+	return waypoint.NewTelemetry(context.Background(), waypoint.TelemetryConfig{
+		Name: name, Base: base, LookupEnv: lookup, Logger: log,
+		Options: []otel.Option{otel.WithPrometheusGatherer(reg), otel.WithResourceAttributes(res...)},
+	})
+}
+
+// closeTelemetry flushes what is queued for export, for 5 s at most.
+func (a *App) closeTelemetry() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := a.tel.Close(ctx); err != nil {
+		a.log.Debug("flush telemetry", zap.Error(err))
+	}
+}
+
 // handle applies one delta: Addresses to the state store, ServiceConfigs
-// to the route table (each NACKs its invalid resources and keeps the last
-// good ones).
+// to the route table, the waypoint's Telemetry to the OTLP export (each
+// NACKs its invalid resources and keeps the last good ones).
 func (a *App) handle(d xdsclient.Delta) error {
 	switch d.TypeURL {
 	case state.AddressTypeURL:
@@ -180,6 +228,8 @@ func (a *App) handle(d xdsclient.Delta) error {
 		return err
 	case waypoint.ServiceConfigTypeURL:
 		return a.routes.Handle(d)
+	case waypoint.TelemetryTypeURL:
+		return a.tel.Handle(d)
 	}
 	return fmt.Errorf("unexpected type %s", d.TypeURL)
 }
@@ -258,6 +308,7 @@ func (a *App) close() {
 // DrainTimeout. It returns the first component failure, or nil.
 func (a *App) Run(ctx context.Context) error {
 	defer a.close()
+	defer a.closeTelemetry() // after the proxy drained: its last spans are flushed
 	defer func() { _ = a.proxy.Close() }()
 	ln, err := net.Listen("tcp", a.cfg.HBONEAddr)
 	if err != nil {

@@ -35,6 +35,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	waypointv1alpha1 "github.com/ambient-mesh/mesh/api/waypoint/v1alpha1"
+	"github.com/ambient-mesh/mesh/internal/otelcoltest"
 	"github.com/ambient-mesh/mesh/pkg/ca"
 	"github.com/ambient-mesh/mesh/pkg/hbone"
 	"github.com/ambient-mesh/mesh/pkg/model"
@@ -167,12 +168,20 @@ func TestAppEndToEnd(t *testing.T) {
 	ignore := goleak.IgnoreCurrent()
 	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
 	cp := startControlPlane(t)
+	col := otelcoltest.Start(t)
 	bundle := x509bundle.FromX509Authorities(cp.ca.TrustDomain(), []*x509.Certificate{cp.ca.Keys().Root()})
 
 	// A backend pod: an app on loopback behind its HBONE server.
 	const svcHost = "echo.demo.svc.cluster.local"
 	podIP := netip.MustParseAddr("127.0.0.1")
-	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "hello "+r.URL.Path) }))
+	seenTrace := make(chan string, 1)
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case seenTrace <- r.Header.Get("Traceparent"):
+		default:
+		}
+		_, _ = io.WriteString(w, "hello "+r.URL.Path)
+	}))
 	defer app.Close()
 	appPort := netip.MustParseAddrPort(app.Listener.Addr().String()).Port()
 	podSrv, err := hbone.NewServer(hbone.ServerConfig{SVID: staticSVID{cp.svid(t, "demo", "echo")}, Bundle: bundle, DrainTimeout: time.Second})
@@ -212,6 +221,12 @@ func TestAppEndToEnd(t *testing.T) {
 		var d net.Dialer
 		return d.DialContext(ctx, network, podLn.Addr().String())
 	}
+	cfg.LookupEnv = func(k string) (string, bool) {
+		if k == "OTEL_BSP_SCHEDULE_DELAY" {
+			return "50", true
+		}
+		return "", false
+	}
 	a, err := New(cfg, zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -232,6 +247,8 @@ func TestAppEndToEnd(t *testing.T) {
 		}
 	}()
 
+	colAddr := netip.MustParseAddrPort(col.GRPCAddr)
+	colHost, colPort := colAddr.Addr().String(), colAddr.Port()
 	vip := netip.MustParseAddr("10.96.0.10")
 	svcKey := "demo/" + svcHost
 	ports := []*workloadapi.Port{{ServicePort: 80, TargetPort: uint32(appPort)}}
@@ -245,9 +262,12 @@ func TestAppEndToEnd(t *testing.T) {
 		WaypointConfigs: map[string]*waypointv1alpha1.ServiceConfig{svcKey: {Namespace: "demo", Hostname: svcHost, Waypoints: []string{"demo/waypoint"},
 			Ports: []*waypointv1alpha1.Port{{Port: 80, Protocol: waypointv1alpha1.Protocol_HTTP, HttpRoutes: []*waypointv1alpha1.HTTPRoute{{Name: "default",
 				Backends: []*waypointv1alpha1.WeightedBackend{{Weight: 1, Backend: &waypointv1alpha1.Backend{Namespace: "demo", Hostname: svcHost, Port: 80}}}}}}}}},
+		Telemetry: map[string]*waypointv1alpha1.Telemetry{"demo/waypoint": {Namespace: "demo", Name: "waypoint", Tracing: &waypointv1alpha1.Tracing{
+			Provider:                 &waypointv1alpha1.OpenTelemetryProvider{Name: "otel-tracing", Service: colHost, Port: uint32(colPort)},
+			RandomSamplingPercentage: 100}}},
 	})
 	deadline := time.Now().Add(20 * time.Second)
-	for a.Ready() != nil || len(a.routes.Configs()) == 0 {
+	for a.Ready() != nil || len(a.routes.Configs()) == 0 || !a.tel.Provider().Enabled() {
 		if time.Now().After(deadline) {
 			t.Fatalf("not ready after 20s: %v (%d service configs)", a.Ready(), len(a.routes.Configs()))
 		}
@@ -271,7 +291,10 @@ func TestAppEndToEnd(t *testing.T) {
 		return c, nil
 	}}
 	defer tr.CloseIdleConnections()
-	resp, err := (&http.Client{Transport: tr}).Get("http://" + netip.AddrPortFrom(vip, 80).String() + "/hi")
+	const traceID, clientSpan = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+	req, _ := http.NewRequest(http.MethodGet, "http://"+netip.AddrPortFrom(vip, 80).String()+"/hi", nil)
+	req.Header.Set("Traceparent", "00-"+traceID+"-"+clientSpan+"-01")
+	resp, err := (&http.Client{Transport: tr}).Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -311,6 +334,18 @@ func TestAppEndToEnd(t *testing.T) {
 		t.Errorf("Run: %v", err)
 	}
 	ran <- nil // for the deferred check
+
+	// The drain flushed the request's span: a child of the client's span,
+	// and the parent of what the backend saw.
+	spans := col.Spans(t)
+	for wait := time.Now().Add(5 * time.Second); len(spans) == 0 && time.Now().Before(wait); spans = col.Spans(t) {
+		time.Sleep(20 * time.Millisecond) // the file exporter flushes every 100 ms
+	}
+	backendTP := <-seenTrace
+	if len(spans) != 1 || spans[0].Name != "GET default" || spans[0].ParentSpanID != clientSpan || spans[0].TraceID != traceID ||
+		backendTP != "00-"+traceID+"-"+spans[0].SpanID+"-01" || spans[0].Resource["service.name"] != "waypoint.demo" {
+		t.Errorf("spans %+v, backend traceparent %q: want one GET default span, child of the client's, parent of the backend's", spans, backendTP)
+	}
 	if err := a.Ready(); err == nil || !strings.Contains(err.Error(), "stopping") {
 		t.Errorf("Ready after stop = %v, want stopping", err)
 	}

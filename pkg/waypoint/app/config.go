@@ -1,8 +1,10 @@
 // Package app wires a waypoint together: the delta xDS client filling the
 // Address state and the ServiceConfig route table, the certificate manager
 // fetching the waypoint's own certificate from the mesh CA, the L7 proxy
-// (pkg/waypoint) on 15008, and the waypoint's HTTP endpoints: metrics on
-// 15020 (/metrics, /stats/prometheus), readiness on 15021 (/healthz/ready:
+// (pkg/waypoint) on 15008 with its OTLP export (waypoint.Telemetry: the
+// OTEL_* variables, then the Telemetry resource; flushed on drain), and the
+// waypoint's HTTP endpoints: metrics on 15020 (/metrics, /stats/prometheus,
+// with the otel_export_* queue metrics), readiness on 15021 (/healthz/ready:
 // ready once the Address state arrived and the certificate is held), admin
 // on localhost:15000 (/config_dump without keys, /logging).
 //
@@ -45,6 +47,11 @@ type Config struct {
 	AccessLog      bool
 	DrainTimeout   time.Duration
 	MaxReplayBody  int
+
+	// LookupEnv, if set, replaces os.LookupEnv for the OTEL_* variables
+	// (otel.EnvVars lists them) and Telemetry customTags of type
+	// environment (in-process tests; no flag).
+	LookupEnv func(string) (string, bool)
 
 	// TunnelDial, if set, opens outbound HBONE connections instead of a
 	// plain dial of podIP:15008 (in-process tests; no flag).

@@ -28,7 +28,10 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"go.opentelemetry.io/otel/attribute"
+
 	"github.com/ambient-mesh/mesh/pkg/certmanager"
+	"github.com/ambient-mesh/mesh/pkg/otel"
 	"github.com/ambient-mesh/mesh/pkg/xds/xdsclient"
 	"github.com/ambient-mesh/mesh/pkg/ztunnel"
 	"github.com/ambient-mesh/mesh/pkg/ztunnel/state"
@@ -46,6 +49,7 @@ type App struct {
 	xds      *xdsclient.Client
 	conns    []*grpc.ClientConn
 	registry *prometheus.Registry
+	otelCfg  otel.Config // OTLP metrics export, from the OTEL_* variables
 
 	synced     sync.Map // type URL -> true once a response was applied
 	podsSynced atomic.Bool
@@ -60,12 +64,23 @@ func New(cfg Config, log *zap.Logger, level *zap.AtomicLevel) (*App, error) {
 		log = zap.NewNop()
 	}
 	a := &App{cfg: cfg, log: log.Named("app"), store: state.NewStore(), registry: prometheus.NewRegistry()}
+	var err error
 	if level != nil {
 		a.level = *level
 	} else {
 		a.level = zap.NewAtomicLevel()
 	}
 	a.podsSynced.Store(!cfg.WaitForPodSync)
+	lookup := cfg.LookupEnv
+	if lookup == nil {
+		lookup = os.LookupEnv
+	}
+	if a.otelCfg, err = otel.ConfigFromEnv(lookup); err != nil {
+		return nil, fmt.Errorf("OTEL_* environment: %w", err)
+	}
+	if a.otelCfg.ServiceName == "" || a.otelCfg.ServiceName == otel.DefaultServiceName {
+		a.otelCfg.ServiceName = "ztunnel"
+	}
 	pem, err := os.ReadFile(cfg.RootCertFile)
 	if err != nil {
 		return nil, fmt.Errorf("read root certificate: %w", err)
@@ -264,6 +279,25 @@ func (a *App) close() {
 // then everything stops. It returns the first component failure, or nil.
 func (a *App) Run(ctx context.Context) error {
 	defer a.close()
+	// OTLP export of the Prometheus registry (istio_* and process metrics)
+	// when OTEL_EXPORTER_OTLP_ENDPOINT (or the metrics one) is set; the
+	// ztunnel exports no spans.
+	var res []attribute.KeyValue
+	if a.cfg.PodName != "" {
+		res = append(res, attribute.String("k8s.pod.name", a.cfg.PodName))
+	}
+	if a.cfg.NodeName != "" {
+		res = append(res, attribute.String("k8s.node.name", a.cfg.NodeName))
+	}
+	exp, err := otel.New(ctx, a.otelCfg, otel.WithPrometheusGatherer(a.registry), otel.WithResourceAttributes(res...))
+	if err != nil {
+		return fmt.Errorf("otlp export: %w", err)
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = exp.Shutdown(sctx) // the last metrics, unless the collector is down
+	}()
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	var wg sync.WaitGroup

@@ -21,6 +21,7 @@ import (
 	"istio.io/istio/pkg/workloadapi"
 
 	"github.com/ambient-mesh/mesh/internal/meshtest"
+	"github.com/ambient-mesh/mesh/internal/otelcoltest"
 	"github.com/ambient-mesh/mesh/pkg/xds/xdsclient"
 	"github.com/ambient-mesh/mesh/pkg/ztunnel/state"
 )
@@ -184,5 +185,44 @@ func TestRunStopsOnCancel(t *testing.T) {
 	}
 	if a.Ready() == nil {
 		t.Error("ready after stop")
+	}
+}
+
+// TestOTLPMetrics: with OTEL_EXPORTER_OTLP_ENDPOINT set, Run exports the
+// Prometheus registry over OTLP to the real collector.
+func TestOTLPMetrics(t *testing.T) {
+	col := otelcoltest.Start(t)
+	cfg := testConfig(t)
+	env := map[string]string{
+		"OTEL_EXPORTER_OTLP_ENDPOINT": "http://" + col.HTTPAddr,
+		"OTEL_METRIC_EXPORT_INTERVAL": "100",
+	}
+	cfg.LookupEnv = func(k string) (string, bool) { v, ok := env[k]; return v, ok }
+	a, err := New(cfg, zaptest.NewLogger(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		var found map[string]string
+		for _, p := range col.Metrics(t) {
+			if p.Name == "go_goroutines" {
+				found = p.Resource
+			}
+		}
+		if found != nil {
+			if found["service.name"] != "ztunnel" || found["k8s.pod.name"] != "ztunnel-x" {
+				t.Errorf("resource %v, want service.name ztunnel and the pod name", found)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no go_goroutines point in the collector after 20s:\n%s", col.Log())
+		}
+		time.Sleep(50 * time.Millisecond) // the collector's file exporter flushes every 100 ms
 	}
 }

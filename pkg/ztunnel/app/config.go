@@ -22,6 +22,11 @@ import (
 // Config is every setting of ztunnel. RegisterFlags is the one place that
 // names them, with their environment variable, default and help.
 type Config struct {
+	// LookupEnv, if set, replaces os.LookupEnv for the OTEL_* variables
+	// (otel.EnvVars lists them; OTLP metrics export is off unless an
+	// endpoint is set). In-process tests; no flag.
+	LookupEnv func(string) (string, bool)
+
 	XDSAddress     string // istiod-lite's gRPC (xDS) address
 	CAAddress      string // the CA's address (same port as xDS by default)
 	ServerName     string // name the istiod-lite serving certificate is checked for; default the address host

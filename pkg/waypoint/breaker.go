@@ -1,8 +1,10 @@
 package waypoint
 
 import (
+	"context"
 	"net/http"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -56,13 +58,20 @@ type targetKey struct{ svc, subset string }
 
 // targetState is the runtime state of one backend (Service, subset).
 //
-// Concurrency: the counters are atomic; mu guards hosts.
+// Concurrency: the counters are atomic; mu guards hosts; connMu guards
+// conns and queue. A connection slot is handed from the releasing request
+// to the first queued one without being freed, so queued requests are
+// served in order and conns never exceeds the limit.
 type targetState struct {
 	inflight atomic.Int64 // requests in flight (circuit breaker)
 	retries  atomic.Int64 // retries in flight (circuit breaker)
 
 	mu    sync.Mutex
 	hosts map[netip.AddrPort]*hostState
+
+	connMu sync.Mutex
+	conns  int64           // HTTP/1.1 tries on an upstream connection
+	queue  []chan struct{} // tries waiting for a connection, oldest first
 }
 
 type hostState struct {
@@ -80,9 +89,11 @@ func (p *Proxy) target(ref backendRef) *targetState {
 	return v.(*targetState)
 }
 
-// acquire takes a request slot of the backend's connection pool; false
-// means the request is over a limit (503, x-envoy-overloaded). release must
-// be called when ok.
+// acquire admits a request to the backend's connection pool: at most
+// http2MaxRequests for h2, and for HTTP/1.1 maxConnections on a connection
+// plus http1MaxPendingRequests waiting for one (connection then holds each
+// try to maxConnections at once). false means the request is over a limit
+// (503, x-envoy-overloaded). release must be called when ok.
 func (p *Proxy) acquire(ref backendRef, h2 bool) (release func(), ok bool) {
 	pool := ref.policy.connectionPool()
 	if pool == nil {
@@ -105,6 +116,58 @@ func (p *Proxy) acquire(ref backendRef, h2 bool) (release func(), ok bool) {
 		return nil, false
 	}
 	return func() { ts.inflight.Add(-1) }, true
+}
+
+// connection waits for one of the backend's maxConnections HTTP/1.1
+// connections, as Envoy's pending requests do: an HTTP/1.1 connection
+// carries one request at a time, so no more than maxConnections tries
+// reach the backend at once. The wait ends with ctx. release must be
+// called, once, when the try is over. h2 multiplexes on one connection
+// and never waits.
+func (p *Proxy) connection(ctx context.Context, ref backendRef, h2 bool) (release func(), err error) {
+	limit := int64(ref.policy.connectionPool().GetMaxConnections())
+	if h2 || limit == 0 {
+		return func() {}, nil
+	}
+	ts := p.target(ref)
+	var once sync.Once
+	release = func() { once.Do(func() { ts.releaseConnection(limit) }) }
+	ts.connMu.Lock()
+	if ts.conns < limit && len(ts.queue) == 0 {
+		ts.conns++
+		ts.connMu.Unlock()
+		return release, nil
+	}
+	ready := make(chan struct{})
+	ts.queue = append(ts.queue, ready)
+	ts.connMu.Unlock()
+	select {
+	case <-ready:
+		return release, nil
+	case <-ctx.Done():
+	}
+	ts.connMu.Lock()
+	if i := slices.Index(ts.queue, ready); i >= 0 {
+		ts.queue = slices.Delete(ts.queue, i, i+1)
+		ts.connMu.Unlock()
+		return nil, ctx.Err()
+	}
+	ts.connMu.Unlock()
+	release() // handed a slot while giving up: pass it on
+	return nil, ctx.Err()
+}
+
+// releaseConnection hands the slot to the oldest queued try, or frees it
+// (also when the limit shrank since, so the count falls back under it).
+func (ts *targetState) releaseConnection(limit int64) {
+	ts.connMu.Lock()
+	defer ts.connMu.Unlock()
+	if len(ts.queue) > 0 && ts.conns <= limit {
+		close(ts.queue[0])
+		ts.queue = ts.queue[1:]
+		return
+	}
+	ts.conns--
 }
 
 // retryBudget takes a retry slot (max_retries); false: do not retry.

@@ -389,8 +389,9 @@ func TestCircuitBreakingAndOutliers(t *testing.T) {
 	m.setRoutes(sc)
 	c := m.httpClient(false)
 
-	// Two requests fill the pool (one "connection", one pending); the third
-	// is refused at once.
+	// Two requests fill the pool: one on the connection, at the backend,
+	// and one pending, which must not reach the backend while the first
+	// is there. The third is refused at once.
 	results := make(chan int, 2)
 	for range 2 {
 		go func() {
@@ -399,7 +400,23 @@ func TestCircuitBreakingAndOutliers(t *testing.T) {
 		}()
 	}
 	<-entered
-	<-entered
+	ts := m.proxy.target(backendRef{key: testNS + "/" + reviewsV1})
+	deadline := time.Now().Add(10 * time.Second)
+	for ts.inflight.Load() < 2 || queued(ts) < 1 { // the second request is on its way to the queue
+		select {
+		case <-entered:
+			t.Fatal("the second request reached the backend while the first was there (maxConnections: 1)")
+		case <-time.After(time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the second request never waited for the connection (%d in flight)", ts.inflight.Load())
+		}
+	}
+	select {
+	case <-entered:
+		t.Fatal("the pending request reached the backend while the first was there (maxConnections: 1)")
+	case <-time.After(100 * time.Millisecond):
+	}
 	resp, err := c.Get("http://10.0.0.1/slow")
 	if err != nil {
 		t.Fatal(err)
@@ -409,6 +426,7 @@ func TestCircuitBreakingAndOutliers(t *testing.T) {
 		t.Errorf("third request: %d overloaded=%q, want 503 with x-envoy-overloaded", resp.StatusCode, resp.Header.Get("X-Envoy-Overloaded"))
 	}
 	release <- struct{}{}
+	<-entered // the pending request, once the first is done
 	release <- struct{}{}
 	for range 2 {
 		if code := <-results; code != 200 {
@@ -425,4 +443,11 @@ func TestCircuitBreakingAndOutliers(t *testing.T) {
 	if codes[500] != 2 || bad.hits.Load() != 2 || good.hits.Load() != 18 {
 		t.Errorf("with outlier detection: %v, bad hit %d times, good %d; want exactly 2 failures before the ejection", codes, bad.hits.Load(), good.hits.Load())
 	}
+}
+
+// queued is the number of requests waiting for a connection of ts.
+func queued(ts *targetState) int {
+	ts.connMu.Lock()
+	defer ts.connMu.Unlock()
+	return len(ts.queue)
 }

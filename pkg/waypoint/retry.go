@@ -67,10 +67,21 @@ func (t roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 			ctx, cancel = context.WithTimeout(ctx, rt.tryTimeout)
 		}
 		out = out.WithContext(ctx)
+		releaseConn, err := p.connection(ctx, ref, c.h2)
+		if err != nil {
+			// Still waiting for a connection when the try or the request
+			// ended: nothing reached the endpoint.
+			cancel()
+			if rt.tryTimeout > 0 && ctx.Err() != nil && req.Context().Err() == nil {
+				err = errTryTimeout
+			}
+			return nil, err
+		}
 		ep.active.Add(1)
 		resp, err := tr.RoundTrip(out)
 		if err != nil {
 			ep.active.Add(-1)
+			releaseConn()
 			cancel()
 			tryTimedOut := rt.tryTimeout > 0 && ctx.Err() != nil && req.Context().Err() == nil
 			if tryTimedOut {
@@ -104,11 +115,11 @@ func (t roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 					// An upgraded connection (WebSocket): the reverse proxy
 					// needs its body as the raw connection, so it is not
 					// wrapped; the try's context ends with the request's.
-					context.AfterFunc(req.Context(), cancel)
+					context.AfterFunc(req.Context(), func() { cancel(); releaseConn() })
 					ep.active.Add(-1)
 					return resp, nil
 				}
-				resp.Body = &cancelBody{ReadCloser: resp.Body, cancel: cancel, active: ep.active}
+				resp.Body = &cancelBody{ReadCloser: resp.Body, cancel: cancel, active: ep.active, release: releaseConn}
 				return resp, nil
 			}
 			// Retriable status: drop this answer (reading a little of it
@@ -116,6 +127,7 @@ func (t roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 			_, _ = io.CopyN(io.Discard, resp.Body, 4<<10)
 			_ = resp.Body.Close()
 			ep.active.Add(-1)
+			releaseConn()
 			cancel()
 		}
 		if err := sleepBackoff(req.Context(), rt.retry.backoff, try); err != nil {
@@ -192,13 +204,14 @@ func sleepBackoff(ctx context.Context, base time.Duration, try int) error {
 	}
 }
 
-// cancelBody releases a try's context, and its endpoint's in-flight
-// count, once its response body is closed.
+// cancelBody releases a try's context, its endpoint's in-flight count and
+// its connection slot once its response body is closed.
 type cancelBody struct {
 	io.ReadCloser
-	cancel context.CancelFunc
-	active *atomic.Int64
-	once   sync.Once
+	cancel  context.CancelFunc
+	active  *atomic.Int64
+	release func()
+	once    sync.Once
 }
 
 func (b *cancelBody) Close() error {
@@ -206,6 +219,7 @@ func (b *cancelBody) Close() error {
 	b.once.Do(func() {
 		b.cancel()
 		b.active.Add(-1)
+		b.release()
 	})
 	return err
 }

@@ -10,6 +10,10 @@ import (
 
 const echoImage = "localhost/ambient-mesh/echo:dev"
 
+// bulkImage holds hack/cmd/bulk (TCP sink, echo stream, DNS queries) and
+// fortio (load generator and echo server); hack/images.sh builds it.
+const bulkImage = "localhost/ambient-mesh/bulk:dev"
+
 // echoManifest is a 2-replica Deployment of Istio's echo server and its Service.
 func echoManifest(name, version string, replicas int) string {
 	return fmt.Sprintf(`apiVersion: apps/v1

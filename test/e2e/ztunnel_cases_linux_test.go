@@ -17,10 +17,6 @@ import (
 	"github.com/ambient-mesh/mesh/pkg/enroll"
 )
 
-// bulkImage holds hack/cmd/bulk (TCP sink, echo stream, DNS queries) and
-// fortio; hack/images.sh builds it.
-const bulkImage = "localhost/ambient-mesh/bulk:dev"
-
 // bulkManifest is the bulk server (Deployment "bulk", Service "bulk" on TCP
 // 9000, default service account) and a client pod running as service
 // account "client", so that the two ends have distinct identities.

@@ -43,10 +43,12 @@
 //
 // Known limits: pod-addressed (workload waypoint) targets are refused; a
 // body of unknown length on a gRPC port is never buffered, so such requests
-// are neither retried nor mirrored; HTTP/1.1 connection-pool limits apply
-// as max_connections + http1_max_pending_requests concurrent requests when
-// both are set, and of max_requests_per_connection only 1 (no keep-alive)
-// is honoured; ejections end lazily (the review interval is not used). Each
+// are neither retried nor mirrored; HTTP/1.1 connection-pool limits hold
+// tries to max_connections at once at the backend (Service, subset), the
+// others waiting in order, and refuse requests beyond
+// http1_max_pending_requests waiting (Envoy's queue; max_connections is
+// counted as tries in flight, not sockets), and of
+// max_requests_per_connection only 1 (no keep-alive) is honoured; ejections end lazily (the review interval is not used). Each
 // HTTP stream is bridged to net/http through a unix socket pair.
 //
 // In-process use (benchmarks, tests, cmd/waypoint through pkg/waypoint/app):

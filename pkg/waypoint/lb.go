@@ -43,12 +43,16 @@ type lbKey struct {
 // balancer picks endpoints round-robin. Endpoint lists are derived lazily
 // from one state snapshot and cached until the snapshot changes.
 //
-// Concurrency: mu guards snap and sets; a set, once built, is read-only
-// except for its atomic cursor.
+// Concurrency: mu guards snap, sets and active; a set, once built, is
+// read-only except for its atomic cursor. The in-flight counters
+// (LEAST_REQUEST) are per endpoint address and outlive snapshots, since
+// the Address state changes whenever any workload does: a counter is
+// dropped at a snapshot change only when it reads 0.
 type balancer struct {
-	mu   sync.Mutex
-	snap *state.Snapshot
-	sets map[lbKey]*endpointSet
+	mu     sync.Mutex
+	snap   *state.Snapshot
+	sets   map[lbKey]*endpointSet
+	active map[netip.AddrPort]*atomic.Int64
 }
 
 // pick returns the next ready endpoint of ref in snap, by the policy's
@@ -85,10 +89,26 @@ func (b *balancer) set(snap *state.Snapshot, k lbKey) *endpointSet {
 	if b.snap != snap {
 		b.snap = snap
 		b.sets = map[lbKey]*endpointSet{}
+		for a, n := range b.active {
+			if n.Load() == 0 {
+				delete(b.active, a)
+			}
+		}
 	}
 	s := b.sets[k]
 	if s == nil {
 		s = &endpointSet{eps: resolveEndpoints(snap, k.svc, k.port, k.policy)}
+		if b.active == nil {
+			b.active = map[netip.AddrPort]*atomic.Int64{}
+		}
+		for i := range s.eps {
+			ep := &s.eps[i]
+			if n := b.active[ep.addr]; n != nil {
+				ep.active = n
+			} else {
+				b.active[ep.addr] = ep.active
+			}
+		}
 		if k.policy != nil {
 			s.lb = k.policy.lb
 		}

@@ -451,3 +451,63 @@ func queued(ts *targetState) int {
 	defer ts.connMu.Unlock()
 	return len(ts.queue)
 }
+
+// TestLeastRequestAcrossSnapshots: LEAST_REQUEST keeps counting the
+// requests in flight on an endpoint when the Address state changes (any
+// workload of the cluster coming or going does), so a slow endpoint
+// holding requests stays the less likely pick: with 3 requests held there
+// it wins only when both random picks are it (1/4), not on every tie
+// (1/2) as with counts started afresh.
+func TestLeastRequestAcrossSnapshots(t *testing.T) {
+	leakCheck(t)
+	m := newMesh(t, meshOptions{})
+	m.addService(reviews, "10.0.0.1")
+	const held = 3
+	release := make(chan struct{})
+	entered := make(chan struct{}, held)
+	var slowHits atomic.Int64
+	m.addPod("reviews-slow", reviews, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if slowHits.Add(1) <= held {
+			entered <- struct{}{}
+			<-release
+		}
+		_, _ = io.WriteString(w, "slow")
+	}))
+	m.addPod("reviews-fast", reviews, text("fast"))
+	sc := serviceConfig(reviews, waypointv1alpha1.Protocol_HTTP, defaultRoute(reviews))
+	sc.BackendPolicies = []*waypointv1alpha1.BackendPolicy{{Namespace: testNS, Hostname: reviews,
+		Policy: &waypointv1alpha1.TrafficPolicy{LoadBalancer: waypointv1alpha1.TrafficPolicy_LEAST_REQUEST}}}
+	m.setRoutes(sc)
+	c := m.httpClient(false)
+
+	// Requests until 3 are held at the slow endpoint.
+	var wg sync.WaitGroup
+	t.Cleanup(wg.Wait)
+	var once sync.Once
+	t.Cleanup(func() { once.Do(func() { close(release) }) })
+	for got := 0; got < held; {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, _, _, _ = tryGet(t, c, "http://10.0.0.1/", nil)
+		}()
+		select {
+		case <-entered:
+			got++
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	m.publish() // a new Address snapshot, same endpoints
+
+	const n = 200
+	before := slowHits.Load()
+	for range n {
+		if code, _, _ := get(t, c, "http://10.0.0.1/", nil); code != 200 {
+			t.Fatalf("GET: %d", code)
+		}
+	}
+	if got := slowHits.Load() - before; got > n*3/8 {
+		t.Errorf("the endpoint holding %d requests got %d of %d new ones after a snapshot change, want about a quarter", held, got, n)
+	}
+	once.Do(func() { close(release) })
+}

@@ -348,7 +348,7 @@ func (b *bench) startHAProxy(backend string) (int, error) {
 	b.haproxyDir = dir
 	cfg := fmt.Sprintf(`global
   nbthread 1
-  maxconn 20000
+  maxconn 4000
   log stderr format short local0 err
 defaults
   mode http

@@ -17,14 +17,25 @@ import (
 // Envoy's defaults where the DestinationRule leaves them unset.
 const (
 	defaultBaseEjection  = 30 * time.Second
+	defaultInterval      = 10 * time.Second
 	defaultMaxEjectedPct = 10
+	// maxEjectionTime is Envoy's max_ejection_time default, which Istio
+	// does not set: an ejection never lasts longer (or base_ejection_time
+	// when that is longer).
+	maxEjectionTime = 300 * time.Second
 )
 
 // outlierPolicy is a compiled OutlierDetection.
 type outlierPolicy struct {
 	consecutive5xx, consecutiveGateway uint32
-	baseEjection                       time.Duration
+	baseEjection, interval             time.Duration
 	maxEjectedPct, minHealthPct        uint32
+}
+
+// ejectionTime is how long the k-th ejection in a row lasts: Envoy's
+// base_ejection_time x k, capped at max_ejection_time.
+func (od *outlierPolicy) ejectionTime(k int) time.Duration {
+	return min(time.Duration(k)*od.baseEjection, max(maxEjectionTime, od.baseEjection))
 }
 
 func compileOutlier(od *waypointv1alpha1.OutlierDetection, at string, bad badFunc) (*outlierPolicy, error) {
@@ -35,8 +46,12 @@ func compileOutlier(od *waypointv1alpha1.OutlierDetection, at string, bad badFun
 	if err != nil {
 		return nil, err
 	}
-	if _, err := duration(od.GetInterval(), at+".interval", bad); err != nil {
+	interval, err := duration(od.GetInterval(), at+".interval", bad)
+	if err != nil {
 		return nil, err
+	}
+	if interval <= 0 {
+		interval = defaultInterval
 	}
 	if od.GetMaxEjectionPercent() > 100 || od.GetMinHealthPercent() > 100 {
 		return nil, bad(at, "percentages must be 0..100")
@@ -49,7 +64,7 @@ func compileOutlier(od *waypointv1alpha1.OutlierDetection, at string, bad badFun
 		maxPct = defaultMaxEjectedPct
 	}
 	return &outlierPolicy{consecutive5xx: od.GetConsecutive_5XxErrors(), consecutiveGateway: od.GetConsecutiveGatewayErrors(),
-		baseEjection: base, maxEjectedPct: maxPct, minHealthPct: od.GetMinHealthPercent()}, nil
+		baseEjection: base, interval: interval, maxEjectedPct: maxPct, minHealthPct: od.GetMinHealthPercent()}, nil
 }
 
 // targetKey names a backend (Service, subset): circuit-breaker and outlier
@@ -76,8 +91,28 @@ type targetState struct {
 
 type hostState struct {
 	c5xx, cgw    uint32
-	ejections    int
-	ejectedUntil time.Time
+	ejections    int       // Envoy's ejection multiplier
+	ejectedUntil time.Time // readmitted from then
+	decayedTo    time.Time // healthy intervals are counted from here
+}
+
+// decay lowers the ejection multiplier by one per whole interval the host
+// has been in rotation, as Envoy's detector does at each interval it finds
+// the host not ejected. Lazily, at the host's next outcome.
+func (h *hostState) decay(now time.Time, interval time.Duration) {
+	if h.ejections == 0 || now.Before(h.ejectedUntil) {
+		return
+	}
+	from := h.ejectedUntil
+	if h.decayedTo.After(from) {
+		from = h.decayedTo
+	}
+	n := int(now.Sub(from) / interval)
+	if n <= 0 {
+		return
+	}
+	h.ejections = max(0, h.ejections-n)
+	h.decayedTo = from.Add(time.Duration(n) * interval)
 }
 
 func (p *Proxy) target(ref backendRef) *targetState {
@@ -250,6 +285,8 @@ func (p *Proxy) observe(ref backendRef, ep *endpoint, n int, code int, connectFa
 		h = &hostState{}
 		ts.hosts[ep.addr] = h
 	}
+	now := time.Now()
+	h.decay(now, od.interval)
 	if !fivexx && !gateway {
 		h.c5xx, h.cgw = 0, 0
 		return
@@ -261,7 +298,6 @@ func (p *Proxy) observe(ref backendRef, ep *endpoint, n int, code int, connectFa
 		h.cgw++
 	}
 	trip := (od.consecutive5xx > 0 && h.c5xx >= od.consecutive5xx) || (od.consecutiveGateway > 0 && h.cgw >= od.consecutiveGateway)
-	now := time.Now()
 	if !trip || now.Before(h.ejectedUntil) {
 		return
 	}
@@ -270,8 +306,8 @@ func (p *Proxy) observe(ref backendRef, ep *endpoint, n int, code int, connectFa
 		return
 	}
 	h.ejections++
-	h.ejectedUntil = now.Add(time.Duration(h.ejections) * od.baseEjection)
+	h.ejectedUntil = now.Add(od.ejectionTime(h.ejections))
 	h.c5xx, h.cgw = 0, 0
 	p.log.Info("endpoint ejected", zap.String("backend", ref.key), zap.String("endpoint", ep.addr.String()),
-		zap.Duration("for", time.Duration(h.ejections)*od.baseEjection))
+		zap.Duration("for", od.ejectionTime(h.ejections)))
 }

@@ -39,7 +39,9 @@
 // LEAST_REQUEST balancing, connection-pool limits (503 with
 // x-envoy-overloaded), max_retries and outlier detection (ejection after
 // consecutive 5xx or gateway errors, base_ejection_time times the
-// ejection count, bounded by max_ejection_percent and min_health_percent).
+// ejection count up to Envoy's max_ejection_time of 300 s, the count
+// lowered by one per interval in rotation, bounded by
+// max_ejection_percent and min_health_percent).
 //
 // Known limits: pod-addressed (workload waypoint) targets are refused; a
 // body of unknown length on a gRPC port is never buffered, so such requests
@@ -48,8 +50,10 @@
 // others waiting in order, and refuse requests beyond
 // http1_max_pending_requests waiting (Envoy's queue; max_connections is
 // counted as tries in flight, not sockets), and of
-// max_requests_per_connection only 1 (no keep-alive) is honoured; ejections end lazily (the review interval is not used). Each
-// HTTP stream is bridged to net/http through a unix socket pair.
+// max_requests_per_connection only 1 (no keep-alive) is honoured;
+// ejections end and counts decay lazily, at the host's next pick or
+// outcome, not at interval ticks. Each HTTP stream is bridged to net/http
+// through a unix socket pair.
 //
 // In-process use (benchmarks, tests, cmd/waypoint through pkg/waypoint/app):
 //

@@ -511,3 +511,46 @@ func TestLeastRequestAcrossSnapshots(t *testing.T) {
 	}
 	once.Do(func() { close(release) })
 }
+
+// TestEjectionBackoff: the k-th ejection in a row lasts base x k up to
+// Envoy's max_ejection_time (300 s, or base when longer), and each
+// interval a host spends in rotation lowers k by one.
+func TestEjectionBackoff(t *testing.T) {
+	od := &outlierPolicy{baseEjection: 10 * time.Second, interval: time.Second}
+	for _, c := range []struct {
+		name string
+		base time.Duration
+		k    int
+		want time.Duration
+	}{
+		{"first", 10 * time.Second, 1, 10 * time.Second},
+		{"second", 10 * time.Second, 2, 20 * time.Second},
+		{"capped", 10 * time.Second, 40, 300 * time.Second},
+		{"base over the cap", 400 * time.Second, 2, 400 * time.Second},
+	} {
+		p := *od
+		p.baseEjection = c.base
+		if got := p.ejectionTime(c.k); got != c.want {
+			t.Errorf("%s: ejection %d of base %s lasts %s, want %s", c.name, c.k, c.base, got, c.want)
+		}
+	}
+
+	t0 := time.Unix(1000, 0)
+	h := &hostState{ejections: 3, ejectedUntil: t0}
+	for _, step := range []struct {
+		name string
+		at   time.Duration // after t0
+		want int
+	}{
+		{"still ejected", -time.Second, 3},
+		{"readmitted, no interval yet", 500 * time.Millisecond, 3},
+		{"one interval in rotation", 1500 * time.Millisecond, 2},
+		{"counted from the last decay", 2200 * time.Millisecond, 1},
+		{"then to zero", 10 * time.Second, 0},
+	} {
+		h.decay(t0.Add(step.at), od.interval)
+		if h.ejections != step.want {
+			t.Errorf("%s: multiplier %d, want %d", step.name, h.ejections, step.want)
+		}
+	}
+}

@@ -1,6 +1,6 @@
 ##@ telemetry (pkg/otel, OTLP export of the proxies)
 .PHONY: bench-telemetry
-bench-telemetry: ## waypoint on the local cluster (root) with the sample OpenTelemetry Collector: max RPS and p99 at 300 qps with tracing off, at 1 % and at 100 % (Telemetry resource, same waypoint pod), best of 2 interleaved rounds -> _output/bench/telemetry.json (< 10 min).
+bench-telemetry: ## waypoint on the local cluster (root) with the sample OpenTelemetry Collector: max RPS and p99 at 300 qps with tracing off, at 1 % and at 100 % (Telemetry resource, same waypoint pod), best of 3 interleaved rounds -> _output/bench/telemetry.json (< 10 min).
 	@mkdir -p _output/bin _output/bench
 	hack/install-deps.sh
 	hack/cluster/up.sh

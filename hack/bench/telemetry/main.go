@@ -50,7 +50,7 @@ func main() {
 	qps := flag.Int("qps", 300, "requests per second of the fixed-rate runs")
 	conns := flag.Int("c", 4, "connections of the fixed-rate runs")
 	maxConns := flag.Int("max-c", 16, "connections of the maximum-RPS runs")
-	rounds := flag.Int("rounds", 2, "runs of each mode")
+	rounds := flag.Int("rounds", 3, "runs of each mode")
 	timeout := flag.Duration("timeout", 9*time.Minute, "bound on the whole run")
 	flag.Parse()
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
@@ -203,10 +203,8 @@ func (b *bench) run(ctx context.Context) (map[string]float64, error) {
 		"duration_s": b.duration.Seconds(), "max_duration_s": b.maxDuration.Seconds(), "rounds": float64(b.rounds)}
 	modes := []mode{{"off", -1}, {"trace1", 1}, {"trace100", 100}}
 	for round := range b.rounds {
-		order := modes
-		if round%2 == 1 {
-			order = []mode{modes[2], modes[1], modes[0]}
-		}
+		// Rotate the order so that no mode always runs first or last.
+		order := []mode{modes[round%3], modes[(round+1)%3], modes[(round+2)%3]}
 		for _, m := range order {
 			if err := b.setMode(ctx, m); err != nil {
 				return nil, err

@@ -13,6 +13,7 @@ import (
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/protobuf/types/known/anypb"
 
@@ -67,7 +68,7 @@ func newTestTelemetry(t testing.TB, queue int) func(*prometheus.Registry) *Telem
 				}
 				return "", false
 			},
-			Logger: zaptest.NewLogger(t),
+			Logger: zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)),
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -298,5 +299,55 @@ func TestTelemetryCollectorDown(t *testing.T) {
 	}
 	if h2 > h1+16<<20 {
 		t.Errorf("heap grew from %d to %d KiB over 6000 requests with the collector down", h1>>10, h2>>10)
+	}
+}
+
+// BenchmarkWaypointTracing measures sequential 1 KB HTTP/1.1 GETs through
+// the waypoint with tracing off (no Telemetry), at 1 % and at 100 %,
+// exporting to the real collector: the in-process counterpart of
+// make bench-telemetry.
+//
+//	go test -run '^$' -bench WaypointTracing -benchmem ./pkg/waypoint/
+func BenchmarkWaypointTracing(b *testing.B) {
+	for _, mode := range []struct {
+		name    string
+		percent float64 // < 0: no Telemetry
+	}{{"off", -1}, {"trace1", 1}, {"trace100", 100}} {
+		b.Run(mode.name, func(b *testing.B) {
+			var opts meshOptions
+			var tel *Telemetry
+			if mode.percent >= 0 {
+				col := otelcoltest.Start(b)
+				build := newTestTelemetry(b, 0)
+				opts.telemetry = func(reg *prometheus.Registry) *Telemetry {
+					tel = build(reg)
+					if err := tel.Set(b.Context(), telemetryFor(b, col.GRPCAddr, mode.percent)); err != nil {
+						b.Fatal(err)
+					}
+					return tel
+				}
+			}
+			m := newMesh(b, opts)
+			m.addService(reviews, "10.0.0.1")
+			payload := make([]byte, 1024)
+			m.addPod("reviews-a", reviews, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write(payload) }))
+			m.setRoutes(serviceConfig(reviews, waypointv1alpha1.Protocol_HTTP, defaultRoute(reviews)))
+			c := m.httpClient(false)
+			for range 100 {
+				get(b, c, "http://10.0.0.1/", nil)
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for range b.N {
+				if code, _, _ := get(b, c, "http://10.0.0.1/", nil); code != http.StatusOK {
+					b.Fatalf("status %d", code)
+				}
+			}
+			b.StopTimer()
+			if tel != nil {
+				st := tel.Provider().SpanStats()
+				b.ReportMetric(float64(st.Enqueued)/float64(b.N+100), "spans/op")
+			}
+		})
 	}
 }

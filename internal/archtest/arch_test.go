@@ -57,7 +57,8 @@ var dataPlane = []string{
 	module + "/pkg/ztunnel",
 	module + "/pkg/zds",
 	module + "/pkg/otel", // OTLP export for ztunnel and waypoint
-	module + "/pkg/cni",  // the CNI plugin asks the node agent; it holds no API credentials
+	module + "/pkg/proxyadmin",
+	module + "/pkg/cni", // the CNI plugin asks the node agent; it holds no API credentials
 }
 
 // The node agent (pkg/nodeagent, run by cmd/ambient-cni) is the one exception

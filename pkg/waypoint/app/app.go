@@ -17,10 +17,8 @@ import (
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -30,6 +28,7 @@ import (
 
 	"github.com/ambient-mesh/mesh/pkg/certmanager"
 	"github.com/ambient-mesh/mesh/pkg/otel"
+	"github.com/ambient-mesh/mesh/pkg/proxyadmin"
 	"github.com/ambient-mesh/mesh/pkg/waypoint"
 	"github.com/ambient-mesh/mesh/pkg/xds/xdsclient"
 	"github.com/ambient-mesh/mesh/pkg/ztunnel/state"
@@ -330,9 +329,9 @@ func (a *App) Run(ctx context.Context) error {
 	run("certificates", a.certs.Start)
 	run("xds", a.xds.Run)
 	run("proxy", func(ctx context.Context) error { return a.proxy.Serve(ctx, ln) })
-	run("metrics", serveHTTP(a.cfg.MetricsAddr, a.metricsMux()))
-	run("readiness", serveHTTP(a.cfg.ReadinessAddr, a.readinessMux()))
-	run("admin", serveHTTP(a.cfg.AdminAddr, a.adminMux()))
+	run("metrics", proxyadmin.Serve(a.cfg.MetricsAddr, a.metricsMux(), net.ListenConfig{}))
+	run("readiness", proxyadmin.Serve(a.cfg.ReadinessAddr, a.readinessMux(), net.ListenConfig{}))
+	run("admin", proxyadmin.Serve(a.cfg.AdminAddr, a.adminMux(), net.ListenConfig{}))
 	a.log.Info("started", zap.String("waypoint", a.name), zap.Stringer("identity", a.id), zap.String("xds", a.cfg.XDSAddress), zap.String("hbone", a.cfg.HBONEAddr))
 	wg.Wait()
 	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
@@ -341,52 +340,9 @@ func (a *App) Run(ctx context.Context) error {
 	return nil
 }
 
-// serveHTTP serves mux on addr until ctx ends, then shuts down within 5 s.
-func serveHTTP(addr string, mux http.Handler) func(context.Context) error {
-	return func(ctx context.Context) error {
-		if addr == "" || addr == "0" {
-			<-ctx.Done()
-			return nil
-		}
-		srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-		ln, err := net.Listen("tcp", addr)
-		if err != nil {
-			return fmt.Errorf("listen %s: %w", addr, err)
-		}
-		done := make(chan error, 1)
-		go func() { done <- srv.Serve(ln) }()
-		select {
-		case err := <-done:
-			return err
-		case <-ctx.Done():
-			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			_ = srv.Shutdown(sctx)
-			<-done
-			return nil
-		}
-	}
-}
+func (a *App) metricsMux() http.Handler { return proxyadmin.Metrics(a.registry) }
 
-func (a *App) metricsMux() http.Handler {
-	mux := http.NewServeMux()
-	h := promhttp.HandlerFor(a.registry, promhttp.HandlerOpts{})
-	mux.Handle("/metrics", h)
-	mux.Handle("/stats/prometheus", h)
-	return mux
-}
-
-func (a *App) readinessMux() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("/healthz/ready", func(w http.ResponseWriter, _ *http.Request) {
-		if err := a.Ready(); err != nil {
-			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		_, _ = w.Write([]byte("ready\n"))
-	})
-	return mux
-}
+func (a *App) readinessMux() http.Handler { return proxyadmin.Readiness(a.Ready) }
 
 func (a *App) adminMux() http.Handler {
 	mux := http.NewServeMux()
@@ -394,17 +350,7 @@ func (a *App) adminMux() http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(ConfigDump(a.name, a.store.Snapshot(), a.routes, a.certInfo()))
 	})
-	mux.HandleFunc("/logging", func(w http.ResponseWriter, r *http.Request) {
-		if lv := r.URL.Query().Get("level"); lv != "" {
-			l, err := zapcore.ParseLevel(lv)
-			if err != nil {
-				http.Error(w, err.Error(), http.StatusBadRequest)
-				return
-			}
-			a.level.SetLevel(l)
-		}
-		fmt.Fprintf(w, "level=%s\n", a.level.Level())
-	})
+	mux.HandleFunc("/logging", proxyadmin.Logging(a.level))
 	return mux
 }
 

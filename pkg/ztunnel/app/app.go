@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/http/pprof"
 	"os"
 	"strings"
 	"sync"
@@ -20,9 +19,7 @@ import (
 	mdns "github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -32,6 +29,7 @@ import (
 
 	"github.com/ambient-mesh/mesh/pkg/certmanager"
 	"github.com/ambient-mesh/mesh/pkg/otel"
+	"github.com/ambient-mesh/mesh/pkg/proxyadmin"
 	"github.com/ambient-mesh/mesh/pkg/xds/xdsclient"
 	"github.com/ambient-mesh/mesh/pkg/ztunnel"
 	"github.com/ambient-mesh/mesh/pkg/ztunnel/state"
@@ -317,9 +315,9 @@ func (a *App) Run(ctx context.Context) error {
 			return runZDS(ctx, a.cfg.ZDSSocket, a.proxy, a.MarkPodsSynced, a.log, 100*time.Millisecond, time.Second)
 		})
 	}
-	run("metrics", serveHTTP(a.cfg.MetricsAddr, a.metricsMux()))
-	run("readiness", serveHTTP(a.cfg.ReadinessAddr, a.readinessMux()))
-	run("admin", serveHTTP(a.cfg.AdminAddr, a.adminMux()))
+	run("metrics", proxyadmin.Serve(a.cfg.MetricsAddr, a.metricsMux(), listenReusePort))
+	run("readiness", proxyadmin.Serve(a.cfg.ReadinessAddr, a.readinessMux(), listenReusePort))
+	run("admin", proxyadmin.Serve(a.cfg.AdminAddr, a.adminMux(), listenReusePort))
 	a.log.Info("started", zap.String("xds", a.cfg.XDSAddress), zap.String("node", a.cfg.NodeName), zap.String("zds", a.cfg.ZDSSocket))
 	wg.Wait()
 	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
@@ -328,52 +326,9 @@ func (a *App) Run(ctx context.Context) error {
 	return nil
 }
 
-// serveHTTP serves mux on addr until ctx ends, then shuts down within 5 s.
-func serveHTTP(addr string, mux http.Handler) func(context.Context) error {
-	return func(ctx context.Context) error {
-		if addr == "" || addr == "0" {
-			<-ctx.Done()
-			return nil
-		}
-		srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-		ln, err := listenReusePort.Listen(ctx, "tcp", addr)
-		if err != nil {
-			return fmt.Errorf("listen %s: %w", addr, err)
-		}
-		done := make(chan error, 1)
-		go func() { done <- srv.Serve(ln) }()
-		select {
-		case err := <-done:
-			return err
-		case <-ctx.Done():
-			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			_ = srv.Shutdown(sctx)
-			<-done
-			return nil
-		}
-	}
-}
+func (a *App) metricsMux() http.Handler { return proxyadmin.Metrics(a.registry) }
 
-func (a *App) metricsMux() http.Handler {
-	mux := http.NewServeMux()
-	h := promhttp.HandlerFor(a.registry, promhttp.HandlerOpts{})
-	mux.Handle("/metrics", h)
-	mux.Handle("/stats/prometheus", h)
-	return mux
-}
-
-func (a *App) readinessMux() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("/healthz/ready", func(w http.ResponseWriter, _ *http.Request) {
-		if err := a.Ready(); err != nil {
-			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		_, _ = w.Write([]byte("ready\n"))
-	})
-	return mux
-}
+func (a *App) readinessMux() http.Handler { return proxyadmin.Readiness(a.Ready) }
 
 func (a *App) adminMux() http.Handler {
 	mux := http.NewServeMux()
@@ -381,24 +336,8 @@ func (a *App) adminMux() http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(ConfigDump(a.store.Snapshot(), a.certInfo(), a.proxy.Pods()))
 	})
-	mux.HandleFunc("/logging", func(w http.ResponseWriter, r *http.Request) {
-		if lv := r.URL.Query().Get("level"); lv != "" {
-			l, err := zapcore.ParseLevel(lv)
-			if err != nil {
-				http.Error(w, err.Error(), http.StatusBadRequest)
-				return
-			}
-			a.level.SetLevel(l)
-		}
-		fmt.Fprintf(w, "level=%s\n", a.level.Level())
-	})
-	// Go's profiles, as Istio's ztunnel serves its own on the admin port
-	// (localhost only): /debug/pprof/profile?seconds=N, /heap, ...
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	mux.HandleFunc("/logging", proxyadmin.Logging(a.level))
+	proxyadmin.Profiles(mux)
 	return mux
 }
 

@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"testing"
 	"time"
+
+	"github.com/ambient-mesh/mesh/pkg/proxyadmin"
 )
 
 // Two ztunnels on the node's network (a surge rollout) both serve the same
@@ -25,7 +27,7 @@ func TestServeHTTPBesideAnother(t *testing.T) {
 		mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, name) })
 		ctx, cancel := context.WithCancel(t.Context())
 		errc := make(chan error, 1)
-		go func() { errc <- serveHTTP(addr, mux)(ctx) }()
+		go func() { errc <- proxyadmin.Serve(addr, mux, listenReusePort)(ctx) }()
 		return func() {
 			cancel()
 			if err := <-errc; err != nil {

@@ -1,0 +1,99 @@
+// Package proxyadmin holds the HTTP endpoints ztunnel and the waypoint both
+// serve beside their proxies: Prometheus metrics (15020), readiness
+// (15021), and the admin port's log-level control and Go profiles (15000,
+// localhost), plus the serve loop that shuts them down with the proxy.
+// Imported by pkg/ztunnel/app and pkg/waypoint/app.
+package proxyadmin
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// Serve returns a runner that serves h on addr (listening with lc) until
+// ctx ends, then shuts down within 5 s. An empty addr or "0" serves
+// nothing and waits for ctx.
+func Serve(addr string, h http.Handler, lc net.ListenConfig) func(context.Context) error {
+	return func(ctx context.Context) error {
+		if addr == "" || addr == "0" {
+			<-ctx.Done()
+			return nil
+		}
+		srv := &http.Server{Addr: addr, Handler: h, ReadHeaderTimeout: 10 * time.Second}
+		ln, err := lc.Listen(ctx, "tcp", addr)
+		if err != nil {
+			return fmt.Errorf("listen %s: %w", addr, err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- srv.Serve(ln) }()
+		select {
+		case err := <-done:
+			return err
+		case <-ctx.Done():
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = srv.Shutdown(sctx)
+			<-done
+			return nil
+		}
+	}
+}
+
+// Metrics serves g on /metrics and on Envoy's /stats/prometheus, where
+// Istio's scrape annotations point.
+func Metrics(g prometheus.Gatherer) *http.ServeMux {
+	mux := http.NewServeMux()
+	h := promhttp.HandlerFor(g, promhttp.HandlerOpts{})
+	mux.Handle("/metrics", h)
+	mux.Handle("/stats/prometheus", h)
+	return mux
+}
+
+// Readiness serves /healthz/ready: 200 "ready" when ready returns nil,
+// else 503 with the reason.
+func Readiness(ready func() error) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz/ready", func(w http.ResponseWriter, _ *http.Request) {
+		if err := ready(); err != nil {
+			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ready\n"))
+	})
+	return mux
+}
+
+// Logging is the admin port's /logging: ?level=debug|info|warn|error sets
+// the level; every call answers the current one.
+func Logging(level zap.AtomicLevel) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if lv := r.URL.Query().Get("level"); lv != "" {
+			l, err := zapcore.ParseLevel(lv)
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			level.SetLevel(l)
+		}
+		fmt.Fprintf(w, "level=%s\n", level.Level())
+	}
+}
+
+// Profiles adds Go's profiles under /debug/pprof/ (admin port, localhost
+// only), as Istio's ztunnel serves its own there.
+func Profiles(mux *http.ServeMux) {
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+}

@@ -51,12 +51,14 @@ func main() {
 	conns := flag.Int("c", 4, "connections of the fixed-rate runs")
 	maxConns := flag.Int("max-c", 16, "connections of the maximum-RPS runs")
 	rounds := flag.Int("rounds", 3, "runs of each mode")
-	timeout := flag.Duration("timeout", 9*time.Minute, "bound on the whole run")
+	down := flag.Duration("collector-down", 0, "after the modes, stop the collector and keep 100 % tracing under -qps load this long, sampling the waypoint's memory and export queue each minute (0: skip)")
+	timeout := flag.Duration("timeout", 9*time.Minute, "bound on the whole run (plus -collector-down)")
 	flag.Parse()
+	*timeout += *down
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
 	b := &bench{k: clusterbench.Kubectl{Bin: *kubectlBin, Kubeconfig: *kubeconfig}, manifests: *manifests,
-		duration: *duration, maxDuration: *maxDuration, qps: *qps, conns: *conns, maxConns: *maxConns, rounds: *rounds}
+		duration: *duration, maxDuration: *maxDuration, qps: *qps, conns: *conns, maxConns: *maxConns, rounds: *rounds, down: *down}
 	fig, err := b.run(ctx)
 	b.cleanup()
 	if err != nil {
@@ -78,7 +80,9 @@ type bench struct {
 	duration, maxDuration time.Duration
 	qps, conns, maxConns  int
 	rounds                int
+	down                  time.Duration
 	ns                    string
+	collectorStopped      bool
 }
 
 // appManifest is fortio's echo server behind a Service that uses the
@@ -250,7 +254,73 @@ func (b *bench) run(ctx context.Context) (map[string]float64, error) {
 	fig["rps_ratio_trace1_vs_off"] = fig["rps_trace1"] / fig["rps_off"]
 	fig["p99_added_ms_trace100"] = fig["p99_ms_trace100"] - fig["p99_ms_off"]
 	fig["p99_added_ms_trace1"] = fig["p99_ms_trace1"] - fig["p99_ms_off"]
+	if b.down > 0 {
+		if err := b.collectorDown(ctx, url, fig); err != nil {
+			return fig, err
+		}
+	}
 	return fig, nil
+}
+
+// collectorDown stops the collector (scale to 0) with tracing at 100 % and
+// runs the fixed-rate load for b.down in one-minute chunks, recording after
+// each the waypoint's resident set (from /proc on the node), its export
+// queue and dropped spans: the proxy must keep serving, the queue stay
+// bounded and memory flat.
+func (b *bench) collectorDown(ctx context.Context, url string, fig map[string]float64) error {
+	if err := b.setMode(ctx, mode{"trace100", 100}); err != nil {
+		return err
+	}
+	b.collectorStopped = true
+	if _, err := b.k.Run(ctx, "", "-n", "otel-collector", "scale", "deployment/opentelemetry-collector", "--replicas=0"); err != nil {
+		return err
+	}
+	if _, err := b.k.Run(ctx, "", "-n", "otel-collector", "wait", "--for=delete", "pod", "-l", "app=opentelemetry-collector", "--timeout=120s"); err != nil {
+		return fmt.Errorf("collector pods did not stop: %w", err)
+	}
+	pid, err := clusterbench.FindProcess("/usr/local/bin/waypoint", "POD_NAMESPACE="+b.ns)
+	if err != nil {
+		return err
+	}
+	var first, peak, last, queuePeak, requests, errs float64
+	for i := 0; time.Duration(i)*time.Minute < b.down; i++ {
+		d := min(time.Minute, b.down-time.Duration(i)*time.Minute)
+		fmt.Fprintf(os.Stderr, "bench-telemetry: collector down, minute %d: %d qps for %s\n", i+1, b.qps, d)
+		r, err := b.k.Fortio(ctx, clusterbench.Load{Namespace: b.ns, Pod: "client", URL: url, QPS: b.qps, Conns: b.conns, Duration: d, PayloadBytes: 1024})
+		if err != nil {
+			return fmt.Errorf("collector down, minute %d: %w", i+1, err)
+		}
+		requests += float64(r.DurationHistogram.Count)
+		errs += float64(r.Errors())
+		rss, err := benchkit.CurrentRSSMB(pid)
+		if err != nil {
+			return fmt.Errorf("waypoint rss (did it restart?): %w", err)
+		}
+		if i == 0 {
+			first = rss
+		}
+		last, peak = rss, max(peak, rss)
+		stats, err := b.waypointMetrics(ctx)
+		if err != nil {
+			return err
+		}
+		queuePeak = max(queuePeak, stats["otel_export_queue_spans"])
+		fig["collector_down_spans_dropped"] = stats["otel_export_spans_dropped_total"]
+		fmt.Fprintf(os.Stderr, "bench-telemetry: collector down, minute %d: rss %.1f MB, queue %.0f spans, %.0f dropped, %d errors\n",
+			i+1, rss, stats["otel_export_queue_spans"], stats["otel_export_spans_dropped_total"], r.Errors())
+	}
+	fig["collector_down_s"] = b.down.Seconds()
+	fig["collector_down_requests"] = requests
+	fig["collector_down_errors"] = errs
+	fig["collector_down_rss_first_min_mb"] = first
+	fig["collector_down_rss_last_mb"] = last
+	fig["collector_down_rss_peak_mb"] = peak
+	fig["collector_down_rss_growth_after_first_min_mb"] = last - first
+	fig["collector_down_queue_peak_spans"] = queuePeak
+	if errs > 0 {
+		return fmt.Errorf("%v of %v requests failed with the collector down", errs, requests)
+	}
+	return nil
 }
 
 // setMode applies (or deletes) the Telemetry and waits for the waypoint's
@@ -348,10 +418,13 @@ func (b *bench) waypointMetrics(ctx context.Context) (map[string]float64, error)
 }
 
 func (b *bench) cleanup() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if b.collectorStopped {
+		_, _ = b.k.Run(ctx, "", "-n", "otel-collector", "scale", "deployment/opentelemetry-collector", "--replicas=1")
+	}
 	if b.ns == "" {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
 	_, _ = b.k.Run(ctx, "", "delete", "namespace", b.ns, "--wait=false")
 }

@@ -11,6 +11,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"os"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -96,4 +98,29 @@ func Profiles(mux *http.ServeMux) {
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+}
+
+// Env returns the environment value of key, or def when it is unset; the
+// proxies' flags take their defaults from it.
+func Env(key, def string) string {
+	if v, ok := os.LookupEnv(key); ok {
+		return v
+	}
+	return def
+}
+
+// DrainDefault is Istio's self-termination deadline for its proxies: the
+// pod's terminationGracePeriodSeconds (env TERMINATION_GRACE_PERIOD_SECONDS)
+// minus 5 s, minus 1 s when it is 10 s or less, and 5 s when unset
+// (zt:src/config.rs).
+func DrainDefault() time.Duration {
+	v, err := strconv.Atoi(os.Getenv("TERMINATION_GRACE_PERIOD_SECONDS"))
+	switch {
+	case err != nil || v <= 0:
+		return 5 * time.Second
+	case v <= 10:
+		return time.Duration(v-1) * time.Second
+	default:
+		return time.Duration(v-5) * time.Second
+	}
 }

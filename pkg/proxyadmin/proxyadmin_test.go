@@ -81,3 +81,15 @@ func TestServe(t *testing.T) {
 		t.Fatal("Serve did not return after its context ended")
 	}
 }
+
+func TestDrainDefault(t *testing.T) {
+	for _, tc := range []struct {
+		env  string
+		want time.Duration
+	}{{"", 5 * time.Second}, {"junk", 5 * time.Second}, {"0", 5 * time.Second}, {"10", 9 * time.Second}, {"30", 25 * time.Second}} {
+		t.Setenv("TERMINATION_GRACE_PERIOD_SECONDS", tc.env)
+		if got := DrainDefault(); got != tc.want {
+			t.Errorf("TERMINATION_GRACE_PERIOD_SECONDS=%q: DrainDefault() = %s, want %s", tc.env, got, tc.want)
+		}
+	}
+}

@@ -18,9 +18,10 @@ import (
 	"flag"
 	"net"
 	"net/netip"
-	"os"
 	"strconv"
 	"time"
+
+	"github.com/ambient-mesh/mesh/pkg/proxyadmin"
 )
 
 // Config is every setting of the waypoint. RegisterFlags is the one place
@@ -58,32 +59,11 @@ type Config struct {
 	TunnelDial func(ctx context.Context, network, address string, local netip.Addr) (net.Conn, error)
 }
 
-func env(key, def string) string {
-	if v, ok := os.LookupEnv(key); ok {
-		return v
-	}
-	return def
-}
-
-// drainDefault is Istio's rule: terminationGracePeriodSeconds minus 5 s
-// (minus 1 s when it is 10 s or less), 5 s when unset.
-func drainDefault() time.Duration {
-	v, err := strconv.Atoi(os.Getenv("TERMINATION_GRACE_PERIOD_SECONDS"))
-	switch {
-	case err != nil || v <= 0:
-		return 5 * time.Second
-	case v <= 10:
-		return time.Duration(v-1) * time.Second
-	default:
-		return time.Duration(v-5) * time.Second
-	}
-}
-
 // RegisterFlags registers every setting on fs; each flag's default comes
 // from its environment variable (named in the help), else the built-in one.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	s := func(p *string, name, envKey, def, help string) {
-		fs.StringVar(p, name, env(envKey, def), help+" (env "+envKey+")")
+		fs.StringVar(p, name, proxyadmin.Env(envKey, def), help+" (env "+envKey+")")
 	}
 	s(&c.XDSAddress, "xds-address", "XDS_ADDRESS", "istiod.istio-system.svc:15012", "istiod-lite xDS address")
 	s(&c.CAAddress, "ca-address", "CA_ADDRESS", "", "mesh CA address; empty: the xDS address")
@@ -97,16 +77,16 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	s(&c.PodName, "pod-name", "POD_NAME", "", "the waypoint's pod name")
 	s(&c.PodNamespace, "pod-namespace", "POD_NAMESPACE", "default", "the waypoint's namespace (the Gateway's)")
 	s(&c.ServiceAccount, "service-account", "SERVICE_ACCOUNT", "", "the waypoint's service account; empty: the gateway name")
-	s(&c.InstanceIP, "instance-ip", "INSTANCE_IP", env("POD_IP", ""), "the waypoint's pod IP (env POD_IP also works)")
+	s(&c.InstanceIP, "instance-ip", "INSTANCE_IP", proxyadmin.Env("POD_IP", ""), "the waypoint's pod IP (env POD_IP also works)")
 	s(&c.HBONEAddr, "hbone-address", "HBONE_ADDRESS", ":15008", "HBONE listener")
 	s(&c.MetricsAddr, "metrics-address", "METRICS_ADDRESS", ":15020", "Prometheus metrics (/metrics, /stats/prometheus)")
 	s(&c.ReadinessAddr, "readiness-address", "READINESS_ADDRESS", ":15021", "readiness (/healthz/ready)")
 	s(&c.AdminAddr, "admin-address", "ADMIN_ADDRESS", "localhost:15000", "admin: /config_dump, /logging")
 	s(&c.LogLevel, "log-level", "LOG_LEVEL", "info", "log level: debug, info, warn, error")
-	accessLog, _ := strconv.ParseBool(env("ACCESS_LOG", "true"))
+	accessLog, _ := strconv.ParseBool(proxyadmin.Env("ACCESS_LOG", "true"))
 	fs.BoolVar(&c.AccessLog, "access-log", accessLog, "log one line per request and TCP connection (env ACCESS_LOG)")
-	fs.DurationVar(&c.DrainTimeout, "drain-timeout", drainDefault(), "how long a stopping waypoint drains (env TERMINATION_GRACE_PERIOD_SECONDS minus 5 s)")
-	maxBody, err := strconv.Atoi(env("MAX_REPLAY_BODY", "65536"))
+	fs.DurationVar(&c.DrainTimeout, "drain-timeout", proxyadmin.DrainDefault(), "how long a stopping waypoint drains (env TERMINATION_GRACE_PERIOD_SECONDS minus 5 s)")
+	maxBody, err := strconv.Atoi(proxyadmin.Env("MAX_REPLAY_BODY", "65536"))
 	if err != nil {
 		maxBody = 65536
 	}

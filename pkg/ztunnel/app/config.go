@@ -12,10 +12,10 @@ package app
 
 import (
 	"flag"
-	"os"
 	"strconv"
 	"time"
 
+	"github.com/ambient-mesh/mesh/pkg/proxyadmin"
 	"github.com/ambient-mesh/mesh/pkg/zds"
 )
 
@@ -52,34 +52,11 @@ type Config struct {
 	ZDSSocket      string // the node agent's ZDS socket; empty: no pods (tests)
 }
 
-// env returns the environment value of key or def.
-func env(key, def string) string {
-	if v, ok := os.LookupEnv(key); ok {
-		return v
-	}
-	return def
-}
-
-// drainDefault is Istio's self-termination deadline: the pod's
-// terminationGracePeriodSeconds minus 5 s (minus 1 s when it is 10 s or
-// less), 5 s when unset (zt:src/config.rs).
-func drainDefault() time.Duration {
-	v, err := strconv.Atoi(os.Getenv("TERMINATION_GRACE_PERIOD_SECONDS"))
-	switch {
-	case err != nil || v <= 0:
-		return 5 * time.Second
-	case v <= 10:
-		return time.Duration(v-1) * time.Second
-	default:
-		return time.Duration(v-5) * time.Second
-	}
-}
-
 // RegisterFlags registers every setting on fs; each flag's default comes
 // from its environment variable (named in the help), else the built-in one.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	s := func(p *string, name, envKey, def, help string) {
-		fs.StringVar(p, name, env(envKey, def), help+" (env "+envKey+")")
+		fs.StringVar(p, name, proxyadmin.Env(envKey, def), help+" (env "+envKey+")")
 	}
 	s(&c.XDSAddress, "xds-address", "XDS_ADDRESS", "istiod.istio-system.svc:15012", "istiod-lite xDS address")
 	s(&c.CAAddress, "ca-address", "CA_ADDRESS", "", "mesh CA address; empty: the xDS address")
@@ -97,13 +74,13 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	s(&c.ReadinessAddr, "readiness-address", "READINESS_ADDRESS", ":15021", "readiness (/healthz/ready)")
 	s(&c.AdminAddr, "admin-address", "ADMIN_ADDRESS", "localhost:15000", "admin: /config_dump, /logging")
 	s(&c.LogLevel, "log-level", "LOG_LEVEL", "info", "log level: debug, info, warn, error")
-	fs.DurationVar(&c.DrainTimeout, "drain-timeout", drainDefault(), "how long a stopping ztunnel or a removed pod drains connections (env TERMINATION_GRACE_PERIOD_SECONDS minus 5 s)")
+	fs.DurationVar(&c.DrainTimeout, "drain-timeout", proxyadmin.DrainDefault(), "how long a stopping ztunnel or a removed pod drains connections (env TERMINATION_GRACE_PERIOD_SECONDS minus 5 s)")
 	s(&c.DNSUpstreams, "dns-upstreams", "DNS_UPSTREAMS", "", "comma-separated ip:port resolvers for names outside the mesh; empty: the nameservers of -resolv-conf")
 	s(&c.ResolvConf, "resolv-conf", "RESOLV_CONF", "/etc/resolv.conf", "resolver configuration the DNS proxy forwards to")
 	s(&c.ClusterDomain, "cluster-domain", "CLUSTER_DOMAIN", "cluster.local", "cluster DNS domain of service hostnames")
 	s(&c.ZDSSocket, "zds-socket", "ZDS_SOCKET", zds.DefaultSocketPath, "the node agent's socket that hands over the node's ambient pods (ZDS); empty: serve no pods")
-	dnsOn, _ := strconv.ParseBool(env("DNS_PROXY", "true"))
+	dnsOn, _ := strconv.ParseBool(proxyadmin.Env("DNS_PROXY", "true"))
 	fs.BoolVar(&c.DNSProxy, "dns-proxy", dnsOn, "serve DNS on 15053 in every pod (env DNS_PROXY)")
-	wait, _ := strconv.ParseBool(env("WAIT_FOR_POD_SYNC", "false"))
+	wait, _ := strconv.ParseBool(proxyadmin.Env("WAIT_FOR_POD_SYNC", "false"))
 	fs.BoolVar(&c.WaitForPodSync, "wait-for-pod-sync", wait, "readiness waits for the node agent's pod snapshot (env WAIT_FOR_POD_SYNC)")
 }

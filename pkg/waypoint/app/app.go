@@ -351,6 +351,7 @@ func (a *App) adminMux() http.Handler {
 		_, _ = w.Write(ConfigDump(a.name, a.store.Snapshot(), a.routes, a.certInfo()))
 	})
 	mux.HandleFunc("/logging", proxyadmin.Logging(a.level))
+	proxyadmin.Profiles(mux)
 	return mux
 }
 

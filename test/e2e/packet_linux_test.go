@@ -3,12 +3,15 @@ package e2e
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"net/netip"
 	"sync"
 	"testing"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/ambient-mesh/mesh/pkg/redirect"
 )
 
 // veth is a pod's host-side interface.
@@ -41,8 +44,11 @@ func hostVeth(t *testing.T, p pod) veth {
 type captureStats struct {
 	frames   int // every frame read
 	hbone    int // IPv4 TCP frames from or to port 15008
-	plainTCP int // IPv4 TCP frames from or to port 9000 (the app's, in clear), but kubelet's probes from the node
+	plainTCP int // IPv4 TCP frames from or to port 9000 (the app's, in clear), but kubelet's probes (from the node or its probe SNAT address)
 	marker   int // frames whose bytes contain the marker
+	// plainSamples describes the first plaintext frames (addresses, ports,
+	// TCP flags, payload length), to tell stray handshakes from app data.
+	plainSamples []string
 }
 
 // capture reads every frame of one interface with an AF_PACKET socket
@@ -120,12 +126,25 @@ func (c *capture) count(f []byte) {
 	}
 	src, dst := binary.BigEndian.Uint16(ip[ihl:]), binary.BigEndian.Uint16(ip[ihl+2:])
 	node := netip.MustParseAddr(nodeIP).As4()
-	fromNode := bytes.Equal(ip[12:16], node[:]) || bytes.Equal(ip[16:20], node[:])
+	// kubelet's probes come from the node, SNATed by the capture rules to
+	// redirect.ProbeSNATIPv4 so that they bypass ztunnel.
+	probe := redirect.ProbeSNATIPv4.As4()
+	fromNode := bytes.Equal(ip[12:16], node[:]) || bytes.Equal(ip[16:20], node[:]) ||
+		bytes.Equal(ip[12:16], probe[:]) || bytes.Equal(ip[16:20], probe[:])
 	switch {
 	case src == 15008 || dst == 15008:
 		c.st.hbone++
 	case (src == 9000 || dst == 9000) && !fromNode:
 		c.st.plainTCP++
+		if len(ip) < ihl+14 {
+			break
+		}
+		total := int(binary.BigEndian.Uint16(ip[2:4]))
+		doff := int(ip[ihl+12]>>4) * 4
+		if len(c.st.plainSamples) < 8 {
+			c.st.plainSamples = append(c.st.plainSamples, fmt.Sprintf("%s:%d->%s:%d flags=%#02x payload=%d",
+				netip.AddrFrom4([4]byte(ip[12:16])), src, netip.AddrFrom4([4]byte(ip[16:20])), dst, ip[ihl+13], total-ihl-doff))
+		}
 	}
 }
 

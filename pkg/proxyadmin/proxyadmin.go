@@ -2,7 +2,8 @@
 // serve beside their proxies: Prometheus metrics (15020), readiness
 // (15021), and the admin port's log-level control and Go profiles (15000,
 // localhost), plus the serve loop that shuts them down with the proxy.
-// Imported by pkg/ztunnel/app and pkg/waypoint/app.
+// It also dials the control plane (CA and xDS) for both. Imported by
+// pkg/ztunnel/app and pkg/waypoint/app.
 package proxyadmin
 
 import (

@@ -2,8 +2,6 @@ package app
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,7 +19,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/structpb"
 
@@ -79,40 +76,16 @@ func New(cfg Config, log *zap.Logger, level *zap.AtomicLevel) (*App, error) {
 	if a.otelCfg.ServiceName == "" || a.otelCfg.ServiceName == otel.DefaultServiceName {
 		a.otelCfg.ServiceName = "ztunnel"
 	}
-	pem, err := os.ReadFile(cfg.RootCertFile)
-	if err != nil {
-		return nil, fmt.Errorf("read root certificate: %w", err)
-	}
-	roots, err := certmanager.ParseCertificates(pem)
-	if err != nil || len(roots) == 0 {
-		return nil, fmt.Errorf("parse root certificate %s: %d certificates, %v", cfg.RootCertFile, len(roots), err)
-	}
-	pool := x509.NewCertPool()
-	for _, r := range roots {
-		pool.AddCert(r)
-	}
-	caAddr := cfg.CAAddress
-	if caAddr == "" {
-		caAddr = cfg.XDSAddress
-	}
-	tokens := certmanager.FileToken(cfg.TokenFile)
-	caConn, err := certmanager.DialCA(caAddr, pool, serverName(cfg.ServerName, caAddr))
+	cp, err := proxyadmin.DialControlPlane(proxyadmin.ControlPlane{XDSAddress: cfg.XDSAddress, CAAddress: cfg.CAAddress,
+		ServerName: cfg.ServerName, RootCertFile: cfg.RootCertFile, TokenFile: cfg.TokenFile, ClusterID: cfg.ClusterID})
 	if err != nil {
 		return nil, err
 	}
-	xdsConn, err := grpc.NewClient(cfg.XDSAddress,
-		grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool, ServerName: serverName(cfg.ServerName, cfg.XDSAddress)})),
-		grpc.WithPerRPCCredentials(bearer{tokens: tokens, clusterID: cfg.ClusterID}),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(200<<20)))
-	if err != nil {
-		_ = caConn.Close()
-		return nil, fmt.Errorf("dial xds %s: %w", cfg.XDSAddress, err)
-	}
-	a.conns = []*grpc.ClientConn{caConn, xdsConn}
+	a.conns = []*grpc.ClientConn{cp.CA, cp.XDS}
 	a.certs, err = certmanager.New(certmanager.Config{
-		Fetcher:     certmanager.NewCAClient(caConn, tokens, certmanager.CAClientOptions{Impersonate: true, ClusterID: cfg.ClusterID}),
+		Fetcher:     certmanager.NewCAClient(cp.CA, cp.Tokens, certmanager.CAClientOptions{Impersonate: true, ClusterID: cfg.ClusterID}),
 		TrustDomain: cfg.TrustDomain,
-		Roots:       roots,
+		Roots:       cp.Roots,
 		Logger:      log.Named("certs"),
 	})
 	if err != nil {
@@ -143,7 +116,7 @@ func New(cfg Config, log *zap.Logger, level *zap.AtomicLevel) (*App, error) {
 		return nil, err
 	}
 	a.xds, err = xdsclient.New(xdsclient.Config{
-		Conn: xdsConn,
+		Conn: cp.XDS,
 		Node: a.node(),
 		Subscriptions: []xdsclient.Subscription{
 			{TypeURL: state.AddressTypeURL},
@@ -196,17 +169,6 @@ func (a *App) xdsHandler() xdsclient.Handler {
 	}
 }
 
-func serverName(explicit, addr string) string {
-	if explicit != "" {
-		return explicit
-	}
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return addr
-	}
-	return host
-}
-
 // node is ztunnel's xDS node (zt:src/xds/client.rs node()).
 func (a *App) node() *core.Node {
 	md, _ := structpb.NewStruct(map[string]any{
@@ -218,27 +180,6 @@ func (a *App) node() *core.Node {
 		Metadata: md,
 	}
 }
-
-// bearer puts the projected token (re-read on every call) and the cluster
-// id on each xDS RPC.
-type bearer struct {
-	tokens    certmanager.TokenSource
-	clusterID string
-}
-
-func (b bearer) GetRequestMetadata(ctx context.Context, _ ...string) (map[string]string, error) {
-	tok, err := b.tokens(ctx)
-	if err != nil {
-		return nil, err
-	}
-	md := map[string]string{"authorization": "Bearer " + tok}
-	if b.clusterID != "" {
-		md["clusterid"] = b.clusterID
-	}
-	return md, nil
-}
-
-func (bearer) RequireTransportSecurity() bool { return true }
 
 // Pods is where the node agent feed (pkg/zds) hands over pods.
 func (a *App) Pods() ztunnel.PodSink { return a.proxy }

@@ -24,6 +24,8 @@ import (
 	"github.com/ambient-mesh/mesh/internal/otelcoltest"
 	"github.com/ambient-mesh/mesh/pkg/xds/xdsclient"
 	"github.com/ambient-mesh/mesh/pkg/ztunnel/state"
+
+	"github.com/ambient-mesh/mesh/pkg/proxyadmin"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -65,7 +67,7 @@ func TestFlagsFromEnv(t *testing.T) {
 	if cfg.XDSAddress != "istiod.mesh.svc:15012" || cfg.DrainTimeout != 25*time.Second || cfg.MetricsAddr != ":15020" || cfg.AdminAddr != "localhost:15000" {
 		t.Errorf("config = %+v", cfg)
 	}
-	if got := serverName("", cfg.XDSAddress); got != "istiod.mesh.svc" {
+	if got := proxyadmin.ServerName("", cfg.XDSAddress); got != "istiod.mesh.svc" {
 		t.Errorf("serverName = %q", got)
 	}
 	rc := filepath.Join(t.TempDir(), "resolv.conf")

@@ -248,3 +248,63 @@ func (u *Usage) Stop() (cpuS float64, wall time.Duration, rssMB float64, err err
 	}
 	return c - u.cpu0, wall, rssMB, nil
 }
+
+// BenchDuration is the length of a driver's fixed-rate runs: env
+// BENCH_DURATION, default 60 s. A bad value ends the driver (named tool).
+func BenchDuration(tool string) time.Duration {
+	v := os.Getenv("BENCH_DURATION")
+	if v == "" {
+		return 60 * time.Second
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: BENCH_DURATION=%q: %v\n", tool, v, err)
+		os.Exit(2)
+	}
+	return d
+}
+
+// OneCoreWaypointManifest is a waypoint Gateway held to one core:
+// GOMAXPROCS=1 through its parameters ConfigMap, the user-facing way.
+const OneCoreWaypointManifest = `apiVersion: v1
+kind: ConfigMap
+metadata: {name: waypoint-bench}
+data:
+  deployment: |
+    spec:
+      template:
+        spec:
+          containers:
+          - name: istio-proxy
+            env:
+            - {name: GOMAXPROCS, value: "1"}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint}
+spec:
+  gatewayClassName: istio-waypoint
+  infrastructure:
+    parametersRef: {group: "", kind: ConfigMap, name: waypoint-bench}
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+`
+
+// WaitCaptured waits until the node agent has captured the pods of ns.
+func (k Kubectl) WaitCaptured(ctx context.Context, ns string, pods ...string) error {
+	for _, p := range pods {
+		if _, err := k.Run(ctx, "", "-n", ns, "wait", "pod/"+p, "--for=jsonpath={.metadata.annotations.ambient\\.istio\\.io/redirection}=enabled", "--timeout=120s"); err != nil {
+			return fmt.Errorf("mesh pods not captured: %w", err)
+		}
+	}
+	return nil
+}
+
+// WaitWaypoint waits until the waypoint Gateway of ns is Programmed and its
+// Deployment rolled out.
+func (k Kubectl) WaitWaypoint(ctx context.Context, ns string) error {
+	if _, err := k.Run(ctx, "", "-n", ns, "wait", "--for=condition=Programmed", "gateway/waypoint", "--timeout=180s"); err != nil {
+		return fmt.Errorf("waypoint not programmed: %w", err)
+	}
+	_, err := k.Run(ctx, "", "-n", ns, "rollout", "status", "deployment/waypoint", "--timeout=180s")
+	return err
+}

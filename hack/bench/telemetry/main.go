@@ -120,28 +120,7 @@ spec:
     args: ["serve", "-listen=:9000"]
     readinessProbe: {tcpSocket: {port: 9000}, periodSeconds: 1}
 ---
-apiVersion: v1
-kind: ConfigMap
-metadata: {name: waypoint-bench}
-data:
-  deployment: |
-    spec:
-      template:
-        spec:
-          containers:
-          - name: istio-proxy
-            env:
-            - {name: GOMAXPROCS, value: "1"}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: waypoint}
-spec:
-  gatewayClassName: istio-waypoint
-  infrastructure:
-    parametersRef: {group: "", kind: ConfigMap, name: waypoint-bench}
-  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
-`
+` + clusterbench.OneCoreWaypointManifest
 
 func telemetry(percent int) string {
 	return fmt.Sprintf(`apiVersion: telemetry.istio.io/v1
@@ -184,15 +163,10 @@ func (b *bench) run(ctx context.Context) (map[string]float64, error) {
 	if _, err := b.k.Run(ctx, "", "-n", b.ns, "wait", "--for=condition=Ready", "pod/server", "pod/client", "--timeout=120s"); err != nil {
 		return nil, err
 	}
-	for _, p := range []string{"server", "client"} {
-		if _, err := b.k.Run(ctx, "", "-n", b.ns, "wait", "pod/"+p, "--for=jsonpath={.metadata.annotations.ambient\\.istio\\.io/redirection}=enabled", "--timeout=120s"); err != nil {
-			return nil, fmt.Errorf("pods not captured: %w", err)
-		}
+	if err := b.k.WaitCaptured(ctx, b.ns, "server", "client"); err != nil {
+		return nil, err
 	}
-	if _, err := b.k.Run(ctx, "", "-n", b.ns, "wait", "--for=condition=Programmed", "gateway/waypoint", "--timeout=180s"); err != nil {
-		return nil, fmt.Errorf("waypoint not programmed: %w", err)
-	}
-	if _, err := b.k.Run(ctx, "", "-n", b.ns, "rollout", "status", "deployment/waypoint", "--timeout=180s"); err != nil {
+	if err := b.k.WaitWaypoint(ctx, b.ns); err != nil {
 		return nil, err
 	}
 	url := "http://server:8080/echo"

@@ -51,15 +51,7 @@ func main() {
 	kubeconfig := flag.String("kubeconfig", os.Getenv("KUBECONFIG"), "the local cluster's admin kubeconfig")
 	manifests := flag.String("manifests", "manifests", "the mesh's kustomization directory")
 	haproxy := flag.String("haproxy", "/usr/sbin/haproxy", "HAProxy binary (Debian package haproxy)")
-	def := 60 * time.Second
-	if v := os.Getenv("BENCH_DURATION"); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "bench-waypoint: BENCH_DURATION=%q: %v\n", v, err)
-			os.Exit(2)
-		}
-		def = d
-	}
+	def := clusterbench.BenchDuration("bench-waypoint")
 	duration := flag.Duration("duration", def, "length of each fixed-rate run (env BENCH_DURATION)")
 	maxDuration := flag.Duration("max-duration", 20*time.Second, "length of each maximum-RPS run")
 	qps := flag.Int("qps", 1000, "requests per second of the fixed-rate runs")
@@ -144,31 +136,9 @@ spec:
     readinessProbe: {tcpSocket: {port: 9000}, periodSeconds: 1}
 `
 
-// waypointManifest is the waypoint (held to one core: GOMAXPROCS=1 through
-// the Gateway's parameters ConfigMap) and a second Service over the server
-// that uses it.
-const waypointManifest = `apiVersion: v1
-kind: ConfigMap
-metadata: {name: waypoint-bench}
-data:
-  deployment: |
-    spec:
-      template:
-        spec:
-          containers:
-          - name: istio-proxy
-            env:
-            - {name: GOMAXPROCS, value: "1"}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: waypoint}
-spec:
-  gatewayClassName: istio-waypoint
-  infrastructure:
-    parametersRef: {group: "", kind: ConfigMap, name: waypoint-bench}
-  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
----
+// waypointManifest is the waypoint (held to one core) and a second Service
+// over the server that uses it.
+const waypointManifest = clusterbench.OneCoreWaypointManifest + `---
 apiVersion: v1
 kind: Service
 metadata:
@@ -207,15 +177,10 @@ func (b *bench) run(ctx context.Context) (map[string]float64, error) {
 			return nil, err
 		}
 	}
-	for _, p := range []string{"server", "client"} {
-		if _, err := b.k.Run(ctx, "", "-n", b.meshed, "wait", "pod/"+p, "--for=jsonpath={.metadata.annotations.ambient\\.istio\\.io/redirection}=enabled", "--timeout=120s"); err != nil {
-			return nil, fmt.Errorf("mesh pods not captured: %w", err)
-		}
+	if err := b.k.WaitCaptured(ctx, b.meshed, "server", "client"); err != nil {
+		return nil, err
 	}
-	if _, err := b.k.Run(ctx, "", "-n", b.meshed, "wait", "--for=condition=Programmed", "gateway/waypoint", "--timeout=180s"); err != nil {
-		return nil, fmt.Errorf("waypoint not programmed: %w", err)
-	}
-	if _, err := b.k.Run(ctx, "", "-n", b.meshed, "rollout", "status", "deployment/waypoint", "--timeout=180s"); err != nil {
+	if err := b.k.WaitWaypoint(ctx, b.meshed); err != nil {
 		return nil, err
 	}
 	serverIP, err := b.k.Run(ctx, "", "-n", b.direct, "get", "pod", "server", "-o", "jsonpath={.status.podIP}")

@@ -39,15 +39,7 @@ func main() {
 	kubectlBin := flag.String("kubectl", "kubectl", "kubectl binary")
 	kubeconfig := flag.String("kubeconfig", os.Getenv("KUBECONFIG"), "the local cluster's admin kubeconfig")
 	manifests := flag.String("manifests", "manifests", "the mesh's kustomization directory")
-	def := 60 * time.Second
-	if v := os.Getenv("BENCH_DURATION"); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "bench-ztunnel: BENCH_DURATION=%q: %v\n", v, err)
-			os.Exit(2)
-		}
-		def = d
-	}
+	def := clusterbench.BenchDuration("bench-ztunnel")
 	duration := flag.Duration("duration", def, "length of each load run (env BENCH_DURATION)")
 	qps := flag.Int("qps", 1000, "requests per second of each load run")
 	conns := flag.Int("c", 4, "connections of each load run")
@@ -168,10 +160,8 @@ func (b *bench) run(ctx context.Context) (map[string]float64, error) {
 			return nil, err
 		}
 	}
-	for _, p := range []string{"server", "client"} {
-		if _, err := b.k(ctx, "", "-n", b.meshed, "wait", "pod/"+p, "--for=jsonpath={.metadata.annotations.ambient\\.istio\\.io/redirection}=enabled", "--timeout=120s"); err != nil {
-			return nil, fmt.Errorf("mesh pods not captured: %w", err)
-		}
+	if err := b.kube.WaitCaptured(ctx, b.meshed, "server", "client"); err != nil {
+		return nil, err
 	}
 	pid, err := clusterbench.FindProcess(ztunnelExe)
 	if err != nil {

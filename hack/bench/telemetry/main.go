@@ -169,6 +169,12 @@ func (b *bench) run(ctx context.Context) (map[string]float64, error) {
 	if err := b.k.WaitWaypoint(ctx, b.ns); err != nil {
 		return nil, err
 	}
+	// The waypoint process on the node: its CPU-seconds and resident set
+	// are read from /proc around each maximum-rate run.
+	wpid, err := clusterbench.FindProcess("/usr/local/bin/waypoint", "POD_NAMESPACE="+b.ns)
+	if err != nil {
+		return nil, err
+	}
 	url := "http://server:8080/echo"
 	if err := b.k.WaitReachable(ctx, b.ns, "client", url); err != nil {
 		return nil, err
@@ -188,10 +194,24 @@ func (b *bench) run(ctx context.Context) (map[string]float64, error) {
 				return nil, err
 			}
 			fmt.Fprintf(os.Stderr, "bench-telemetry: round %d, %s: max rps over %d connections for %s\n", round+1, m.name, b.maxConns, b.maxDuration)
+			u, err := clusterbench.StartUsage(wpid)
+			if err != nil {
+				return nil, err
+			}
 			r, err := b.k.Fortio(ctx, clusterbench.Load{Namespace: b.ns, Pod: "client", URL: url, QPS: 0, Conns: b.maxConns, Duration: b.maxDuration, PayloadBytes: 1024})
+			cpu, _, rss, uerr := u.Stop()
+			if err == nil {
+				err = uerr
+			}
 			if err != nil {
 				return nil, fmt.Errorf("%s max run: %w", m.name, err)
 			}
+			// Waypoint CPU per request (lowest round) and peak RSS.
+			if us := cpu / float64(r.DurationHistogram.Count) * 1e6; round == 0 || us < fig["waypoint_cpu_us_per_request_"+m.name] {
+				fig["waypoint_cpu_us_per_request_"+m.name] = us
+			}
+			fig["waypoint_cpu_s_"+m.name] += cpu
+			fig["waypoint_rss_mb_"+m.name] = max(fig["waypoint_rss_mb_"+m.name], rss)
 			if r.ActualQPS > fig["rps_"+m.name] {
 				fig["rps_"+m.name] = r.ActualQPS
 			}
@@ -228,6 +248,7 @@ func (b *bench) run(ctx context.Context) (map[string]float64, error) {
 	fig["rps_ratio_trace1_vs_off"] = fig["rps_trace1"] / fig["rps_off"]
 	fig["p99_added_ms_trace100"] = fig["p99_ms_trace100"] - fig["p99_ms_off"]
 	fig["p99_added_ms_trace1"] = fig["p99_ms_trace1"] - fig["p99_ms_off"]
+	fig["cpu_per_request_ratio_trace100_vs_off"] = fig["waypoint_cpu_us_per_request_trace100"] / fig["waypoint_cpu_us_per_request_off"]
 	if b.down > 0 {
 		if err := b.collectorDown(ctx, url, fig); err != nil {
 			return fig, err

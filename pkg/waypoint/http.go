@@ -23,7 +23,8 @@ import (
 // request context.
 type call struct {
 	st      *stream
-	port    *port // the current config of st's port
+	rec     *recorder // the response writer of the request
+	port    *port     // the current config of st's port
 	snap    *state.Snapshot
 	route   *route
 	backend *weightedBackend
@@ -39,6 +40,14 @@ type call struct {
 }
 
 type callKey struct{}
+
+// exchange is the per-request state of serveHTTP, allocated once.
+type exchange struct {
+	call  call
+	rec   recorder
+	orig  requestSummary
+	trace requestTrace
+}
 
 // transports builds the shared upstream transports: HTTP/1.1 with a
 // keep-alive pool per endpoint, and h2c (prior knowledge) multiplexing on
@@ -108,8 +117,14 @@ func (p *Proxy) reverseProxy() http.Handler {
 			pr.Out.URL.Scheme = "http"
 			pr.Out.Host = pr.In.Host
 		},
-		Transport:     roundTripper{p},
-		FlushInterval: -1, // stream: gRPC and server-sent events must not wait
+		Transport: roundTripper{p},
+		// Responses of unknown length (gRPC, chunked) and server-sent
+		// events are flushed as they come by the reverse proxy itself (it
+		// forces a -1 interval for them); responses of known length are
+		// flushed write by write by the recorder (recorder.stream), which
+		// sends the headers with the first body bytes instead of from a
+		// timer goroutine of their own (see recorder).
+		FlushInterval: 0,
 		BufferPool:    copyBuffers{},
 		ErrorHandler:  p.proxyError,
 		ErrorLog:      zap.NewStdLog(p.log.Named("reverseproxy")),
@@ -127,13 +142,16 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request, rp *httputil.R
 		http.Error(w, "no stream", http.StatusInternalServerError)
 		return
 	}
-	rec := &recorder{ResponseWriter: w}
-	c := &call{st: st, snap: p.cfg.Addresses.Snapshot()}
-	orig := requestSummary{method: r.Method, path: r.URL.RequestURI(), authority: r.Host, proto: r.Proto,
+	x := &exchange{}
+	rec, c, orig := &x.rec, &x.call, &x.orig
+	rec.ResponseWriter = w
+	*c = call{st: st, rec: rec, snap: p.cfg.Addresses.Snapshot()}
+	*orig = requestSummary{method: r.Method, path: r.URL.RequestURI(), authority: r.Host, proto: r.Proto,
 		grpc: strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc")}
 	reqID := ensureRequestID(r.Header)
-	trace := p.startTrace(r, start)
-	defer func() { p.report(c, rec, &orig, reqID, trace, start) }()
+	trace := &x.trace
+	p.startTrace(trace, r, start)
+	defer func() { p.report(c, rec, orig, reqID, trace, start) }()
 
 	// The stream may outlive the config it was admitted with (keep-alive,
 	// h2c): route each request with the current one.
@@ -220,6 +238,7 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request, rp *httputil.R
 		return
 	}
 	defer release()
+	defer rec.endStream()
 	rp.ServeHTTP(rec, r)
 }
 
@@ -306,12 +325,32 @@ func (p *Proxy) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 
 // recorder captures the status and size of the response and applies the
 // route's response header modifiers before the status is written.
+//
+// For a proxied response of known length (stream, set by the transport)
+// it flushes every body write at once, as the reverse proxy does for
+// streams, so nothing waits in the server's buffers. Its headers go out
+// with the first body bytes, in one write, or on their own after
+// headerFlushDelay if the body is late (the reverse proxy's own -1
+// interval flushes them from a timer goroutine at once, which costs a
+// separate write and a goroutine hand-off per request).
 type recorder struct {
 	http.ResponseWriter
 	code        int
 	bytes       int64
 	respHeaders []*headerMod
+
+	stream bool // flush each write; set before WriteHeader, by the transport
+	armed  bool // timer may fire: writes take mu (the handler's goroutine only)
+	mu     sync.Mutex
+	timer  *time.Timer
+	// pending: the headers wait for the timer; ended: the handler is
+	// done with the writer, the timer must not touch it. Both under mu.
+	pending, ended bool
 }
+
+// headerFlushDelay is how long the headers of a response of known length
+// wait for its first body bytes before they are sent alone.
+const headerFlushDelay = time.Millisecond
 
 func (r *recorder) WriteHeader(code int) {
 	if r.code == 0 || (r.code >= 100 && r.code < 200) {
@@ -323,20 +362,73 @@ func (r *recorder) WriteHeader(code int) {
 		r.code = code
 	}
 	r.ResponseWriter.WriteHeader(code)
+	if r.stream && code >= 200 && !r.armed {
+		r.armed, r.pending = true, true
+		r.timer = time.AfterFunc(headerFlushDelay, r.flushHeaders)
+	}
+}
+
+// flushHeaders is the timer: the body is late, send the headers alone.
+func (r *recorder) flushHeaders() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.pending && !r.ended {
+		r.pending = false
+		r.flush()
+	}
+}
+
+// disarm stops the header timer (the headers leave with what follows).
+func (r *recorder) disarm() {
+	if !r.armed {
+		return
+	}
+	r.mu.Lock()
+	r.pending = false
+	r.timer.Stop()
+	r.mu.Unlock()
+	r.armed = false
+}
+
+// endStream is called when the body copy is over (the transport closed
+// the body) and again when the reverse proxy returns: the timer must not
+// touch the writer any more.
+func (r *recorder) endStream() {
+	if !r.armed {
+		return
+	}
+	r.mu.Lock()
+	r.pending, r.ended = false, true
+	r.timer.Stop()
+	r.mu.Unlock()
+	r.armed = false
 }
 
 func (r *recorder) Write(b []byte) (int, error) {
 	if r.code == 0 {
 		r.WriteHeader(http.StatusOK)
 	}
+	r.disarm()
 	n, err := r.ResponseWriter.Write(b)
 	r.bytes += int64(n)
+	if r.stream && err == nil {
+		r.flush()
+	}
 	return n, err
 }
 
 func (r *recorder) Flush() {
 	if r.code == 0 {
 		r.WriteHeader(http.StatusOK)
+	}
+	r.disarm()
+	r.flush()
+}
+
+func (r *recorder) flush() {
+	if f, ok := r.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+		return
 	}
 	_ = http.NewResponseController(r.ResponseWriter).Flush()
 }

@@ -6,7 +6,9 @@ import (
 	"errors"
 	"io"
 	"math/rand/v2"
+	"mime"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -119,7 +121,12 @@ func (t roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 					ep.active.Add(-1)
 					return resp, nil
 				}
-				resp.Body = &cancelBody{ReadCloser: resp.Body, cancel: cancel, active: ep.active, release: releaseConn}
+				resp.Body = &cancelBody{ReadCloser: resp.Body, cancel: cancel, active: ep.active, release: releaseConn, rec: c.rec}
+				if c.rec != nil && resp.ContentLength > 0 && !eventStream(resp.Header) {
+					// The reverse proxy will not flush this one itself
+					// (FlushInterval 0): the recorder does.
+					c.rec.stream = true
+				}
 				return resp, nil
 			}
 			// Retriable status: drop this answer (reading a little of it
@@ -211,10 +218,14 @@ type cancelBody struct {
 	cancel  context.CancelFunc
 	active  *atomic.Int64
 	release func()
+	rec     *recorder // its recorder stops flushing on its own once the copy is over
 	once    sync.Once
 }
 
 func (b *cancelBody) Close() error {
+	if b.rec != nil {
+		b.rec.endStream()
+	}
 	err := b.ReadCloser.Close()
 	b.once.Do(func() {
 		b.cancel()
@@ -222,4 +233,15 @@ func (b *cancelBody) Close() error {
 		b.release()
 	})
 	return err
+}
+
+// eventStream tells whether the reverse proxy takes resp for server-sent
+// events (and then flushes it itself), as httputil.ReverseProxy decides.
+func eventStream(h http.Header) bool {
+	ct := h.Get("Content-Type")
+	if !strings.Contains(strings.ToLower(ct), "event-stream") {
+		return false
+	}
+	base, _, _ := mime.ParseMediaType(ct)
+	return base == "text/event-stream"
 }

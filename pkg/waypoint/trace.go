@@ -98,15 +98,15 @@ type requestTrace struct {
 // span as parent. Without a span (no Telemetry, export off or tracing
 // disabled) propagateTrace keeps the same wire behaviour: a new span id per
 // hop, a new unsampled trace for a missing or invalid parent.
-func (p *Proxy) startTrace(r *http.Request, start time.Time) *requestTrace {
+func (p *Proxy) startTrace(rt *requestTrace, r *http.Request, start time.Time) {
 	st := p.cfg.Telemetry.state()
-	rt := &requestTrace{st: st, method: r.Method, proto: "1.1"}
+	*rt = requestTrace{st: st, method: r.Method, proto: "1.1"}
 	if r.ProtoMajor == 2 {
 		rt.proto = "2"
 	}
 	if st == nil || !st.spans {
 		rt.traceID = propagateTrace(r.Header)
-		return rt
+		return
 	}
 	prop := st.provider.Propagator()
 	carrier := propagation.HeaderCarrier(r.Header)
@@ -119,7 +119,6 @@ func (p *Proxy) startTrace(r *http.Request, start time.Time) *requestTrace {
 		trace.WithSpanKind(trace.SpanKindServer), trace.WithTimestamp(start), trace.WithAttributes(attrs...))
 	prop.Inject(ctx, carrier)
 	rt.traceID = rt.span.SpanContext().TraceID().String()
-	return rt
 }
 
 // end finishes the span (name, semantic-convention and mesh attributes,

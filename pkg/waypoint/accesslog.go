@@ -45,7 +45,7 @@ func (p *Proxy) report(c *call, rec *recorder, orig *requestSummary, reqID strin
 	}
 	if ep := c.endpoint; ep != nil {
 		r.dstWorkload, r.dstIdentity = ep.workload, ep.identity
-		dstAddr = ep.addr.String()
+		dstAddr = ep.host
 	}
 	if r.flags == "" && c.attempts > 1 && c.route != nil && c.route.retry.status(r.code) {
 		r.flags = flagRetryLimit
@@ -92,4 +92,7 @@ func idOrEmpty(id spiffeid.ID) string {
 }
 
 // durationMS renders d as ztunnel's access log does, "<n>ms".
-func durationMS(d time.Duration) string { return strconv.FormatInt(d.Milliseconds(), 10) + "ms" }
+func durationMS(d time.Duration) string {
+	var b [24]byte
+	return string(append(strconv.AppendInt(b[:0], d.Milliseconds(), 10), "ms"...))
+}

@@ -20,6 +20,7 @@ var errNoEndpoints = errors.New("no healthy upstream")
 // endpoint is one ready workload of a backend Service port.
 type endpoint struct {
 	addr     netip.AddrPort // podIP:targetPort, the HBONE :authority
+	host     string         // addr.String(), the upstream URL host
 	workload *workloadapi.Workload
 	identity spiffeid.ID
 	service  *workloadapi.Service // nil when the Address state lacks it
@@ -59,7 +60,16 @@ type balancer struct {
 // balancer: round-robin (default), random, or the less loaded of two
 // random endpoints (LEAST_REQUEST).
 func (b *balancer) pick(snap *state.Snapshot, ref backendRef) (*endpoint, error) {
-	set := b.set(snap, lbKey{ref.key, ref.port, ref.policy})
+	return b.endpoints(snap, ref).pick()
+}
+
+// endpoints is ref's endpoint set in snap.
+func (b *balancer) endpoints(snap *state.Snapshot, ref backendRef) *endpointSet {
+	return b.set(snap, lbKey{ref.key, ref.port, ref.policy})
+}
+
+// pick returns the set's next endpoint by its balancer.
+func (set *endpointSet) pick() (*endpoint, error) {
 	n := len(set.eps)
 	if n == 0 {
 		return nil, errNoEndpoints
@@ -76,11 +86,6 @@ func (b *balancer) pick(snap *state.Snapshot, ref backendRef) (*endpoint, error)
 	}
 	i := set.next.Add(1) - 1
 	return &set.eps[i%uint64(n)], nil
-}
-
-// size is the number of ready endpoints of ref.
-func (b *balancer) size(snap *state.Snapshot, ref backendRef) int {
-	return len(b.set(snap, lbKey{ref.key, ref.port, ref.policy}).eps)
 }
 
 func (b *balancer) set(snap *state.Snapshot, k lbKey) *endpointSet {
@@ -142,7 +147,8 @@ func resolveEndpoints(snap *state.Snapshot, svcKey string, servicePort uint32, p
 			continue
 		}
 		tp := targetPort(w, svcKey, svc, servicePort)
-		out = append(out, endpoint{addr: netip.AddrPortFrom(ips[0], uint16(tp)), workload: w, identity: id, service: svc, active: new(atomic.Int64)})
+		addr := netip.AddrPortFrom(ips[0], uint16(tp))
+		out = append(out, endpoint{addr: addr, host: addr.String(), workload: w, identity: id, service: svc, active: new(atomic.Int64)})
 	}
 	return out
 }

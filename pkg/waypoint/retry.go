@@ -39,7 +39,8 @@ func (t roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 	if c.body != nil { // replayable: no body, or a buffered one
 		tries += rt.retry.attempts
 	}
-	tried := make([]*endpoint, 0, tries)
+	var triedBuf [4]*endpoint
+	tried := triedBuf[:0]
 	ref := c.backend.backend
 	oneShot := ref.policy.connectionPool().GetMaxRequestsPerConnection() == 1
 	releaseRetry := func() {}
@@ -53,9 +54,13 @@ func (t roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 		tried = append(tried, ep)
 		c.endpoint, c.attempts = ep, try+1
 
-		out := req.WithContext(req.Context()) // shallow copy; the URL is ours below
+		ctx, cancel := req.Context(), context.CancelFunc(func() {})
+		if rt.tryTimeout > 0 {
+			ctx, cancel = context.WithTimeout(ctx, rt.tryTimeout)
+		}
+		out := req.WithContext(ctx) // shallow copy; the URL is ours below
 		u := *req.URL
-		u.Host = ep.addr.String()
+		u.Host = ep.host
 		out.URL = &u
 		if c.body != nil && try > 0 {
 			out.Body = io.NopCloser(bytes.NewReader(c.body))
@@ -64,11 +69,6 @@ func (t roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 			}
 		}
 		out.Close = out.Close || oneShot
-		ctx, cancel := req.Context(), context.CancelFunc(func() {})
-		if rt.tryTimeout > 0 {
-			ctx, cancel = context.WithTimeout(ctx, rt.tryTimeout)
-		}
-		out = out.WithContext(ctx)
 		releaseConn, err := p.connection(ctx, ref, c.h2)
 		if err != nil {
 			// Still waiting for a connection when the try or the request
@@ -161,14 +161,18 @@ func (p *Proxy) takeRetry(ref backendRef, held *func()) bool {
 // remain. It also returns the number of endpoints.
 func (p *Proxy) pickAvoiding(c *call, tried []*endpoint) (*endpoint, int, error) {
 	ref := c.backend.backend
-	n := p.lb.size(c.snap, ref)
+	set := p.lb.endpoints(c.snap, ref)
+	n := len(set.eps)
 	if n == 0 {
 		return nil, 0, errNoEndpoints
 	}
-	now := time.Now()
+	var now time.Time
+	if ref.policy.outlierPolicy() != nil {
+		now = time.Now()
+	}
 	var healthyTried, anyPick *endpoint
 	for range n + len(tried) + 1 {
-		e, err := p.lb.pick(c.snap, ref)
+		e, err := set.pick()
 		if err != nil {
 			return nil, 0, err
 		}

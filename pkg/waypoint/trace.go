@@ -21,19 +21,30 @@ import (
 // tracestate passes through unchanged. It returns the trace id.
 func propagateTrace(h http.Header) string {
 	tp := h.Get("Traceparent")
-	var traceID, flags string
+	// One allocation: "00-" trace id "-" span id "-" flags.
+	var b [55]byte
+	copy(b[:], "00-")
 	if validTraceparent(tp) {
-		traceID, flags = tp[3:35], tp[53:55]
+		copy(b[3:35], tp[3:35])
+		copy(b[53:55], tp[53:55])
 	} else {
-		var b [16]byte
-		putRandom(b[:])
-		traceID, flags = hex.EncodeToString(b[:]), "00"
+		var id [16]byte
+		putRandom(id[:])
+		hex.Encode(b[3:35], id[:])
+		b[53], b[54] = '0', '0'
 		h.Del("Tracestate") // it belonged to the invalid parent
 	}
 	var span [8]byte
 	putRandom(span[:])
-	h.Set("Traceparent", "00-"+traceID+"-"+hex.EncodeToString(span[:])+"-"+flags)
-	return traceID
+	b[35], b[52] = '-', '-'
+	hex.Encode(b[36:52], span[:])
+	v := string(b[:])
+	if vs := h["Traceparent"]; len(vs) == 1 {
+		vs[0] = v // the request's own header: replace in place
+	} else {
+		h["Traceparent"] = []string{v}
+	}
+	return v[3:35]
 }
 
 // validTraceparent checks version 00's shape: 00-<32 hex>-<16 hex>-<2 hex>,
@@ -65,9 +76,18 @@ func ensureRequestID(h http.Header) string {
 	putRandom(b[:])
 	b[6] = b[6]&0x0f | 0x40
 	b[8] = b[8]&0x3f | 0x80
-	x := hex.EncodeToString(b[:])
-	id := x[:8] + "-" + x[8:12] + "-" + x[12:16] + "-" + x[16:20] + "-" + x[20:]
-	h.Set("X-Request-Id", id)
+	var u [36]byte
+	hex.Encode(u[0:8], b[0:4])
+	u[8] = '-'
+	hex.Encode(u[9:13], b[4:6])
+	u[13] = '-'
+	hex.Encode(u[14:18], b[6:8])
+	u[18] = '-'
+	hex.Encode(u[19:23], b[8:10])
+	u[23] = '-'
+	hex.Encode(u[24:36], b[10:16])
+	id := string(u[:])
+	h["X-Request-Id"] = []string{id}
 	return id
 }
 

@@ -10,11 +10,14 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cache "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 )
@@ -71,6 +74,23 @@ type deltaCache struct {
 	// encoding, for the codec (read on stream goroutines without mu);
 	// written with entries.
 	encoded sync.Map
+
+	// full is every resource at one seq, as the response to a wildcard
+	// client that holds nothing (every client of a full push), with the
+	// encoding of the whole list; built on first use after a change (under
+	// mu), read by the codec without mu.
+	full atomic.Pointer[fullState]
+}
+
+// fullState is the whole cache at seq: resources sorted by name (shared,
+// read-only, sent as is), and their encoding as repeated
+// DeltaDiscoveryResponse.resources fields, which the codec writes in one
+// piece instead of looking up and copying 11,000 encodings per client.
+type fullState struct {
+	seq       uint64
+	resources []*discovery.Resource
+	enc       []byte
+	bytes     int // sum of the resources' Any values, for the sent-bytes metric
 }
 
 type entry struct {
@@ -180,6 +200,46 @@ func (c *deltaCache) update(upd map[string]types.Resource, del []string, also ..
 		c.notify(modified, also)
 	}
 	return errors.Join(errs...)
+}
+
+// fullList returns the full state at the current seq; called under mu.
+func (c *deltaCache) fullList() *fullState {
+	if f := c.full.Load(); f != nil && f.seq == c.seq {
+		return f
+	}
+	f := &fullState{seq: c.seq, resources: make([]*discovery.Resource, 0, len(c.entries))}
+	size := 0
+	for _, e := range c.entries {
+		f.resources = append(f.resources, e.res)
+		size += protowire.SizeTag(deltaResourcesField) + protowire.SizeBytes(len(e.enc))
+		f.bytes += len(e.res.GetResource().GetValue())
+	}
+	slices.SortFunc(f.resources, func(a, b *discovery.Resource) int { return strings.Compare(a.GetName(), b.GetName()) })
+	f.enc = make([]byte, 0, size)
+	for _, r := range f.resources {
+		enc := c.entries[r.GetName()].enc
+		if enc == nil { // did not marshal at update: the codec's per-resource path reports it
+			f.enc = nil
+			break
+		}
+		f.enc = protowire.AppendTag(f.enc, deltaResourcesField, protowire.BytesType)
+		f.enc = protowire.AppendBytes(f.enc, enc)
+	}
+	c.full.Store(f)
+	return f
+}
+
+// fullEncoding returns the encoding of rs as repeated resources fields if
+// rs is the cache's current full list, else nil.
+func (c *deltaCache) fullEncoding(rs []*discovery.Resource) *fullState {
+	if c == nil {
+		return nil
+	}
+	f := c.full.Load()
+	if f == nil || f.enc == nil || len(rs) == 0 || len(rs) != len(f.resources) || &rs[0] != &f.resources[0] {
+		return nil
+	}
+	return f
 }
 
 // encoding returns the cached encoding of r if r is one of this cache's
@@ -358,6 +418,13 @@ func (c *deltaCache) respond(w *deltaWatch, candidates []string) *deltaResponse 
 					consider(ch.name)
 				}
 			}
+		} else if len(known) == 0 && len(c.entries) > 0 {
+			// Holds nothing (a new stream, the full push): the whole
+			// list, shared by every such client, and a versions map
+			// sized once.
+			f := c.fullList()
+			upd = f.resources
+			known = make(map[string]string, len(f.resources)+1)
 		} else {
 			for name := range c.entries {
 				consider(name)

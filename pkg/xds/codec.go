@@ -57,6 +57,17 @@ func (c codec) encodeDelta(resp *discovery.DeltaDiscoveryResponse) (mem.BufferSl
 		return true
 	})
 	cache := c.s.caches[resp.GetTypeUrl()]
+	if cache != nil {
+		if f := cache.fullEncoding(resp.GetResources()); f != nil {
+			// The full list: the head, then the list's encoding as it is
+			// (read-only and shared; gRPC copies it into its frames).
+			hb, err := proto.Marshal(head.Interface())
+			if err != nil {
+				return nil, err
+			}
+			return mem.BufferSlice{mem.SliceBuffer(hb), mem.SliceBuffer(f.enc)}, nil
+		}
+	}
 	encs := make([][]byte, len(resp.GetResources()))
 	size := 0
 	for i, r := range resp.GetResources() {

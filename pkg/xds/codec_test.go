@@ -1,6 +1,7 @@
 package xds
 
 import (
+	"slices"
 	"testing"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -68,5 +69,65 @@ func TestCodecEncodesDeltaResponsesAsProto(t *testing.T) {
 				t.Errorf("decoded %v, want %v", got, tt.msg)
 			}
 		})
+	}
+}
+
+// A wildcard client holding nothing gets the cache's shared full list,
+// which the codec writes from one encoding; it decodes to the same message
+// and a change invalidates it.
+func TestCodecFullList(t *testing.T) {
+	s, err := New(Options{Authenticator: NewFakeAuthenticator(nil)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := s.caches[model.AddressTypeURL]
+	upd := map[string]types.Resource{}
+	for _, n := range []string{"c", "a", "b"} {
+		upd[n] = &workloadapi.Address{Type: &workloadapi.Address_Workload{Workload: &workloadapi.Workload{Uid: n, Name: n}}}
+	}
+	if err := c.update(upd, nil); err != nil {
+		t.Fatal(err)
+	}
+	c.mu.Lock()
+	f := c.fullList()
+	c.mu.Unlock()
+	if got := []string{f.resources[0].GetName(), f.resources[1].GetName(), f.resources[2].GetName()}; got[0] != "a" || got[1] != "b" || got[2] != "c" {
+		t.Fatalf("full list %v, want sorted a b c", got)
+	}
+	resp := &discovery.DeltaDiscoveryResponse{TypeUrl: model.AddressTypeURL, Nonce: "1", SystemVersionInfo: "1", Resources: f.resources}
+	if c.fullEncoding(resp.Resources) == nil {
+		t.Fatal("full list not recognized")
+	}
+	if c.fullEncoding(f.resources[1:]) != nil || c.fullEncoding(slices.Clone(f.resources)) != nil {
+		t.Fatal("another list taken for the full list")
+	}
+	buf, err := newCodec(s).Marshal(resp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := &discovery.DeltaDiscoveryResponse{}
+	if err := proto.Unmarshal(buf.Materialize(), got); err != nil {
+		t.Fatal(err)
+	}
+	if !proto.Equal(got, resp) {
+		t.Fatalf("decoded %v, want %v", got, resp)
+	}
+	if err := c.update(map[string]types.Resource{"b": &workloadapi.Address{Type: &workloadapi.Address_Workload{Workload: &workloadapi.Workload{Uid: "b", Name: "b2"}}}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	c.mu.Lock()
+	f2 := c.fullList()
+	c.mu.Unlock()
+	if f2 == f || f2.resources[1].GetVersion() == f.resources[1].GetVersion() {
+		t.Fatal("full list not rebuilt after a change")
+	}
+	// An old full list still encodes, resource by resource.
+	buf, err = newCodec(s).Marshal(resp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got.Reset()
+	if err := proto.Unmarshal(buf.Materialize(), got); err != nil || !proto.Equal(got, resp) {
+		t.Fatalf("old full list decoded %v (%v), want %v", got, err, resp)
 	}
 }

@@ -140,14 +140,14 @@ type Server struct {
 
 type clientState struct {
 	status ClientStatus
-	// sent maps nonce to the names of the resources in that response, per
-	// type, so a NACK can name what was rejected. Only the latest is kept.
+	// sent maps type to the latest response (its nonce and resources, a
+	// shared read-only slice), so a NACK can name what was rejected.
 	sent map[string]sentResponse
 }
 
 type sentResponse struct {
-	nonce string
-	names []string
+	nonce     string
+	resources []*discovery.Resource
 }
 
 // New returns a Server. Call Start to run its push loop and Register or Serve
@@ -522,7 +522,9 @@ func (c *callbacks) OnStreamDeltaRequest(id int64, req *discovery.DeltaDiscovery
 			s.metrics.nacks.WithLabelValues(typ).Inc()
 			var names []string
 			if sr := cl.sent[typ]; sr.nonce == nonce {
-				names = sr.names
+				for _, r := range sr.resources {
+					names = append(names, r.GetName())
+				}
 			}
 			s.log.Warn("config rejected", zap.Int64("stream", id), zap.String("node", cl.status.NodeID),
 				zap.String("type", typ), zap.String("nonce", nonce), zap.Strings("resources", names),
@@ -538,11 +540,13 @@ func (c *callbacks) OnStreamDeltaRequest(id int64, req *discovery.DeltaDiscovery
 func (c *callbacks) OnStreamDeltaResponse(id int64, req *discovery.DeltaDiscoveryRequest, resp *discovery.DeltaDiscoveryResponse) {
 	s := c.s
 	typ := resp.GetTypeUrl()
-	names := make([]string, 0, len(resp.GetResources()))
 	size := 0
-	for _, r := range resp.GetResources() {
-		names = append(names, r.GetName())
-		size += len(r.GetResource().GetValue())
+	if f := s.caches[typ].fullEncoding(resp.GetResources()); f != nil {
+		size = f.bytes
+	} else {
+		for _, r := range resp.GetResources() {
+			size += len(r.GetResource().GetValue())
+		}
 	}
 	s.metrics.responses.WithLabelValues(typ).Inc()
 	s.metrics.bytesSent.WithLabelValues(typ).Add(float64(size))
@@ -552,7 +556,7 @@ func (c *callbacks) OnStreamDeltaResponse(id int64, req *discovery.DeltaDiscover
 	if cl == nil {
 		return
 	}
-	cl.sent[typ] = sentResponse{nonce: resp.GetNonce(), names: names}
+	cl.sent[typ] = sentResponse{nonce: resp.GetNonce(), resources: resp.GetResources()}
 	ts := cl.status.Types[typ]
 	ts.LastNonceSent, ts.LastResponseAt = resp.GetNonce(), time.Now()
 	cl.status.Types[typ] = ts

@@ -501,3 +501,60 @@ func TestNewRequiresAuthenticator(t *testing.T) {
 		t.Error("New without an Authenticator succeeded")
 	}
 }
+
+// A client with gRPC's own proto codec (as istio's and envoy's Go clients
+// decode) reads the full push and its ACK is taken: the server's
+// pre-encoded full list is plain DeltaDiscoveryResponse wire format.
+func TestFullPushToProtoCodecClient(t *testing.T) {
+	e := startServer(t, time.Millisecond)
+	var want []*workloadapi.Address
+	for i := range 50 {
+		want = append(want, workload(fmt.Sprintf("w%d", i), fmt.Sprintf("10.0.1.%d", i), true))
+	}
+	e.srv.Update(resources(want...))
+	stream, err := discovery.NewAggregatedDiscoveryServiceClient(dial(t, e.addr, goodToken)).DeltaAggregatedResources(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: model.AddressTypeURL, Node: &core.Node{Id: "ztunnel~10.0.0.9~zt.istio-system~istio-system.svc.cluster.local"}}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.GetResources()) != len(want) || resp.GetNonce() == "" || resp.GetTypeUrl() != model.AddressTypeURL {
+		t.Fatalf("full push: %d resources, nonce %q, type %q; want %d resources", len(resp.GetResources()), resp.GetNonce(), resp.GetTypeUrl(), len(want))
+	}
+	wantNames := map[string]bool{}
+	for _, a := range want {
+		wantNames[model.ResourceName(a)] = true
+	}
+	for _, r := range resp.GetResources() {
+		w := decodeWorkload(t, r)
+		if !wantNames[r.GetName()] || r.GetName() != uid(w.GetName()) {
+			t.Errorf("resource named %q for workload %q", r.GetName(), w.GetName())
+		}
+		delete(wantNames, r.GetName())
+		if r.GetVersion() == "" {
+			t.Errorf("resource %s without a version", r.GetName())
+		}
+	}
+	if err := stream.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: model.AddressTypeURL, ResponseNonce: resp.GetNonce()}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the ACK", func() bool {
+		cs := e.srv.Clients()
+		return len(cs) == 1 && cs[0].Types[model.AddressTypeURL].SyncState() == xds.SyncStateSynced
+	})
+	// The next change travels alone.
+	e.srv.Update(resources(append(want[1:], workload("w0", "10.0.1.0", false))...))
+	resp, err = stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.GetResources()) != 1 || resp.GetResources()[0].GetName() != model.ResourceName(want[0]) {
+		t.Fatalf("change: %v", resp.GetResources())
+	}
+	stream.CloseSend()
+}

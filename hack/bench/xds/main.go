@@ -37,6 +37,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -81,6 +82,7 @@ type params struct {
 	debounce                                            time.Duration
 	istiod                                              string // binary; empty runs istiod.Run in a re-executed child
 	cpuprofile                                          string
+	clientprofile                                       string // CPU profile of this process (the clients) during the full push
 }
 
 func main() {
@@ -95,6 +97,7 @@ func main() {
 	flag.IntVar(&p.changes, "changes", 50, "single pod label changes timed one at a time")
 	flag.DurationVar(&p.debounce, "debounce", 100*time.Millisecond, "istiod-lite --xds-debounce")
 	flag.StringVar(&p.cpuprofile, "cpuprofile", "", "write a CPU profile of istiod-lite here (runs pkg/istiod in a child of this binary instead of -istiod)")
+	flag.StringVar(&p.clientprofile, "clientprofile", "", "write a CPU profile of this process (the 100 clients) during the full push here")
 	timeout := flag.Duration("timeout", 270*time.Second, "bound on the whole run")
 	serve := flag.String("serve", "", "internal: run istiod-lite in this process with this kubeconfig (child mode)")
 	flag.Parse()
@@ -277,6 +280,18 @@ func run(ctx context.Context, p params) (map[string]float64, error) {
 		return nil, err
 	}
 	selfBefore, _ := benchkit.CPUSeconds(os.Getpid())
+	stopClientProfile := func() {}
+	if p.clientprofile != "" {
+		f, err := os.Create(p.clientprofile)
+		if err != nil {
+			return nil, err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			f.Close()
+			return nil, err
+		}
+		stopClientProfile = func() { pprof.StopCPUProfile(); f.Close() }
+	}
 	pushStart := time.Now()
 	for i := range p.clients {
 		creds := credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS12, RootCAs: roots, ServerName: "istiod." + systemNS + ".svc"})
@@ -345,6 +360,7 @@ func run(ctx context.Context, p params) (map[string]float64, error) {
 		}
 	}
 	fig["full_push_all_s"] = time.Since(pushStart).Seconds()
+	stopClientProfile()
 	cpuAfter, err := benchkit.CPUSeconds(pid)
 	if err != nil {
 		return nil, err

@@ -203,7 +203,7 @@ func (c *Client) runStream(ctx context.Context) error {
 			drained = true
 		}
 	}
-	stream, err := discovery.NewAggregatedDiscoveryServiceClient(c.cfg.Conn).DeltaAggregatedResources(ctx)
+	stream, err := discovery.NewAggregatedDiscoveryServiceClient(c.cfg.Conn).DeltaAggregatedResources(ctx, grpc.ForceCodecV2(newCodec()))
 	if err != nil {
 		return fmt.Errorf("open DeltaAggregatedResources: %w", err)
 	}
@@ -257,8 +257,9 @@ func (c *Client) handle(resp *discovery.DeltaDiscoveryResponse) *discovery.Delta
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	v := c.versions[typ]
-	if v == nil {
-		v = map[string]string{}
+	if len(v) == 0 {
+		// Usually the first, full response: sized once, not grown.
+		v = make(map[string]string, len(resp.GetResources()))
 		c.versions[typ] = v
 	}
 	for _, r := range resp.GetResources() {

@@ -90,6 +90,7 @@ type Proxy struct {
 	hsrv    *hbone.Server
 	client  *hbone.Client
 	h1, h2c *http.Transport
+	h1p     *h1Pool // plain HTTP/1.1 requests (usesH1Pool); h1 for the rest
 	lb      balancer
 	handler http.Handler
 
@@ -145,6 +146,13 @@ func New(cfg Config) (*Proxy, error) {
 		return nil, err
 	}
 	p.h1, p.h2c = p.transports()
+	p.h1p = &h1Pool{dial: func(ctx context.Context, addr string) (net.Conn, error) {
+		c, err := p.dialEndpoint(ctx, addr)
+		if err != nil {
+			return nil, err
+		}
+		return abortOnClose{c}, nil
+	}}
 	p.handler = p.reverseProxy()
 	return p, nil
 }
@@ -335,6 +343,7 @@ func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
 	<-httpDone
 	p.mirrors.Wait()
 	p.h1.CloseIdleConnections()
+	p.h1p.closeIdle(false)
 	p.h2c.CloseIdleConnections()
 	p.log.Info("stopped", zap.String("waypoint", p.cfg.Name))
 	return err
@@ -344,6 +353,7 @@ func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
 // returned.
 func (p *Proxy) Close() error {
 	p.h1.CloseIdleConnections()
+	p.h1p.closeIdle(true)
 	p.h2c.CloseIdleConnections()
 	return p.client.Close()
 }

@@ -80,7 +80,12 @@ func (t roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 			return nil, err
 		}
 		ep.active.Add(1)
-		resp, err := tr.RoundTrip(out)
+		var resp *http.Response
+		if usesH1Pool(out, c) {
+			resp, err = p.h1p.roundTrip(out, c.body)
+		} else {
+			resp, err = tr.RoundTrip(out)
+		}
 		if err != nil {
 			ep.active.Add(-1)
 			releaseConn()

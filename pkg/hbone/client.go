@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"net/netip"
 	"slices"
 	"strings"
@@ -18,7 +17,6 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"go.uber.org/zap"
-	"golang.org/x/net/http2"
 )
 
 // Request describes one HBONE stream to open.
@@ -76,7 +74,6 @@ type ClientConfig struct {
 type Client struct {
 	cfg    ClientConfig
 	log    *zap.Logger
-	h2t    *http2.Transport
 	life   context.Context // cancelled by Close; parent of dials and streams
 	cancel context.CancelFunc
 
@@ -113,24 +110,8 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	t1 := &http.Transport{HTTP2: &http.HTTP2Config{
-		MaxReceiveBufferPerConnection: ConnectionWindow,
-		MaxReceiveBufferPerStream:     StreamWindow,
-		MaxReadFrameSize:              MaxFrameSize,
-		SendPingTimeout:               PingInterval,
-		PingTimeout:                   PingTimeout,
-	}}
-	h2t, err := http2.ConfigureTransports(t1)
-	if err != nil {
-		return nil, &Error{Op: "configure http2", Err: err}
-	}
-	h2t.MaxHeaderListSize = ClientHeaderLimit
-	h2t.MaxReadFrameSize = MaxFrameSize
-	h2t.ReadIdleTimeout = PingInterval
-	h2t.PingTimeout = PingTimeout
-	h2t.StrictMaxConcurrentStreams = true
 	life, cancel := context.WithCancel(context.Background())
-	c := &Client{cfg: cfg, log: log.Named("hbone"), h2t: h2t, life: life, cancel: cancel, pools: map[poolKey]*pool{}}
+	c := &Client{cfg: cfg, log: log.Named("hbone"), life: life, cancel: cancel, pools: map[poolKey]*pool{}}
 	c.wg.Add(1)
 	go c.sweep()
 	return c, nil
@@ -450,11 +431,20 @@ func (c *Client) dialH2(ctx context.Context, req *Request) (muxConn, error) {
 		_ = raw.Close()
 		return nil, &Error{Op: "tls handshake", Peer: req.Address.String(), Err: fmt.Errorf("%w: negotiated ALPN %q, want h2", ErrProtocol, p)}
 	}
-	cc, err := c.h2t.NewClientConn(newBatchConn(tc))
-	if err != nil {
-		_ = raw.Close()
+	cs := tc.ConnectionState()
+	m := newMux(tc, &cs, false, muxSettings{
+		maxFrame:      MaxFrameSize,
+		streamWindow:  StreamWindow,
+		connWindow:    ConnectionWindow,
+		headerList:    ClientHeaderLimit,
+		headerLimitIn: ClientHeaderLimit,
+		pingInterval:  PingInterval,
+		pingTimeout:   PingTimeout,
+	}, c.log)
+	if err := m.start(); err != nil {
+		m.closeWith(err)
 		return nil, &Error{Op: "http2 handshake", Peer: req.Address.String(), Err: err}
 	}
-	peer, _ := x509svid.IDFromCert(tc.ConnectionState().PeerCertificates[0])
-	return &h2Conn{cc: cc, peer: peer, addr: req.Address.String(), local: tc.LocalAddr(), remote: tc.RemoteAddr(), created: time.Now()}, nil
+	peer, _ := x509svid.IDFromCert(cs.PeerCertificates[0])
+	return &h2Conn{m: m, peer: peer, local: tc.LocalAddr(), remote: tc.RemoteAddr(), created: time.Now()}, nil
 }

@@ -6,14 +6,13 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"golang.org/x/net/http2"
 )
 
 // Conn is one established HBONE stream. It is a net.Conn with CloseWrite
@@ -55,6 +54,32 @@ func (c *Conn) Read(b []byte) (int, error) {
 		err = os.ErrDeadlineExceeded
 	}
 	return n, err
+}
+
+// WriteTo copies what the peer sends to w until the peer half-closes;
+// on HTTP/2 received frames go to w without an intermediate buffer.
+func (c *Conn) WriteTo(w io.Writer) (int64, error) {
+	if wt, ok := c.r.(io.WriterTo); ok {
+		n, err := wt.WriteTo(w)
+		if err != nil && c.expired.Load() {
+			err = os.ErrDeadlineExceeded
+		}
+		return n, err
+	}
+	return io.Copy(w, struct{ io.Reader }{c})
+}
+
+// ReadFrom sends what r yields until r ends (it does not half-close); on
+// HTTP/2 it reads straight into frame buffers.
+func (c *Conn) ReadFrom(r io.Reader) (int64, error) {
+	if rf, ok := c.w.(io.ReaderFrom); ok {
+		n, err := rf.ReadFrom(r)
+		if err != nil && c.expired.Load() {
+			err = os.ErrDeadlineExceeded
+		}
+		return n, err
+	}
+	return io.Copy(struct{ io.Writer }{c}, r)
 }
 
 func (c *Conn) Write(b []byte) (int, error) {
@@ -152,53 +177,46 @@ func statusError(status int, req *Request) error {
 	return &Error{Status: status, Op: "connect", Peer: req.Authority + " via " + req.Address.String(), Err: cause}
 }
 
-// h2Conn is a pooled HTTP/2 connection. The ClientConn counts its own
-// streams; lastUsed (unix nanos) is ours, for idle release.
+// h2Conn is a pooled HTTP/2 connection on our engine.
 type h2Conn struct {
-	cc            *http2.ClientConn
+	m             *mux
 	peer          spiffeid.ID
-	addr          string
 	local, remote net.Addr
 	created       time.Time
-	lastUsed      atomic.Int64
 }
 
-func (h *h2Conn) reserve(max int) bool {
-	st := h.cc.State()
-	if st.Closed || st.Closing || st.StreamsActive+st.StreamsReserved+st.StreamsPending >= max {
+func (h *h2Conn) reserve(limit int) bool {
+	m := h.m
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed || m.goneAway || len(m.streams)+m.reserved >= min(limit, int(min(m.peerMaxStr, 1<<30))) {
 		return false
 	}
-	return h.cc.ReserveNewRequest()
+	m.reserved++
+	return true
 }
 
 func (h *h2Conn) usable() bool {
-	st := h.cc.State()
-	return !st.Closed && !st.Closing
+	h.m.mu.Lock()
+	defer h.m.mu.Unlock()
+	return !h.m.closed && !h.m.goneAway
 }
 
-func (h *h2Conn) streams() int {
-	st := h.cc.State()
-	return st.StreamsActive + st.StreamsReserved + st.StreamsPending
-}
+func (h *h2Conn) streams() int { return h.m.active() }
 
 func (h *h2Conn) idleSince() (time.Time, bool) {
-	if h.streams() > 0 {
+	m := h.m
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.streams)+m.reserved > 0 {
 		return time.Time{}, false
 	}
-	if u := h.lastUsed.Load(); u != 0 {
-		return time.Unix(0, u), true
-	}
-	return h.created, true
+	return m.lastUsed, true
 }
 
-func (h *h2Conn) close() error { return h.cc.Close() }
+func (h *h2Conn) close() error { return h.m.close() }
 
 func (h *h2Conn) open(ctx, life context.Context, req *Request) (*Conn, error) {
-	h.lastUsed.Store(time.Now().UnixNano())
-	sctx, cancel := context.WithCancel(life)
-	stop := context.AfterFunc(ctx, cancel)
-	pipe := newBufPipe()
-	sent := make(chan struct{})
 	hdr := make(http.Header, 3)
 	if req.Forwarded != "" {
 		hdr["Forwarded"] = []string{req.Forwarded}
@@ -209,85 +227,57 @@ func (h *h2Conn) open(ctx, life context.Context, req *Request) (*Conn, error) {
 	if req.Traceparent != "" {
 		hdr["Traceparent"] = []string{req.Traceparent}
 	}
-	hreq := (&http.Request{
-		Method:        http.MethodConnect,
-		URL:           &url.URL{Host: req.Authority},
-		Host:          req.Authority,
-		Proto:         "HTTP/2.0",
-		ProtoMajor:    2,
-		Header:        hdr,
-		Body:          &reqBody{bufPipe: pipe, sent: sent},
-		ContentLength: -1,
-	}).WithContext(sctx)
-	resp, err := h.cc.RoundTrip(hreq)
-	if !stop() {
-		// ctx ended while the CONNECT was in flight.
-		if err == nil {
-			_ = resp.Body.Close()
-		}
-		_ = pipe.CloseWrite()
-		cancel()
-		return nil, &Error{Op: "connect", Peer: req.Address.String(), Err: ctx.Err()}
-	}
+	m := h.m
+	str, err := m.openStream(req.Authority, hdr)
+	m.mu.Lock()
+	m.reserved--
+	m.mu.Unlock()
 	if err != nil {
-		_ = pipe.CloseWrite()
-		cancel()
 		return nil, &Error{Op: "connect", Peer: req.Address.String(), Err: err}
 	}
-	if resp.StatusCode != http.StatusOK {
-		_ = resp.Body.Close()
-		_ = pipe.CloseWrite()
-		cancel()
-		return nil, statusError(resp.StatusCode, req)
+	select {
+	case <-str.respReady:
+	case <-ctx.Done():
+		str.Reset()
+		return nil, &Error{Op: "connect", Peer: req.Address.String(), Err: ctx.Err()}
+	case <-life.Done():
+		str.Reset()
+		return nil, &Error{Op: "connect", Peer: req.Address.String(), Err: ErrClosed}
 	}
-	var abortOnce sync.Once
-	body := resp.Body
-	abort := func(err error) {
-		abortOnce.Do(func() {
-			_ = pipe.CloseWithError(err)
-			_ = body.Close()
-			cancel()
-		})
+	m.mu.Lock()
+	resp, rerr := str.resp, str.reset
+	m.mu.Unlock()
+	if resp == nil {
+		str.Reset()
+		return nil, &Error{Op: "connect", Peer: req.Address.String(), Err: rerr}
 	}
+	if resp.status != "200" {
+		_ = str.Close()
+		code, _ := strconv.Atoi(resp.status)
+		return nil, statusError(code, req)
+	}
+	c := streamConn(str, h.peer, h.local, h.remote)
+	c.Header = resp.header
+	return c, nil
+}
+
+// streamConn wraps an HTTP/2 stream as a Conn.
+func streamConn(str *h2stream, peer spiffeid.ID, local, remote net.Addr) *Conn {
 	return &Conn{
-		r:          body,
-		w:          pipe,
-		closeWrite: pipe.CloseWrite,
-		abort:      abort,
-		graceful: func() {
-			_ = pipe.CloseWrite()
-			go func() {
-				t := time.NewTimer(Linger)
-				defer t.Stop()
-				select {
-				case <-sent:
-				case <-t.C:
-				case <-sctx.Done():
-				}
-				abort(net.ErrClosed)
-			}()
-		},
-		done:   func() { h.lastUsed.Store(time.Now().UnixNano()) },
-		PeerID: h.peer,
-		Header: resp.Header,
-		local:  h.local,
-		remote: h.remote,
-	}, nil
+		r:          str,
+		w:          str,
+		closeWrite: str.CloseWrite,
+		abort:      func(error) { str.Reset() },
+		graceful:   func() { _ = str.Close() },
+		setRD:      str.SetReadDeadline,
+		setWD:      str.SetWriteDeadline,
+		done:       func() {},
+		PeerID:     peer,
+		local:      local,
+		remote:     remote,
+	}
 }
 
-// Linger bounds how long a closed Conn keeps sending what was written
-// before it (for a peer that stopped reading).
+// Linger bounds how long a closed HTTP/3 Conn keeps sending what was
+// written before it (for a peer that stopped reading).
 const Linger = 10 * time.Second
-
-// reqBody is the HTTP/2 request body; the transport closes it once the
-// body is fully sent (END_STREAM written) or the stream aborted.
-type reqBody struct {
-	*bufPipe
-	once sync.Once
-	sent chan struct{}
-}
-
-func (b *reqBody) Close() error {
-	b.once.Do(func() { close(b.sent) })
-	return b.bufPipe.Close()
-}

@@ -37,11 +37,9 @@ const (
 	DefaultConnTimeout = 10 * time.Second
 	DefaultIdleRelease = 5 * time.Minute
 	// ServerReadFrameSize is the SETTINGS_MAX_FRAME_SIZE our server
-	// advertises. Go's HTTP/2 client holds a scratch buffer of
-	// min(this, 512 KiB) for every open stream, so 1 MiB (ztunnel's value)
-	// would cost 512 KiB per idle pooled stream; 16 KiB keeps idle streams
-	// small at a measured throughput cost (see bench_test.go).
-	ServerReadFrameSize = 16 << 10
+	// advertises (ztunnel's value). Received DATA payloads go into pooled
+	// chunks of their own size, so a large limit costs nothing per stream.
+	ServerReadFrameSize = MaxFrameSize
 )
 
 // Protocol selects the HBONE transport.
@@ -89,6 +87,13 @@ type Hooks struct {
 	// with a 10 s timeout. A returned conn that has CloseWrite gets
 	// half-closes propagated.
 	DialUpstream func(ctx context.Context, in *Inbound) (net.Conn, error)
+	// Serve, if set, replaces DialUpstream and the copy: once Authorize
+	// allowed the stream, the server answers 200 and hands the stream
+	// itself to Serve (for a proxy that terminates the tunnel's protocol,
+	// such as a waypoint serving HTTP on it). The conn has ordinary net.Conn
+	// deadlines and CloseWrite. Serve owns it until it returns; the server
+	// closes it then. ctx ends when the stream is reset or force-drained.
+	Serve func(ctx context.Context, in *Inbound, c net.Conn)
 }
 
 // ServerConfig configures a [Server]. SVID and Bundle are required.
@@ -154,16 +159,17 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 // h2Serve is the state of one Serve call.
 //
 // Invariants: conns holds every accepted connection until its goroutine
-// ends (guarded by mu); wg counts those goroutines. force is cancelled only
-// after the drain deadline, and cancels every stream's context.
+// ends (guarded by mu), with its HTTP/2 engine once the handshake is done;
+// wg counts those goroutines. draining is closed once, when the drain
+// starts; force is cancelled only after the drain deadline, and cancels
+// every stream's context.
 type h2Serve struct {
-	s     *Server
-	hs    *http.Server // carries MaxHeaderBytes and triggers GOAWAY on Shutdown
-	h2s   *http2.Server
-	force context.Context
-	mu    sync.Mutex
-	conns map[net.Conn]struct{}
-	wg    sync.WaitGroup
+	s        *Server
+	force    context.Context
+	draining chan struct{}
+	mu       sync.Mutex
+	conns    map[net.Conn]*mux
+	wg       sync.WaitGroup
 }
 
 // Serve accepts HBONE over HTTP/2 on ln (a TCP listener; TLS is done here)
@@ -174,21 +180,10 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	force, cancelForce := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelForce()
 	st := &h2Serve{
-		s:     s,
-		hs:    &http.Server{MaxHeaderBytes: ServerHeaderLimit, ErrorLog: zap.NewStdLog(s.log)},
-		force: force,
-		conns: map[net.Conn]struct{}{},
-		h2s: &http2.Server{
-			MaxConcurrentStreams:         MaxConcurrentIn,
-			MaxReadFrameSize:             s.cfg.ReadFrameSize,
-			MaxUploadBufferPerConnection: ConnectionWindow,
-			MaxUploadBufferPerStream:     StreamWindow,
-			ReadIdleTimeout:              PingInterval,
-			PingTimeout:                  PingTimeout,
-		},
-	}
-	if err := http2.ConfigureServer(st.hs, st.h2s); err != nil {
-		return &Error{Op: "configure http2", Err: err}
+		s:        s,
+		force:    force,
+		draining: make(chan struct{}),
+		conns:    map[net.Conn]*mux{},
 	}
 
 	acceptErr := make(chan error, 1)
@@ -226,7 +221,7 @@ func (st *h2Serve) track(c net.Conn, add bool) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if add {
-		st.conns[c] = struct{}{}
+		st.conns[c] = nil
 		st.wg.Add(1)
 		return
 	}
@@ -234,19 +229,19 @@ func (st *h2Serve) track(c net.Conn, add bool) {
 	st.wg.Done()
 }
 
-// drain sends GOAWAY, waits for connections to finish until the deadline,
-// then force-closes what is left.
+// drain makes every connection send GOAWAY and close once idle, waits
+// for them until the deadline, then force-closes what is left.
 func (st *h2Serve) drain(cancelForce context.CancelFunc) {
 	st.s.log.Info("draining", zap.Int("connections", st.count()))
-	dctx, cancel := context.WithTimeout(context.Background(), st.s.cfg.DrainTimeout)
-	defer cancel()
-	_ = st.hs.Shutdown(dctx) // runs the HTTP/2 graceful shutdown (GOAWAY) hook
+	close(st.draining)
 	done := make(chan struct{})
 	go func() { st.wg.Wait(); close(done) }()
+	t := time.NewTimer(st.s.cfg.DrainTimeout)
+	defer t.Stop()
 	select {
 	case <-done:
 		return
-	case <-dctx.Done():
+	case <-t.C:
 	}
 	st.s.log.Warn("drain deadline passed, closing connections", zap.Int("connections", st.count()))
 	cancelForce()
@@ -276,17 +271,42 @@ func (st *h2Serve) serveConn(raw net.Conn) {
 		st.s.log.Debug("tls handshake failed", zap.Stringer("peer", raw.RemoteAddr()), zap.Error(err))
 		return
 	}
-	if p := tc.ConnectionState().NegotiatedProtocol; p != ALPNH2 {
-		st.s.log.Debug("alpn mismatch", zap.Stringer("peer", raw.RemoteAddr()), zap.String("alpn", p))
+	cs := tc.ConnectionState()
+	if cs.NegotiatedProtocol != ALPNH2 {
+		st.s.log.Debug("alpn mismatch", zap.Stringer("peer", raw.RemoteAddr()), zap.String("alpn", cs.NegotiatedProtocol))
 		return
 	}
-	// CONNECT requests carry no :scheme, so r.TLS is nil: keep the state here.
-	cs := tc.ConnectionState()
-	st.h2s.ServeConn(tc, &http2.ServeConnOpts{
-		Context:    st.force,
-		BaseConfig: st.hs,
-		Handler:    http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { st.s.handleH2(w, r, tc, &cs) }),
-	})
+	m := newMux(tc, &cs, true, muxSettings{
+		maxFrame:      st.s.cfg.ReadFrameSize,
+		streamWindow:  StreamWindow,
+		connWindow:    ConnectionWindow,
+		maxStreams:    MaxConcurrentIn,
+		headerList:    ServerHeaderLimit,
+		headerLimitIn: ServerHeaderLimit,
+		pingInterval:  PingInterval,
+		pingTimeout:   PingTimeout,
+	}, st.s.log)
+	m.onStream = func(str *h2stream, h *muxHeaders) { st.s.handleH2(st.force, m, str, h) }
+	if err := m.start(); err != nil {
+		st.s.log.Debug("http2 preface failed", zap.Stringer("peer", raw.RemoteAddr()), zap.Error(err))
+		m.closeWith(err)
+		return
+	}
+	st.mu.Lock()
+	st.conns[raw] = m
+	st.mu.Unlock()
+	select {
+	case <-m.done:
+	case <-st.draining:
+		m.goAway(http2.ErrCodeNo, "draining")
+		select {
+		case <-m.idle():
+			_ = m.close()
+			<-m.done
+		case <-m.done:
+		}
+	}
+	m.handlers.Wait()
 }
 
 // setTCPOptions applies ztunnel's socket settings (NODELAY is Go's default).
@@ -370,13 +390,21 @@ func validHostname(h string) bool {
 	return true
 }
 
+// authorize runs the Authorize hook.
+func (s *Server) authorize(ctx context.Context, in *Inbound) error {
+	if s.cfg.Hooks.Authorize != nil {
+		if err := s.cfg.Hooks.Authorize(ctx, in); err != nil {
+			return &Error{Status: statusFor(err, http.StatusUnauthorized), Op: "authorize", Peer: in.Target, Err: errors.Join(ErrUnauthorized, err)}
+		}
+	}
+	return nil
+}
+
 // admit runs phases 1 and 2: parse, authorize, dial upstream. On error the
 // returned status is what the server answers.
 func (s *Server) admit(ctx context.Context, in *Inbound) (net.Conn, error) {
-	if s.cfg.Hooks.Authorize != nil {
-		if err := s.cfg.Hooks.Authorize(ctx, in); err != nil {
-			return nil, &Error{Status: statusFor(err, http.StatusUnauthorized), Op: "authorize", Peer: in.Target, Err: errors.Join(ErrUnauthorized, err)}
-		}
+	if err := s.authorize(ctx, in); err != nil {
+		return nil, err
 	}
 	dial := s.cfg.Hooks.DialUpstream
 	if dial == nil {
@@ -408,64 +436,91 @@ func (s *Server) reject(w http.ResponseWriter, err error, in *Inbound) {
 	w.WriteHeader(status)
 }
 
-// handleH2 runs one CONNECT stream: phases 1-2 in admit, then the copy.
-//
-// HTTP/2 limit of Go's server: a response stream can only end (END_STREAM)
-// when the handler returns, and returning while the request body is still
-// open resets the client's send side (RST_STREAM NO_ERROR). So when the
-// upstream closes its write side first, the stream ends both ways; when the
-// client half-closes first, the upstream gets a FIN and its reply keeps
-// flowing (true half-close). HTTP/3 streams half-close both ways.
-func (s *Server) handleH2(w http.ResponseWriter, r *http.Request, tc *tls.Conn, state *tls.ConnectionState) {
-	in, err := parseInbound(r.Method, r.Host, r.Header, state)
+// handleH2 runs one CONNECT stream: phases 1-2 in admit, then the copy,
+// each direction half-closing on its own (END_STREAM one way, FIN the
+// other) while the other keeps flowing.
+func (s *Server) handleH2(parent context.Context, m *mux, str *h2stream, h *muxHeaders) {
+	ctx, cancel := context.WithCancel(parent)
+	defer cancel()
+	m.mu.Lock()
+	if str.reset != nil {
+		m.mu.Unlock()
+		return
+	}
+	str.cancel = cancel
+	m.mu.Unlock()
+	defer str.Close()
+	if h.tooLarge {
+		s.rejectH2(str, &Error{Status: http.StatusRequestHeaderFieldsTooLarge, Op: "parse", Err: fmt.Errorf("%w: headers over %d bytes", ErrBadRequest, ServerHeaderLimit)}, nil)
+		return
+	}
+	if h.method == http.MethodConnect && (h.scheme != "" || h.path != "" || h.protocol != "") {
+		s.rejectH2(str, &Error{Status: http.StatusBadRequest, Op: "parse", Err: fmt.Errorf("%w: CONNECT with :scheme, :path or :protocol", ErrBadRequest)}, nil)
+		return
+	}
+	in, err := parseInbound(h.method, h.authority, h.header, m.tls)
 	if err != nil {
-		s.reject(w, err, in)
+		s.rejectH2(str, err, in)
 		return
 	}
 	in.Protocol = H2
-	in.RemoteAddr, in.LocalAddr = tc.RemoteAddr(), tc.LocalAddr()
-	ctx := r.Context()
+	in.RemoteAddr, in.LocalAddr = m.c.RemoteAddr(), m.c.LocalAddr()
+	if s.cfg.Hooks.Serve != nil {
+		if err := s.authorize(ctx, in); err != nil {
+			s.rejectH2(str, err, in)
+			return
+		}
+		if err := str.respond(http.StatusOK, in.ResponseHeader); err != nil {
+			return
+		}
+		c := streamConn(str, in.Peer, in.LocalAddr, in.RemoteAddr)
+		s.cfg.Hooks.Serve(ctx, in, c)
+		_ = c.Close()
+		return
+	}
 	up, err := s.admit(ctx, in)
 	if err != nil {
-		s.reject(w, err, in)
+		s.rejectH2(str, err, in)
 		return
 	}
 	defer up.Close()
 	stop := context.AfterFunc(ctx, func() { _ = up.Close() })
 	defer stop()
-	for k, v := range in.ResponseHeader {
-		w.Header()[k] = v
-	}
-	w.WriteHeader(http.StatusOK)
-	rc := http.NewResponseController(w)
-	if err := rc.Flush(); err != nil {
+	if err := str.respond(http.StatusOK, in.ResponseHeader); err != nil {
 		return
 	}
-	// client -> upstream runs in its own goroutine; upstream -> client here.
+	// client -> upstream in its own goroutine; upstream -> client here.
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		_, err := copyHalf(up, r.Body, nil, closeWriter(up))
-		if err != nil {
-			// Stream reset or upstream gone: end the other direction too.
-			_ = up.Close()
+		if _, err := str.WriteTo(up); err != nil {
 			if !isClosedErr(err) {
 				s.log.Debug("copy to upstream ended", zap.String("target", in.Target), zap.Error(err))
 			}
+			str.Reset()
+			_ = up.Close()
+			return
 		}
+		_ = closeWriter(up)()
 	}()
-	_, err = copyHalf(w, up, func() { _ = rc.Flush() }, nil)
-	if err != nil && !isClosedErr(err) {
-		s.log.Debug("copy to client ended", zap.String("target", in.Target), zap.Error(err))
+	if _, err := str.ReadFrom(up); err != nil {
+		if !isClosedErr(err) {
+			s.log.Debug("copy to client ended", zap.String("target", in.Target), zap.Error(err))
+		}
+		str.Reset()
 		_ = up.Close()
+	} else {
+		_ = str.CloseWrite()
 	}
-	select {
-	case <-done:
-	default:
-		// Upstream finished first: returning ends the stream; close the
-		// body so the other copy ends now rather than on its next read.
-		_ = r.Body.Close()
-		_ = up.Close()
-		<-done
+	<-done
+}
+
+func (s *Server) rejectH2(str *h2stream, err error, in *Inbound) {
+	status := statusFor(err, http.StatusBadRequest)
+	fields := []zap.Field{zap.Int("status", status), zap.Error(err)}
+	if in != nil {
+		fields = append(fields, zap.String("target", in.Target), zap.Stringer("peer", in.Peer))
 	}
+	s.log.Debug("stream rejected", fields...)
+	_ = str.respond(status, nil)
 }

@@ -1,0 +1,614 @@
+package hbone
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"math/bits"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// chunk is one received DATA payload, from a size-class pool.
+type chunk struct {
+	b     []byte // payload (unread part starts at off)
+	off   int
+	class int
+}
+
+// Size classes 1 KiB .. 16 MiB (the largest frame a peer may send).
+const minClass = 10
+
+var chunkPools [15]sync.Pool
+
+func getChunk(n int) *chunk {
+	c := max(minClass, bits.Len(uint(n-1)))
+	i := c - minClass
+	if v, _ := chunkPools[i].Get().(*chunk); v != nil {
+		v.b = v.b[:n]
+		v.off = 0
+		return v
+	}
+	return &chunk{b: make([]byte, n, 1<<c), class: i}
+}
+
+func (c *chunk) free() {
+	if c == nil {
+		return
+	}
+	c.b = c.b[:0]
+	chunkPools[c.class].Put(c)
+}
+
+// ReadFrom's frame buffers, with a frame header's worth of room in front of
+// each payload: a small one while the source trickles (an idle stream
+// blocked in a read holds only that), a large one once a read fills it.
+var (
+	smallSendPool = sync.Pool{New: func() any { b := make([]byte, frameHeaderLen+smallBuf); return &b }}
+	largeSendPool = sync.Pool{New: func() any { b := make([]byte, frameHeaderLen+maxSendFrame); return &b }}
+)
+
+// h2stream is one CONNECT stream. Fields after m are guarded by m.mu.
+type h2stream struct {
+	m  *mux
+	id uint32
+
+	rcond    *sync.Cond // receive side changed (data, end, reset, deadline)
+	chunks   []*chunk
+	buffered int
+	recvWin  int64 // what the peer may still send
+	unacked  int   // consumed, not yet returned by WINDOW_UPDATE
+	recvEnd  bool  // END_STREAM received
+	sendWin  int64 // what we may still send
+	sendEnd  bool  // END_STREAM sent
+	reset    error // *StreamError or a connection error; terminal
+	removed  bool
+	rDead    time.Time
+	wDead    time.Time
+	rTimer   *time.Timer
+	wTimer   *time.Timer
+
+	gotHeaders bool
+	respReady  chan struct{} // client: closed when the response headers arrived
+	resp       *muxHeaders
+	cancel     func() // server: ends the stream's context once it is over
+}
+
+// newStreamLocked registers stream id. Caller holds m.mu.
+func (m *mux) newStreamLocked(id uint32) *h2stream {
+	s := &h2stream{
+		m:         m,
+		id:        id,
+		recvWin:   int64(m.local.streamWindow),
+		sendWin:   m.peerWindow,
+		respReady: make(chan struct{}),
+	}
+	s.rcond = sync.NewCond(&m.mu)
+	m.streams[id] = s
+	m.lastUsed = time.Now()
+	return s
+}
+
+// removeLocked drops the stream from the connection once it is over.
+func (s *h2stream) removeLocked() {
+	if s.removed {
+		return
+	}
+	s.removed = true
+	if s.m.streams[s.id] == s {
+		delete(s.m.streams, s.id)
+	}
+	s.m.lastUsed = time.Now()
+	if s.cancel != nil {
+		s.cancel()
+	}
+	s.m.wakeIdleLocked()
+}
+
+// maybeDoneLocked removes the stream once both directions ended cleanly.
+func (s *h2stream) maybeDoneLocked() {
+	if s.sendEnd && s.recvEnd && s.buffered == 0 {
+		s.removeLocked()
+	}
+}
+
+// failLocked ends the stream with a connection-level error. Bytes already
+// received stay readable (reads return the error after them).
+func (s *h2stream) failLocked(err error) {
+	if s.reset == nil {
+		s.reset = err
+	}
+	s.removeLocked()
+	s.rcond.Broadcast()
+	if !s.gotHeaders {
+		s.gotHeaders = true
+		close(s.respReady)
+	}
+}
+
+// dropBufferLocked frees unread bytes and gives them back to the
+// connection window.
+func (s *h2stream) dropBufferLocked() {
+	s.m.returnConnLocked(int64(s.buffered))
+	for _, c := range s.chunks {
+		c.free()
+	}
+	s.chunks = nil
+	s.buffered = 0
+}
+
+// resetLocked resets the stream from our side with code.
+func (s *h2stream) resetLocked(code http2.ErrCode, _ bool) {
+	if s.reset != nil {
+		return
+	}
+	s.reset = &StreamError{Code: code}
+	if !s.removed {
+		s.m.queueLocked(appendRST(nil, s.id, code))
+	}
+	s.unacked = 0
+	s.dropBufferLocked()
+	s.removeLocked()
+	s.rcond.Broadcast()
+	s.m.sendCond.Broadcast()
+	if !s.gotHeaders {
+		s.gotHeaders = true
+		close(s.respReady)
+	}
+}
+
+// Reset resets the stream (RST_STREAM CANCEL) and fails pending calls.
+func (s *h2stream) Reset() {
+	s.m.mu.Lock()
+	s.resetLocked(http2.ErrCodeCancel, false)
+	s.m.mu.Unlock()
+}
+
+// consumedLocked records n bytes read by the application and returns
+// window to the peer in batches of a quarter window.
+func (s *h2stream) consumedLocked(n int) {
+	s.unacked += n
+	s.m.returnConnLocked(int64(n))
+	if s.recvEnd || s.reset != nil {
+		s.unacked = 0
+		return
+	}
+	if s.unacked >= int(s.m.local.streamWindow)/4 {
+		s.recvWin += int64(s.unacked)
+		s.m.queueLocked(appendWindowUpdate(nil, s.id, uint32(s.unacked)))
+		s.unacked = 0
+	}
+}
+
+// readErrLocked is the error a read returns when nothing is buffered,
+// or nil to wait.
+func (s *h2stream) readErrLocked() error {
+	if s.buffered > 0 {
+		return nil
+	}
+	if s.recvEnd {
+		return io.EOF
+	}
+	if s.reset != nil {
+		var se *StreamError
+		if errors.As(s.reset, &se) && se.Remote && se.Code == http2.ErrCodeNo {
+			return io.EOF
+		}
+		return s.reset
+	}
+	if !s.rDead.IsZero() && !time.Now().Before(s.rDead) {
+		return os.ErrDeadlineExceeded
+	}
+	return nil
+}
+
+// waitReadLocked blocks until data is buffered or the read side ended.
+func (s *h2stream) waitReadLocked() error {
+	for s.buffered == 0 {
+		if err := s.readErrLocked(); err != nil {
+			return err
+		}
+		s.rcond.Wait()
+	}
+	return nil
+}
+
+func (s *h2stream) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	m := s.m
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := s.waitReadLocked(); err != nil {
+		if err == io.EOF {
+			s.maybeDoneLocked()
+		}
+		return 0, err
+	}
+	n := 0
+	for n < len(p) && len(s.chunks) > 0 {
+		c := s.chunks[0]
+		k := copy(p[n:], c.b[c.off:])
+		n += k
+		c.off += k
+		if c.off == len(c.b) {
+			c.free()
+			s.chunks[0] = nil
+			s.chunks = s.chunks[1:]
+		}
+	}
+	if len(s.chunks) == 0 {
+		s.chunks = nil
+	}
+	s.buffered -= n
+	s.consumedLocked(n)
+	return n, nil
+}
+
+// WriteTo writes received chunks straight to w until the peer ends the
+// stream (returning nil) or it is reset.
+func (s *h2stream) WriteTo(w io.Writer) (int64, error) {
+	m := s.m
+	var total int64
+	for {
+		m.mu.Lock()
+		if err := s.waitReadLocked(); err != nil {
+			if err == io.EOF {
+				s.maybeDoneLocked()
+				err = nil
+			}
+			m.mu.Unlock()
+			return total, err
+		}
+		c := s.chunks[0]
+		s.chunks[0] = nil
+		s.chunks = s.chunks[1:]
+		if len(s.chunks) == 0 {
+			s.chunks = nil
+		}
+		k := len(c.b) - c.off
+		s.buffered -= k
+		m.mu.Unlock()
+		n, err := w.Write(c.b[c.off:])
+		c.free()
+		total += int64(n)
+		m.mu.Lock()
+		s.consumedLocked(k)
+		m.mu.Unlock()
+		if err != nil {
+			return total, err
+		}
+	}
+}
+
+// awaitSend waits until n > 0 bytes may be sent (flow control) and takes
+// them from both windows; it returns at most want and the peer's frame size.
+func (s *h2stream) awaitSend(want int) (int, error) {
+	m := s.m
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for {
+		switch {
+		case s.reset != nil:
+			return 0, s.writeErr()
+		case s.sendEnd:
+			return 0, fmt.Errorf("write after CloseWrite: %w", net.ErrClosed)
+		case m.closed:
+			return 0, m.closeErr
+		case !s.wDead.IsZero() && !time.Now().Before(s.wDead):
+			return 0, os.ErrDeadlineExceeded
+		}
+		if n := min(int64(want), s.sendWin, m.connSend, int64(m.peerFrame), maxSendFrame); n > 0 {
+			s.sendWin -= n
+			m.connSend -= n
+			return int(n), nil
+		}
+		m.sendCond.Wait()
+	}
+}
+
+func (s *h2stream) writeErr() error {
+	var se *StreamError
+	if errors.As(s.reset, &se) {
+		return fmt.Errorf("write: %w", s.reset)
+	}
+	return s.reset
+}
+
+func (s *h2stream) Write(p []byte) (int, error) {
+	m := s.m
+	written := 0
+	for len(p) > 0 {
+		n, err := s.awaitSend(len(p))
+		if err != nil {
+			return written, err
+		}
+		m.wmu.Lock()
+		var hdr [frameHeaderLen]byte
+		if n <= inlineCopy {
+			m.wbuf = append(m.wbuf[:0], hdr[:]...)
+			m.wbuf = append(m.wbuf, p[:n]...)
+			putFrameHeader(m.wbuf, n, frData, 0, s.id)
+			err = m.writeLocked(m.wbuf)
+		} else {
+			putFrameHeader(hdr[:], n, frData, 0, s.id)
+			err = m.writeLocked(hdr[:], p[:n])
+		}
+		m.wmu.Unlock()
+		if err != nil {
+			return written, err
+		}
+		written += n
+		p = p[n:]
+	}
+	return written, nil
+}
+
+// ReadFrom reads r straight into frame buffers (the frame header goes in
+// front of the payload) until r ends; it does not half-close.
+func (s *h2stream) ReadFrom(r io.Reader) (int64, error) {
+	small := smallSendPool.Get().(*[]byte)
+	buf := *small
+	var large *[]byte
+	defer func() {
+		smallSendPool.Put(small)
+		if large != nil {
+			largeSendPool.Put(large)
+		}
+	}()
+	m := s.m
+	var total int64
+	for {
+		if large == nil && total >= smallBuf {
+			large = largeSendPool.Get().(*[]byte)
+			buf = *large
+		}
+		nr, rerr := r.Read(buf[frameHeaderLen:])
+		for off := 0; off < nr; {
+			n, err := s.awaitSend(nr - off)
+			if err != nil {
+				return total, err
+			}
+			// The header overwrites payload bytes already sent (or the
+			// reserved room in front of the first frame).
+			f := buf[off : frameHeaderLen+off+n]
+			putFrameHeader(f, n, frData, 0, s.id)
+			m.wmu.Lock()
+			err = m.writeLocked(f)
+			m.wmu.Unlock()
+			if err != nil {
+				return total, err
+			}
+			off += n
+			total += int64(n)
+		}
+		if rerr != nil {
+			if rerr == io.EOF {
+				return total, nil
+			}
+			return total, rerr
+		}
+	}
+}
+
+// CloseWrite sends END_STREAM: the peer reads EOF, our reads go on.
+func (s *h2stream) CloseWrite() error {
+	m := s.m
+	m.wmu.Lock()
+	defer m.wmu.Unlock()
+	m.mu.Lock()
+	if s.sendEnd {
+		m.mu.Unlock()
+		return nil
+	}
+	if s.reset != nil {
+		err := s.writeErr()
+		m.mu.Unlock()
+		return err
+	}
+	s.sendEnd = true
+	s.maybeDoneLocked()
+	m.mu.Unlock()
+	return m.writeLocked(appendFrame(m.wbuf[:0], frData, flEndStream, s.id, nil))
+}
+
+// Close ends the stream like closing a socket: what was written is
+// already on the connection; END_STREAM follows it, and if the peer is
+// still sending, RST_STREAM CANCEL tells it to stop. Unread bytes are
+// dropped.
+func (s *h2stream) Close() error {
+	m := s.m
+	m.mu.Lock()
+	sendOpen := !s.sendEnd && s.reset == nil
+	m.mu.Unlock()
+	if sendOpen {
+		_ = s.CloseWrite()
+	}
+	m.mu.Lock()
+	if !s.recvEnd && s.reset == nil {
+		s.resetLocked(http2.ErrCodeCancel, false)
+	} else {
+		s.dropBufferLocked()
+		s.removeLocked()
+	}
+	m.mu.Unlock()
+	return nil
+}
+
+// SetReadDeadline and SetWriteDeadline are ordinary net.Conn deadlines:
+// a pending call fails with os.ErrDeadlineExceeded, the stream lives on.
+func (s *h2stream) SetReadDeadline(t time.Time) error {
+	s.setDeadline(&s.rDead, &s.rTimer, t)
+	return nil
+}
+
+func (s *h2stream) SetWriteDeadline(t time.Time) error {
+	s.setDeadline(&s.wDead, &s.wTimer, t)
+	return nil
+}
+
+func (s *h2stream) setDeadline(d *time.Time, tm **time.Timer, t time.Time) {
+	m := s.m
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	*d = t
+	if *tm != nil {
+		(*tm).Stop()
+		*tm = nil
+	}
+	wake := func() {
+		m.mu.Lock()
+		s.rcond.Broadcast()
+		m.sendCond.Broadcast()
+		m.mu.Unlock()
+	}
+	if t.IsZero() {
+		return
+	}
+	if dur := time.Until(t); dur > 0 {
+		*tm = time.AfterFunc(dur, wake)
+		return
+	}
+	s.rcond.Broadcast()
+	m.sendCond.Broadcast()
+}
+
+// writeHeaders sends a header block (HEADERS + CONTINUATION as the peer's
+// frame size requires). Caller holds wmu.
+func (m *mux) writeHeadersLocked(id uint32, fields []hpack.HeaderField, end bool) error {
+	m.hbuf.Reset()
+	for _, f := range fields {
+		if err := m.henc.WriteField(f); err != nil {
+			return err
+		}
+	}
+	block := m.hbuf.Bytes()
+	m.mu.Lock()
+	maxF := int(m.peerFrame)
+	m.mu.Unlock()
+	var flags byte
+	if end {
+		flags |= flEndStream
+	}
+	b := m.wbuf[:0]
+	first := min(len(block), maxF)
+	if first == len(block) {
+		flags |= flEndHeaders
+	}
+	b = appendFrame(b, frHeaders, flags, id, block[:first])
+	for rest := block[first:]; len(rest) > 0; {
+		k := min(len(rest), maxF)
+		var fl byte
+		if k == len(rest) {
+			fl = flEndHeaders
+		}
+		b = appendFrame(b, frContinuation, fl, id, rest[:k])
+		rest = rest[k:]
+	}
+	m.wbuf = b
+	return m.writeLocked(b)
+}
+
+// headerFields lowercases h's names for HTTP/2, dropping connection-
+// specific fields.
+func headerFields(fields []hpack.HeaderField, h http.Header) []hpack.HeaderField {
+	for k, vs := range h {
+		lk := strings.ToLower(k)
+		switch lk {
+		case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te":
+			continue
+		}
+		for _, v := range vs {
+			fields = append(fields, hpack.HeaderField{Name: lk, Value: v})
+		}
+	}
+	return fields
+}
+
+func headerListSize(fields []hpack.HeaderField) int {
+	n := 0
+	for _, f := range fields {
+		n += len(f.Name) + len(f.Value) + 32
+	}
+	return n
+}
+
+// openStream (client) sends a CONNECT and returns the stream; the caller
+// waits on respReady.
+func (m *mux) openStream(authority string, h http.Header) (*h2stream, error) {
+	fields := []hpack.HeaderField{{Name: ":method", Value: http.MethodConnect}, {Name: ":authority", Value: authority}}
+	fields = headerFields(fields, h)
+	m.wmu.Lock()
+	defer m.wmu.Unlock()
+	m.mu.Lock()
+	if m.closed {
+		err := m.closeErr
+		m.mu.Unlock()
+		return nil, err
+	}
+	if m.goneAway {
+		m.mu.Unlock()
+		return nil, errGoAway
+	}
+	if lim := m.peerHeaderList; lim != 0 && headerListSize(fields) > int(lim) {
+		m.mu.Unlock()
+		return nil, fmt.Errorf("CONNECT headers of %d bytes exceed the peer's SETTINGS_MAX_HEADER_LIST_SIZE %d", headerListSize(fields), lim)
+	}
+	if m.nextID > 1<<31-1 {
+		m.goneAway = true
+		m.mu.Unlock()
+		return nil, errGoAway
+	}
+	id := m.nextID
+	m.nextID += 2
+	s := m.newStreamLocked(id)
+	m.mu.Unlock()
+	if err := m.writeHeadersLocked(id, fields, false); err != nil {
+		m.mu.Lock()
+		s.failLocked(err)
+		m.mu.Unlock()
+		return nil, err
+	}
+	return s, nil
+}
+
+// respond (server) sends the response headers; a non-200 ends the stream.
+func (s *h2stream) respond(status int, h http.Header) error {
+	m := s.m
+	fields := []hpack.HeaderField{{Name: ":status", Value: strconv.Itoa(status)}}
+	fields = headerFields(fields, h)
+	end := status != http.StatusOK
+	m.wmu.Lock()
+	defer m.wmu.Unlock()
+	m.mu.Lock()
+	if s.reset != nil {
+		err := s.writeErr()
+		m.mu.Unlock()
+		return err
+	}
+	if end {
+		s.sendEnd = true
+	}
+	m.mu.Unlock()
+	err := m.writeHeadersLocked(s.id, fields, end)
+	if end {
+		m.mu.Lock()
+		if !s.recvEnd {
+			// We will not read the rest of the request.
+			s.resetLocked(http2.ErrCodeNo, false)
+		}
+		s.dropBufferLocked()
+		s.removeLocked()
+		m.mu.Unlock()
+	}
+	return err
+}

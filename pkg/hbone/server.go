@@ -87,13 +87,16 @@ type Hooks struct {
 	// with a 10 s timeout. A returned conn that has CloseWrite gets
 	// half-closes propagated.
 	DialUpstream func(ctx context.Context, in *Inbound) (net.Conn, error)
-	// Serve, if set, replaces DialUpstream and the copy: once Authorize
-	// allowed the stream, the server answers 200 and hands the stream
-	// itself to Serve (for a proxy that terminates the tunnel's protocol,
-	// such as a waypoint serving HTTP on it). The conn has ordinary net.Conn
-	// deadlines and CloseWrite. Serve owns it until it returns; the server
-	// closes it then. ctx ends when the stream is reset or force-drained.
-	Serve func(ctx context.Context, in *Inbound, c net.Conn)
+	// Takeover, if set, runs after Authorize, for a proxy that terminates
+	// the tunnelled protocol itself (a waypoint serving HTTP on the stream).
+	// When it returns a function, the server answers 200 and runs it with
+	// the stream itself instead of DialUpstream and the copy: a net.Conn
+	// with ordinary deadlines and CloseWrite, which the function owns until
+	// it returns (the server closes it then); its ctx ends when the stream
+	// is reset or force-drained. When it returns nil, DialUpstream runs as
+	// usual. An error answers its status (default 503). HTTP/2 only;
+	// HTTP/3 streams always take the DialUpstream path.
+	Takeover func(ctx context.Context, in *Inbound) (func(ctx context.Context, c net.Conn), error)
 }
 
 // ServerConfig configures a [Server]. SVID and Bundle are required.
@@ -400,11 +403,14 @@ func (s *Server) authorize(ctx context.Context, in *Inbound) error {
 	return nil
 }
 
-// admit runs phases 1 and 2: parse, authorize, dial upstream. On error the
-// returned status is what the server answers.
+// admit runs phases 1 and 2: parse, authorize (unless Takeover already
+// did), dial upstream. On error the returned status is what the server
+// answers.
 func (s *Server) admit(ctx context.Context, in *Inbound) (net.Conn, error) {
-	if err := s.authorize(ctx, in); err != nil {
-		return nil, err
+	if s.cfg.Hooks.Takeover == nil || in.Protocol != H2 {
+		if err := s.authorize(ctx, in); err != nil {
+			return nil, err
+		}
 	}
 	dial := s.cfg.Hooks.DialUpstream
 	if dial == nil {
@@ -465,18 +471,25 @@ func (s *Server) handleH2(parent context.Context, m *mux, str *h2stream, h *muxH
 	}
 	in.Protocol = H2
 	in.RemoteAddr, in.LocalAddr = m.c.RemoteAddr(), m.c.LocalAddr()
-	if s.cfg.Hooks.Serve != nil {
+	if s.cfg.Hooks.Takeover != nil {
 		if err := s.authorize(ctx, in); err != nil {
 			s.rejectH2(str, err, in)
 			return
 		}
-		if err := str.respond(http.StatusOK, in.ResponseHeader); err != nil {
+		serve, err := s.cfg.Hooks.Takeover(ctx, in)
+		if err != nil {
+			s.rejectH2(str, &Error{Status: statusFor(err, http.StatusServiceUnavailable), Op: "takeover", Peer: in.Target, Err: errors.Join(ErrUpstream, err)}, in)
 			return
 		}
-		c := streamConn(str, in.Peer, in.LocalAddr, in.RemoteAddr)
-		s.cfg.Hooks.Serve(ctx, in, c)
-		_ = c.Close()
-		return
+		if serve != nil {
+			if err := str.respond(http.StatusOK, in.ResponseHeader); err != nil {
+				return
+			}
+			c := streamConn(str, in.Peer, in.LocalAddr, in.RemoteAddr)
+			serve(ctx, c)
+			_ = c.Close()
+			return
+		}
 	}
 	up, err := s.admit(ctx, in)
 	if err != nil {

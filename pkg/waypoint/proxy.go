@@ -139,7 +139,7 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	p.hsrv, err = hbone.NewServer(hbone.ServerConfig{
 		SVID: cfg.SVID, Bundle: cfg.Bundle, TrustDomain: cfg.TrustDomain, Logger: log, DrainTimeout: cfg.DrainTimeout,
-		Hooks: hbone.Hooks{DialUpstream: p.admit},
+		Hooks: hbone.Hooks{Takeover: p.takeover, DialUpstream: p.admit},
 	})
 	if err != nil {
 		_ = p.client.Close()
@@ -176,25 +176,44 @@ type stream struct {
 	srcAddr string
 }
 
-// admit is the HBONE DialUpstream hook: it resolves the target (503 when
-// unknown or not served by this waypoint), then either connects an L4
-// backend (TCP ports) or hands the stream to the HTTP server.
-func (p *Proxy) admit(ctx context.Context, in *hbone.Inbound) (net.Conn, error) {
+// takeover is the HBONE Takeover hook: it resolves the target (503 when
+// unknown or not served by this waypoint) and hands streams to HTTP ports
+// to the HTTP server on the stream itself. TCP ports return nil, so the
+// HBONE server runs admit (connect the backend before answering 200).
+func (p *Proxy) takeover(_ context.Context, in *hbone.Inbound) (func(context.Context, net.Conn), error) {
 	st, err := p.resolve(in)
 	if err != nil {
 		return nil, err
 	}
 	if st.port.protocol == waypointv1alpha1.Protocol_TCP {
-		if ok, by := authorize(st.svc.authz, newAuthzRequest(in.Peer, st.port.port, nil)); !ok {
-			return nil, refuse(in, http.StatusUnauthorized, "denied by %s", by)
-		}
-		return p.dialTCP(ctx, st)
+		return nil, nil
 	}
 	ln := p.streams.Load()
 	if ln == nil {
 		return nil, &hbone.Error{Status: http.StatusServiceUnavailable, Op: "admit", Peer: in.Target, Err: errors.New("waypoint not serving")}
 	}
-	return ln.push(st)
+	select {
+	case <-ln.done:
+		return nil, refuse(in, http.StatusServiceUnavailable, "waypoint draining")
+	default:
+	}
+	return func(ctx context.Context, c net.Conn) { ln.serve(ctx, st, c) }, nil
+}
+
+// admit is the HBONE DialUpstream hook for TCP ports: authorize, then
+// connect an L4 backend.
+func (p *Proxy) admit(ctx context.Context, in *hbone.Inbound) (net.Conn, error) {
+	st, err := p.resolve(in)
+	if err != nil {
+		return nil, err
+	}
+	if st.port.protocol != waypointv1alpha1.Protocol_TCP {
+		return nil, refuse(in, http.StatusServiceUnavailable, "port %d is served over HTTP/2 HBONE only", st.port.port)
+	}
+	if ok, by := authorize(st.svc.authz, newAuthzRequest(in.Peer, st.port.port, nil)); !ok {
+		return nil, refuse(in, http.StatusUnauthorized, "denied by %s", by)
+	}
+	return p.dialTCP(ctx, st)
 }
 
 func refuse(in *hbone.Inbound, status int, why string, args ...any) error {

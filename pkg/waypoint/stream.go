@@ -1,15 +1,9 @@
 package waypoint
 
 import (
-	"errors"
-	"fmt"
+	"context"
 	"net"
-	"net/http"
-	"os"
 	"sync"
-	"syscall"
-
-	"github.com/ambient-mesh/mesh/pkg/hbone"
 )
 
 type streamKey struct{}
@@ -18,7 +12,14 @@ type streamKey struct{}
 // Service port it carries.
 type streamConn struct {
 	net.Conn
-	st *stream
+	st   *stream
+	once sync.Once
+	done chan struct{} // closed by Close: the HTTP server is done with it
+}
+
+func (c *streamConn) Close() error {
+	c.once.Do(func() { close(c.done) })
+	return c.Conn.Close()
 }
 
 // CloseWrite keeps the half-close of the socket pair visible to net/http.
@@ -60,57 +61,21 @@ func (l *streamListener) Close() error {
 
 func (l *streamListener) Addr() net.Addr { return l.addr }
 
-// push connects a new stream to the HTTP server and returns the end the
-// HBONE server copies to and from.
-func (l *streamListener) push(st *stream) (net.Conn, error) {
+// serve hands one HBONE stream (the hbone Takeover) to the HTTP server
+// and returns once the server closed it, the stream was reset (ctx) or
+// the listener closed.
+func (l *streamListener) serve(ctx context.Context, st *stream, c net.Conn) {
+	sc := &streamConn{Conn: c, st: st, done: make(chan struct{})}
 	select {
+	case l.conns <- sc:
 	case <-l.done:
-		return nil, refuse(st.in, http.StatusServiceUnavailable, "waypoint draining")
-	default:
-	}
-	outer, inner, err := socketPair()
-	if err != nil {
-		return nil, &hbone.Error{Status: http.StatusServiceUnavailable, Op: "admit", Peer: st.in.Target, Err: err}
+		return
+	case <-ctx.Done():
+		return
 	}
 	select {
-	case l.conns <- &streamConn{Conn: inner, st: st}:
-		return outer, nil
-	case <-l.done:
-		_ = outer.Close()
-		_ = inner.Close()
-		return nil, refuse(st.in, http.StatusServiceUnavailable, "waypoint draining")
+	case <-sc.done:
+	case <-ctx.Done():
+		_ = sc.Close()
 	}
-}
-
-// socketPair is a connected pair of unix stream sockets: kernel-buffered
-// both ways, with deadlines and half-close, which net/http's server needs
-// from its connections.
-func socketPair() (net.Conn, net.Conn, error) {
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
-	if err != nil {
-		return nil, nil, fmt.Errorf("socketpair: %w", err)
-	}
-	a, errA := fileConn(fds[0])
-	b, errB := fileConn(fds[1])
-	if err := errors.Join(errA, errB); err != nil {
-		if a != nil {
-			_ = a.Close()
-		}
-		if b != nil {
-			_ = b.Close()
-		}
-		return nil, nil, err
-	}
-	return a, b, nil
-}
-
-func fileConn(fd int) (net.Conn, error) {
-	syscall.CloseOnExec(fd)
-	f := os.NewFile(uintptr(fd), "waypoint-stream")
-	defer f.Close()
-	c, err := net.FileConn(f)
-	if err != nil {
-		return nil, fmt.Errorf("socketpair conn: %w", err)
-	}
-	return c, nil
 }

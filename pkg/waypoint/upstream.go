@@ -16,22 +16,25 @@ import (
 
 // h1Pool is the waypoint's HTTP/1.1 client for the common upstream
 // request: replayable (no body or a buffered one), no upgrade, no Expect,
-// no trailers, keep-alive. It writes the request and reads the response
-// on the caller's goroutine over a pooled keep-alive HBONE stream to the
-// endpoint, where http.Transport hands each request to a connection's
-// writer goroutine and its response back from a reader goroutine (four
-// goroutine switches per request). Anything else goes through the
-// http.Transport (Proxy.h1), whose behaviour this one follows: the same
-// request serialisation (Request.Write) and response parsing
-// (http.ReadResponse), 1xx responses passed to the reverse proxy's
-// httptrace hook, idle connections reused most recent first, at most
-// h1MaxIdlePerHost per endpoint and h1MaxIdle in all, closed after
-// h1IdleTimeout, and a request that fails on a reused connection before
-// anything was sent (or, idempotent, before any response byte came back)
-// retried on another one, as the Transport does.
+// no trailers, keep-alive. The caller's goroutine writes the request and
+// reads the response over a pooled keep-alive HBONE stream to the
+// endpoint; each connection has one watcher goroutine that waits for the
+// first bytes of each answer (and, while the connection is idle, notices
+// the endpoint closing it, as http.Transport's reader does). http.Transport
+// instead hands each request to a writer goroutine and each response back
+// from its reader, five goroutine switches per request to our three.
+// Anything else goes through the http.Transport (Proxy.h1), whose
+// behaviour this one follows: the same request serialisation
+// (Request.Write) and response parsing (http.ReadResponse), 1xx responses
+// passed to the reverse proxy's httptrace hook, idle connections reused
+// most recent first, at most h1MaxIdlePerHost per endpoint and h1MaxIdle
+// in all, closed after h1IdleTimeout, and a request that fails on a reused
+// connection before anything was sent (or, idempotent, before any
+// response byte came back) retried on another one.
 //
 // Concurrency: mu guards idle, n, closed and the sweep timer; an h1Conn
-// belongs to one request at a time.
+// belongs to one request at a time, and its watcher reads only between
+// the request being written and its answer arriving, or while it is idle.
 type h1Pool struct {
 	dial func(ctx context.Context, addr string) (net.Conn, error)
 
@@ -55,10 +58,69 @@ type h1Conn struct {
 	br     *bufio.Reader
 	bw     *bufio.Writer
 	host   string
-	idleAt time.Time
+	pl     *h1Pool
+	idleAt time.Time // under pl.mu
 	// Bytes written to and read from conn (through bw and br), to tell a
 	// connection the endpoint closed while idle from a failed request.
 	written, read int64
+
+	avail  chan error    // the watcher: an answer is there (nil) or the connection failed
+	resume chan struct{} // to the watcher: the answer was read, wait for the next one
+	mu     sync.Mutex
+	busy   bool // checked out by a request
+	dead   bool
+	kill1  sync.Once
+}
+
+func (pl *h1Pool) newConn(c net.Conn, host string) *h1Conn {
+	pc := &h1Conn{conn: c, host: host, pl: pl, busy: true, avail: make(chan error, 1), resume: make(chan struct{}, 1)}
+	pc.br = bufio.NewReader(pc)
+	pc.bw = bufio.NewWriter(pc)
+	go pc.watch()
+	return pc
+}
+
+// watch waits for each answer's first byte and hands the reading over to
+// the request; a connection that gets bytes or EOF while idle is closed.
+func (pc *h1Conn) watch() {
+	for {
+		_, err := pc.br.Peek(1)
+		pc.mu.Lock()
+		if !pc.busy {
+			// Closed (or unsolicited bytes) while idle: unusable.
+			pc.dead = true
+			pc.mu.Unlock()
+			pc.pl.remove(pc)
+			pc.kill()
+			return
+		}
+		pc.mu.Unlock()
+		pc.avail <- err
+		if err != nil {
+			return
+		}
+		if _, ok := <-pc.resume; !ok {
+			return
+		}
+	}
+}
+
+// kill closes the connection and ends its watcher.
+func (pc *h1Conn) kill() {
+	pc.kill1.Do(func() {
+		_ = pc.conn.Close()
+		close(pc.resume)
+	})
+}
+
+// release returns a connection whose answer was read to its end to the
+// pool, or closes it.
+func (pc *h1Conn) release(reuse bool) {
+	if !reuse || !pc.pl.put(pc) {
+		pc.kill()
+		return
+	}
+	pc.resume <- struct{}{}
 }
 
 func (pc *h1Conn) Read(b []byte) (int, error) {
@@ -88,7 +150,7 @@ func (pl *h1Pool) get(host string) *h1Conn {
 	var stale []*h1Conn
 	defer func() {
 		for _, pc := range stale {
-			_ = pc.conn.Close()
+			pc.kill()
 		}
 	}()
 	pl.mu.Lock()
@@ -106,22 +168,31 @@ func (pl *h1Pool) get(host string) *h1Conn {
 			pl.idle[host] = cs[:len(cs)-1]
 		}
 		pl.n--
-		if now.Sub(pc.idleAt) < h1IdleTimeout {
+		if now.Sub(pc.idleAt) >= h1IdleTimeout {
+			stale = append(stale, pc)
+			continue
+		}
+		pc.mu.Lock()
+		ok := !pc.dead
+		pc.busy = ok
+		pc.mu.Unlock()
+		if ok {
 			return pc
 		}
-		stale = append(stale, pc)
 	}
 }
 
-// put keeps pc for the next request to its host, or closes it.
-func (pl *h1Pool) put(pc *h1Conn) {
-	pc.idleAt = time.Now()
+// put makes pc idle in the pool; false: the pool is full or closed.
+func (pl *h1Pool) put(pc *h1Conn) bool {
 	pl.mu.Lock()
+	defer pl.mu.Unlock()
 	if pl.closed || pl.n >= h1MaxIdle || len(pl.idle[pc.host]) >= h1MaxIdlePerHost {
-		pl.mu.Unlock()
-		_ = pc.conn.Close()
-		return
+		return false
 	}
+	pc.mu.Lock()
+	pc.busy = false
+	pc.mu.Unlock()
+	pc.idleAt = time.Now()
 	if pl.idle == nil {
 		pl.idle = map[string][]*h1Conn{}
 	}
@@ -130,7 +201,27 @@ func (pl *h1Pool) put(pc *h1Conn) {
 	if pl.sweep == nil {
 		pl.sweep = time.AfterFunc(h1IdleTimeout, pl.closeExpired)
 	}
-	pl.mu.Unlock()
+	return true
+}
+
+// remove drops pc from the idle connections.
+func (pl *h1Pool) remove(pc *h1Conn) {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	cs := pl.idle[pc.host]
+	for i, c := range cs {
+		if c == pc {
+			cs = append(cs[:i], cs[i+1:]...)
+			cs = cs[:len(cs):len(cs)]
+			pl.n--
+			if len(cs) == 0 {
+				delete(pl.idle, pc.host)
+			} else {
+				pl.idle[pc.host] = cs
+			}
+			return
+		}
+	}
 }
 
 // closeExpired is the sweep timer: it closes the connections idle for
@@ -161,7 +252,7 @@ func (pl *h1Pool) closeExpired() {
 	}
 	pl.mu.Unlock()
 	for _, pc := range expired {
-		_ = pc.conn.Close()
+		pc.kill()
 	}
 }
 
@@ -179,7 +270,7 @@ func (pl *h1Pool) closeIdle(stop bool) {
 	pl.mu.Unlock()
 	for _, cs := range idle {
 		for _, pc := range cs {
-			_ = pc.conn.Close()
+			pc.kill()
 		}
 	}
 }
@@ -202,15 +293,13 @@ func (pl *h1Pool) roundTrip(req *http.Request, body []byte) (*http.Response, err
 			if err != nil {
 				return nil, err
 			}
-			pc = &h1Conn{conn: c, host: req.URL.Host}
-			pc.br = bufio.NewReader(pc)
-			pc.bw = bufio.NewWriter(pc)
+			pc = pl.newConn(c, req.URL.Host)
 		}
 		resp, retry, err := pl.exchange(ctx, pc, req)
 		if err == nil {
 			return resp, nil
 		}
-		_ = pc.conn.Close()
+		pc.kill()
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
@@ -232,6 +321,10 @@ func (pl *h1Pool) exchange(ctx context.Context, pc *h1Conn, req *http.Request) (
 		stop()
 		pc.bw.Reset(pc)
 		return nil, pc.written == written, err
+	}
+	if err = <-pc.avail; err != nil { // the watcher saw the answer's first byte, or the end
+		stop()
+		return nil, pc.read == read && idempotent(req), err
 	}
 	for n1xx := 0; ; {
 		resp, err = http.ReadResponse(pc.br, req)
@@ -258,19 +351,15 @@ func (pl *h1Pool) exchange(ctx context.Context, pc *h1Conn, req *http.Request) (
 		// As http.Transport: the body is the connection, which the
 		// caller now owns.
 		stop()
-		resp.Body = &switchedBody{br: pc.br, conn: pc.conn}
+		resp.Body = &switchedBody{br: pc.br, pc: pc}
 		return resp, false, nil
 	}
 	reuse := !resp.Close && !req.Close
 	if resp.Body == http.NoBody || resp.Body == nil {
-		if !stop() || !reuse {
-			_ = pc.conn.Close()
-		} else {
-			pl.put(pc)
-		}
+		pc.release(stop() && reuse)
 		return resp, false, nil
 	}
-	resp.Body = &h1Body{rc: resp.Body, pc: pc, pl: pl, stop: stop, reuse: reuse}
+	resp.Body = &h1Body{rc: resp.Body, pc: pc, stop: stop, reuse: reuse}
 	return resp, false, nil
 }
 
@@ -292,7 +381,6 @@ func idempotent(req *http.Request) bool {
 type h1Body struct {
 	rc    io.ReadCloser
 	pc    *h1Conn
-	pl    *h1Pool
 	stop  func() bool
 	reuse bool
 	done  bool
@@ -319,19 +407,15 @@ func (b *h1Body) Close() error {
 func (b *h1Body) finish(complete bool) {
 	b.done = true
 	_ = b.rc.Close()
-	if b.stop() && complete && b.reuse {
-		b.pl.put(b.pc)
-		return
-	}
-	_ = b.pc.conn.Close()
+	b.pc.release(b.stop() && complete && b.reuse)
 }
 
 // switchedBody is the body of a 101 answer: the connection itself.
 type switchedBody struct {
-	br   *bufio.Reader
-	conn net.Conn
+	br *bufio.Reader
+	pc *h1Conn
 }
 
 func (b *switchedBody) Read(p []byte) (int, error)  { return b.br.Read(p) }
-func (b *switchedBody) Write(p []byte) (int, error) { return b.conn.Write(p) }
-func (b *switchedBody) Close() error                { return b.conn.Close() }
+func (b *switchedBody) Write(p []byte) (int, error) { return b.pc.conn.Write(p) }
+func (b *switchedBody) Close() error                { b.pc.kill(); return nil }

@@ -1,0 +1,145 @@
+package waypoint
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	waypointv1alpha1 "github.com/ambient-mesh/mesh/api/waypoint/v1alpha1"
+)
+
+// TestUpstreamKeepAlive: sequential requests, with and without a body,
+// reuse one upstream connection (HBONE stream) to the endpoint.
+func TestUpstreamKeepAlive(t *testing.T) {
+	leakCheck(t)
+	m := newMesh(t, meshOptions{})
+	m.addService(reviews, "10.0.0.1")
+	var mu sync.Mutex
+	conns := map[string]int{}
+	m.addPod("reviews-a", reviews, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		conns[r.RemoteAddr]++
+		mu.Unlock()
+		_, _ = io.WriteString(w, r.Method+" "+string(b))
+	}))
+	m.setRoutes(serviceConfig(reviews, waypointv1alpha1.Protocol_HTTP, defaultRoute(reviews)))
+	c := m.httpClient(false)
+	for i := range 10 {
+		method, body, want := http.MethodGet, "", "GET "
+		if i%2 == 1 {
+			method, body, want = http.MethodPost, "payload", "POST payload"
+		}
+		req, _ := http.NewRequestWithContext(t.Context(), method, "http://10.0.0.1/", strings.NewReader(body))
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || string(b) != want {
+			t.Fatalf("%s: %d %q, want 200 %q", method, resp.StatusCode, b, want)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(conns) != 1 {
+		t.Errorf("upstream connections %v, want one for all 10 requests", conns)
+	}
+}
+
+// TestUpstreamClosedWhileIdle: an endpoint that closes a keep-alive
+// connection while it is idle (its idle timeout) does not fail the next
+// request, not even a non-idempotent one that cannot be retried.
+func TestUpstreamClosedWhileIdle(t *testing.T) {
+	leakCheck(t)
+	m := newMesh(t, meshOptions{})
+	m.addService(reviews, "10.0.0.1")
+	var mu sync.Mutex
+	var posts int
+	m.addPod("reviews-a", reviews, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost {
+			mu.Lock()
+			posts++
+			mu.Unlock()
+		}
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		// A keep-alive answer, then the connection closes behind it.
+		_, _ = brw.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		_ = brw.Flush()
+		time.Sleep(20 * time.Millisecond)
+		_ = conn.Close()
+	}))
+	m.setRoutes(serviceConfig(reviews, waypointv1alpha1.Protocol_HTTP, defaultRoute(reviews)))
+	c := m.httpClient(false)
+	for i := range 3 {
+		if code, _, body := get(t, c, "http://10.0.0.1/", nil); code != 200 || body != "ok" {
+			t.Fatalf("GET %d: %d %q", i, code, body)
+		}
+		waitFor(t, 5*time.Second, "the closed connection to leave the pool", func() error {
+			m.proxy.h1p.mu.Lock()
+			defer m.proxy.h1p.mu.Unlock()
+			if n := m.proxy.h1p.n; n != 0 {
+				return errorf("%d idle connections", n)
+			}
+			return nil
+		})
+		req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, "http://10.0.0.1/", strings.NewReader("x"))
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || string(b) != "ok" {
+			t.Fatalf("POST %d after the endpoint closed the idle connection: %d %q, want 200 ok", i, resp.StatusCode, b)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if posts != 3 {
+		t.Errorf("endpoint saw %d POSTs, want 3", posts)
+	}
+}
+
+// TestUpstreamInformational: 1xx answers (103 Early Hints) are passed on
+// before the final answer.
+func TestUpstreamInformational(t *testing.T) {
+	leakCheck(t)
+	m := newMesh(t, meshOptions{})
+	m.addService(reviews, "10.0.0.1")
+	m.addPod("reviews-a", reviews, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Link", "</style.css>; rel=preload")
+		w.WriteHeader(http.StatusEarlyHints)
+		_, _ = io.WriteString(w, "done")
+	}))
+	m.setRoutes(serviceConfig(reviews, waypointv1alpha1.Protocol_HTTP, defaultRoute(reviews)))
+	c := m.httpClient(false)
+	var got []string
+	trace := &httptrace.ClientTrace{Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
+		got = append(got, http.StatusText(code)+" "+h.Get("Link"))
+		return nil
+	}}
+	req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(t.Context(), trace), http.MethodGet, "http://10.0.0.1/", nil)
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(b) != "done" {
+		t.Errorf("answer %d %q, want 200 done", resp.StatusCode, b)
+	}
+	if len(got) != 1 || got[0] != "Early Hints </style.css>; rel=preload" {
+		t.Errorf("1xx answers %q, want the 103 with its Link", got)
+	}
+}

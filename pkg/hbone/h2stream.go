@@ -368,10 +368,6 @@ func (s *h2stream) ReadFrom(r io.Reader) (int64, error) {
 	m := s.m
 	var total int64
 	for {
-		if large == nil && total >= smallBuf {
-			large = largeSendPool.Get().(*[]byte)
-			buf = *large
-		}
 		nr, rerr := r.Read(buf[frameHeaderLen:])
 		for off := 0; off < nr; {
 			n, err := s.awaitSend(nr - off)
@@ -390,6 +386,11 @@ func (s *h2stream) ReadFrom(r io.Reader) (int64, error) {
 			}
 			off += n
 			total += int64(n)
+		}
+		if large == nil && nr == smallBuf {
+			// A read filled the small buffer: a bulk transfer.
+			large = largeSendPool.Get().(*[]byte)
+			buf = *large
 		}
 		if rerr != nil {
 			if rerr == io.EOF {

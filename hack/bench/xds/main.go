@@ -30,6 +30,7 @@ import (
 	"fmt"
 	"github.com/ambient-mesh/mesh/hack/bench/benchkit"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
@@ -47,6 +48,7 @@ import (
 	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/go-logr/logr"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -54,6 +56,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/protobuf/types/known/structpb"
+	"istio.io/istio/pkg/workloadapi"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -268,6 +271,8 @@ func run(ctx context.Context, p params) (map[string]float64, error) {
 	var cwg sync.WaitGroup
 	defer func() { ccancel(); cwg.Wait() }()
 	conns := make([]*grpc.ClientConn, p.clients)
+	xcs := make([]*xdsclient.Client, p.clients)
+	var contentErr atomic.Pointer[error] // client 0's check of names against content
 	defer func() {
 		for _, c := range conns {
 			if c != nil {
@@ -297,7 +302,7 @@ func run(ctx context.Context, p params) (map[string]float64, error) {
 		creds := credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS12, RootCAs: roots, ServerName: "istiod." + systemNS + ".svc"})
 		conn, err := grpc.NewClient(addrs["grpc"], grpc.WithTransportCredentials(creds), grpc.WithPerRPCCredentials(bearer(tokens[i])),
 			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20)),
-			grpc.WithInitialWindowSize(4<<20), grpc.WithInitialConnWindowSize(16<<20))
+			grpc.WithInitialWindowSize(4<<20), grpc.WithInitialConnWindowSize(16<<20), grpc.WithReadBufferSize(0))
 		if err != nil {
 			return nil, err
 		}
@@ -326,6 +331,13 @@ func run(ctx context.Context, p params) (map[string]float64, error) {
 				if first {
 					first = false
 					results[i] = result{full: time.Since(start), resources: len(d.Updated), bytes: n}
+					if i == 0 {
+						// One client decodes everything, as a ztunnel
+						// would, and checks each name against its content.
+						if err := checkNames(d.Updated); err != nil {
+							contentErr.Store(&err)
+						}
+					}
 					fullDone <- i
 					return nil
 				}
@@ -348,6 +360,7 @@ func run(ctx context.Context, p params) (map[string]float64, error) {
 		if err != nil {
 			return nil, err
 		}
+		xcs[i] = c
 		cwg.Go(func() { _ = c.Run(cctx) })
 	}
 	for range p.clients {
@@ -386,6 +399,15 @@ func run(ctx context.Context, p params) (map[string]float64, error) {
 	fig["full_push_p50_s"] = benchkit.Percentile(fulls, 0.50)
 	fig["addresses"] = float64(minRes)
 	fig["full_push_mb_per_client"] = float64(perClientBytes) / 1e6
+	// Every client holds the same names at the same versions, the names
+	// match the resources' content (client 0 decoded them), and every
+	// pod of the cluster is there.
+	if err := contentErr.Load(); err != nil {
+		return nil, fmt.Errorf("client 0's full push: %w", *err)
+	}
+	if err := sameState(ctx, xcs, p); err != nil {
+		return nil, err
+	}
 
 	// Changes, one at a time, each timed until every client holds it; a
 	// bare pod watch measures the same change reaching a watcher.
@@ -483,7 +505,7 @@ func singleFullPush(ctx context.Context, addr string, roots *x509.CertPool, toke
 	start := time.Now()
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds), grpc.WithPerRPCCredentials(bearer(token)),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20)),
-		grpc.WithInitialWindowSize(4<<20), grpc.WithInitialConnWindowSize(16<<20))
+		grpc.WithInitialWindowSize(4<<20), grpc.WithInitialConnWindowSize(16<<20), grpc.WithReadBufferSize(0))
 	if err != nil {
 		return 0, err
 	}
@@ -518,6 +540,56 @@ func singleFullPush(ctx context.Context, addr string, roots *x509.CertPool, toke
 	case <-ctx.Done():
 		return 0, ctx.Err()
 	}
+}
+
+// sameState checks that every client holds the same Address names at the
+// same versions, and every pod of the cluster among them; retried a few
+// times in case a push is in flight.
+func sameState(ctx context.Context, xcs []*xdsclient.Client, p params) error {
+	var err error
+	for range 10 {
+		if err = compareState(xcs, p); err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	return err
+}
+
+func compareState(xcs []*xdsclient.Client, p params) error {
+	held0 := xcs[0].Versions(model.AddressTypeURL)
+	for i, c := range xcs[1:] {
+		if v := c.Versions(model.AddressTypeURL); !maps.Equal(v, held0) {
+			return fmt.Errorf("client %d holds %d Addresses, client 0 %d; or other versions", i+1, len(v), len(held0))
+		}
+	}
+	for i := range p.pods {
+		k := i % p.services
+		name := model.PodUID("Kubernetes", "ns-"+strconv.Itoa(k%p.namespaces), "pod-"+strconv.Itoa(i))
+		if held0[name] == "" {
+			return fmt.Errorf("no Address with a version for pod %s", name)
+		}
+	}
+	return nil
+}
+
+// checkNames decodes every Address and checks it is named as its content
+// says (model.ResourceName).
+func checkNames(rs []*discovery.Resource) error {
+	for _, r := range rs {
+		a := &workloadapi.Address{}
+		if err := r.GetResource().UnmarshalTo(a); err != nil {
+			return fmt.Errorf("decode %s: %w", r.GetName(), err)
+		}
+		if got := model.ResourceName(a); got != r.GetName() || r.GetVersion() == "" {
+			return fmt.Errorf("resource %q (version %q) holds %q", r.GetName(), r.GetVersion(), got)
+		}
+	}
+	return nil
 }
 
 // changeTarget is the Address every client must receive for one change.

@@ -2,6 +2,7 @@ package xdsclient
 
 import (
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"testing"
 
@@ -175,5 +176,44 @@ func BenchmarkCodec(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// held gives the versions a plain map would, whatever the order of full
+// responses, changes and removals.
+func TestHeldMatchesMap(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	for round := range 50 {
+		h, want := &held{m: map[string]string{}}, map[string]string{}
+		for step := range 20 {
+			var upd []*discovery.Resource
+			var removed []string
+			n := rng.IntN(8)
+			if step == 0 || rng.IntN(10) == 0 {
+				n = foldAt + rng.IntN(200)
+			}
+			for range n {
+				upd = append(upd, &discovery.Resource{Name: fmt.Sprint(rng.IntN(foldAt * 2)), Version: fmt.Sprint(rng.IntN(3))})
+			}
+			for range rng.IntN(5) {
+				removed = append(removed, fmt.Sprint(rng.IntN(foldAt*2)))
+			}
+			if rng.IntN(3) == 0 {
+				removed = nil
+			}
+			h.apply(upd, removed)
+			for _, r := range upd {
+				want[r.GetName()] = r.GetVersion()
+			}
+			for _, n := range removed {
+				delete(want, n)
+			}
+			if rng.IntN(7) == 0 || step == 19 {
+				got := maps.Clone(h.flatten())
+				if !maps.Equal(got, want) {
+					t.Fatalf("round %d step %d: %d versions, want %d", round, step, len(got), len(want))
+				}
+			}
+		}
 	}
 }

@@ -17,25 +17,30 @@
 // Errors are *[Error] values; [Error.Status] carries the HTTP status when the
 // failure has one (400, 401, 503, or the status a peer answered).
 //
+// HTTP/2 runs on this package's own engine (h2mux.go, h2stream.go), built
+// for CONNECT tunnels on golang.org/x/net's HPACK: DATA frames are written
+// from the caller's goroutine straight into the TLS connection, received
+// payloads are read once into pooled chunks that [Conn.WriteTo] hands to
+// the destination, [Conn.ReadFrom] reads a source straight into frame
+// buffers, each direction half-closes on its own (END_STREAM one way, the
+// other keeps flowing), and stream deadlines are ordinary net.Conn
+// deadlines. One reader goroutine per connection never writes; control
+// frames it owes go through the connection's control goroutine, so a
+// writer blocked on TCP back-pressure never stops the reader. Settings are
+// ztunnel's: 4 MiB stream and 16 MiB connection windows, 1 MiB frames,
+// 200 concurrent streams in, PING after 10 s of silence, 20 s to answer.
+// [Hooks.Takeover] hands an admitted stream itself to a proxy that
+// terminates the tunnelled protocol (the waypoint serves HTTP on it).
+//
 // Known limits, each a deliberate trade-off:
 //
-//   - HTTP/2 server half-close: Go's HTTP/2 server can end a response
-//     stream only when the handler returns, which resets the client's send
-//     side. So when the upstream closes first the stream ends both ways;
-//     when the client half-closes first, the upstream gets a FIN and its
-//     reply keeps flowing. HTTP/3 half-closes both ways.
-//   - The server advertises SETTINGS_MAX_FRAME_SIZE 16 KiB, not ztunnel's
-//     1 MiB: Go's HTTP/2 client keeps a scratch buffer of that size (capped
-//     at 512 KiB) for every open stream, which would cost ~0.5 MiB per idle
-//     pooled stream (32 KiB frames already put it at ~62 KiB). Larger
-//     frames do cut per-frame work (ServerConfig.ReadFrameSize changes it).
-//     Our client accepts 1 MiB frames, and coalesces the 16 KiB frames it
-//     sends into full TLS records instead of a 16 KiB and a 9-byte record
-//     per frame.
-//   - Deadlines on HTTP/2 Conns are terminal (the stream is reset when one
-//     passes); on HTTP/3 Conns they are ordinary net.Conn deadlines.
+//   - The HPACK encoder never indexes (CONNECT header blocks are small and
+//     mostly unique), so the peer's header table size never matters.
+//   - A header block decoded over the limit answers 431 when it was small
+//     on the wire; one over 80 KiB on the wire (a CONTINUATION flood) ends
+//     the connection with GOAWAY PROTOCOL_ERROR.
 //   - go-spiffe accepts peer certificates with exactly one URI SAN (the
 //     X.509-SVID rule, and what istiod issues).
 //   - HTTP/3 connections learn of a GOAWAY when opening a stream; Dial then
-//     retries on another connection.
+//     retries on another connection. Takeover is HTTP/2 only.
 package hbone

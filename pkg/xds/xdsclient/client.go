@@ -74,8 +74,8 @@ type Client struct {
 	log *zap.Logger
 
 	mu       sync.Mutex
-	versions map[string]*held // by type; guarded by mu
-	names    map[string]map[string]bool   // on-demand / named subscriptions per type; guarded by mu
+	versions map[string]*held           // by type; guarded by mu
+	names    map[string]map[string]bool // on-demand / named subscriptions per type; guarded by mu
 	send     chan *discovery.DeltaDiscoveryRequest
 }
 
@@ -274,7 +274,7 @@ func (c *Client) handle(resp *discovery.DeltaDiscoveryResponse) *discovery.Delta
 // the map is asked for.
 type held struct {
 	m    map[string]string
-	base []nameVersion      // also held, unless named in m or gone
+	base []nameVersion       // also held, unless named in m or gone
 	gone map[string]struct{} // removed from base
 }
 

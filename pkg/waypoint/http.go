@@ -340,9 +340,14 @@ type recorder struct {
 	respHeaders []*headerMod
 
 	stream bool // flush each write; set before WriteHeader, by the transport
-	armed  bool // timer may fire: writes take mu (the handler's goroutine only)
-	mu     sync.Mutex
-	timer  *time.Timer
+	// body, with stream: whether the first body bytes are already read
+	// from the endpoint (bodyBuffered: the headers wait for them, no
+	// timer), not yet (bodyLate: the headers go at once), or unknown
+	// (bodyUnknown: the timer).
+	body  bodyState
+	armed bool // timer may fire: writes take mu (the handler's goroutine only)
+	mu    sync.Mutex
+	timer *time.Timer
 	// pending: the headers wait for the timer; ended: the handler is
 	// done with the writer, the timer must not touch it. Both under mu.
 	pending, ended bool
@@ -362,11 +367,25 @@ func (r *recorder) WriteHeader(code int) {
 		r.code = code
 	}
 	r.ResponseWriter.WriteHeader(code)
-	if r.stream && code >= 200 && !r.armed {
+	if !r.stream || code < 200 || r.armed {
+		return
+	}
+	switch r.body {
+	case bodyLate:
+		r.flush()
+	case bodyUnknown:
 		r.armed, r.pending = true, true
 		r.timer = time.AfterFunc(headerFlushDelay, r.flushHeaders)
 	}
 }
+
+type bodyState uint8
+
+const (
+	bodyUnknown bodyState = iota
+	bodyBuffered
+	bodyLate
+)
 
 // flushHeaders is the timer: the body is late, send the headers alone.
 func (r *recorder) flushHeaders() {

@@ -126,12 +126,20 @@ func (t roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 					ep.active.Add(-1)
 					return resp, nil
 				}
-				resp.Body = &cancelBody{ReadCloser: resp.Body, cancel: cancel, active: ep.active, release: releaseConn, rec: c.rec}
 				if c.rec != nil && resp.ContentLength > 0 && !eventStream(resp.Header) {
 					// The reverse proxy will not flush this one itself
 					// (FlushInterval 0): the recorder does.
 					c.rec.stream = true
+					if b, ok := resp.Body.(*h1Body); ok {
+						// As Envoy: the headers leave with the body bytes
+						// that came with them, or alone at once.
+						c.rec.body = bodyLate
+						if b.pc.br.Buffered() > 0 {
+							c.rec.body = bodyBuffered
+						}
+					}
 				}
+				resp.Body = &cancelBody{ReadCloser: resp.Body, cancel: cancel, active: ep.active, release: releaseConn, rec: c.rec}
 				return resp, nil
 			}
 			// Retriable status: drop this answer (reading a little of it

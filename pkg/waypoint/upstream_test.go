@@ -143,3 +143,40 @@ func TestUpstreamInformational(t *testing.T) {
 		t.Errorf("1xx answers %q, want the 103 with its Link", got)
 	}
 }
+
+// TestResponseHeadersBeforeLateBody: the headers of a response of known
+// length whose body comes later reach the client at once, for HTTP/1.1
+// and h2c endpoints alike.
+func TestResponseHeadersBeforeLateBody(t *testing.T) {
+	leakCheck(t)
+	for _, proto := range []waypointv1alpha1.Protocol{waypointv1alpha1.Protocol_HTTP, waypointv1alpha1.Protocol_HTTP2} {
+		t.Run(proto.String(), func(t *testing.T) {
+			m := newMesh(t, meshOptions{})
+			m.addService(reviews, "10.0.0.1")
+			release := make(chan struct{})
+			m.addPod("reviews-a", reviews, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+				w.Header().Set("Content-Length", "4")
+				w.WriteHeader(http.StatusOK)
+				http.NewResponseController(w).Flush()
+				select {
+				case <-release:
+				case <-time.After(10 * time.Second):
+				}
+				_, _ = io.WriteString(w, "late")
+			}))
+			m.setRoutes(serviceConfig(reviews, proto, defaultRoute(reviews)))
+			c := m.httpClient(false)
+			req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, "http://10.0.0.1/", nil)
+			resp, err := c.Do(req) // returns with the headers
+			close(release)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 || string(b) != "late" {
+				t.Errorf("answer %d %q, want 200 late", resp.StatusCode, b)
+			}
+		})
+	}
+}

@@ -89,8 +89,12 @@ type deltaCache struct {
 type fullState struct {
 	seq       uint64
 	resources []*discovery.Resource
-	enc       []byte
-	bytes     int // sum of the resources' Any values, for the sent-bytes metric
+	// versions maps each name to its version (and seqKey to seq): the
+	// returned-versions map of a client that received the list, cloned
+	// for each (a copy of the table, not 11,000 inserts).
+	versions map[string]string
+	enc      []byte
+	bytes    int // sum of the resources' Any values, for the sent-bytes metric
 }
 
 type entry struct {
@@ -207,10 +211,12 @@ func (c *deltaCache) fullList() *fullState {
 	if f := c.full.Load(); f != nil && f.seq == c.seq {
 		return f
 	}
-	f := &fullState{seq: c.seq, resources: make([]*discovery.Resource, 0, len(c.entries))}
+	f := &fullState{seq: c.seq, resources: make([]*discovery.Resource, 0, len(c.entries)), versions: make(map[string]string, len(c.entries)+1)}
+	f.versions[seqKey] = strconv.FormatUint(c.seq, 10)
 	size := 0
-	for _, e := range c.entries {
+	for name, e := range c.entries {
 		f.resources = append(f.resources, e.res)
+		f.versions[name] = e.res.GetVersion()
 		size += protowire.SizeTag(deltaResourcesField) + protowire.SizeBytes(len(e.enc))
 		f.bytes += len(e.res.GetResource().GetValue())
 	}
@@ -381,6 +387,7 @@ func (c *deltaCache) removeNamed(id uint64, w *deltaWatch) {
 // known to match the cache elsewhere); nil means work it out. Called under mu.
 func (c *deltaCache) respond(w *deltaWatch, candidates []string) *deltaResponse {
 	known := w.sub.ReturnedResources()
+	filled := false // known already holds upd
 	var upd []*discovery.Resource
 	var removed []string
 	consider := func(name string) {
@@ -424,7 +431,7 @@ func (c *deltaCache) respond(w *deltaWatch, candidates []string) *deltaResponse 
 			// sized once.
 			f := c.fullList()
 			upd = f.resources
-			known = make(map[string]string, len(f.resources)+1)
+			known, filled = maps.Clone(f.versions), true
 		} else {
 			for name := range c.entries {
 				consider(name)
@@ -459,8 +466,10 @@ func (c *deltaCache) respond(w *deltaWatch, candidates []string) *deltaResponse 
 	if len(upd) == 0 && len(removed) == 0 && !firstWildcard && !w.answer {
 		return nil
 	}
-	for _, r := range upd {
-		known[r.GetName()] = r.GetVersion()
+	if !filled {
+		for _, r := range upd {
+			known[r.GetName()] = r.GetVersion()
+		}
 	}
 	for _, name := range removed {
 		delete(known, name)

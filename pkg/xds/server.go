@@ -31,6 +31,9 @@ import (
 	"github.com/ambient-mesh/mesh/pkg/model"
 )
 
+// writeBufferSize is gRPC's write buffer per connection (default 32 KiB).
+const writeBufferSize = 256 << 10
+
 // Defaults for Options.
 const (
 	DefaultDebounce      = 100 * time.Millisecond
@@ -376,7 +379,7 @@ func (s *Server) Register(ctx context.Context, g *grpc.Server) {
 func (s *Server) GRPCServerOptions() []grpc.ServerOption {
 	creds := insecure.NewCredentials()
 	if s.opts.TLS != nil {
-		creds = credentials.NewTLS(s.opts.TLS)
+		creds = coalescingCreds{credentials.NewTLS(s.opts.TLS)}
 	}
 	return []grpc.ServerOption{
 		grpc.Creds(creds),
@@ -388,6 +391,11 @@ func (s *Server) GRPCServerOptions() []grpc.ServerOption {
 		// for window updates at every 64 KiB.
 		grpc.InitialWindowSize(4 << 20),
 		grpc.InitialConnWindowSize(16 << 20),
+		// Bigger writes, each one system call (coalescingCreds); the
+		// buffer is returned to a pool after each flush, so idle
+		// connections hold none.
+		grpc.WriteBufferSize(writeBufferSize),
+		grpc.SharedWriteBuffer(true),
 	}
 }
 

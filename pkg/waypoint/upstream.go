@@ -66,10 +66,14 @@ type h1Conn struct {
 
 	avail  chan error    // the watcher: an answer is there (nil) or the connection failed
 	resume chan struct{} // to the watcher: the answer was read, wait for the next one
-	mu     sync.Mutex
-	busy   bool // checked out by a request
-	dead   bool
-	kill1  sync.Once
+	// stopCtx, when set, undoes the close of the connection at the end
+	// of the request's context (arm).
+	stopCtx func() bool
+
+	mu    sync.Mutex
+	busy  bool // checked out by a request
+	dead  bool
+	kill1 sync.Once
 }
 
 func (pl *h1Pool) newConn(c net.Conn, host string) *h1Conn {
@@ -162,11 +166,7 @@ func (pl *h1Pool) get(host string) *h1Conn {
 		}
 		pc := cs[len(cs)-1]
 		cs[len(cs)-1] = nil
-		if len(cs) == 1 {
-			delete(pl.idle, host)
-		} else {
-			pl.idle[host] = cs[:len(cs)-1]
-		}
+		pl.idle[host] = cs[:len(cs)-1] // kept when empty: the next put reuses it
 		pl.n--
 		if now.Sub(pc.idleAt) >= h1IdleTimeout {
 			stale = append(stale, pc)
@@ -231,6 +231,10 @@ func (pl *h1Pool) closeExpired() {
 	var expired []*h1Conn
 	pl.mu.Lock()
 	for host, cs := range pl.idle {
+		if len(cs) == 0 {
+			delete(pl.idle, host)
+			continue
+		}
 		i := 0
 		for i < len(cs) && now.Sub(cs[i].idleAt) >= h1IdleTimeout {
 			i++
@@ -311,25 +315,44 @@ func (pl *h1Pool) roundTrip(req *http.Request, body []byte) (*http.Response, err
 
 // exchange runs one request on pc. On error pc is to be closed; retry
 // tells whether the request may be sent again on another connection.
+//
+// The request's context ending closes the connection, which unblocks
+// whatever I/O waits on it; that hook (context.AfterFunc, a few
+// allocations) is set only around I/O that may block: a write larger
+// than the buffer or with a body, and reads of bytes not buffered yet.
 func (pl *h1Pool) exchange(ctx context.Context, pc *h1Conn, req *http.Request) (resp *http.Response, retry bool, err error) {
-	stop := context.AfterFunc(ctx, func() { _ = pc.conn.Close() }) // unblocks the I/O below
+	if (req.Body != nil && req.Body != http.NoBody) || !smallRequest(req) {
+		pc.arm(ctx)
+	}
 	written, read := pc.written, pc.read
 	if err = req.Write(pc.bw); err == nil {
 		err = pc.bw.Flush()
 	}
 	if err != nil {
-		stop()
+		pc.disarm()
 		pc.bw.Reset(pc)
 		return nil, pc.written == written, err
 	}
-	if err = <-pc.avail; err != nil { // the watcher saw the answer's first byte, or the end
-		stop()
+	if pc.stopCtx != nil {
+		err = <-pc.avail // the watcher saw the answer's first byte, or the end
+	} else {
+		select {
+		case err = <-pc.avail:
+		case <-ctx.Done():
+			return nil, false, ctx.Err()
+		}
+	}
+	if err != nil {
+		pc.disarm()
 		return nil, pc.read == read && idempotent(req), err
 	}
 	for n1xx := 0; ; {
+		if pc.stopCtx == nil && !headerBuffered(pc.br) {
+			pc.arm(ctx)
+		}
 		resp, err = http.ReadResponse(pc.br, req)
 		if err != nil {
-			stop()
+			pc.disarm()
 			return nil, pc.read == read && idempotent(req), err
 		}
 		code := resp.StatusCode
@@ -337,12 +360,12 @@ func (pl *h1Pool) exchange(ctx context.Context, pc *h1Conn, req *http.Request) (
 			break
 		}
 		if n1xx++; n1xx > h1Max1xx {
-			stop()
+			pc.disarm()
 			return nil, false, errors.New("net/http: too many 1xx informational responses")
 		}
 		if trace := httptrace.ContextClientTrace(ctx); trace != nil && trace.Got1xxResponse != nil {
 			if err := trace.Got1xxResponse(code, textproto.MIMEHeader(resp.Header)); err != nil {
-				stop()
+				pc.disarm()
 				return nil, false, err
 			}
 		}
@@ -350,17 +373,52 @@ func (pl *h1Pool) exchange(ctx context.Context, pc *h1Conn, req *http.Request) (
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		// As http.Transport: the body is the connection, which the
 		// caller now owns.
-		stop()
+		pc.disarm()
 		resp.Body = &switchedBody{br: pc.br, pc: pc}
 		return resp, false, nil
 	}
 	reuse := !resp.Close && !req.Close
 	if resp.Body == http.NoBody || resp.Body == nil {
-		pc.release(stop() && reuse)
+		pc.release(pc.disarm() && reuse)
 		return resp, false, nil
 	}
-	resp.Body = &h1Body{rc: resp.Body, pc: pc, stop: stop, reuse: reuse}
+	resp.Body = &h1Body{rc: resp.Body, pc: pc, ctx: ctx, left: resp.ContentLength, reuse: reuse}
 	return resp, false, nil
+}
+
+// arm closes pc's connection when ctx ends, until disarm.
+func (pc *h1Conn) arm(ctx context.Context) {
+	if pc.stopCtx == nil {
+		pc.stopCtx = context.AfterFunc(ctx, func() { _ = pc.conn.Close() })
+	}
+}
+
+// disarm undoes arm; false: ctx ended and closed the connection.
+func (pc *h1Conn) disarm() bool {
+	if pc.stopCtx == nil {
+		return true
+	}
+	ok := pc.stopCtx()
+	pc.stopCtx = nil
+	return ok
+}
+
+// smallRequest tells whether req's head surely fits the connection's
+// write buffer (so writing it cannot block on the endpoint).
+func smallRequest(req *http.Request) bool {
+	n := len(req.Method) + len(req.Host) + len(req.URL.Path) + len(req.URL.RawPath) + len(req.URL.RawQuery) + 64
+	for k, vs := range req.Header {
+		for _, v := range vs {
+			n += len(k) + len(v) + 4
+		}
+	}
+	return n < 2048
+}
+
+// headerBuffered tells whether a whole response head is in br already.
+func headerBuffered(br *bufio.Reader) bool {
+	b, _ := br.Peek(br.Buffered())
+	return bytes.Contains(b, []byte("\r\n\r\n"))
 }
 
 // idempotent is http.Transport's test for retrying a request whose
@@ -381,7 +439,8 @@ func idempotent(req *http.Request) bool {
 type h1Body struct {
 	rc    io.ReadCloser
 	pc    *h1Conn
-	stop  func() bool
+	ctx   context.Context
+	left  int64 // body bytes still to come; -1: unknown
 	reuse bool
 	done  bool
 }
@@ -390,7 +449,13 @@ func (b *h1Body) Read(p []byte) (int, error) {
 	if b.done {
 		return 0, io.EOF
 	}
+	if b.pc.stopCtx == nil && (b.left < 0 || int64(b.pc.br.Buffered()) < b.left) {
+		b.pc.arm(b.ctx) // this read may wait for the endpoint
+	}
 	n, err := b.rc.Read(p)
+	if b.left > 0 {
+		b.left -= int64(n)
+	}
 	if err != nil {
 		b.finish(err == io.EOF)
 	}
@@ -407,7 +472,7 @@ func (b *h1Body) Close() error {
 func (b *h1Body) finish(complete bool) {
 	b.done = true
 	_ = b.rc.Close()
-	b.pc.release(b.stop() && complete && b.reuse)
+	b.pc.release(b.pc.disarm() && complete && b.reuse)
 }
 
 // switchedBody is the body of a 101 answer: the connection itself.

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/types/known/durationpb"
+
 	waypointv1alpha1 "github.com/ambient-mesh/mesh/api/waypoint/v1alpha1"
 )
 
@@ -178,5 +180,51 @@ func TestResponseHeadersBeforeLateBody(t *testing.T) {
 				t.Errorf("answer %d %q, want 200 late", resp.StatusCode, b)
 			}
 		})
+	}
+}
+
+// TestRequestTimeoutDuringBody: the request timeout also ends an answer
+// whose body stalls after its headers and first bytes; the connection is
+// not reused and the next request is served.
+func TestRequestTimeoutDuringBody(t *testing.T) {
+	leakCheck(t)
+	m := newMesh(t, meshOptions{})
+	m.addService(reviews, "10.0.0.1")
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	m.addPod("reviews-a", reviews, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/ok" {
+			_, _ = io.WriteString(w, "ok")
+			return
+		}
+		w.Header().Set("Content-Length", "8")
+		_, _ = io.WriteString(w, "part")
+		http.NewResponseController(w).Flush()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	route := defaultRoute(reviews)
+	route.RequestTimeout = durationpb.New(200 * time.Millisecond)
+	m.setRoutes(serviceConfig(reviews, waypointv1alpha1.Protocol_HTTP, route))
+	c := m.httpClient(false)
+	start := time.Now()
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, "http://10.0.0.1/stall", nil)
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	took := time.Since(start)
+	if err == nil || string(b) != "part" {
+		t.Errorf("body %q, %v; want the first bytes, then an error", b, err)
+	}
+	if took < 200*time.Millisecond || took > 3*time.Second {
+		t.Errorf("body ended after %v, want about 200ms", took)
+	}
+	if code, _, body := get(t, c, "http://10.0.0.1/ok", nil); code != 200 || body != "ok" {
+		t.Errorf("next request: %d %q, want 200 ok", code, body)
 	}
 }

@@ -73,61 +73,76 @@ const (
 	anyValue   = 2
 )
 
+// field reads the length-delimited field at b[off:end]: its number and
+// the range of its value, [start, next). Only one-byte tags (field numbers
+// below 16) are read, which all the decoded fields have; ok is false for
+// anything else, malformed or not.
+func field(b []byte, off, end int) (num protowire.Number, start, next int, ok bool) {
+	if off >= end {
+		return 0, 0, 0, false
+	}
+	t := b[off]
+	if t >= 0x80 || protowire.Type(t&7) != protowire.BytesType || t>>3 == 0 {
+		return 0, 0, 0, false
+	}
+	off++
+	var l uint64
+	if off < end && b[off] < 0x80 {
+		l = uint64(b[off])
+		off++
+	} else {
+		v, n := protowire.ConsumeVarint(b[off:end])
+		if n < 0 {
+			return 0, 0, 0, false
+		}
+		l, off = v, off+n
+	}
+	if l > uint64(end-off) {
+		return 0, 0, 0, false
+	}
+	return protowire.Number(t >> 3), off, off + int(l), true
+}
+
 // decodeDeltaResponse decodes b into resp (which must be empty) or returns
 // errFallback. The strings and the values of the Anys share b's memory.
 func decodeDeltaResponse(b []byte, resp *discovery.DeltaDiscoveryResponse) error {
 	// First pass: count the resources, so they come from one array.
 	n := 0
-	for rest := b; len(rest) > 0; {
-		num, typ, l := protowire.ConsumeTag(rest)
-		if l < 0 {
+	for off := 0; off < len(b); {
+		num, _, next, ok := field(b, off, len(b))
+		if !ok {
 			return errFallback
 		}
-		rest = rest[l:]
-		if num == respResources && typ == protowire.BytesType {
+		if num == respResources {
 			n++
 		}
-		l = protowire.ConsumeFieldValue(num, typ, rest)
-		if l < 0 {
-			return errFallback
-		}
-		rest = rest[l:]
+		off = next
 	}
-	str := func(off, l int) (string, error) { return str(b, off, l) }
 	var (
 		out  = make([]*discovery.Resource, 0, n)
 		ress = make([]discovery.Resource, n)
 		anys = make([]anypb.Any, n)
+		err  error
 	)
 	for off := 0; off < len(b); {
-		num, typ, l := protowire.ConsumeTag(b[off:])
-		if l < 0 || typ != protowire.BytesType {
-			return errFallback
-		}
-		off += l
-		v, l := protowire.ConsumeBytes(b[off:])
-		if l < 0 {
-			return errFallback
-		}
-		start := off + l - len(v)
-		off += l
-		var err error
+		num, start, next, _ := field(b, off, len(b)) // checked by the first pass
+		off = next
 		switch num {
 		case respSystemVersion:
-			resp.SystemVersionInfo, err = str(start, len(v))
+			resp.SystemVersionInfo, err = str(b, start, next)
 		case respTypeURL:
-			resp.TypeUrl, err = str(start, len(v))
+			resp.TypeUrl, err = str(b, start, next)
 		case respNonce:
-			resp.Nonce, err = str(start, len(v))
+			resp.Nonce, err = str(b, start, next)
 		case respRemovedResources:
 			var name string
-			if name, err = str(start, len(v)); err == nil {
+			if name, err = str(b, start, next); err == nil {
 				resp.RemovedResources = append(resp.RemovedResources, name)
 			}
 		case respResources:
 			i := len(out)
 			r, a := &ress[i], &anys[i]
-			if err = decodeResource(b, start, start+len(v), r, a); err == nil {
+			if err = decodeResource(b, start, next, r, a); err == nil {
 				out = append(out, r)
 			}
 		default:
@@ -143,16 +158,16 @@ func decodeDeltaResponse(b []byte, resp *discovery.DeltaDiscoveryResponse) error
 	return nil
 }
 
-// str returns b[off:off+l] as a string sharing b's memory, if valid UTF-8.
+// str returns b[start:end] as a string sharing b's memory, if valid UTF-8.
 //
 // Sound because b is the codec's own copy of the message and no byte of a
 // string field is ever reachable as a []byte: the Any values handed out are
 // other ranges of b, capped (see decodeAny), and b itself is dropped.
-func str(b []byte, off, l int) (string, error) {
-	if l == 0 {
+func str(b []byte, start, end int) (string, error) {
+	if start == end {
 		return "", nil
 	}
-	v := unsafe.String(&b[off], l)
+	v := unsafe.String(&b[start], end-start)
 	if !utf8.ValidString(v) {
 		return "", errFallback
 	}
@@ -161,35 +176,28 @@ func str(b []byte, off, l int) (string, error) {
 
 // decodeResource decodes b[off:end] into r, with a as its Any.
 func decodeResource(b []byte, off, end int, r *discovery.Resource, a *anypb.Any) error {
-	str := func(off, l int) (string, error) { return str(b, off, l) }
+	var err error
 	for off < end {
-		num, typ, l := protowire.ConsumeTag(b[off:end])
-		if l < 0 || typ != protowire.BytesType {
+		num, start, next, ok := field(b, off, end)
+		if !ok {
 			return errFallback
 		}
-		off += l
-		v, l := protowire.ConsumeBytes(b[off:end])
-		if l < 0 {
-			return errFallback
-		}
-		start := off + l - len(v)
-		off += l
-		var err error
+		off = next
 		switch num {
 		case resVersion:
-			r.Version, err = str(start, len(v))
+			r.Version, err = str(b, start, next)
 		case resName:
-			r.Name, err = str(start, len(v))
+			r.Name, err = str(b, start, next)
 		case resAliases:
 			var al string
-			if al, err = str(start, len(v)); err == nil {
+			if al, err = str(b, start, next); err == nil {
 				r.Aliases = append(r.Aliases, al)
 			}
 		case resResource:
 			if r.Resource != nil {
 				return errFallback // merged messages: proto.Unmarshal's job
 			}
-			err = decodeAny(b, start, start+len(v), a)
+			err = decodeAny(b, start, next, a)
 			r.Resource = a
 		default:
 			return errFallback
@@ -204,20 +212,14 @@ func decodeResource(b []byte, off, end int, r *discovery.Resource, a *anypb.Any)
 // decodeAny decodes b[off:end] into a; the value aliases b.
 func decodeAny(b []byte, off, end int, a *anypb.Any) error {
 	for off < end {
-		num, typ, l := protowire.ConsumeTag(b[off:end])
-		if l < 0 || typ != protowire.BytesType {
+		num, start, next, ok := field(b, off, end)
+		if !ok {
 			return errFallback
 		}
-		off += l
-		v, l := protowire.ConsumeBytes(b[off:end])
-		if l < 0 {
-			return errFallback
-		}
-		start := off + l - len(v)
-		off += l
+		off = next
 		switch num {
 		case anyTypeURL:
-			t, err := str(b, start, len(v))
+			t, err := str(b, start, next)
 			if err != nil {
 				return err
 			}
@@ -225,7 +227,7 @@ func decodeAny(b []byte, off, end int, a *anypb.Any) error {
 		case anyValue:
 			// Full slice expression: appending to one value never
 			// writes over the next field.
-			a.Value = b[start : start+len(v) : start+len(v)]
+			a.Value = b[start:next:next]
 		default:
 			return errFallback
 		}

@@ -58,10 +58,16 @@ func (t roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 		if rt.tryTimeout > 0 {
 			ctx, cancel = context.WithTimeout(ctx, rt.tryTimeout)
 		}
-		out := req.WithContext(ctx) // shallow copy; the URL is ours below
-		u := *req.URL
-		u.Host = ep.host
-		out.URL = &u
+		out := req
+		if rt.tryTimeout > 0 || !usesH1Pool(req, c) || oneShot {
+			out = req.WithContext(ctx) // shallow copy; the URL is ours below
+			u := *req.URL
+			out.URL = &u
+		}
+		// Else the h1Pool takes the reverse proxy's own outbound request
+		// (its URL a copy already) as it is, but for the endpoint and the
+		// body of a retry, which each try sets.
+		out.URL.Host = ep.host
 		if c.body != nil && try > 0 {
 			out.Body = io.NopCloser(bytes.NewReader(c.body))
 			if len(c.body) == 0 {

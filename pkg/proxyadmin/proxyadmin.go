@@ -14,6 +14,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -124,4 +125,57 @@ func DrainDefault() time.Duration {
 	default:
 		return time.Duration(v-5) * time.Second
 	}
+}
+
+// ReleaseStartupPages returns a runner (for an app's run group) that waits
+// until ready() passes, then releases the executable's resident pages
+// ([ReleaseExecutablePages]) once, and once more after settle (certificate
+// and config work done), logging the resident set before and after. It
+// returns nil when ctx ends; a failure is logged, never fatal.
+func ReleaseStartupPages(ready func() error, settle time.Duration, log *zap.Logger) func(context.Context) error {
+	return func(ctx context.Context) error {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for ready() != nil {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-t.C:
+			}
+		}
+		for i := range 2 {
+			if i == 1 {
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-time.After(settle):
+				}
+			}
+			before := residentKiB()
+			span, err := ReleaseExecutablePages()
+			if err != nil {
+				log.Info("start-up pages not released", zap.Error(err))
+				return nil
+			}
+			log.Info("released start-up pages of the executable", zap.Int64("mappedKiB", span>>10),
+				zap.Int64("residentKiBBefore", before), zap.Int64("residentKiBAfter", residentKiB()))
+		}
+		return nil
+	}
+}
+
+// residentKiB is VmRSS from /proc/self/status, or -1.
+func residentKiB() int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return -1
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
+			if v, err := strconv.ParseInt(f[1], 10, 64); err == nil {
+				return v
+			}
+		}
+	}
+	return -1
 }

@@ -273,6 +273,7 @@ func (a *App) Run(ctx context.Context) error {
 	run("metrics", proxyadmin.Serve(a.cfg.MetricsAddr, a.metricsMux(), net.ListenConfig{}))
 	run("readiness", proxyadmin.Serve(a.cfg.ReadinessAddr, a.readinessMux(), net.ListenConfig{}))
 	run("admin", proxyadmin.Serve(a.cfg.AdminAddr, a.adminMux(), net.ListenConfig{}))
+	run("memory", proxyadmin.ReleaseStartupPages(a.Ready, time.Minute, a.log))
 	a.log.Info("started", zap.String("waypoint", a.name), zap.Stringer("identity", a.id), zap.String("xds", a.cfg.XDSAddress), zap.String("hbone", a.cfg.HBONEAddr))
 	wg.Wait()
 	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -58,7 +59,14 @@ func New(cfg Config, log *zap.Logger, level *zap.AtomicLevel) (*App, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
+	if cfg.WorkerThreads < 0 {
+		return nil, fmt.Errorf("worker threads (ZTUNNEL_WORKER_THREADS) %d: must be 0 (Go's default) or more", cfg.WorkerThreads)
+	}
+	if cfg.WorkerThreads > 0 {
+		runtime.GOMAXPROCS(cfg.WorkerThreads)
+	}
 	a := &App{cfg: cfg, log: log.Named("app"), store: state.NewStore(), registry: prometheus.NewRegistry()}
+	a.log.Info("worker threads", zap.Int("gomaxprocs", runtime.GOMAXPROCS(0)))
 	var err error
 	if level != nil {
 		a.level = *level
@@ -258,6 +266,7 @@ func (a *App) Run(ctx context.Context) error {
 	}
 	run("metrics", proxyadmin.Serve(a.cfg.MetricsAddr, a.metricsMux(), listenReusePort))
 	run("readiness", proxyadmin.Serve(a.cfg.ReadinessAddr, a.readinessMux(), listenReusePort))
+	run("memory", proxyadmin.ReleaseStartupPages(a.Ready, time.Minute, a.log))
 	run("admin", proxyadmin.Serve(a.cfg.AdminAddr, a.adminMux(), listenReusePort))
 	a.log.Info("started", zap.String("xds", a.cfg.XDSAddress), zap.String("node", a.cfg.NodeName), zap.String("zds", a.cfg.ZDSSocket))
 	wg.Wait()

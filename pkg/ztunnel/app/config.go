@@ -45,6 +45,7 @@ type Config struct {
 	LogLevel       string
 	DrainTimeout   time.Duration
 	WaitForPodSync bool   // readiness also waits for MarkPodsSynced (the node agent's snapshot)
+	WorkerThreads  int    // GOMAXPROCS for the data path; 0: Go's default (CPU limit or cores)
 	DNSProxy       bool   // serve DNS on 15053 in every pod
 	DNSUpstreams   string // comma-separated ip:port; empty: the nameservers of ResolvConf
 	ResolvConf     string
@@ -81,6 +82,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	s(&c.ZDSSocket, "zds-socket", "ZDS_SOCKET", zds.DefaultSocketPath, "the node agent's socket that hands over the node's ambient pods (ZDS); empty: serve no pods")
 	dnsOn, _ := strconv.ParseBool(proxyadmin.Env("DNS_PROXY", "true"))
 	fs.BoolVar(&c.DNSProxy, "dns-proxy", dnsOn, "serve DNS on 15053 in every pod (env DNS_PROXY)")
+	workers, _ := strconv.Atoi(proxyadmin.Env("ZTUNNEL_WORKER_THREADS", "0"))
+	fs.IntVar(&c.WorkerThreads, "worker-threads", workers, "OS threads running Go code at once (GOMAXPROCS), Istio's ZTUNNEL_WORKER_THREADS; 0: Go's default, the CPU limit or the node's cores (env ZTUNNEL_WORKER_THREADS)")
 	wait, _ := strconv.ParseBool(proxyadmin.Env("WAIT_FOR_POD_SYNC", "false"))
 	fs.BoolVar(&c.WaitForPodSync, "wait-for-pod-sync", wait, "readiness waits for the node agent's pod snapshot (env WAIT_FOR_POD_SYNC)")
 }

@@ -63,6 +63,7 @@ type h1Conn struct {
 	// Bytes written to and read from conn (through bw and br), to tell a
 	// connection the endpoint closed while idle from a failed request.
 	written, read int64
+	headLimit     int64 // while reading an answer's head: the most read may reach
 
 	avail  chan error    // the watcher: an answer is there (nil) or the connection failed
 	resume chan struct{} // to the watcher: the answer was read, wait for the next one
@@ -128,10 +129,22 @@ func (pc *h1Conn) release(reuse bool) {
 }
 
 func (pc *h1Conn) Read(b []byte) (int, error) {
+	if pc.headLimit > 0 {
+		if pc.read >= pc.headLimit {
+			return 0, errHeadTooLarge
+		}
+		b = b[:min(int64(len(b)), pc.headLimit-pc.read)]
+	}
 	n, err := pc.conn.Read(b)
 	pc.read += int64(n)
 	return n, err
 }
+
+// h1MaxHead bounds an answer's head as http.Transport's default
+// MaxResponseHeaderBytes does.
+const h1MaxHead = 10 << 20
+
+var errHeadTooLarge = errors.New("net/http: server response headers exceeded 10485760 bytes; aborted")
 
 func (pc *h1Conn) Write(b []byte) (int, error) {
 	n, err := pc.conn.Write(b)
@@ -350,7 +363,9 @@ func (pl *h1Pool) exchange(ctx context.Context, pc *h1Conn, req *http.Request) (
 		if pc.stopCtx == nil && !headerBuffered(pc.br) {
 			pc.arm(ctx)
 		}
+		pc.headLimit = pc.read + h1MaxHead
 		resp, err = http.ReadResponse(pc.br, req)
+		pc.headLimit = 0
 		if err != nil {
 			pc.disarm()
 			return nil, pc.read == read && idempotent(req), err

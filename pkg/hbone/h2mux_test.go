@@ -1,0 +1,140 @@
+package hbone
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+func testSettings(ping, timeout time.Duration) muxSettings {
+	return muxSettings{maxFrame: 1 << 20, streamWindow: StreamWindow, connWindow: ConnectionWindow, maxStreams: 10,
+		headerList: 16 << 10, headerLimitIn: 16 << 10, pingInterval: ping, pingTimeout: timeout}
+}
+
+// TestKeepalivePingTimeout: a peer that goes silent (reads, never
+// answers) is declared dead after the ping interval plus the ping timeout.
+func TestKeepalivePingTimeout(t *testing.T) {
+	a, b := net.Pipe()
+	defer b.Close()
+	go func() { _, _ = io.Copy(io.Discard, b) }() // a black hole
+	m := newMux(a, nil, false, testSettings(50*time.Millisecond, 150*time.Millisecond), zap.NewNop())
+	start := time.Now()
+	if err := m.start(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-m.done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("connection to a silent peer still open after 5 s")
+	}
+	if d := time.Since(start); d < 150*time.Millisecond {
+		t.Errorf("closed after %s, before the ping timeout", d)
+	}
+	m.mu.Lock()
+	err := m.closeErr
+	m.mu.Unlock()
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("close cause = %v, want a ping deadline", err)
+	}
+}
+
+// TestKeepaliveAnswered: two idle engines that answer each other's pings
+// stay connected well past several ping timeouts.
+func TestKeepaliveAnswered(t *testing.T) {
+	a, b := net.Pipe()
+	set := testSettings(20*time.Millisecond, 60*time.Millisecond)
+	cl := newMux(a, nil, false, set, zap.NewNop())
+	sv := newMux(b, nil, true, set, zap.NewNop())
+	sv.onStream = func(s *h2stream, h *muxHeaders) { _ = s.respond(200, nil) }
+	errc := make(chan error, 1)
+	go func() { errc <- sv.start() }()
+	if err := cl.start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	defer sv.closeWith(net.ErrClosed)
+	defer cl.closeWith(net.ErrClosed)
+	time.Sleep(400 * time.Millisecond)
+	select {
+	case <-cl.done:
+		t.Fatalf("client closed: %v", cl.closeErr)
+	case <-sv.done:
+		t.Fatalf("server closed: %v", sv.closeErr)
+	default:
+	}
+	// And a stream still opens.
+	s, err := cl.openStream("10.0.0.1:80", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-s.respReady:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no response on a kept-alive connection")
+	}
+	if s.resp == nil || s.resp.status != "200" {
+		t.Errorf("response %+v", s.resp)
+	}
+}
+
+// TestFlowControlViolation: a peer that sends more than the connection
+// window gets GOAWAY FLOW_CONTROL_ERROR.
+func TestFlowControlViolation(t *testing.T) {
+	a, b := net.Pipe()
+	defer b.Close()
+	set := testSettings(time.Minute, time.Minute)
+	set.connWindow = defaultWindow // no extra connection window
+	sv := newMux(a, nil, true, set, zap.NewNop())
+	sv.onStream = func(s *h2stream, h *muxHeaders) { _ = s.respond(200, nil) } // never reads
+	go func() { _ = sv.start() }()
+	if _, err := io.WriteString(b, http2.ClientPreface); err != nil {
+		t.Fatal(err)
+	}
+	fr := http2.NewFramer(b, b)
+	goaway := make(chan http2.ErrCode, 1)
+	go func() {
+		for {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				return
+			}
+			if g, ok := f.(*http2.GoAwayFrame); ok {
+				goaway <- g.ErrCode
+				return
+			}
+		}
+	}()
+	_ = fr.WriteSettings()
+	var hb bytes.Buffer
+	enc := hpack.NewEncoder(&hb)
+	_ = enc.WriteField(hpack.HeaderField{Name: ":method", Value: "CONNECT"})
+	_ = enc.WriteField(hpack.HeaderField{Name: ":authority", Value: "10.0.0.1:80"})
+	block := hb.Bytes()
+	if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block, EndHeaders: true}); err != nil {
+		t.Fatal(err)
+	}
+	chunk := make([]byte, 16<<10)
+	for range 5 { // 80 KiB > the 64 KiB connection window
+		if err := fr.WriteData(1, false, chunk); err != nil {
+			break
+		}
+	}
+	select {
+	case code := <-goaway:
+		if code != http2.ErrCodeFlowControl {
+			t.Errorf("GOAWAY %v, want FLOW_CONTROL_ERROR", code)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no GOAWAY after overrunning the connection window")
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"net/http/httptrace"
 	"net/textproto"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -62,8 +63,9 @@ type h1Conn struct {
 	idleAt time.Time // under pl.mu
 	// Bytes written to and read from conn (through bw and br), to tell a
 	// connection the endpoint closed while idle from a failed request.
-	written, read int64
-	headLimit     int64 // while reading an answer's head: the most read may reach
+	written   int64
+	read      atomic.Int64 // also counted by the watcher, while the request may look
+	headLimit int64        // while reading an answer's head: the most read may reach
 
 	avail  chan error    // the watcher: an answer is there (nil) or the connection failed
 	resume chan struct{} // to the watcher: the answer was read, wait for the next one
@@ -130,13 +132,14 @@ func (pc *h1Conn) release(reuse bool) {
 
 func (pc *h1Conn) Read(b []byte) (int, error) {
 	if pc.headLimit > 0 {
-		if pc.read >= pc.headLimit {
+		read := pc.read.Load()
+		if read >= pc.headLimit {
 			return 0, errHeadTooLarge
 		}
-		b = b[:min(int64(len(b)), pc.headLimit-pc.read)]
+		b = b[:min(int64(len(b)), pc.headLimit-read)]
 	}
 	n, err := pc.conn.Read(b)
-	pc.read += int64(n)
+	pc.read.Add(int64(n))
 	return n, err
 }
 
@@ -337,7 +340,7 @@ func (pl *h1Pool) exchange(ctx context.Context, pc *h1Conn, req *http.Request) (
 	if (req.Body != nil && req.Body != http.NoBody) || !smallRequest(req) {
 		pc.arm(ctx)
 	}
-	written, read := pc.written, pc.read
+	written, read := pc.written, pc.read.Load()
 	if err = req.Write(pc.bw); err == nil {
 		err = pc.bw.Flush()
 	}
@@ -357,18 +360,18 @@ func (pl *h1Pool) exchange(ctx context.Context, pc *h1Conn, req *http.Request) (
 	}
 	if err != nil {
 		pc.disarm()
-		return nil, pc.read == read && idempotent(req), err
+		return nil, pc.read.Load() == read && idempotent(req), err
 	}
 	for n1xx := 0; ; {
 		if pc.stopCtx == nil && !headerBuffered(pc.br) {
 			pc.arm(ctx)
 		}
-		pc.headLimit = pc.read + h1MaxHead
+		pc.headLimit = pc.read.Load() + h1MaxHead
 		resp, err = http.ReadResponse(pc.br, req)
 		pc.headLimit = 0
 		if err != nil {
 			pc.disarm()
-			return nil, pc.read == read && idempotent(req), err
+			return nil, pc.read.Load() == read && idempotent(req), err
 		}
 		code := resp.StatusCode
 		if code < 100 || code >= 200 || code == http.StatusSwitchingProtocols {

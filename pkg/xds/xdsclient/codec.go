@@ -24,8 +24,8 @@ import (
 // allocates five objects per Resource (the message, its Any, three
 // strings and the value), which made decoding most of a client's CPU.
 // Here the strings and values share one copy of the message, and the
-// Resources and Anys come from two arrays: a handful of allocations per
-// response.
+// Resources and their Anys come from one array: a handful of allocations
+// per response.
 //
 // The result is the message proto.Unmarshal builds (strings checked as
 // UTF-8, last value wins for repeated scalar fields); anything else in the
@@ -118,11 +118,15 @@ func decodeDeltaResponse(b []byte, resp *discovery.DeltaDiscoveryResponse) error
 		}
 		off = next
 	}
+	// A Resource and its Any side by side: written together, freed together.
+	type pair struct {
+		r discovery.Resource
+		a anypb.Any
+	}
 	var (
-		out  = make([]*discovery.Resource, 0, n)
-		ress = make([]discovery.Resource, n)
-		anys = make([]anypb.Any, n)
-		err  error
+		out   = make([]*discovery.Resource, 0, n)
+		pairs = make([]pair, n)
+		err   error
 	)
 	for off := 0; off < len(b); {
 		num, start, next, _ := field(b, off, len(b)) // checked by the first pass
@@ -141,7 +145,7 @@ func decodeDeltaResponse(b []byte, resp *discovery.DeltaDiscoveryResponse) error
 			}
 		case respResources:
 			i := len(out)
-			r, a := &ress[i], &anys[i]
+			r, a := &pairs[i].r, &pairs[i].a
 			if err = decodeResource(b, start, next, r, a); err == nil {
 				out = append(out, r)
 			}

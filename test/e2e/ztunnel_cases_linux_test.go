@@ -434,19 +434,22 @@ func (mc *meshCases) testControlPlaneDown(t *testing.T) {
 }
 
 // testRollingRestart restarts the ztunnel DaemonSet while a connection
-// streams, and reports whether that connection survived with every byte
-// (issue #7's target; logged, not asserted: the old ztunnel drains for
-// its drain timeout, then closes what is left, as Istio's does). With the
-// surge strategy of manifests/ztunnel (the new ztunnel listens beside the
-// old one before the old one stops), it asserts that no new connection
-// fails during the rollout, and that afterwards the new ztunnel serves the
-// pods over mTLS.
+// streams, and asserts that the connection survives with every byte
+// (issue #7's target): with the surge strategy of manifests/ztunnel the
+// new ztunnel listens beside the old one before the old one stops; the old
+// one stops accepting and drains its connections for up to its grace
+// period (300 s), so a connection shorter than that ends on its own
+// terms. It also asserts that no new connection fails during the rollout,
+// that the new ztunnel serves the pods over mTLS, and that the old ztunnel
+// exits once its last connection ended.
 func (mc *meshCases) testRollingRestart(t *testing.T) {
 	sys := *mc.k
 	sys.namespace = "istio-system"
 	strategy := sys.must("", "get", "daemonset", "ztunnel", "-o", "jsonpath={.spec.updateStrategy.rollingUpdate}")
 	old := strings.TrimSpace(sys.must("", "get", "pods", "-l", "app=ztunnel", "-o", "jsonpath={.items[*].metadata.name}"))
-	s := startStream(t, mc.app, "client", "bulk:9000")
+	// The stream stops writing after -duration and checks every byte came
+	// back; the rollout (about 15 s) happens well inside it.
+	s := startStream(t, mc.app, "client", "bulk:9000", "-duration=60s")
 	s.waitFlowing(t)
 	started := time.Now()
 	// New connections all through the rollout: how long is the gap?
@@ -454,18 +457,28 @@ func (mc *meshCases) testRollingRestart(t *testing.T) {
 	probes := make(chan rolloutProbes, 1)
 	go func() { probes <- mc.probeNewConnections(probeCtx, t) }()
 	sys.must("", "rollout", "restart", "daemonset/ztunnel")
-	sys.must("", "rollout", "status", "daemonset/ztunnel", "--timeout=180s")
-	eventually(t, 90*time.Second, "old ztunnel pod gone", func() error {
-		out, err := sys.run(t.Context(), "", "get", "pods", "-l", "app=ztunnel", "-o", "jsonpath={.items[*].metadata.name}")
+	// The new ztunnel is ready while the old one drains. (`rollout status`
+	// waits for the old pod to exit, which is when its last connection,
+	// the stream, ends.)
+	eventually(t, 120*time.Second, "new ztunnel ready", func() error {
+		out, err := sys.run(t.Context(), "", "get", "pods", "-l", "app=ztunnel", "-o",
+			`jsonpath={range .items[*]}{.metadata.name} {.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}`)
 		if err != nil {
 			return err
 		}
-		if strings.Contains(out, old) || strings.TrimSpace(out) == "" {
-			return fmt.Errorf("ztunnel pods: %q (old %q)", out, old)
+		for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+			if f := strings.Fields(l); len(f) == 2 && f[0] != old && f[1] == "True" {
+				return nil
+			}
 		}
-		return nil
+		return fmt.Errorf("ztunnel pods (name ready): %q, old %q", out, old)
 	})
 	rolled := time.Since(started)
+	// The new ztunnel has the pods: new connections go through the mesh.
+	eventually(t, 60*time.Second, "new connection after the restart", func() error {
+		_, err := mc.send(t, "bulk:9000", 1<<20, "-timeout=10s")
+		return err
+	})
 	stopProbe()
 	pr := <-probes
 	t.Logf("new connections during the rollout: %d served, %d failed, failures over %s (first: %s)", pr.ok, pr.failed, pr.gap().Round(100*time.Millisecond), pr.firstErr)
@@ -475,11 +488,6 @@ func (mc *meshCases) testRollingRestart(t *testing.T) {
 	if pr.ok == 0 {
 		t.Errorf("no new connection was served during the rollout")
 	}
-	// The new ztunnel has the pods: new connections go through the mesh.
-	eventually(t, 60*time.Second, "new connection after the restart", func() error {
-		_, err := mc.send(t, "bulk:9000", 1<<20, "-timeout=10s")
-		return err
-	})
 	eventually(t, 30*time.Second, "the new ztunnel counts mTLS connections", func() error {
 		series, err := scrapeZtunnel(t.Context())
 		if err != nil {
@@ -492,24 +500,57 @@ func (mc *meshCases) testRollingRestart(t *testing.T) {
 		}
 		return nil
 	})
-	// Give a surviving stream the time to show progress (or its end).
-	before := s.state().recv
-	deadline := time.Now().Add(10 * time.Second)
-	for st := s.state(); !st.closed && st.recv <= before && time.Now().Before(deadline); st = s.state() {
-		time.Sleep(100 * time.Millisecond)
+	// The long-lived connection keeps flowing with the new ztunnel in
+	// charge and ends on its own, every byte back.
+	afterRollout := s.state().recv
+	s.waitProgress(t, afterRollout)
+	// Once the new one has been available for minReadySeconds, the old
+	// ztunnel is told to stop; the stream must keep flowing through it.
+	eventually(t, 60*time.Second, "old ztunnel terminating", func() error {
+		out, err := sys.run(t.Context(), "", "get", "pod", old, "-o", "jsonpath={.metadata.deletionTimestamp}")
+		if err != nil {
+			return err
+		}
+		if strings.TrimSpace(out) == "" {
+			return fmt.Errorf("pod %s has no deletionTimestamp yet", old)
+		}
+		return nil
+	})
+	terminating := time.Since(started)
+	s.waitProgress(t, s.state().recv)
+	select {
+	case <-s.done:
+	case <-time.After(90 * time.Second):
+		t.Fatalf("the long-lived stream did not end: %s", s.state().last)
 	}
 	st := s.state()
-	outcome := "SURVIVED: the long-lived connection kept streaming, every byte checked"
-	if st.closed {
+	survived := strings.HasPrefix(st.last, "done ") && st.sent == st.recv && st.recv > afterRollout
+	outcome := fmt.Sprintf("SURVIVED: the long-lived connection kept streaming for %s after the old ztunnel was told to stop, then ended with all %d bytes back in order",
+		st.closedAt.Sub(started.Add(terminating)).Round(100*time.Millisecond), st.recv)
+	if !survived {
 		lost := "every byte sent came back before the close"
 		if st.sent != st.recv {
 			lost = fmt.Sprintf("%d bytes sent never came back", st.sent-st.recv)
 		}
 		outcome = fmt.Sprintf("BROKEN: the long-lived connection closed %s after the restart began (%s): %s",
 			st.closedAt.Sub(started).Round(100*time.Millisecond), lost, st.last)
+		t.Errorf("long-lived connection across a ztunnel rolling restart: %s", outcome)
 	}
-	report := fmt.Sprintf("ztunnel rolling restart (rollingUpdate %s, rollout %s): %s; new connections during it: %d served, %d failed over %s",
-		strategy, rolled.Round(time.Second), outcome, pr.ok, pr.failed, pr.gap().Round(100*time.Millisecond))
+	// With its last connection gone, the old ztunnel exits and the
+	// rollout completes.
+	sys.must("", "rollout", "status", "daemonset/ztunnel", "--timeout=180s")
+	eventually(t, 90*time.Second, "old ztunnel pod gone", func() error {
+		out, err := sys.run(t.Context(), "", "get", "pods", "-l", "app=ztunnel", "-o", "jsonpath={.items[*].metadata.name}")
+		if err != nil {
+			return err
+		}
+		if strings.Contains(out, old) || strings.TrimSpace(out) == "" {
+			return fmt.Errorf("ztunnel pods: %q (old %q)", out, old)
+		}
+		return nil
+	})
+	report := fmt.Sprintf("ztunnel rolling restart (rollingUpdate %s, new ztunnel ready %s, old ztunnel gone %s after the restart began): %s; new connections during it: %d served, %d failed over %s",
+		strategy, rolled.Round(time.Second), time.Since(started).Round(time.Second), outcome, pr.ok, pr.failed, pr.gap().Round(100*time.Millisecond))
 	t.Log(report)
 	if path := os.Getenv("ZTUNNEL_E2E_REPORT"); path != "" {
 		_ = os.WriteFile(path, []byte(report+"\n"), 0o644)
@@ -579,11 +620,12 @@ type streamState struct {
 
 var streamLineRE = regexp.MustCompile(`^(ok|closed|done) sent=(\d+) recv=(\d+)`)
 
-func startStream(t *testing.T, k *kubectl, pod, addr string) *stream {
+func startStream(t *testing.T, k *kubectl, pod, addr string, args ...string) *stream {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	full := []string{"--kubeconfig", k.kubeconfig, "-n", k.namespace, "exec", pod, "--",
 		"/usr/local/bin/bulk", "stream", "-addr=" + addr}
+	full = append(full, args...)
 	cmd := exec.CommandContext(ctx, k.bin, full...)
 	out, err := cmd.StdoutPipe()
 	if err != nil {

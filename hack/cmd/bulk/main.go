@@ -185,6 +185,9 @@ func send(args []string) error {
 // every interval and checking that every byte comes back in order. It
 // prints "ok sent=N recv=M" every report interval and, when the
 // connection fails, "closed sent=N recv=M err=..." before exiting 3.
+// After -duration it stops writing, waits (up to 10 s) until every byte
+// sent came back, and prints "done sent=N recv=N" (exit 0), or "closed
+// ... err=..." (exit 3) when bytes are missing.
 func stream(args []string) error {
 	fs := flag.NewFlagSet("stream", flag.ExitOnError)
 	addr := fs.String("addr", "", "echo server host:port")
@@ -203,11 +206,19 @@ func stream(args []string) error {
 	}
 	var sent, recv atomic.Int64
 	errc := make(chan error, 2)
+	stopWriting := make(chan struct{})
+	writerDone := make(chan struct{})
 	go func() { // writer
+		defer close(writerDone)
 		buf := make([]byte, *chunk)
 		t := time.NewTicker(*every)
 		defer t.Stop()
-		for range t.C {
+		for {
+			select {
+			case <-stopWriting:
+				return
+			case <-t.C:
+			}
 			off := sent.Load()
 			for i := range buf {
 				buf[i] = patternByte(off + int64(i))
@@ -252,6 +263,15 @@ func stream(args []string) error {
 		case <-tick.C:
 			fmt.Printf("ok sent=%d recv=%d\n", sent.Load(), recv.Load())
 		case <-stop:
+			close(stopWriting)
+			<-writerDone
+			for deadline := time.Now().Add(10 * time.Second); recv.Load() < sent.Load() && time.Now().Before(deadline); {
+				time.Sleep(10 * time.Millisecond)
+			}
+			if s, r := sent.Load(), recv.Load(); r != s {
+				fmt.Printf("closed sent=%d recv=%d err=%q\n", s, r, fmt.Sprintf("%d bytes sent never came back", s-r))
+				os.Exit(3)
+			}
 			fmt.Printf("done sent=%d recv=%d\n", sent.Load(), recv.Load())
 			return nil
 		}

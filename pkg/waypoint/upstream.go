@@ -393,6 +393,10 @@ func (pl *h1Pool) exchange(ctx context.Context, pc *h1Conn, req *http.Request) (
 		// caller now owns.
 		pc.disarm()
 		resp.Body = &switchedBody{br: pc.br, pc: pc}
+		// Upgrades do not come here (usesH1Pool): the reverse proxy
+		// refuses this answer without closing it, so the request's end
+		// does.
+		context.AfterFunc(ctx, pc.kill)
 		return resp, false, nil
 	}
 	reuse := !resp.Close && !req.Close

@@ -228,3 +228,27 @@ func TestRequestTimeoutDuringBody(t *testing.T) {
 		t.Errorf("next request: %d %q, want 200 ok", code, body)
 	}
 }
+
+// TestUnexpectedSwitchingProtocols: an endpoint that switches protocols
+// on a request that asked for no upgrade gets the client an error, and
+// its connection is closed (leakCheck).
+func TestUnexpectedSwitchingProtocols(t *testing.T) {
+	leakCheck(t)
+	m := newMesh(t, meshOptions{})
+	m.addService(reviews, "10.0.0.1")
+	m.addPod("reviews-a", reviews, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		_, _ = brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+		_ = brw.Flush()
+		_, _ = brw.ReadString('\n') // until the waypoint closes it
+	}))
+	m.setRoutes(serviceConfig(reviews, waypointv1alpha1.Protocol_HTTP, defaultRoute(reviews)))
+	c := m.httpClient(false)
+	if code, _, _ := get(t, c, "http://10.0.0.1/", nil); code < 500 {
+		t.Errorf("status %d, want an error", code)
+	}
+}

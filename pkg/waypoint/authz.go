@@ -79,8 +79,8 @@ func newAuthzRequest(peer spiffeid.ID, port uint32, r *http.Request) *authzReque
 	ar := &authzRequest{port: port, http: r}
 	if !peer.IsZero() {
 		ar.principal = strings.TrimPrefix(peer.String(), "spiffe://")
-		if seg := strings.Split(strings.TrimPrefix(peer.Path(), "/"), "/"); len(seg) >= 2 && seg[0] == "ns" {
-			ar.namespace = seg[1]
+		if rest, ok := strings.CutPrefix(strings.TrimPrefix(peer.Path(), "/"), "ns/"); ok {
+			ar.namespace, _, _ = strings.Cut(rest, "/") // ns/<namespace>/...
 		}
 	}
 	return ar

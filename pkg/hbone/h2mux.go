@@ -397,6 +397,11 @@ func (m *mux) goAway(code http2.ErrCode, reason string) {
 	last := m.lastPeerID
 	m.goAwaySent = true
 	m.mu.Unlock()
+	if code != http2.ErrCodeNo {
+		// The connection ends anyway: do not wait long on a peer that
+		// stopped reading.
+		_ = m.c.SetWriteDeadline(time.Now().Add(time.Second))
+	}
 	m.wmu.Lock()
 	_ = m.writeLocked(appendGoAway(nil, last, code))
 	m.wmu.Unlock()
@@ -785,6 +790,12 @@ func (m *mux) onReset(id uint32, code http2.ErrCode) {
 		s.removeLocked()
 		s.rcond.Broadcast()
 		m.sendCond.Broadcast()
+		if !s.gotHeaders {
+			// Reset before any answer (REFUSED_STREAM, CANCEL): the opener
+			// waiting for the response sees the reset.
+			s.gotHeaders = true
+			close(s.respReady)
+		}
 	}
 }
 

@@ -138,3 +138,52 @@ func TestFlowControlViolation(t *testing.T) {
 		t.Fatal("no GOAWAY after overrunning the connection window")
 	}
 }
+
+// TestRefusedStream: a stream over the server's concurrency limit is
+// reset with REFUSED_STREAM before any answer, and the opener learns it
+// at once instead of waiting for a response.
+func TestRefusedStream(t *testing.T) {
+	a, b := net.Pipe()
+	set := testSettings(time.Minute, time.Minute)
+	set.maxStreams = 1
+	cl := newMux(a, nil, false, set, zap.NewNop())
+	sv := newMux(b, nil, true, set, zap.NewNop())
+	hold := make(chan struct{})
+	sv.onStream = func(s *h2stream, h *muxHeaders) {
+		_ = s.respond(200, nil)
+		<-hold
+		_ = s.Close()
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- sv.start() }()
+	if err := cl.start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	defer sv.closeWith(net.ErrClosed)
+	defer cl.closeWith(net.ErrClosed)
+	defer close(hold)
+	first, err := cl.openStream("10.0.0.1:80", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-first.respReady
+	second, err := cl.openStream("10.0.0.1:80", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-second.respReady:
+	case <-time.After(5 * time.Second):
+		t.Fatal("refused stream: opener still waiting after 5 s")
+	}
+	cl.mu.Lock()
+	resp, reset := second.resp, second.reset
+	cl.mu.Unlock()
+	var se *StreamError
+	if resp != nil || !errors.As(reset, &se) || se.Code != http2.ErrCodeRefusedStream || !se.Remote {
+		t.Errorf("second stream: response %+v, reset %v; want REFUSED_STREAM from the peer", resp, reset)
+	}
+}

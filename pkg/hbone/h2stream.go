@@ -462,25 +462,33 @@ func (s *h2stream) setDeadline(d *time.Time, tm **time.Timer, t time.Time) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	*d = t
-	if *tm != nil {
-		(*tm).Stop()
-		*tm = nil
+	if t.IsZero() {
+		if *tm != nil {
+			(*tm).Stop()
+		}
+		return
 	}
-	wake := func() {
-		m.mu.Lock()
+	dur := time.Until(t)
+	if dur <= 0 {
+		if *tm != nil {
+			(*tm).Stop()
+		}
 		s.rcond.Broadcast()
 		m.sendCond.Broadcast()
-		m.mu.Unlock()
-	}
-	if t.IsZero() {
 		return
 	}
-	if dur := time.Until(t); dur > 0 {
-		*tm = time.AfterFunc(dur, wake)
+	// One timer per direction, reset on each call: net/http sets read
+	// deadlines several times per request.
+	if *tm == nil {
+		*tm = time.AfterFunc(dur, func() {
+			m.mu.Lock()
+			s.rcond.Broadcast()
+			m.sendCond.Broadcast()
+			m.mu.Unlock()
+		})
 		return
 	}
-	s.rcond.Broadcast()
-	m.sendCond.Broadcast()
+	(*tm).Reset(dur)
 }
 
 // writeHeaders sends a header block (HEADERS + CONTINUATION as the peer's

@@ -3,6 +3,7 @@ package hbone_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -21,6 +22,7 @@ func TestTakeover(t *testing.T) {
 	m := newMesh(t)
 	up := startEcho(t)
 	deadlineOK := make(chan error, 1)
+	checked := make(chan struct{}) // the deadline check is done: the client may write
 	s := startServer(t, m, hbone.Hooks{
 		Takeover: func(ctx context.Context, in *hbone.Inbound) (func(context.Context, net.Conn), error) {
 			switch in.Port {
@@ -34,8 +36,9 @@ func TestTakeover(t *testing.T) {
 				// ending the stream (net/http relies on this).
 				_ = c.SetReadDeadline(time.Now().Add(-time.Second))
 				_, err := c.Read(make([]byte, 1))
+				close(checked)
 				if !errors.Is(err, os.ErrDeadlineExceeded) {
-					deadlineOK <- err
+					deadlineOK <- fmt.Errorf("read past the deadline: %v, want %v", err, os.ErrDeadlineExceeded)
 					return
 				}
 				_ = c.SetReadDeadline(time.Time{})
@@ -59,6 +62,7 @@ func TestTakeover(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	<-checked
 	if _, err := io.WriteString(conn, "hello"); err != nil {
 		t.Fatal(err)
 	}

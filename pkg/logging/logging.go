@@ -23,8 +23,21 @@ func New(level string) (*zap.Logger, error) {
 // Build returns the production logger at an atomic level the caller may
 // change at run time (ztunnel's admin endpoint does).
 func Build(level zap.AtomicLevel) (*zap.Logger, error) {
+	return build(level, nil)
+}
+
+// build is Build with other output paths (nil: stderr).
+func build(level zap.AtomicLevel, outputs []string) (*zap.Logger, error) {
 	zc := zap.NewProductionConfig()
+	if outputs != nil {
+		zc.OutputPaths = outputs
+	}
 	zc.Level = level
+	// No sampling: zap's production default drops repeats of a message
+	// beyond 100 a second, which would silently drop access-log lines
+	// (one per request or connection) under load. Envoy and ztunnel log
+	// every one.
+	zc.Sampling = nil
 	log, err := zc.Build()
 	if err != nil {
 		return nil, fmt.Errorf("logger: %w", err)

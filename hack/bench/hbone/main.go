@@ -21,7 +21,7 @@ func main() {
 	out := flag.String("out", "_output/bench/hbone.json", "where to write the JSON figures")
 	size := flag.Int64("size", 128<<20, "bytes per single-stream transfer (and per 64-stream round)")
 	runs := flag.Int("runs", 5, "interleaved rounds of transfers per path (best is kept)")
-	frame := flag.Uint("frame", 0, "server SETTINGS_MAX_FRAME_SIZE to test (0: the package default, 16 KiB)")
+	frame := flag.Uint("frame", 0, "server SETTINGS_MAX_FRAME_SIZE to test (0: the package default, 1 MiB)")
 	timeout := flag.Duration("timeout", 150*time.Second, "bound on the whole run")
 	flag.Parse()
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)

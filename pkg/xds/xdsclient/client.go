@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"maps"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"time"
 
@@ -278,8 +279,9 @@ type held struct {
 	gone map[string]struct{} // removed from base
 }
 
-// nameVersion is a resource in held.base: only its strings, so the
-// decoded Resources of a full push do not stay alive with it.
+// nameVersion is a resource in held.base: only its strings (copied), so
+// neither the decoded Resources of a full push nor the message they were
+// decoded from stay alive with it.
 type nameVersion struct{ name, version string }
 
 // foldAt is the size above which a response to a client holding nothing is
@@ -288,9 +290,25 @@ const foldAt = 1024
 
 func (h *held) apply(upd []*discovery.Resource, removed []string) {
 	if h.base == nil && len(h.m) == 0 && len(removed) == 0 && len(upd) >= foldAt {
+		// The strings are copied into one: the decoded ones share the
+		// whole response (values included), which would otherwise stay
+		// in memory for as long as these are held.
+		n := 0
+		for _, r := range upd {
+			n += len(r.GetName()) + len(r.GetVersion())
+		}
+		var sb strings.Builder
+		sb.Grow(n)
+		for _, r := range upd {
+			sb.WriteString(r.GetName())
+			sb.WriteString(r.GetVersion())
+		}
+		all, off := sb.String(), 0
 		h.base = make([]nameVersion, len(upd))
 		for i, r := range upd {
-			h.base[i] = nameVersion{r.GetName(), r.GetVersion()}
+			nl, vl := len(r.GetName()), len(r.GetVersion())
+			h.base[i] = nameVersion{all[off : off+nl], all[off+nl : off+nl+vl]}
+			off += nl + vl
 		}
 		return
 	}

@@ -537,9 +537,10 @@ func (mc *meshCases) testRollingRestart(t *testing.T) {
 		t.Errorf("long-lived connection across a ztunnel rolling restart: %s", outcome)
 	}
 	// With its last connection gone, the old ztunnel exits and the
-	// rollout completes.
-	sys.must("", "rollout", "status", "daemonset/ztunnel", "--timeout=180s")
-	eventually(t, 90*time.Second, "old ztunnel pod gone", func() error {
+	// rollout completes. A connection of another test still open through
+	// it would keep it up to its grace period: report that, and end it so
+	// the tests after this one find one ztunnel.
+	oldGone := func() error {
 		out, err := sys.run(t.Context(), "", "get", "pods", "-l", "app=ztunnel", "-o", "jsonpath={.items[*].metadata.name}")
 		if err != nil {
 			return err
@@ -548,9 +549,20 @@ func (mc *meshCases) testRollingRestart(t *testing.T) {
 			return fmt.Errorf("ztunnel pods: %q (old %q)", out, old)
 		}
 		return nil
-	})
-	report := fmt.Sprintf("ztunnel rolling restart (rollingUpdate %s, new ztunnel ready %s, old ztunnel gone %s after the restart began): %s; new connections during it: %d served, %d failed over %s",
-		strategy, rolled.Round(time.Second), time.Since(started).Round(time.Second), outcome, pr.ok, pr.failed, pr.gap().Round(100*time.Millisecond))
+	}
+	exit := "exited once its last connection ended"
+	for deadline := time.Now().Add(60 * time.Second); oldGone() != nil; time.Sleep(time.Second) {
+		if time.Now().After(deadline) {
+			exit = "still draining other connections 60 s after the stream ended: deleted"
+			t.Logf("old ztunnel %s %s", old, exit)
+			_, _ = sys.run(t.Context(), "", "delete", "pod", old, "--grace-period=1", "--wait=false")
+			break
+		}
+	}
+	sys.must("", "rollout", "status", "daemonset/ztunnel", "--timeout=180s")
+	eventually(t, 90*time.Second, "old ztunnel pod gone", oldGone)
+	report := fmt.Sprintf("ztunnel rolling restart (rollingUpdate %s, new ztunnel ready %s, old ztunnel gone %s after the restart began, %s): %s; new connections during it: %d served, %d failed over %s",
+		strategy, rolled.Round(time.Second), time.Since(started).Round(time.Second), exit, outcome, pr.ok, pr.failed, pr.gap().Round(100*time.Millisecond))
 	t.Log(report)
 	if path := os.Getenv("ZTUNNEL_E2E_REPORT"); path != "" {
 		_ = os.WriteFile(path, []byte(report+"\n"), 0o644)
@@ -660,7 +672,16 @@ func startStream(t *testing.T, k *kubectl, pod, addr string, args ...string) *st
 		}
 		s.mu.Unlock()
 	}()
-	t.Cleanup(func() { cancel(); <-s.done })
+	t.Cleanup(func() {
+		cancel()
+		<-s.done
+		// Ending kubectl exec does not end the process in the pod: stop it,
+		// so its connection does not outlive the test (it would hold a
+		// draining ztunnel until its grace period ends).
+		ctx, stop := context.WithTimeout(context.Background(), 30*time.Second)
+		defer stop()
+		_, _ = k.run(ctx, "", "exec", pod, "--", "/usr/local/bin/bulk", "stop-streams")
+	})
 	return s
 }
 

@@ -27,8 +27,10 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/miekg/dns"
@@ -36,10 +38,10 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: bulk serve|send|stream|dns [flags]")
+		fmt.Fprintln(os.Stderr, "usage: bulk serve|send|stream|stop-streams|dns [flags]")
 		os.Exit(2)
 	}
-	cmds := map[string]func([]string) error{"serve": serve, "send": send, "stream": stream, "dns": query}
+	cmds := map[string]func([]string) error{"serve": serve, "send": send, "stream": stream, "stop-streams": stopStreams, "dns": query}
 	f, ok := cmds[os.Args[1]]
 	if !ok {
 		fmt.Fprintf(os.Stderr, "bulk: unknown command %q\n", os.Args[1])
@@ -276,6 +278,35 @@ func stream(args []string) error {
 			return nil
 		}
 	}
+}
+
+// stopStreams ends every other `bulk stream` in this container (SIGTERM):
+// a test that started one with kubectl exec cannot count on the exec's end
+// to stop it, and a stream left running holds its connection open.
+func stopStreams(_ []string) error {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return err
+	}
+	stopped := 0
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err != nil {
+			continue
+		}
+		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+		if len(args) >= 2 && strings.HasSuffix(args[0], "bulk") && args[1] == "stream" {
+			if err := syscall.Kill(pid, syscall.SIGTERM); err == nil {
+				stopped++
+			}
+		}
+	}
+	fmt.Printf("stopped %d streams\n", stopped)
+	return nil
 }
 
 // patternByte is byte off of the stream pattern: the 8-byte little-endian

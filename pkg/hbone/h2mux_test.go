@@ -19,6 +19,29 @@ func testSettings(ping, timeout time.Duration) muxSettings {
 		headerList: 16 << 10, headerLimitIn: 16 << 10, pingInterval: ping, pingTimeout: timeout}
 }
 
+// muxPair starts a client and a server engine over a net.Pipe; both are
+// closed when the test ends.
+func muxPair(t *testing.T, set muxSettings, onStream func(*h2stream, *muxHeaders)) (cl, sv *mux) {
+	t.Helper()
+	a, b := net.Pipe()
+	cl = newMux(a, nil, false, set, zap.NewNop())
+	sv = newMux(b, nil, true, set, zap.NewNop())
+	sv.onStream = onStream
+	errc := make(chan error, 1)
+	go func() { errc <- sv.start() }()
+	if err := cl.start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cl.closeWith(net.ErrClosed)
+		sv.closeWith(net.ErrClosed)
+	})
+	return cl, sv
+}
+
 // TestKeepalivePingTimeout: a peer that goes silent (reads, never
 // answers) is declared dead after the ping interval plus the ping timeout.
 func TestKeepalivePingTimeout(t *testing.T) {
@@ -49,21 +72,7 @@ func TestKeepalivePingTimeout(t *testing.T) {
 // TestKeepaliveAnswered: two idle engines that answer each other's pings
 // stay connected well past several ping timeouts.
 func TestKeepaliveAnswered(t *testing.T) {
-	a, b := net.Pipe()
-	set := testSettings(20*time.Millisecond, 60*time.Millisecond)
-	cl := newMux(a, nil, false, set, zap.NewNop())
-	sv := newMux(b, nil, true, set, zap.NewNop())
-	sv.onStream = func(s *h2stream, h *muxHeaders) { _ = s.respond(200, nil) }
-	errc := make(chan error, 1)
-	go func() { errc <- sv.start() }()
-	if err := cl.start(); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-errc; err != nil {
-		t.Fatal(err)
-	}
-	defer sv.closeWith(net.ErrClosed)
-	defer cl.closeWith(net.ErrClosed)
+	cl, sv := muxPair(t, testSettings(20*time.Millisecond, 60*time.Millisecond), func(s *h2stream, h *muxHeaders) { _ = s.respond(200, nil) })
 	time.Sleep(400 * time.Millisecond)
 	select {
 	case <-cl.done:
@@ -143,27 +152,14 @@ func TestFlowControlViolation(t *testing.T) {
 // reset with REFUSED_STREAM before any answer, and the opener learns it
 // at once instead of waiting for a response.
 func TestRefusedStream(t *testing.T) {
-	a, b := net.Pipe()
 	set := testSettings(time.Minute, time.Minute)
 	set.maxStreams = 1
-	cl := newMux(a, nil, false, set, zap.NewNop())
-	sv := newMux(b, nil, true, set, zap.NewNop())
 	hold := make(chan struct{})
-	sv.onStream = func(s *h2stream, h *muxHeaders) {
+	cl, _ := muxPair(t, set, func(s *h2stream, h *muxHeaders) {
 		_ = s.respond(200, nil)
 		<-hold
 		_ = s.Close()
-	}
-	errc := make(chan error, 1)
-	go func() { errc <- sv.start() }()
-	if err := cl.start(); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-errc; err != nil {
-		t.Fatal(err)
-	}
-	defer sv.closeWith(net.ErrClosed)
-	defer cl.closeWith(net.ErrClosed)
+	})
 	defer close(hold)
 	first, err := cl.openStream("10.0.0.1:80", nil)
 	if err != nil {

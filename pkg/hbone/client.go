@@ -433,18 +433,17 @@ func (c *Client) dialH2(ctx context.Context, req *Request) (muxConn, error) {
 	}
 	cs := tc.ConnectionState()
 	m := newMux(tc, &cs, false, muxSettings{
-		maxFrame:      MaxFrameSize,
-		streamWindow:  StreamWindow,
-		connWindow:    ConnectionWindow,
-		headerList:    ClientHeaderLimit,
-		headerLimitIn: ClientHeaderLimit,
-		pingInterval:  PingInterval,
-		pingTimeout:   PingTimeout,
+		maxFrame:     MaxFrameSize,
+		streamWindow: StreamWindow,
+		connWindow:   ConnectionWindow,
+		headerList:   ClientHeaderLimit,
+		pingInterval: PingInterval,
+		pingTimeout:  PingTimeout,
 	}, c.log)
 	if err := m.start(); err != nil {
 		m.closeWith(err)
 		return nil, &Error{Op: "http2 handshake", Peer: req.Address.String(), Err: err}
 	}
 	peer, _ := x509svid.IDFromCert(cs.PeerCertificates[0])
-	return &h2Conn{m: m, peer: peer, local: tc.LocalAddr(), remote: tc.RemoteAddr(), created: time.Now()}, nil
+	return &h2Conn{m: m, peer: peer, local: tc.LocalAddr(), remote: tc.RemoteAddr()}, nil
 }

@@ -182,7 +182,6 @@ type h2Conn struct {
 	m             *mux
 	peer          spiffeid.ID
 	local, remote net.Addr
-	created       time.Time
 }
 
 func (h *h2Conn) reserve(limit int) bool {

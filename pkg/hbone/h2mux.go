@@ -110,14 +110,13 @@ var errGoAway = errors.New("connection is going away")
 
 // muxSettings are what one side advertises.
 type muxSettings struct {
-	maxFrame      uint32 // SETTINGS_MAX_FRAME_SIZE
-	streamWindow  uint32 // SETTINGS_INITIAL_WINDOW_SIZE
-	connWindow    uint32 // connection receive window (sent as WINDOW_UPDATE)
-	maxStreams    uint32 // SETTINGS_MAX_CONCURRENT_STREAMS (0: do not send)
-	headerList    uint32 // SETTINGS_MAX_HEADER_LIST_SIZE
-	pingInterval  time.Duration
-	pingTimeout   time.Duration
-	headerLimitIn uint32 // decoded request/response header bytes we accept
+	maxFrame     uint32 // SETTINGS_MAX_FRAME_SIZE
+	streamWindow uint32 // SETTINGS_INITIAL_WINDOW_SIZE
+	connWindow   uint32 // connection receive window (sent as WINDOW_UPDATE)
+	maxStreams   uint32 // SETTINGS_MAX_CONCURRENT_STREAMS (0: do not send)
+	headerList   uint32 // SETTINGS_MAX_HEADER_LIST_SIZE: decoded header bytes we accept
+	pingInterval time.Duration
+	pingTimeout  time.Duration
 }
 
 // muxHeaders is one decoded header block.
@@ -201,7 +200,7 @@ func newMux(c net.Conn, state *tls.ConnectionState, server bool, local muxSettin
 	// SETTINGS_HEADER_TABLE_SIZE irrelevant.
 	m.henc.SetMaxDynamicTableSizeLimit(0)
 	m.hdec = hpack.NewDecoder(4096, nil)
-	m.hdec.SetMaxStringLength(int(local.headerLimitIn))
+	m.hdec.SetMaxStringLength(int(local.headerList))
 	m.lastRead.Store(time.Now().UnixNano())
 	return m
 }
@@ -668,7 +667,7 @@ func (m *mux) readData(id uint32, flags byte, n int) error {
 	s.recvWin -= int64(n)
 	if s.recvWin < 0 {
 		ch.free()
-		s.resetLocked(http2.ErrCodeFlowControl, false)
+		s.resetLocked(http2.ErrCodeFlowControl)
 		m.returnConnLocked(int64(n))
 		return nil
 	}
@@ -767,12 +766,12 @@ func (m *mux) onWindowUpdate(id, inc uint32) error {
 		return nil
 	}
 	if inc == 0 {
-		s.resetLocked(http2.ErrCodeProtocol, false)
+		s.resetLocked(http2.ErrCodeProtocol)
 		return nil
 	}
 	s.sendWin += int64(inc)
 	if s.sendWin > 1<<31-1 {
-		s.resetLocked(http2.ErrCodeFlowControl, false)
+		s.resetLocked(http2.ErrCodeFlowControl)
 		return nil
 	}
 	m.sendCond.Broadcast()
@@ -790,12 +789,6 @@ func (m *mux) onReset(id uint32, code http2.ErrCode) {
 		s.removeLocked()
 		s.rcond.Broadcast()
 		m.sendCond.Broadcast()
-		if !s.gotHeaders {
-			// Reset before any answer (REFUSED_STREAM, CANCEL): the opener
-			// waiting for the response sees the reset.
-			s.gotHeaders = true
-			close(s.respReady)
-		}
 	}
 }
 
@@ -821,7 +814,7 @@ func (m *mux) onHeaders(id uint32, block []byte, end bool) error {
 	size := 0
 	m.hdec.SetEmitFunc(func(f hpack.HeaderField) {
 		size += len(f.Name) + len(f.Value) + 32
-		if size > int(m.local.headerLimitIn) {
+		if size > int(m.local.headerList) {
 			h.tooLarge = true
 			return
 		}

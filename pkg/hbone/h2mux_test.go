@@ -16,7 +16,7 @@ import (
 
 func testSettings(ping, timeout time.Duration) muxSettings {
 	return muxSettings{maxFrame: 1 << 20, streamWindow: StreamWindow, connWindow: ConnectionWindow, maxStreams: 10,
-		headerList: 16 << 10, headerLimitIn: 16 << 10, pingInterval: ping, pingTimeout: timeout}
+		headerList: 16 << 10, pingInterval: ping, pingTimeout: timeout}
 }
 
 // muxPair starts a client and a server engine over a net.Pipe; both are

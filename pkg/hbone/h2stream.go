@@ -110,6 +110,12 @@ func (s *h2stream) removeLocked() {
 	if s.cancel != nil {
 		s.cancel()
 	}
+	if !s.gotHeaders {
+		// Over before any answer (reset, refused, connection gone): the
+		// opener waiting for the response sees why.
+		s.gotHeaders = true
+		close(s.respReady)
+	}
 	s.m.wakeIdleLocked()
 }
 
@@ -128,10 +134,6 @@ func (s *h2stream) failLocked(err error) {
 	}
 	s.removeLocked()
 	s.rcond.Broadcast()
-	if !s.gotHeaders {
-		s.gotHeaders = true
-		close(s.respReady)
-	}
 }
 
 // dropBufferLocked frees unread bytes and gives them back to the
@@ -146,7 +148,7 @@ func (s *h2stream) dropBufferLocked() {
 }
 
 // resetLocked resets the stream from our side with code.
-func (s *h2stream) resetLocked(code http2.ErrCode, _ bool) {
+func (s *h2stream) resetLocked(code http2.ErrCode) {
 	if s.reset != nil {
 		return
 	}
@@ -159,16 +161,12 @@ func (s *h2stream) resetLocked(code http2.ErrCode, _ bool) {
 	s.removeLocked()
 	s.rcond.Broadcast()
 	s.m.sendCond.Broadcast()
-	if !s.gotHeaders {
-		s.gotHeaders = true
-		close(s.respReady)
-	}
 }
 
 // Reset resets the stream (RST_STREAM CANCEL) and fails pending calls.
 func (s *h2stream) Reset() {
 	s.m.mu.Lock()
-	s.resetLocked(http2.ErrCodeCancel, false)
+	s.resetLocked(http2.ErrCodeCancel)
 	s.m.mu.Unlock()
 }
 
@@ -436,7 +434,7 @@ func (s *h2stream) Close() error {
 	}
 	m.mu.Lock()
 	if !s.recvEnd && s.reset == nil {
-		s.resetLocked(http2.ErrCodeCancel, false)
+		s.resetLocked(http2.ErrCodeCancel)
 	} else {
 		s.dropBufferLocked()
 		s.removeLocked()
@@ -568,9 +566,9 @@ func (m *mux) openStream(authority string, h http.Header) (*h2stream, error) {
 		m.mu.Unlock()
 		return nil, errGoAway
 	}
-	if lim := m.peerHeaderList; lim != 0 && headerListSize(fields) > int(lim) {
+	if lim, size := m.peerHeaderList, headerListSize(fields); lim != 0 && size > int(lim) {
 		m.mu.Unlock()
-		return nil, fmt.Errorf("CONNECT headers of %d bytes exceed the peer's SETTINGS_MAX_HEADER_LIST_SIZE %d", headerListSize(fields), lim)
+		return nil, fmt.Errorf("CONNECT headers of %d bytes exceed the peer's SETTINGS_MAX_HEADER_LIST_SIZE %d", size, lim)
 	}
 	if m.nextID > 1<<31-1 {
 		m.goneAway = true
@@ -613,7 +611,7 @@ func (s *h2stream) respond(status int, h http.Header) error {
 		m.mu.Lock()
 		if !s.recvEnd {
 			// We will not read the rest of the request.
-			s.resetLocked(http2.ErrCodeNo, false)
+			s.resetLocked(http2.ErrCodeNo)
 		}
 		s.dropBufferLocked()
 		s.removeLocked()

@@ -92,7 +92,7 @@ func (s *Server) ServeH3(ctx context.Context, pc net.PacketConn) error {
 func (s *Server) handleH3(w http.ResponseWriter, r *http.Request, force context.Context) {
 	in, err := parseInbound(r.Method, r.Host, r.Header, r.TLS)
 	if err != nil {
-		s.reject(w, err, in)
+		w.WriteHeader(s.rejected(err, in))
 		return
 	}
 	in.Protocol = H3
@@ -102,9 +102,13 @@ func (s *Server) handleH3(w http.ResponseWriter, r *http.Request, force context.
 	defer cancel()
 	stopForce := context.AfterFunc(force, cancel)
 	defer stopForce()
-	up, err := s.admit(ctx, in)
+	if err := s.authorize(ctx, in); err != nil {
+		w.WriteHeader(s.rejected(err, in))
+		return
+	}
+	up, err := s.dialUpstream(ctx, in)
 	if err != nil {
-		s.reject(w, err, in)
+		w.WriteHeader(s.rejected(err, in))
 		return
 	}
 	defer up.Close()

@@ -280,14 +280,13 @@ func (st *h2Serve) serveConn(raw net.Conn) {
 		return
 	}
 	m := newMux(tc, &cs, true, muxSettings{
-		maxFrame:      st.s.cfg.ReadFrameSize,
-		streamWindow:  StreamWindow,
-		connWindow:    ConnectionWindow,
-		maxStreams:    MaxConcurrentIn,
-		headerList:    ServerHeaderLimit,
-		headerLimitIn: ServerHeaderLimit,
-		pingInterval:  PingInterval,
-		pingTimeout:   PingTimeout,
+		maxFrame:     st.s.cfg.ReadFrameSize,
+		streamWindow: StreamWindow,
+		connWindow:   ConnectionWindow,
+		maxStreams:   MaxConcurrentIn,
+		headerList:   ServerHeaderLimit,
+		pingInterval: PingInterval,
+		pingTimeout:  PingTimeout,
 	}, st.s.log)
 	m.onStream = func(str *h2stream, h *muxHeaders) { st.s.handleH2(st.force, m, str, h) }
 	if err := m.start(); err != nil {
@@ -403,15 +402,9 @@ func (s *Server) authorize(ctx context.Context, in *Inbound) error {
 	return nil
 }
 
-// admit runs phases 1 and 2: parse, authorize (unless Takeover already
-// did), dial upstream. On error the returned status is what the server
-// answers.
-func (s *Server) admit(ctx context.Context, in *Inbound) (net.Conn, error) {
-	if s.cfg.Hooks.Takeover == nil || in.Protocol != H2 {
-		if err := s.authorize(ctx, in); err != nil {
-			return nil, err
-		}
-	}
+// dialUpstream is phase 2's second half, after authorize: connect the
+// upstream. On error the returned status is what the server answers.
+func (s *Server) dialUpstream(ctx context.Context, in *Inbound) (net.Conn, error) {
 	dial := s.cfg.Hooks.DialUpstream
 	if dial == nil {
 		dial = defaultDialUpstream
@@ -432,19 +425,20 @@ func defaultDialUpstream(ctx context.Context, in *Inbound) (net.Conn, error) {
 	return c, nil
 }
 
-func (s *Server) reject(w http.ResponseWriter, err error, in *Inbound) {
+// rejected logs a refused stream and returns the status to answer.
+func (s *Server) rejected(err error, in *Inbound) int {
 	status := statusFor(err, http.StatusBadRequest)
 	fields := []zap.Field{zap.Int("status", status), zap.Error(err)}
 	if in != nil {
 		fields = append(fields, zap.String("target", in.Target), zap.Stringer("peer", in.Peer))
 	}
 	s.log.Debug("stream rejected", fields...)
-	w.WriteHeader(status)
+	return status
 }
 
-// handleH2 runs one CONNECT stream: phases 1-2 in admit, then the copy,
-// each direction half-closing on its own (END_STREAM one way, FIN the
-// other) while the other keeps flowing.
+// handleH2 runs one CONNECT stream: parse, authorize, then Takeover or
+// dialUpstream and the copy, each direction half-closing on its own
+// (END_STREAM one way, FIN the other) while the other keeps flowing.
 func (s *Server) handleH2(parent context.Context, m *mux, str *h2stream, h *muxHeaders) {
 	ctx, cancel := context.WithCancel(parent)
 	defer cancel()
@@ -457,28 +451,28 @@ func (s *Server) handleH2(parent context.Context, m *mux, str *h2stream, h *muxH
 	m.mu.Unlock()
 	defer str.Close()
 	if h.tooLarge {
-		s.rejectH2(str, &Error{Status: http.StatusRequestHeaderFieldsTooLarge, Op: "parse", Err: fmt.Errorf("%w: headers over %d bytes", ErrBadRequest, ServerHeaderLimit)}, nil)
+		_ = str.respond(s.rejected(&Error{Status: http.StatusRequestHeaderFieldsTooLarge, Op: "parse", Err: fmt.Errorf("%w: headers over %d bytes", ErrBadRequest, ServerHeaderLimit)}, nil), nil)
 		return
 	}
 	if h.method == http.MethodConnect && (h.scheme != "" || h.path != "" || h.protocol != "") {
-		s.rejectH2(str, &Error{Status: http.StatusBadRequest, Op: "parse", Err: fmt.Errorf("%w: CONNECT with :scheme, :path or :protocol", ErrBadRequest)}, nil)
+		_ = str.respond(s.rejected(&Error{Status: http.StatusBadRequest, Op: "parse", Err: fmt.Errorf("%w: CONNECT with :scheme, :path or :protocol", ErrBadRequest)}, nil), nil)
 		return
 	}
 	in, err := parseInbound(h.method, h.authority, h.header, m.tls)
 	if err != nil {
-		s.rejectH2(str, err, in)
+		_ = str.respond(s.rejected(err, in), nil)
 		return
 	}
 	in.Protocol = H2
 	in.RemoteAddr, in.LocalAddr = m.c.RemoteAddr(), m.c.LocalAddr()
+	if err := s.authorize(ctx, in); err != nil {
+		_ = str.respond(s.rejected(err, in), nil)
+		return
+	}
 	if s.cfg.Hooks.Takeover != nil {
-		if err := s.authorize(ctx, in); err != nil {
-			s.rejectH2(str, err, in)
-			return
-		}
 		serve, err := s.cfg.Hooks.Takeover(ctx, in)
 		if err != nil {
-			s.rejectH2(str, &Error{Status: statusFor(err, http.StatusServiceUnavailable), Op: "takeover", Peer: in.Target, Err: errors.Join(ErrUpstream, err)}, in)
+			_ = str.respond(s.rejected(&Error{Status: statusFor(err, http.StatusServiceUnavailable), Op: "takeover", Peer: in.Target, Err: errors.Join(ErrUpstream, err)}, in), nil)
 			return
 		}
 		if serve != nil {
@@ -491,9 +485,9 @@ func (s *Server) handleH2(parent context.Context, m *mux, str *h2stream, h *muxH
 			return
 		}
 	}
-	up, err := s.admit(ctx, in)
+	up, err := s.dialUpstream(ctx, in)
 	if err != nil {
-		s.rejectH2(str, err, in)
+		_ = str.respond(s.rejected(err, in), nil)
 		return
 	}
 	defer up.Close()
@@ -526,14 +520,4 @@ func (s *Server) handleH2(parent context.Context, m *mux, str *h2stream, h *muxH
 		_ = str.CloseWrite()
 	}
 	<-done
-}
-
-func (s *Server) rejectH2(str *h2stream, err error, in *Inbound) {
-	status := statusFor(err, http.StatusBadRequest)
-	fields := []zap.Field{zap.Int("status", status), zap.Error(err)}
-	if in != nil {
-		fields = append(fields, zap.String("target", in.Target), zap.Stringer("peer", in.Peer))
-	}
-	s.log.Debug("stream rejected", fields...)
-	_ = str.respond(status, nil)
 }

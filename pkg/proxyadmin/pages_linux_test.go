@@ -1,30 +1,15 @@
 package proxyadmin
 
-import (
-	"os"
-	"strconv"
-	"strings"
-	"testing"
-)
+import "testing"
 
-// rssFileKiB reads RssFile (resident file-backed pages) from /proc/self/status.
+// rssFileKiB is the resident file-backed pages of this process.
 func rssFileKiB(t *testing.T) int64 {
 	t.Helper()
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		t.Fatal(err)
+	v := statusKiB("RssFile:")
+	if v < 0 {
+		t.Fatal("no RssFile in /proc/self/status")
 	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(l); len(f) >= 2 && f[0] == "RssFile:" {
-			v, err := strconv.ParseInt(f[1], 10, 64)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return v
-		}
-	}
-	t.Fatal("no RssFile in /proc/self/status")
-	return 0
+	return v
 }
 
 func TestReleaseExecutablePages(t *testing.T) {

@@ -143,35 +143,35 @@ func ReleaseStartupPages(ready func() error, settle time.Duration, log *zap.Logg
 			case <-t.C:
 			}
 		}
-		for i := range 2 {
-			if i == 1 {
-				select {
-				case <-ctx.Done():
-					return nil
-				case <-time.After(settle):
-				}
-			}
-			before := residentKiB()
+		release := func() {
+			before := statusKiB("VmRSS:")
 			span, err := ReleaseExecutablePages()
 			if err != nil {
 				log.Info("start-up pages not released", zap.Error(err))
-				return nil
+				return
 			}
 			log.Info("released start-up pages of the executable", zap.Int64("mappedKiB", span>>10),
-				zap.Int64("residentKiBBefore", before), zap.Int64("residentKiBAfter", residentKiB()))
+				zap.Int64("residentKiBBefore", before), zap.Int64("residentKiBAfter", statusKiB("VmRSS:")))
+		}
+		release()
+		select {
+		case <-ctx.Done():
+		case <-time.After(settle):
+			release()
 		}
 		return nil
 	}
 }
 
-// residentKiB is VmRSS from /proc/self/status, or -1.
-func residentKiB() int64 {
+// statusKiB is a kB field of /proc/self/status ("VmRSS:", "RssFile:"),
+// or -1.
+func statusKiB(field string) int64 {
 	b, err := os.ReadFile("/proc/self/status")
 	if err != nil {
 		return -1
 	}
 	for _, l := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == field {
 			if v, err := strconv.ParseInt(f[1], 10, 64); err == nil {
 				return v
 			}

@@ -330,6 +330,24 @@ func listPods(t *testing.T, k *kubectl, selector string) []pod {
 	return list.Items
 }
 
+// waitCaptured waits until the pods matching selector and the named pods
+// all carry ztunnel's redirection annotation.
+func waitCaptured(t *testing.T, k *kubectl, timeout time.Duration, selector string, names ...string) {
+	t.Helper()
+	eventually(t, timeout, "pods captured by ztunnel", func() error {
+		pods := listPods(t, k, selector)
+		for _, n := range names {
+			pods = append(pods, getPod(t, k, n))
+		}
+		for _, p := range pods {
+			if a := p.annotation(); a != enroll.RedirectionEnabled {
+				return fmt.Errorf("pod %s: annotation %q, want %q", p.Metadata.Name, a, enroll.RedirectionEnabled)
+			}
+		}
+		return nil
+	})
+}
+
 func getPod(t *testing.T, k *kubectl, name string) pod {
 	t.Helper()
 	var p pod

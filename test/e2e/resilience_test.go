@@ -156,6 +156,24 @@ func (r *fortioResult) String() string {
 
 // fortioLoad runs `fortio load` in the loader pod with args (before the
 // URL) and returns its JSON result.
+// startLoad runs fortioLoad in the background; the returned function
+// waits for its result.
+func startLoad(k *kubectl, url string, args ...string) func() (*fortioResult, error) {
+	type result struct {
+		r   *fortioResult
+		err error
+	}
+	c := make(chan result, 1)
+	go func() {
+		r, err := fortioLoad(context.Background(), k, url, args...)
+		c <- result{r, err}
+	}()
+	return func() (*fortioResult, error) {
+		res := <-c
+		return res.r, res.err
+	}
+}
+
 func fortioLoad(ctx context.Context, k *kubectl, url string, args ...string) (*fortioResult, error) {
 	full := append([]string{"exec", "loader", "--", "/usr/local/bin/fortio", "load", "-quiet", "-logger-json=false",
 		"-allow-initial-errors", "-p", "50,90,99", "-json", "-"}, args...)
@@ -363,14 +381,7 @@ func TestResilience(t *testing.T) {
 	app.must("", "wait", "--for=condition=Ready", "pod/client", "pod/loader", "--timeout=120s")
 	app.must("", "wait", "--for=condition=Programmed", "gateway/waypoint", "--timeout=180s")
 	app.must("", "rollout", "status", "deployment/waypoint", "--timeout=180s")
-	eventually(t, 90*time.Second, "pods captured by ztunnel", func() error {
-		for _, p := range append(listPods(t, &app, "main=y"), getPod(t, &app, "client"), getPod(t, &app, "loader")) {
-			if a := p.annotation(); a != enroll.RedirectionEnabled {
-				return fmt.Errorf("pod %s: annotation %q", p.Metadata.Name, a)
-			}
-		}
-		return nil
-	})
+	waitCaptured(t, &app, 90*time.Second, "main=y", "client", "loader")
 	app.must("", "label", "service", "echo", "istio.io/use-waypoint=waypoint")
 	wm := newWaypointMetrics(t, &app)
 	url := fmt.Sprintf("http://echo.%s.svc.cluster.local/", ns)
@@ -425,25 +436,14 @@ func TestResilience(t *testing.T) {
 		// 100 qps for 24 s: the flag flips to 503 after 2 s and back to
 		// healthy 2 s later; readmission is due about 10 s after the
 		// ejection.
-		done := make(chan *fortioResult, 1)
-		loadErr := make(chan error, 1)
 		since := time.Now()
-		go func() {
-			r, err := fortioLoad(context.Background(), &app, url, "-qps", "100", "-c", "4", "-uniform", "-nocatchup", "-n", "2400")
-			if err != nil {
-				loadErr <- err
-				return
-			}
-			done <- r
-		}()
+		waitLoad := startLoad(&app, url, "-qps", "100", "-c", "4", "-uniform", "-nocatchup", "-n", "2400")
 		time.Sleep(2 * time.Second)
 		setFortioDefault(t, &app, flaky, "status=503")
 		time.Sleep(2 * time.Second)
 		setFortioDefault(t, &app, flaky, "")
-		var r *fortioResult
-		select {
-		case r = <-done:
-		case err := <-loadErr:
+		r, err := waitLoad()
+		if err != nil {
 			t.Fatal(err)
 		}
 
@@ -675,16 +675,7 @@ func TestResilience(t *testing.T) {
 		// second, so the client's total includes up to 100 of burst; the
 		// rate is measured at the waypoint over 10 s of steady state, a
 		// whole number of fill intervals.
-		done := make(chan *fortioResult, 1)
-		loadErr := make(chan error, 1)
-		go func() {
-			r, err := fortioLoad(context.Background(), &app, url, "-qps", "200", "-c", "4", "-uniform", "-nocatchup", "-n", "2400")
-			if err != nil {
-				loadErr <- err
-				return
-			}
-			done <- r
-		}()
+		waitLoad := startLoad(&app, url, "-qps", "200", "-c", "4", "-uniform", "-nocatchup", "-n", "2400")
 		time.Sleep(1500 * time.Millisecond)
 		ok0, t0 := wm.requests(t, "response_code", "200"), time.Now()
 		// Meanwhile: a 429 carries retry-after (Istio's echo client
@@ -702,10 +693,8 @@ func TestResilience(t *testing.T) {
 		time.Sleep(time.Until(t0.Add(10 * time.Second)))
 		ok1, t1 := wm.requests(t, "response_code", "200"), time.Now()
 		rps := (ok1 - ok0) / t1.Sub(t0).Seconds()
-		var r *fortioResult
-		select {
-		case r = <-done:
-		case err := <-loadErr:
+		r, err := waitLoad()
+		if err != nil {
 			t.Fatal(err)
 		}
 		t.Logf("rate limit 100 rps at 200 qps: %.1f rps answered 200 over %s at the waypoint; client %v (%.1f rps of 200s with the initial burst); probe %v, %q",

@@ -111,14 +111,7 @@ func TestTelemetry(t *testing.T) {
 	app.must(waypointApp+"---\n"+echoDeployment("v1", 1)+"---\n"+clientPod, "apply", "-f", "-")
 	app.must("", "rollout", "status", "deployment/echo-v1", "--timeout=180s")
 	app.must("", "wait", "--for=condition=Ready", "pod/client", "--timeout=120s")
-	eventually(t, 90*time.Second, "pods captured by ztunnel", func() error {
-		for _, p := range append(listPods(t, &app, "app=echo"), getPod(t, &app, "client")) {
-			if a := p.annotation(); a != enroll.RedirectionEnabled {
-				return fmt.Errorf("pod %s: annotation %q", p.Metadata.Name, a)
-			}
-		}
-		return nil
-	})
+	waitCaptured(t, &app, 90*time.Second, "app=echo", "client")
 	applySample(t, &app, "gateway.yaml")
 	app.must("", "wait", "--for=condition=Programmed", "gateway/waypoint", "--timeout=180s")
 	app.must("", "rollout", "status", "deployment/waypoint", "--timeout=180s")

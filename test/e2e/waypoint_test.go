@@ -164,14 +164,7 @@ func TestWaypoint(t *testing.T) {
 		app.must("", "rollout", "status", "deployment/"+d, "--timeout=180s")
 	}
 	app.must("", "wait", "--for=condition=Ready", "pod/client", "--timeout=120s")
-	eventually(t, 90*time.Second, "pods captured by ztunnel", func() error {
-		for _, p := range append(listPods(t, &app, "app=echo"), getPod(t, &app, "client")) {
-			if a := p.annotation(); a != enroll.RedirectionEnabled {
-				return fmt.Errorf("pod %s: annotation %q", p.Metadata.Name, a)
-			}
-		}
-		return nil
-	})
+	waitCaptured(t, &app, 90*time.Second, "app=echo", "client")
 
 	// The waypoint: istiod-lite deploys it and reports it Programmed.
 	applySample(t, &app, "gateway.yaml")

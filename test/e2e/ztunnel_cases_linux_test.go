@@ -106,14 +106,7 @@ func TestZtunnelCases(t *testing.T) {
 	outside.must("", "wait", "--for=condition=Ready", "pod/client", "--timeout=120s")
 	mc := &meshCases{k: k, app: &app, outside: &outside, ns: ns,
 		principal: fmt.Sprintf("cluster.local/ns/%s/sa/client", ns)}
-	eventually(t, 60*time.Second, "pods captured", func() error {
-		for _, p := range append(listPods(t, &app, "app=bulk"), getPod(t, &app, "client")) {
-			if a := p.annotation(); a != enroll.RedirectionEnabled {
-				return fmt.Errorf("pod %s: annotation %q, want %q", p.Metadata.Name, a, enroll.RedirectionEnabled)
-			}
-		}
-		return nil
-	})
+	waitCaptured(t, &app, 60*time.Second, "app=bulk", "client")
 	mc.clientIP = getPod(t, &app, "client").Status.PodIP
 	mc.serverIP = listPods(t, &app, "app=bulk")[0].Status.PodIP
 	mc.serviceIP = strings.TrimSpace(app.must("", "get", "service", "bulk", "-o", "jsonpath={.spec.clusterIP}"))

@@ -82,6 +82,19 @@ func WriteJSON(path string, figures any) error {
 	return os.WriteFile(path, append(b, '\n'), 0o644)
 }
 
+// Save ends a driver's run: with err set, it prints "<name>: err" and
+// exits 1; otherwise it writes figures to path as JSON (exiting 1 if it
+// cannot).
+func Save(name, path string, figures any, err error) {
+	if err == nil {
+		err = WriteJSON(path, figures)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
+		os.Exit(1)
+	}
+}
+
 // WriteKubeconfig writes a kubeconfig for cfg (an envtest admin config), for
 // a child process such as istiod-lite.
 func WriteKubeconfig(cfg *rest.Config, path string) error {

@@ -85,14 +85,7 @@ func main() {
 	ctx, cancel := context.WithTimeout(sigCtx, *timeout)
 	defer cancel()
 	fig, err := run(ctx, *callers, *duration, *baseline)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "bench-ca:", err)
-		os.Exit(1)
-	}
-	if err := benchkit.WriteJSON(*out, fig); err != nil {
-		fmt.Fprintln(os.Stderr, "bench-ca:", err)
-		os.Exit(1)
-	}
+	benchkit.Save("bench-ca", *out, fig, err)
 	fmt.Printf("bench-ca: %.0f certs/s, p50 %.1f ms, p99 %.1f ms with %.0f callers (%.0f errors); CA process cpu %.1f s (%.2f ms/cert), peak rss %.0f MB; every request reviewed: %.0f certs/s p99 %.1f ms; bare TokenReview %.0f/s p99 %.1f ms -> %s\n",
 		fig["certs_per_s"], fig["ca_p50_ms"], fig["ca_p99_ms"], fig["callers"], fig["errors"], fig["cpu_s"], fig["cpu_ms_per_cert"], fig["rss_mb"],
 		fig["uncached_certs_per_s"], fig["uncached_ca_p99_ms"], fig["tokenreview_per_s"], fig["tokenreview_p99_ms"], *out)

@@ -66,14 +66,7 @@ func main() {
 	b := &bench{kubeconfig: *kubeconfig, kubectl: *kubectl, manifests: *manifests, conflist: *conflist}
 	res, err := b.run(ctx, *pods, *samples)
 	b.cleanup()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "bench-capture:", err)
-		os.Exit(1)
-	}
-	if err := benchkit.WriteJSON(*out, res); err != nil {
-		fmt.Fprintln(os.Stderr, "bench-capture:", err)
-		os.Exit(1)
-	}
+	benchkit.Save("bench-capture", *out, res, err)
 	fmt.Printf("bench-capture: %d running pods captured %.2f s after the label; pod start +%.0f ms with capture (%.0f -> %.0f ms, median of %d, baseline %s) -> %s\n",
 		res.Pods, res.LabelToCaptured50PodsS, res.PodStartAddedMs, res.PodStartBaselineMs, res.PodStartCapturedMs, res.StartSamples, res.Baseline, *out)
 }

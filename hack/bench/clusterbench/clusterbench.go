@@ -24,6 +24,21 @@ import (
 // BulkImage carries fortio (server and load generator) and the bulk tool.
 const BulkImage = "localhost/ambient-mesh/bulk:dev"
 
+// ClientPodManifest is the idle client pod (bulk serve) every cluster
+// benchmark runs its load from.
+const ClientPodManifest = `apiVersion: v1
+kind: Pod
+metadata: {name: client}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: client
+    image: ` + BulkImage + `
+    imagePullPolicy: Never
+    args: ["serve", "-listen=:9000"]
+    readinessProbe: {tcpSocket: {port: 9000}, periodSeconds: 1}
+`
+
 // Kubectl runs a kubectl binary against one kubeconfig.
 type Kubectl struct {
 	Bin, Kubeconfig string

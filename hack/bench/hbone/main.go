@@ -34,14 +34,7 @@ func main() {
 		os.Exit(2)
 	})
 	fig, err := run(ctx, *size, *runs, uint32(*frame))
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "bench-hbone:", err)
-		os.Exit(1)
-	}
-	if err := benchkit.WriteJSON(*out, fig); err != nil {
-		fmt.Fprintln(os.Stderr, "bench-hbone:", err)
-		os.Exit(1)
-	}
+	benchkit.Save("bench-hbone", *out, fig, err)
 	fmt.Printf("bench-hbone: single-stream %.2fx TLS, %.2fx Istio (median of rounds %.2fx, %.2fx; h2 %.2f Gbit/s, tls %.2f, istio %.2f, tcp %.2f; cpu/byte %.2fx TLS, %.2fx Istio); 64 streams %.2fx TLS; h3 %.2fx h2; rtt +%.0f us; idle %.1f KiB/stream; %.0f allocs/stream; cpu %.1f s, rss %.0f MB -> %s\n",
 		fig["single_stream_ratio_vs_tls"], fig["single_stream_ratio_vs_istio"], fig["single_stream_ratio_vs_tls_median"], fig["single_stream_ratio_vs_istio_median"], fig["single_stream_h2_gbps"], fig["single_stream_tls_gbps"], fig["single_stream_istio_gbps"], fig["single_stream_tcp_gbps"],
 		fig["single_stream_cpu_ratio_vs_tls"], fig["single_stream_cpu_ratio_vs_istio"],

@@ -61,14 +61,7 @@ func main() {
 		duration: *duration, maxDuration: *maxDuration, qps: *qps, conns: *conns, maxConns: *maxConns, rounds: *rounds, down: *down}
 	fig, err := b.run(ctx)
 	b.cleanup()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "bench-telemetry:", err)
-		os.Exit(1)
-	}
-	if err := benchkit.WriteJSON(*out, fig); err != nil {
-		fmt.Fprintln(os.Stderr, "bench-telemetry:", err)
-		os.Exit(1)
-	}
+	benchkit.Save("bench-telemetry", *out, fig, err)
 	fmt.Printf("bench-telemetry: waypoint max rps off %.0f, 1%% %.0f (%.3fx), 100%% %.0f (%.3fx); p99 at %d qps off %.3f ms, 1%% %.3f ms, 100%% %.3f ms (+%.3f ms); %.0f spans exported -> %s\n",
 		fig["rps_off"], fig["rps_trace1"], fig["rps_ratio_trace1_vs_off"], fig["rps_trace100"], fig["rps_ratio_trace100_vs_off"],
 		*qps, fig["p99_ms_off"], fig["p99_ms_trace1"], fig["p99_ms_trace100"], fig["p99_added_ms_trace100"], fig["spans_exported"], *out)
@@ -108,18 +101,7 @@ spec:
   selector: {app: server}
   ports: [{name: http, port: 8080, targetPort: 8080}]
 ---
-apiVersion: v1
-kind: Pod
-metadata: {name: client}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: client
-    image: ` + clusterbench.BulkImage + `
-    imagePullPolicy: Never
-    args: ["serve", "-listen=:9000"]
-    readinessProbe: {tcpSocket: {port: 9000}, periodSeconds: 1}
----
+` + clusterbench.ClientPodManifest + `---
 ` + clusterbench.OneCoreWaypointManifest
 
 func telemetry(percent int) string {

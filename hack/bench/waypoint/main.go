@@ -73,14 +73,7 @@ func main() {
 	})
 	fig, err := b.run(ctx)
 	b.cleanup()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "bench-waypoint:", err)
-		os.Exit(1)
-	}
-	if err := benchkit.WriteJSON(*out, fig); err != nil {
-		fmt.Fprintln(os.Stderr, "bench-waypoint:", err)
-		os.Exit(1)
-	}
+	benchkit.Save("bench-waypoint", *out, fig, err)
 	fmt.Printf("bench-waypoint: %d qps x %s over %d conns, 1 KB: waypoint adds p50 %.3f ms, p99 %.3f ms vs direct (%.3f / %.3f ms vs ztunnel only; HAProxy adds %.3f / %.3f ms); waypoint %.3f vCPU and %.1f MB per 1000 rps; max %.0f rps per waypoint core vs HAProxy %.0f (%.2fx) -> %s\n",
 		*qps, *duration, *conns, fig["p50_added_ms"], fig["p99_added_ms"], fig["p50_added_vs_ztunnel_ms"], fig["p99_added_vs_ztunnel_ms"],
 		fig["haproxy_p50_added_ms"], fig["haproxy_p99_added_ms"], fig["vcpu_per_krps"], fig["rss_mb_per_krps"],
@@ -123,18 +116,7 @@ spec:
   selector: {app: server}
   ports: [{name: http, port: 8080, targetPort: 8080}]
 ---
-apiVersion: v1
-kind: Pod
-metadata: {name: client}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: client
-    image: ` + clusterbench.BulkImage + `
-    imagePullPolicy: Never
-    args: ["serve", "-listen=:9000"]
-    readinessProbe: {tcpSocket: {port: 9000}, periodSeconds: 1}
-`
+` + clusterbench.ClientPodManifest
 
 // waypointManifest is the waypoint (held to one core) and a second Service
 // over the server that uses it.

@@ -123,14 +123,7 @@ func main() {
 	defer cancel()
 	ctrllog.SetLogger(logr.Discard())
 	fig, err := run(ctx, p)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "bench-xds:", err)
-		os.Exit(1)
-	}
-	if err := benchkit.WriteJSON(*out, fig); err != nil {
-		fmt.Fprintln(os.Stderr, "bench-xds:", err)
-		os.Exit(1)
-	}
+	benchkit.Save("bench-xds", *out, fig, err)
 	fmt.Printf("bench-xds: %.0f pods, %.0f services, %.0f clients: full push p99 %.2f s (max %.2f s, all clients %.2f s, one client alone %.2f s; tls copy baseline %.2f s, ratio %.1f); "+
 		"one change p99 %.1f ms to all clients (debounce %.0f ms; bare watch p99 %.1f ms); sent %.1f MB; istiod-lite cpu %.1f s, peak rss %.0f MB -> %s\n",
 		fig["pods"], fig["services"], fig["clients"], fig["full_push_s"], fig["full_push_max_s"], fig["full_push_all_s"], fig["full_push_single_s"], fig["baseline_tls_copy_s"], fig["full_push_ratio_vs_tls_copy"],

@@ -60,14 +60,7 @@ func main() {
 	})
 	fig, err := b.run(ctx)
 	b.cleanup()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "bench-ztunnel:", err)
-		os.Exit(1)
-	}
-	if err := benchkit.WriteJSON(*out, fig); err != nil {
-		fmt.Fprintln(os.Stderr, "bench-ztunnel:", err)
-		os.Exit(1)
-	}
+	benchkit.Save("bench-ztunnel", *out, fig, err)
 	fmt.Printf("bench-ztunnel: %d qps x %s over %d conns, 1 KB: added p50 %.3f ms, p90 %.3f ms, p99 %.3f ms (direct p99 %.3f ms); ztunnel %.3f vCPU per 1000 rps, rss %.1f MB; one stream %.2fx direct (%.0f vs %.0f MB/s) -> %s\n",
 		*qps, *duration, *conns, fig["p50_added_ms"], fig["p90_added_ms"], fig["p99_added_ms"], fig["direct_p99_ms"],
 		fig["vcpu_per_krps"], fig["rss_mb"], fig["stream_throughput_ratio_vs_direct"], fig["mesh_stream_mb_per_s"], fig["direct_stream_mb_per_s"], *out)
@@ -120,18 +113,7 @@ spec:
   - {name: http, port: 8080, targetPort: 8080}
   - {name: tcp, port: 9000, targetPort: 9000}
 ---
-apiVersion: v1
-kind: Pod
-metadata: {name: client}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: client
-    image: ` + bulkImage + `
-    imagePullPolicy: Never
-    args: ["serve", "-listen=:9000"]
-    readinessProbe: {tcpSocket: {port: 9000}, periodSeconds: 1}
-`
+` + clusterbench.ClientPodManifest
 
 func (b *bench) run(ctx context.Context) (map[string]float64, error) {
 	installed, err := b.kube.InstallMesh(ctx, b.manifests)

@@ -481,18 +481,6 @@ func (mc *meshCases) testRollingRestart(t *testing.T) {
 	if pr.ok == 0 {
 		t.Errorf("no new connection was served during the rollout")
 	}
-	eventually(t, 30*time.Second, "the new ztunnel counts mTLS connections", func() error {
-		series, err := scrapeZtunnel(t.Context())
-		if err != nil {
-			return err
-		}
-		want := map[string]string{"reporter": "destination", "destination_workload_namespace": mc.ns,
-			"connection_security_policy": "mutual_tls", "source_principal": "spiffe://" + mc.principal}
-		if got := series.sum("istio_tcp_connections_opened_total", want); got < 1 {
-			return fmt.Errorf("istio_tcp_connections_opened_total%v = %v", want, got)
-		}
-		return nil
-	})
 	// The long-lived connection keeps flowing with the new ztunnel in
 	// charge and ends on its own, every byte back.
 	afterRollout := s.state().recv
@@ -510,6 +498,26 @@ func (mc *meshCases) testRollingRestart(t *testing.T) {
 		return nil
 	})
 	terminating := time.Since(started)
+	// The new ztunnel serves the pods over mTLS. Until the old one is told
+	// to stop, both listen (SO_REUSEPORT) in the pods and on 15020, and a
+	// connection or a scrape may land on either; once it stops, it closes
+	// its listeners, so a fresh connection and a fresh scrape reach the
+	// new one.
+	eventually(t, 30*time.Second, "the new ztunnel counts mTLS connections", func() error {
+		if _, err := mc.send(t, "bulk:9000", 1024, "-timeout=10s"); err != nil {
+			return err
+		}
+		series, err := scrapeZtunnelFresh(t.Context())
+		if err != nil {
+			return err
+		}
+		want := map[string]string{"reporter": "destination", "destination_workload_namespace": mc.ns,
+			"connection_security_policy": "mutual_tls", "source_principal": "spiffe://" + mc.principal}
+		if got := series.sum("istio_tcp_connections_opened_total", want); got < 1 {
+			return fmt.Errorf("istio_tcp_connections_opened_total%v = %v", want, got)
+		}
+		return nil
+	})
 	s.waitProgress(t, s.state().recv)
 	select {
 	case <-s.done:

@@ -139,15 +139,25 @@ func scrapeZtunnel(ctx context.Context) (metricSeries, error) {
 	return scrapeURL(ctx, ztunnelMetricsURL)
 }
 
+// scrapeZtunnelFresh reads ztunnel's metrics on a new connection: during a
+// rolling restart, a kept-alive one may still lead to the old ztunnel.
+func scrapeZtunnelFresh(ctx context.Context) (metricSeries, error) {
+	return scrapeWith(ctx, &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}, ztunnelMetricsURL)
+}
+
 // scrapeURL reads a Prometheus text endpoint.
 func scrapeURL(ctx context.Context, url string) (metricSeries, error) {
+	return scrapeWith(ctx, http.DefaultClient, url)
+}
+
+func scrapeWith(ctx context.Context, c *http.Client, url string) (metricSeries, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := c.Do(req)
 	if err != nil {
 		return nil, err
 	}

@@ -154,6 +154,7 @@ type mux struct {
 	peerHeaderList uint32 // 0: no limit announced
 	connSend       int64  // our send window on the connection
 	connUnacked    int64  // consumed bytes not yet returned by WINDOW_UPDATE
+	directBytes    int64  // payload bytes the reader wrote straight to a WriteTo destination
 	connRecv       int64  // receive window the peer may still use
 	sendCond       *sync.Cond
 	goneAway       bool   // GOAWAY received (client: take no new streams)
@@ -676,8 +677,19 @@ func (m *mux) readData(id uint32, flags byte, n int) error {
 		s.consumedLocked(extra)
 	}
 	if ch != nil {
+		if ch = s.writeDirectLocked(ch); ch != nil && s.reset != nil {
+			// Reset while the lock was released: the buffer is gone.
+			m.returnConnLocked(int64(len(ch.b) - ch.off))
+			ch.free()
+			return nil
+		}
+	}
+	if ch == nil && flags&flEndStream == 0 {
+		return nil // all written: nothing for a reader to wake for
+	}
+	if ch != nil {
 		s.chunks = append(s.chunks, ch)
-		s.buffered += len(ch.b)
+		s.buffered += len(ch.b) - ch.off
 	}
 	if flags&flEndStream != 0 {
 		s.recvEnd = true

@@ -183,3 +183,102 @@ func TestRefusedStream(t *testing.T) {
 		t.Errorf("second stream: response %+v, reset %v; want REFUSED_STREAM from the peer", resp, reset)
 	}
 }
+
+// TestWriteToDirect: with a TCP destination, the reader writes a quiet
+// stream's payloads to it itself, queues what a full socket does not take,
+// and the destination gets every byte in order with WriteTo counting all
+// of them, whichever goroutine wrote them.
+func TestWriteToDirect(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	dst, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dst.Close()
+	far, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer far.Close()
+	// A small send buffer fills during the large writes, so that part
+	// of them is queued for WriteTo.
+	_ = dst.(*net.TCPConn).SetWriteBuffer(16 << 10)
+
+	type result struct {
+		n   int64
+		err error
+	}
+	res := make(chan result, 1)
+	cl, sv := muxPair(t, testSettings(time.Minute, time.Minute), func(s *h2stream, h *muxHeaders) {
+		_ = s.respond(200, nil)
+		n, err := s.WriteTo(dst)
+		res <- result{n, err}
+		_ = dst.(*net.TCPConn).CloseWrite()
+	})
+	str, err := cl.openStream("10.0.0.1:80", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-str.respReady
+
+	var sent bytes.Buffer
+	got := make(chan []byte, 1)
+	release := make(chan struct{})
+	go func() {
+		<-release // the far end reads only once the large writes are under way
+		b, _ := io.ReadAll(far)
+		got <- b
+	}()
+	piece := func(i, n int) []byte {
+		b := make([]byte, n)
+		for j := range b {
+			b[j] = byte(i*131 + j*7)
+		}
+		return b
+	}
+	// Quiet: one small payload at a time, each written before the next.
+	for i := range 50 {
+		p := piece(i, 1000+i)
+		sent.Write(p)
+		if _, err := str.Write(p); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	// Busy: large payloads against a reader that is not reading.
+	go func() { time.Sleep(200 * time.Millisecond); close(release) }()
+	for i := range 8 {
+		p := piece(100+i, 512<<10)
+		sent.Write(p)
+		if _, err := str.Write(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := str.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	var r result
+	select {
+	case r = <-res:
+	case <-time.After(10 * time.Second):
+		t.Fatal("WriteTo did not return after the peer half-closed")
+	}
+	b := <-got
+	if r.err != nil || r.n != int64(sent.Len()) {
+		t.Errorf("WriteTo = %d, %v; want %d, nil", r.n, r.err, sent.Len())
+	}
+	if !bytes.Equal(b, sent.Bytes()) {
+		t.Fatalf("destination got %d bytes, not the %d sent in order", len(b), sent.Len())
+	}
+	sv.mu.Lock()
+	direct := sv.directBytes
+	sv.mu.Unlock()
+	if direct <= 0 || direct >= int64(sent.Len()) {
+		t.Errorf("reader wrote %d of %d bytes itself; want some (the quiet part) but not all (the socket filled)", direct, sent.Len())
+	}
+	t.Logf("reader wrote %d of %d bytes straight to the destination", direct, sent.Len())
+}

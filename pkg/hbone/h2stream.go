@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -61,20 +62,24 @@ type h2stream struct {
 	m  *mux
 	id uint32
 
-	rcond    *sync.Cond // receive side changed (data, end, reset, deadline)
-	chunks   []*chunk
-	buffered int
-	recvWin  int64 // what the peer may still send
-	unacked  int   // consumed, not yet returned by WINDOW_UPDATE
-	recvEnd  bool  // END_STREAM received
-	sendWin  int64 // what we may still send
-	sendEnd  bool  // END_STREAM sent
-	reset    error // *StreamError or a connection error; terminal
-	removed  bool
-	rDead    time.Time
-	wDead    time.Time
-	rTimer   *time.Timer
-	wTimer   *time.Timer
+	rcond        *sync.Cond // receive side changed (data, end, reset, deadline)
+	chunks       []*chunk
+	sink         TryWriter // WriteTo's destination, while it runs and can take direct writes
+	sinkBusy     bool      // someone (WriteTo or the reader) is writing to the destination
+	direct       int64     // bytes the reader wrote to sink, not yet counted by WriteTo
+	sinkStopping bool      // WriteTo waits for the reader's direct write to end
+	buffered     int
+	recvWin      int64 // what the peer may still send
+	unacked      int   // consumed, not yet returned by WINDOW_UPDATE
+	recvEnd      bool  // END_STREAM received
+	sendWin      int64 // what we may still send
+	sendEnd      bool  // END_STREAM sent
+	reset        error // *StreamError or a connection error; terminal
+	removed      bool
+	rDead        time.Time
+	wDead        time.Time
+	rTimer       *time.Timer
+	wTimer       *time.Timer
 
 	gotHeaders bool
 	respReady  chan struct{} // client: closed when the response headers arrived
@@ -254,16 +259,38 @@ func (s *h2stream) Read(p []byte) (int, error) {
 
 // WriteTo writes received chunks straight to w until the peer ends the
 // stream (returning nil) or it is reset.
+//
+// When w can take a write without waiting (a *net.TCPConn, or a
+// [TryWriter]), the connection's reader writes a DATA payload that finds
+// nothing queued to w itself, once, without blocking, and queues only
+// what w did not take. A request and its answer then wake no goroutine
+// besides the readers: on a quiet stream, each payload used to wake this
+// one to write it.
 func (s *h2stream) WriteTo(w io.Writer) (int64, error) {
 	m := s.m
 	var total int64
+	sink := trySink(w)
+	m.mu.Lock()
+	s.sink = sink
+	// stop ends direct writes (waiting for one under way) and counts
+	// them. Caller holds m.mu.
+	stop := func() {
+		for s.sinkBusy {
+			s.sinkStopping = true
+			s.rcond.Wait()
+		}
+		s.sinkStopping = false
+		s.sink = nil
+		total += s.direct
+		s.direct = 0
+	}
 	for {
-		m.mu.Lock()
 		if err := s.waitReadLocked(); err != nil {
 			if err == io.EOF {
 				s.maybeDoneLocked()
 				err = nil
 			}
+			stop()
 			m.mu.Unlock()
 			return total, err
 		}
@@ -275,17 +302,99 @@ func (s *h2stream) WriteTo(w io.Writer) (int64, error) {
 		}
 		k := len(c.b) - c.off
 		s.buffered -= k
+		s.sinkBusy = true
 		m.mu.Unlock()
 		n, err := w.Write(c.b[c.off:])
 		c.free()
 		total += int64(n)
 		m.mu.Lock()
+		s.sinkBusy = false
 		s.consumedLocked(k)
-		m.mu.Unlock()
 		if err != nil {
+			stop()
+			m.mu.Unlock()
 			return total, err
 		}
 	}
+}
+
+// TryWriter is a destination that [Conn.WriteTo] may write to from the
+// connection's reader: TryWrite writes as much of p as it takes at once,
+// never waiting, and returns how much.
+type TryWriter interface {
+	TryWrite(p []byte) (int, error)
+}
+
+// trySink is w as a TryWriter, or nil.
+func trySink(w io.Writer) TryWriter {
+	switch w := w.(type) {
+	case TryWriter:
+		return w
+	case *net.TCPConn:
+		if rc, err := w.SyscallConn(); err == nil {
+			return rawTryWriter{rc}
+		}
+	}
+	return nil
+}
+
+type rawTryWriter struct{ rc syscall.RawConn }
+
+func (r rawTryWriter) TryWrite(p []byte) (int, error) { return TryWrite(r.rc, p) }
+
+// TryWrite makes one non-blocking write of p to rc (a socket in Go's
+// poller, so non-blocking): it returns 0 and no error when the socket's
+// buffer is full.
+func TryWrite(rc syscall.RawConn, p []byte) (n int, err error) {
+	werr := rc.Write(func(fd uintptr) bool {
+		for {
+			n, err = syscall.Write(int(fd), p)
+			if err != syscall.EINTR {
+				return true
+			}
+		}
+	})
+	if werr != nil {
+		return 0, werr
+	}
+	if err == syscall.EAGAIN {
+		return 0, nil
+	}
+	return max(n, 0), err
+}
+
+// writeDirectLocked offers c to the stream's WriteTo destination, from the
+// reader, when nothing is queued before it. It returns what is left to
+// queue (nil when the destination took all of it). Caller holds m.mu,
+// which is released during the write.
+func (s *h2stream) writeDirectLocked(c *chunk) *chunk {
+	if s.sink == nil || s.sinkBusy || len(s.chunks) > 0 {
+		return c
+	}
+	m := s.m
+	sink := s.sink
+	s.sinkBusy = true
+	m.mu.Unlock()
+	n, err := sink.TryWrite(c.b)
+	m.mu.Lock()
+	s.sinkBusy = false
+	if s.sinkStopping {
+		s.rcond.Broadcast()
+	}
+	if err != nil {
+		n = 0 // WriteTo's own write meets the error and returns it
+	}
+	if n > 0 {
+		s.direct += int64(n)
+		m.directBytes += int64(n)
+		s.consumedLocked(n)
+	}
+	if n == len(c.b) {
+		c.free()
+		return nil
+	}
+	c.off = n
+	return c
 }
 
 // awaitSend waits until n > 0 bytes may be sent (flow control) and takes

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	mdns "github.com/miekg/dns"
@@ -403,8 +404,9 @@ func (pd *pod) dialFrom(ctx context.Context, src netip.Addr, dst netip.AddrPort)
 // hides *net.TCPConn's ReadFrom/WriteTo so every byte passes Read/Write.
 type appConn struct {
 	tcp     *net.TCPConn
-	toApp   atomic.Int64 // client -> app (request direction)
-	fromApp atomic.Int64 // app -> client
+	rc      syscall.RawConn // for TryWrite, which only the HBONE reader calls
+	toApp   atomic.Int64    // client -> app (request direction)
+	fromApp atomic.Int64    // app -> client
 	once    sync.Once
 	onClose func(toApp, fromApp int64)
 }
@@ -417,6 +419,21 @@ func (a *appConn) Read(b []byte) (int, error) {
 
 func (a *appConn) Write(b []byte) (int, error) {
 	n, err := a.tcp.Write(b)
+	a.toApp.Add(int64(n))
+	return n, err
+}
+
+// TryWrite lets the HBONE connection's reader write to the app without
+// waking the stream's copier (hbone.TryWriter); it never blocks.
+func (a *appConn) TryWrite(b []byte) (int, error) {
+	if a.rc == nil {
+		rc, err := a.tcp.SyscallConn()
+		if err != nil {
+			return 0, err
+		}
+		a.rc = rc
+	}
+	n, err := hbone.TryWrite(a.rc, b)
 	a.toApp.Add(int64(n))
 	return n, err
 }

@@ -55,6 +55,16 @@ func PeakRSSMB(pid int) (float64, error) { return statusMB(pid, "VmHWM:") }
 // CurrentRSSMB is a process's resident set (VmRSS) in MiB.
 func CurrentRSSMB(pid int) (float64, error) { return statusMB(pid, "VmRSS:") }
 
+// RSSPartsMB is a process's resident set split into anonymous memory
+// (heap, stacks) and file pages (the mapped executable), in MiB.
+func RSSPartsMB(pid int) (anon, file float64, err error) {
+	if anon, err = statusMB(pid, "RssAnon:"); err != nil {
+		return 0, 0, err
+	}
+	file, err = statusMB(pid, "RssFile:")
+	return anon, file, err
+}
+
 func statusMB(pid int, field string) (float64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {

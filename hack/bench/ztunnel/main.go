@@ -182,6 +182,10 @@ func (b *bench) run(ctx context.Context) (map[string]float64, error) {
 		return nil, fmt.Errorf("ztunnel usage: %w", uerr)
 	}
 	hwm, _ := benchkit.PeakRSSMB(pid)
+	// What the resident set is made of, right after the load.
+	if anon, file, err := benchkit.RSSPartsMB(pid); err == nil {
+		fig["rss_anon_after_load_mb"], fig["rss_file_after_load_mb"] = anon, file
+	}
 
 	for _, p := range []struct {
 		name string

@@ -58,6 +58,9 @@ const (
 	// readerBuf is the connection's read buffer (frame headers and small
 	// frames come out of it without a TLS read each).
 	readerBuf = 32 << 10
+	// directMax is the largest payload the reader writes to a WriteTo
+	// destination itself.
+	directMax = 64 << 10
 	// maxHeaderBlock bounds a HEADERS+CONTINUATION block on the wire; a peer
 	// that sends more is flooding and gets GOAWAY PROTOCOL_ERROR.
 	maxHeaderBlock = 80 << 10
@@ -676,7 +679,10 @@ func (m *mux) readData(id uint32, flags byte, n int) error {
 	if extra := n - data; extra > 0 {
 		s.consumedLocked(extra)
 	}
-	if ch != nil {
+	// Only a quiet stream's payload is written from here: a small one with
+	// nothing more read behind it. On a busy stream the reader goes on
+	// decrypting the next frames while WriteTo writes, side by side.
+	if ch != nil && len(ch.b) <= directMax && m.br.Buffered() == 0 {
 		if ch = s.writeDirectLocked(ch); ch != nil && s.reset != nil {
 			// Reset while the lock was released: the buffer is gone.
 			m.returnConnLocked(int64(len(ch.b) - ch.off))

@@ -24,6 +24,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/ambient-mesh/mesh/pkg/certmanager"
+	"github.com/ambient-mesh/mesh/pkg/logging"
 	"github.com/ambient-mesh/mesh/pkg/otel"
 	"github.com/ambient-mesh/mesh/pkg/proxyadmin"
 	"github.com/ambient-mesh/mesh/pkg/waypoint"
@@ -46,6 +47,8 @@ type App struct {
 	conns    []*grpc.ClientConn
 	registry *prometheus.Registry
 	tel      *waypoint.Telemetry
+
+	stopAccess func() // flushes the buffered access log
 
 	addressSynced atomic.Bool
 	stopping      atomic.Bool
@@ -118,7 +121,9 @@ func New(cfg Config, log *zap.Logger, level *zap.AtomicLevel) (*App, error) {
 	a.registry.MustRegister(a.tel.Collector())
 	var access *zap.Logger
 	if cfg.AccessLog {
-		access = log.Named("access")
+		// One line per request: buffered, flushed every second and when
+		// the app closes (after the proxy drained).
+		access, a.stopAccess = logging.Buffered("access", a.level)
 	}
 	a.proxy, err = waypoint.New(waypoint.Config{
 		Name: a.name, Addresses: a.store, Routes: a.routes,
@@ -240,6 +245,9 @@ func (a *App) Ready() error {
 func (a *App) close() {
 	for _, c := range a.conns {
 		_ = c.Close()
+	}
+	if a.stopAccess != nil {
+		a.stopAccess()
 	}
 }
 

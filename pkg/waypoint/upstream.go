@@ -303,7 +303,12 @@ func (pl *h1Pool) roundTrip(req *http.Request, body []byte) (*http.Response, err
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		if try > 0 && len(body) > 0 {
+		if len(body) > 0 {
+			// The buffered body, also on the first try: as a reader
+			// net/http knows is in memory, the request goes out in one
+			// write. (ReverseProxy wraps the body it is given, and for
+			// any other reader Request.Write flushes the headers first,
+			// a second TLS record and system call per request.)
 			req.Body = io.NopCloser(bytes.NewReader(body))
 		}
 		pc := pl.get(req.URL.Host)

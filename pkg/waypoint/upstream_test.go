@@ -1,7 +1,10 @@
 package waypoint
 
 import (
+	"bytes"
+	"context"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptrace"
 	"net/textproto"
@@ -250,5 +253,79 @@ func TestUnexpectedSwitchingProtocols(t *testing.T) {
 	c := m.httpClient(false)
 	if code, _, _ := get(t, c, "http://10.0.0.1/", nil); code < 500 {
 		t.Errorf("status %d, want an error", code)
+	}
+}
+
+// writeCounter counts the writes that reach a connection.
+type writeCounter struct {
+	net.Conn
+	mu     sync.Mutex
+	writes int
+}
+
+func (w *writeCounter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	w.writes++
+	w.mu.Unlock()
+	return w.Conn.Write(p)
+}
+
+func (w *writeCounter) count() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.writes
+}
+
+// opaqueBody hides its reader's type, as ReverseProxy's wrapper of the
+// outbound body does.
+type opaqueBody struct{ io.ReadCloser }
+
+// TestUpstreamOneWritePerRequest: a request whose body the waypoint
+// buffered goes to the endpoint in one write (headers and body together),
+// even when the body reaches the pool behind a wrapper net/http does not
+// know as in-memory.
+func TestUpstreamOneWritePerRequest(t *testing.T) {
+	leakCheck(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		_, _ = w.Write(b)
+	})}
+	go func() { _ = srv.Serve(ln) }()
+	defer srv.Close()
+	var conn *writeCounter
+	pl := &h1Pool{dial: func(ctx context.Context, addr string) (net.Conn, error) {
+		c, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return nil, err
+		}
+		conn = &writeCounter{Conn: c}
+		return conn, nil
+	}}
+	defer pl.closeIdle(true)
+	body := bytes.Repeat([]byte("x"), 1024)
+	for i := range 3 {
+		req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, "http://"+ln.Addr().String()+"/", nil)
+		req.Body = opaqueBody{io.NopCloser(bytes.NewReader(body))}
+		req.ContentLength = int64(len(body))
+		before := 0
+		if conn != nil {
+			before = conn.count()
+		}
+		resp, err := pl.roundTrip(req, body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if !bytes.Equal(got, body) {
+			t.Fatalf("request %d: echoed %d bytes, want the %d sent", i, len(got), len(body))
+		}
+		if n := conn.count() - before; n != 1 {
+			t.Errorf("request %d went out in %d writes, want 1", i, n)
+		}
 	}
 }

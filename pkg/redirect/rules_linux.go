@@ -65,9 +65,29 @@ func (r *PodRules) Install(ns netns.NsHandle) error {
 	if err := conn.Flush(); err != nil {
 		return rollback(fmt.Errorf("redirect: nftables batch installing table inet %s: %w", PodTable, err))
 	}
+	// ztunnel hands a pod's listeners over during a rolling restart with
+	// SO_REUSEPORT: when the old ztunnel closes its listeners, connections
+	// the kernel queued on them move to the new ztunnel's instead of being
+	// reset. Best effort: without it (kernels before 5.14) a handover can
+	// reset a connection that arrives at the moment of the close.
+	if err := enableListenerMigration(ns); err != nil {
+		r.log.Warn("sysctl net.ipv4.tcp_migrate_req not set in the pod; a ztunnel restart may reset connections arriving as it hands over", zap.Stringer("netns", ns), zap.Error(err))
+	}
 	r.log.Debug("capture rules installed", zap.Stringer("netns", ns), zap.Bool("dns", r.cfg.DNSCapture),
 		zap.Bool("ipv6", v6), zap.Bool("replaced", was))
 	return nil
+}
+
+// enableListenerMigration sets net.ipv4.tcp_migrate_req=1 inside ns (it
+// applies to IPv4 and IPv6 listeners alike).
+func enableListenerMigration(ns netns.NsHandle) error {
+	return Do(ns, func() error {
+		const path = "/proc/sys/net/ipv4/tcp_migrate_req"
+		if err := os.WriteFile(path, []byte("1\n"), 0o644); err != nil {
+			return fmt.Errorf("write %s: %w", path, err)
+		}
+		return nil
+	})
 }
 
 // Remove deletes the capture rules from ns; rules that are not there are not

@@ -594,3 +594,52 @@ func TestRefusesHostNetns(t *testing.T) {
 		}
 	}
 }
+
+// TestInstallEnablesListenerMigration: Install sets tcp_migrate_req in the
+// pod's netns (and only there), so a closing ztunnel listener's queued
+// connections move to the listener that replaces it.
+func TestInstallEnablesListenerMigration(t *testing.T) {
+	read := func(ns testNS) string {
+		var v string
+		if err := Do(ns.h, func() error {
+			b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_migrate_req")
+			v = strings.TrimSpace(string(b))
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	cp := newCapturedPod(t)
+	if got := read(cp.pod); got != "1" {
+		t.Errorf("tcp_migrate_req in the pod = %s, want 1", got)
+	}
+	if got := read(cp.node); got != "0" {
+		t.Errorf("tcp_migrate_req in the node netns = %s, want 0 (untouched)", got)
+	}
+}
+
+// TestQueuedConnectionMigrates: with the sysctl Install sets, a connection
+// the kernel queued on one of two SO_REUSEPORT listeners survives that
+// listener's close and is accepted by the other (ztunnel's handover).
+func TestQueuedConnectionMigrates(t *testing.T) {
+	cp := newCapturedPod(t)
+	// Two listeners on one port, as the old and new ztunnel: dial until a
+	// connection is queued on the first, then close it unaccepted.
+	second := listen(t, cp.pod, ":15008", ztunnelOpts)
+	first := cp.hbone
+	const n = 16
+	for range n {
+		dial(t, cp.node, netip.AddrPortFrom(podIP, 15008), SocketOptions{}, netip.Addr{})
+	}
+	_ = first.Close()
+	// Every connection is accepted by the second listener, none reset.
+	_ = second.SetDeadline(time.Now().Add(5 * time.Second))
+	for i := range n {
+		c, err := second.Accept()
+		if err != nil {
+			t.Fatalf("accepted %d of %d connections on the remaining listener: %v", i, n, err)
+		}
+		c.Close()
+	}
+}

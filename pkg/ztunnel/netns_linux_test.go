@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -546,6 +547,40 @@ func TestPodsOverHBONE(t *testing.T) {
 				t.Errorf("%s %s: answer %v, want %s", tc.net, tc.q, resp.Answer, tc.want)
 			}
 		}
+	})
+	t.Run("connection accepted as its pod starts draining is served", func(t *testing.T) {
+		// The drain of A begins between the accept of A's outbound
+		// connection and its handling: it is served like the connections
+		// already open, not dropped.
+		removed := make(chan error, 1)
+		var once sync.Once
+		hook := func(pd *pod) {
+			if pd.info.UID != "a-uid" {
+				return
+			}
+			once.Do(func() {
+				go func() { removed <- proxy.RemovePod(context.Background(), "a-uid") }()
+				<-pd.ctx.Done()
+			})
+		}
+		testHookAccepted.Store(&hook)
+		defer testHookAccepted.Store(nil)
+		c, r := dialFromApp(t, tp.a, netip.AddrPortFrom(podB, 8080))
+		expectEcho(t, c, r, podA)
+		c.Close()
+		if err := <-removed; err != nil {
+			t.Fatal(err)
+		}
+		testHookAccepted.Store(nil)
+		h, err := netns.GetFromName(tp.aName)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := proxy.AddPod(t.Context(), PodInfo{UID: "a-uid", Name: "client", Namespace: "a", ServiceAccount: "client"}, h); err != nil {
+			t.Fatal(err)
+		}
+		c, r = dialFromApp(t, tp.a, netip.AddrPortFrom(podB, 8080))
+		expectEcho(t, c, r, podA)
 	})
 	t.Run("removed pod drains and closes", func(t *testing.T) {
 		c, r := dialFromApp(t, tp.a, netip.AddrPortFrom(podB, 8080))

@@ -40,12 +40,19 @@ type pod struct {
 	log    *zap.Logger
 	client *hbone.Client
 	server *hbone.Server
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	// ctx ends when the pod stops accepting (drain start); conns is the
+	// context of the connections' own work (dials), which ends when the
+	// drain does. A connection accepted just before the drain began is
+	// served like the others, not dropped.
+	ctx         context.Context
+	cancel      context.CancelFunc
+	connsCtx    context.Context
+	cancelConns context.CancelFunc
+	wg          sync.WaitGroup
 
-	mu    sync.Mutex
-	conns map[*tracked]struct{}
+	mu      sync.Mutex
+	conns   map[*tracked]struct{}
+	closing bool // the drain ended: no connection is tracked any more
 }
 
 // tracked is one proxied connection. For inbound ones az holds what the
@@ -68,7 +75,10 @@ func startPod(p *Proxy, info PodInfo, id spiffeid.ID, ns netns.NsHandle) (*pod, 
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(p.life)
-	pd := &pod{p: p, info: info, id: id, ns: ns, log: log, client: client, ctx: ctx, cancel: cancel, conns: map[*tracked]struct{}{}}
+	connsCtx, cancelConns := context.WithCancel(p.life)
+	cancelBoth := func() { cancel(); cancelConns() }
+	pd := &pod{p: p, info: info, id: id, ns: ns, log: log, client: client, ctx: ctx, cancel: cancel,
+		connsCtx: connsCtx, cancelConns: cancelConns, conns: map[*tracked]struct{}{}}
 	pd.server, err = hbone.NewServer(hbone.ServerConfig{
 		SVID:         svidSource{certs: p.cfg.Certs, id: id, timeout: p.cfg.ConnectTimeout},
 		Bundle:       p.cfg.Certs,
@@ -78,7 +88,7 @@ func startPod(p *Proxy, info PodInfo, id spiffeid.ID, ns netns.NsHandle) (*pod, 
 		DrainTimeout: p.cfg.DrainTimeout,
 	})
 	if err != nil {
-		cancel()
+		cancelBoth()
 		_ = client.Close()
 		return nil, err
 	}
@@ -90,7 +100,7 @@ func startPod(p *Proxy, info PodInfo, id spiffeid.ID, ns netns.NsHandle) (*pod, 
 			for _, l := range lns {
 				_ = l.Close()
 			}
-			cancel()
+			cancelBoth()
 			_ = client.Close()
 			return nil, fmt.Errorf("listen :%d in pod netns: %w", port, err)
 		}
@@ -101,7 +111,7 @@ func startPod(p *Proxy, info PodInfo, id spiffeid.ID, ns netns.NsHandle) (*pod, 
 			for _, l := range lns {
 				_ = l.Close()
 			}
-			cancel()
+			cancelBoth()
 			pd.wg.Wait()
 			_ = client.Close()
 			return nil, err
@@ -208,6 +218,9 @@ func (pd *pod) acceptLoop(ln net.Listener, handle func(net.Conn)) {
 			}
 			return
 		}
+		if h := testHookAccepted.Load(); h != nil {
+			(*h)(pd)
+		}
 		pd.wg.Add(1)
 		go func() {
 			defer pd.wg.Done()
@@ -216,11 +229,14 @@ func (pd *pod) acceptLoop(ln net.Listener, handle func(net.Conn)) {
 	}
 }
 
+// testHookAccepted, if set, runs after each accept (tests).
+var testHookAccepted atomic.Pointer[func(*pod)]
+
 // track registers a connection; the returned func unregisters it.
 func (pd *pod) track(t *tracked) (untrack func(), ok bool) {
 	pd.mu.Lock()
 	defer pd.mu.Unlock()
-	if pd.ctx.Err() != nil {
+	if pd.closing {
 		return nil, false
 	}
 	pd.conns[t] = struct{}{}
@@ -258,7 +274,7 @@ func (pd *pod) outbound(c net.Conn) {
 		tc.DstIdentity = req.Identities[0]
 	}
 	pd.p.cfg.Metrics.Opened(tc)
-	ctx, cancel := context.WithTimeout(pd.ctx, pd.p.cfg.ConnectTimeout)
+	ctx, cancel := context.WithTimeout(pd.connsCtx, pd.p.cfg.ConnectTimeout)
 	up, err := pd.dialOutbound(ctx, req, src)
 	cancel()
 	if err != nil {
@@ -504,7 +520,7 @@ func (pd *pod) plaintextInbound(c net.Conn) {
 		_ = c.Close()
 		return
 	}
-	up, err := pd.dialFrom(pd.ctx, az.SrcIP, dst)
+	up, err := pd.dialFrom(pd.connsCtx, az.SrcIP, dst)
 	if err != nil {
 		tc.ResponseFlags = telemetry.FlagConnect
 		pd.p.cfg.Metrics.Closed(tc, 0, 0)
@@ -542,11 +558,10 @@ func (pd *pod) recheck(snap *state.Snapshot) {
 }
 
 // stopAndDrain closes the listeners, waits up to DrainTimeout for the
-// connections to end, closes what is left, and releases the pod.
+// connections (those accepted before the listeners closed included) to
+// end, closes what is left, and releases the pod.
 func (pd *pod) stopAndDrain() {
-	pd.mu.Lock()
-	pd.cancel() // under mu: no connection is tracked after this
-	pd.mu.Unlock()
+	pd.cancel()
 	done := make(chan struct{})
 	go func() {
 		pd.wg.Wait()
@@ -558,17 +573,23 @@ func (pd *pod) stopAndDrain() {
 	case <-done:
 	case <-timer.C:
 		pd.mu.Lock()
+		pd.closing = true // under mu: no connection is tracked after this
 		left := make([]*tracked, 0, len(pd.conns))
 		for t := range pd.conns {
 			left = append(left, t)
 		}
 		pd.mu.Unlock()
+		pd.cancelConns() // dials still under way give up
 		pd.log.Info("drain deadline reached, closing connections", zap.Int("connections", len(left)))
 		for _, t := range left {
 			t.close()
 		}
 		<-done
 	}
+	pd.mu.Lock()
+	pd.closing = true
+	pd.mu.Unlock()
+	pd.cancelConns()
 	_ = pd.client.Close()
 	_ = pd.ns.Close()
 }

@@ -50,6 +50,11 @@ type App struct {
 	synced     sync.Map // type URL -> true once a response was applied
 	podsSynced atomic.Bool
 	stopping   atomic.Bool
+
+	// configIn is closed once both xDS types were applied: the node agent
+	// feed waits for it before opening pods' listeners.
+	configIn     chan struct{}
+	configInOnce sync.Once
 }
 
 // New builds the App: it reads the root certificate, prepares the gRPC
@@ -65,7 +70,7 @@ func New(cfg Config, log *zap.Logger, level *zap.AtomicLevel) (*App, error) {
 	if cfg.WorkerThreads > 0 {
 		runtime.GOMAXPROCS(cfg.WorkerThreads)
 	}
-	a := &App{cfg: cfg, log: log.Named("app"), store: state.NewStore(), registry: prometheus.NewRegistry()}
+	a := &App{cfg: cfg, log: log.Named("app"), store: state.NewStore(), registry: prometheus.NewRegistry(), configIn: make(chan struct{})}
 	a.log.Info("worker threads", zap.Int("gomaxprocs", runtime.GOMAXPROCS(0)))
 	var err error
 	if level != nil {
@@ -173,6 +178,9 @@ func (a *App) xdsHandler() xdsclient.Handler {
 	return func(d xdsclient.Delta) error {
 		err := h(d)
 		a.synced.Store(d.TypeURL, true)
+		if a.configSynced() {
+			a.configInOnce.Do(func() { close(a.configIn) })
+		}
 		return err
 	}
 }
@@ -198,13 +206,26 @@ func (a *App) MarkPodsSynced() { a.podsSynced.Store(true) }
 // Store is the xDS-fed state (for tests and the DNS proxy).
 func (a *App) Store() *state.Store { return a.store }
 
+// configTypes are the xDS types ztunnel needs before it takes traffic.
+var configTypes = []string{state.AddressTypeURL, state.AuthorizationTypeURL}
+
+// configSynced reports whether every type of configTypes was applied.
+func (a *App) configSynced() bool {
+	for _, t := range configTypes {
+		if _, ok := a.synced.Load(t); !ok {
+			return false
+		}
+	}
+	return true
+}
+
 // Ready reports whether ztunnel may take traffic: not stopping, both xDS
 // types received, and the pod snapshot applied (when waited for).
 func (a *App) Ready() error {
 	if a.stopping.Load() {
 		return errors.New("stopping")
 	}
-	for _, t := range []string{state.AddressTypeURL, state.AuthorizationTypeURL} {
+	for _, t := range configTypes {
 		if _, ok := a.synced.Load(t); !ok {
 			return fmt.Errorf("xds %s not received", t)
 		}
@@ -261,6 +282,16 @@ func (a *App) Run(ctx context.Context) error {
 	run("proxy", a.proxy.Run)
 	if a.cfg.ZDSSocket != "" {
 		run("node agent feed", func(ctx context.Context) error {
+			// Pods' listeners open only once the xDS state is in. In a
+			// rolling restart the old ztunnel serves the pods (SO_REUSEPORT)
+			// until then; a listener of ours with no workloads yet would
+			// refuse the connections the kernel gave it.
+			select {
+			case <-a.configIn:
+			case <-ctx.Done():
+				return nil
+			}
+			a.log.Info("xds state received; taking the node agent's pods")
 			return runZDS(ctx, a.cfg.ZDSSocket, a.proxy, a.MarkPodsSynced, a.log, 100*time.Millisecond, time.Second)
 		})
 	}

@@ -116,10 +116,25 @@ func TestReadinessAndAdmin(t *testing.T) {
 	h := a.xdsHandler()
 	w := &workloadapi.Workload{Uid: "u", Name: "p", Namespace: "ns", Addresses: [][]byte{netip.MustParseAddr("10.0.0.1").AsSlice()}}
 	a.store.Replace(state.NewSnapshot([]*workloadapi.Workload{w}, nil, nil))
-	for _, typ := range []string{state.AddressTypeURL, state.AuthorizationTypeURL} {
+	// The node agent feed (pods' listeners) waits for both types.
+	configIn := func() bool {
+		select {
+		case <-a.configIn:
+			return true
+		default:
+			return false
+		}
+	}
+	for i, typ := range []string{state.AddressTypeURL, state.AuthorizationTypeURL} {
+		if configIn() {
+			t.Fatalf("pods would be taken with %d of 2 xDS types applied", i)
+		}
 		if err := h(xdsclient.Delta{TypeURL: typ}); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if !configIn() {
+		t.Fatal("both xDS types applied, but the node agent feed still waits")
 	}
 	if got := status(); got != http.StatusServiceUnavailable {
 		t.Errorf("ready before pod sync = %d, want 503", got)

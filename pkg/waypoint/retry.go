@@ -65,15 +65,9 @@ func (t roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 			out.URL = &u
 		}
 		// Else the h1Pool takes the reverse proxy's own outbound request
-		// (its URL a copy already) as it is, but for the endpoint and the
-		// body of a retry, which each try sets.
+		// (its URL a copy already) as it is, but for the endpoint, which
+		// each try sets, and the body, which the pool sets from c.body.
 		out.URL.Host = ep.host
-		if c.body != nil && try > 0 {
-			out.Body = io.NopCloser(bytes.NewReader(c.body))
-			if len(c.body) == 0 {
-				out.Body = http.NoBody
-			}
-		}
 		out.Close = out.Close || oneShot
 		releaseConn, err := p.connection(ctx, ref, c.h2)
 		if err != nil {
@@ -90,6 +84,12 @@ func (t roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 		if usesH1Pool(out, c) {
 			resp, err = p.h1p.roundTrip(out, c.body)
 		} else {
+			if c.body != nil && try > 0 {
+				out.Body = io.NopCloser(bytes.NewReader(c.body))
+				if len(c.body) == 0 {
+					out.Body = http.NoBody
+				}
+			}
 			resp, err = tr.RoundTrip(out)
 		}
 		if err != nil {

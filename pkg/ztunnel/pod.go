@@ -40,10 +40,10 @@ type pod struct {
 	log    *zap.Logger
 	client *hbone.Client
 	server *hbone.Server
-	// ctx ends when the pod stops accepting (drain start); conns is the
-	// context of the connections' own work (dials), which ends when the
-	// drain does. A connection accepted just before the drain began is
-	// served like the others, not dropped.
+	// ctx ends when the pod stops accepting (drain start); connsCtx, its
+	// parent, is the context of the connections' own work (dials), which
+	// ends when the drain does. A connection accepted just before the
+	// drain began is served like the others, not dropped.
 	ctx         context.Context
 	cancel      context.CancelFunc
 	connsCtx    context.Context
@@ -74,9 +74,8 @@ func startPod(p *Proxy, info PodInfo, id spiffeid.ID, ns netns.NsHandle) (*pod, 
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithCancel(p.life)
 	connsCtx, cancelConns := context.WithCancel(p.life)
-	cancelBoth := func() { cancel(); cancelConns() }
+	ctx, cancel := context.WithCancel(connsCtx)
 	pd := &pod{p: p, info: info, id: id, ns: ns, log: log, client: client, ctx: ctx, cancel: cancel,
 		connsCtx: connsCtx, cancelConns: cancelConns, conns: map[*tracked]struct{}{}}
 	pd.server, err = hbone.NewServer(hbone.ServerConfig{
@@ -88,7 +87,7 @@ func startPod(p *Proxy, info PodInfo, id spiffeid.ID, ns netns.NsHandle) (*pod, 
 		DrainTimeout: p.cfg.DrainTimeout,
 	})
 	if err != nil {
-		cancelBoth()
+		cancelConns()
 		_ = client.Close()
 		return nil, err
 	}
@@ -100,7 +99,7 @@ func startPod(p *Proxy, info PodInfo, id spiffeid.ID, ns netns.NsHandle) (*pod, 
 			for _, l := range lns {
 				_ = l.Close()
 			}
-			cancelBoth()
+			cancelConns()
 			_ = client.Close()
 			return nil, fmt.Errorf("listen :%d in pod netns: %w", port, err)
 		}
@@ -111,7 +110,7 @@ func startPod(p *Proxy, info PodInfo, id spiffeid.ID, ns netns.NsHandle) (*pod, 
 			for _, l := range lns {
 				_ = l.Close()
 			}
-			cancelBoth()
+			cancelConns()
 			pd.wg.Wait()
 			_ = client.Close()
 			return nil, err

@@ -178,7 +178,7 @@ func (a *App) xdsHandler() xdsclient.Handler {
 	return func(d xdsclient.Delta) error {
 		err := h(d)
 		a.synced.Store(d.TypeURL, true)
-		if a.configSynced() {
+		if a.configMissing() == "" {
 			a.configInOnce.Do(func() { close(a.configIn) })
 		}
 		return err
@@ -209,14 +209,14 @@ func (a *App) Store() *state.Store { return a.store }
 // configTypes are the xDS types ztunnel needs before it takes traffic.
 var configTypes = []string{state.AddressTypeURL, state.AuthorizationTypeURL}
 
-// configSynced reports whether every type of configTypes was applied.
-func (a *App) configSynced() bool {
+// configMissing is the first type of configTypes not applied yet, or "".
+func (a *App) configMissing() string {
 	for _, t := range configTypes {
 		if _, ok := a.synced.Load(t); !ok {
-			return false
+			return t
 		}
 	}
-	return true
+	return ""
 }
 
 // Ready reports whether ztunnel may take traffic: not stopping, both xDS
@@ -225,10 +225,8 @@ func (a *App) Ready() error {
 	if a.stopping.Load() {
 		return errors.New("stopping")
 	}
-	for _, t := range configTypes {
-		if _, ok := a.synced.Load(t); !ok {
-			return fmt.Errorf("xds %s not received", t)
-		}
+	if t := a.configMissing(); t != "" {
+		return fmt.Errorf("xds %s not received", t)
 	}
 	if !a.podsSynced.Load() {
 		return errors.New("pod snapshot not received")

@@ -37,6 +37,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/ambient-mesh/mesh/pkg/model"
+	"github.com/ambient-mesh/mesh/pkg/proxyadmin"
 )
 
 const (
@@ -306,6 +307,9 @@ func (r *Reconciler) desired(ctx context.Context, gw *gatewayv1.Gateway) ([]*uns
 							{Name: "ROOT_CERT_FILE", Value: rootCertDir + "/root-cert.pem"},
 							{Name: "TOKEN_FILE", Value: tokenDir + "/istio-token"},
 							{Name: "TERMINATION_GRACE_PERIOD_SECONDS", Value: "30"},
+							// Keeps the Go runtime's monitor awake between
+							// requests (see proxyadmin.GODEBUG).
+							{Name: "GODEBUG", Value: proxyadmin.GODEBUG},
 						},
 						Ports: []corev1.ContainerPort{
 							{Name: "hbone", ContainerPort: hbonePort},

@@ -24,6 +24,7 @@ import (
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/ambient-mesh/mesh/internal/kubetest"
+	"github.com/ambient-mesh/mesh/pkg/proxyadmin"
 )
 
 func waitFor(t *testing.T, timeout time.Duration, what string, f func() error) {
@@ -306,7 +307,7 @@ func checkWaypointPod(t *testing.T, spec *corev1.PodSpec) {
 	for _, e := range c.Env {
 		env[e.Name] = e
 	}
-	for name, want := range map[string]string{"GATEWAY_NAME": "waypoint", "TOKEN_FILE": "/var/run/secrets/tokens/istio-token", "ROOT_CERT_FILE": "/var/run/secrets/istio/root-cert.pem"} {
+	for name, want := range map[string]string{"GATEWAY_NAME": "waypoint", "TOKEN_FILE": "/var/run/secrets/tokens/istio-token", "ROOT_CERT_FILE": "/var/run/secrets/istio/root-cert.pem", "GODEBUG": proxyadmin.GODEBUG} {
 		if env[name].Value != want {
 			t.Errorf("env %s = %q, want %q", name, env[name].Value, want)
 		}

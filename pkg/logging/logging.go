@@ -60,6 +60,7 @@ func Buffered(name string, level zapcore.LevelEnabler) (l *zap.Logger, stop func
 
 func bufferedTo(name string, level zapcore.LevelEnabler, w zapcore.WriteSyncer) (*zap.Logger, func()) {
 	ws := &zapcore.BufferedWriteSyncer{WS: w, Size: 256 << 10, FlushInterval: time.Second}
-	core := zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), ws, level)
+	core := &flatCore{LevelEnabler: level, out: ws,
+		slow: zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), ws, level)}
 	return zap.New(core).Named(name), func() { _ = ws.Stop() }
 }

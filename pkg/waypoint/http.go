@@ -274,7 +274,7 @@ func (p *Proxy) bufferBody(r *http.Request, c *call, wanted bool) {
 	default:
 		return
 	}
-	buf, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
+	buf, err := readBody(r.Body, r.ContentLength, limit)
 	if err != nil || int64(len(buf)) > limit {
 		// Too large (or broken): stream what was read, then the rest.
 		r.Body = readCloser{io.MultiReader(bytes.NewReader(buf), r.Body), r.Body}
@@ -284,6 +284,32 @@ func (p *Proxy) bufferBody(r *http.Request, c *call, wanted bool) {
 	r.Body = io.NopCloser(bytes.NewReader(buf))
 	r.ContentLength = int64(len(buf))
 	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(buf)), nil }
+}
+
+// readBody reads body to its end, or to limit+1 bytes. A body of known
+// length is read into one slice of that size (io.ReadAll would start at
+// 512 bytes and grow), then read once more to its EOF: the server starts
+// its next request only once the body reported EOF.
+func readBody(body io.Reader, length, limit int64) ([]byte, error) {
+	if length <= 0 || length > limit {
+		return io.ReadAll(io.LimitReader(body, limit+1))
+	}
+	buf := make([]byte, length, length+1)
+	if n, err := io.ReadFull(body, buf); err != nil {
+		return buf[:n], err
+	}
+	var one [1]byte
+	n, err := body.Read(one[:])
+	if n > 0 {
+		// More than its Content-Length: not a body net/http would
+		// give; keep every byte and read on as io.ReadAll would.
+		rest, err := io.ReadAll(io.LimitReader(body, limit))
+		return append(append(buf, one[0]), rest...), err
+	}
+	if err == io.EOF {
+		err = nil
+	}
+	return buf, err
 }
 
 type readCloser struct {

@@ -570,25 +570,30 @@ func (pd *pod) stopAndDrain() {
 	defer timer.Stop()
 	select {
 	case <-done:
+		pd.stopTracking()
 	case <-timer.C:
-		pd.mu.Lock()
-		pd.closing = true // under mu: no connection is tracked after this
-		left := make([]*tracked, 0, len(pd.conns))
-		for t := range pd.conns {
-			left = append(left, t)
-		}
-		pd.mu.Unlock()
-		pd.cancelConns() // dials still under way give up
+		left := pd.stopTracking()
 		pd.log.Info("drain deadline reached, closing connections", zap.Int("connections", len(left)))
 		for _, t := range left {
 			t.close()
 		}
 		<-done
 	}
-	pd.mu.Lock()
-	pd.closing = true
-	pd.mu.Unlock()
-	pd.cancelConns()
 	_ = pd.client.Close()
 	_ = pd.ns.Close()
+}
+
+// stopTracking ends the pod's connections' context (dials still under way
+// give up) and returns the connections still tracked; none is tracked
+// after it.
+func (pd *pod) stopTracking() []*tracked {
+	pd.mu.Lock()
+	pd.closing = true
+	left := make([]*tracked, 0, len(pd.conns))
+	for t := range pd.conns {
+		left = append(left, t)
+	}
+	pd.mu.Unlock()
+	pd.cancelConns()
+	return left
 }

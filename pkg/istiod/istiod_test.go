@@ -245,7 +245,7 @@ func TestIstiodLite(t *testing.T) {
 			defer mu.Unlock()
 			for _, r := range d.Updated {
 				var a workloadapi.Address
-				if err := r.Resource.UnmarshalTo(&a); err != nil {
+				if err := r.UnmarshalTo(&a); err != nil {
 					return err
 				}
 				held[r.Name] = &a
@@ -365,7 +365,7 @@ func (l *addressLog) handle(d xdsclient.Delta) error {
 	defer l.mu.Unlock()
 	for _, r := range d.Updated {
 		var a workloadapi.Address
-		if err := r.Resource.UnmarshalTo(&a); err != nil {
+		if err := r.UnmarshalTo(&a); err != nil {
 			return err
 		}
 		if w := a.GetWorkload(); w != nil && l.nack != "" && w.Name == l.nack {
@@ -374,7 +374,7 @@ func (l *addressLog) handle(d xdsclient.Delta) error {
 	}
 	for _, r := range d.Updated {
 		var a workloadapi.Address
-		_ = r.Resource.UnmarshalTo(&a)
+		_ = r.UnmarshalTo(&a)
 		l.held[r.Name] = &a
 		l.events = append(l.events, "+"+r.Name)
 	}

@@ -48,7 +48,7 @@ func (l *configLog) handle(d xdsclient.Delta) error {
 	defer l.mu.Unlock()
 	for _, r := range d.Updated {
 		var sc waypointv1alpha1.ServiceConfig
-		if err := r.Resource.UnmarshalTo(&sc); err != nil {
+		if err := r.UnmarshalTo(&sc); err != nil {
 			return err
 		}
 		l.held[r.Name] = &sc

@@ -40,7 +40,7 @@ func (l *telemetryLog) handle(d xdsclient.Delta) error {
 	defer l.mu.Unlock()
 	for _, r := range d.Updated {
 		var tel waypointv1alpha1.Telemetry
-		if err := r.Resource.UnmarshalTo(&tel); err != nil {
+		if err := r.UnmarshalTo(&tel); err != nil {
 			return err
 		}
 		l.held[r.Name], l.at[r.Name] = &tel, time.Now()

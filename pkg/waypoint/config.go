@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -53,18 +54,21 @@ func (r *Routes) Handle(d xdsclient.Delta) error {
 		delete(next, name)
 	}
 	var errs []error
-	for _, res := range d.Updated {
+	for i := range d.Updated {
+		res := &d.Updated[i]
+		// A copy: res.Name points into the received message.
+		name := strings.Clone(res.Name)
 		sc := &waypointv1alpha1.ServiceConfig{}
-		if err := res.GetResource().UnmarshalTo(sc); err != nil {
-			errs = append(errs, configError(res.GetName(), "resource", "cannot decode as ambientmesh.waypoint.v1alpha1.ServiceConfig: %v", err))
+		if err := res.UnmarshalTo(sc); err != nil {
+			errs = append(errs, configError(name, "resource", "cannot decode as ambientmesh.waypoint.v1alpha1.ServiceConfig: %v", err))
 			continue
 		}
-		s, err := compile(res.GetName(), sc)
+		s, err := compile(name, sc)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		next[res.GetName()] = s
+		next[name] = s
 	}
 	r.cur.Store(&next)
 	return errors.Join(errs...)

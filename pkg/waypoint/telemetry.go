@@ -135,16 +135,17 @@ func (t *Telemetry) Handle(d xdsclient.Delta) error {
 			next, changed = nil, true
 		}
 	}
-	for _, res := range d.Updated {
-		if res.GetName() != t.cfg.Name {
+	for i := range d.Updated {
+		res := &d.Updated[i]
+		if res.Name != t.cfg.Name {
 			continue
 		}
 		tel := &waypointv1alpha1.Telemetry{}
-		if err := res.GetResource().UnmarshalTo(tel); err != nil {
-			errs = append(errs, telemetryError(res.GetName(), "resource", "cannot decode as ambientmesh.waypoint.v1alpha1.Telemetry: %v", err))
+		if err := res.UnmarshalTo(tel); err != nil {
+			errs = append(errs, telemetryError(t.cfg.Name, "resource", "cannot decode as ambientmesh.waypoint.v1alpha1.Telemetry: %v", err))
 			continue
 		}
-		if err := validateTelemetry(res.GetName(), tel); err != nil {
+		if err := validateTelemetry(t.cfg.Name, tel); err != nil {
 			errs = append(errs, err)
 			continue
 		}

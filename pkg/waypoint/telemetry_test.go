@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap"
@@ -45,7 +44,7 @@ func telemetryDelta(t testing.TB, tel *waypointv1alpha1.Telemetry) xdsclient.Del
 	if err != nil {
 		t.Fatal(err)
 	}
-	return xdsclient.Delta{TypeURL: TelemetryTypeURL, Updated: []*discovery.Resource{{Name: tel.GetNamespace() + "/" + tel.GetName(), Resource: a}}}
+	return xdsclient.Delta{TypeURL: TelemetryTypeURL, Updated: []xdsclient.Resource{{Name: tel.GetNamespace() + "/" + tel.GetName(), TypeURL: a.TypeUrl, Value: a.Value}}}
 }
 
 // newTestTelemetry builds the waypoint's Telemetry with short export

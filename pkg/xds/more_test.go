@@ -52,7 +52,7 @@ func TestOnDemandByAddress(t *testing.T) {
 	if got := names(d); !slices.Equal(got, []string{uid("b")}) {
 		t.Fatalf("alias subscription delta %v, want [%s]", got, uid("b"))
 	}
-	if got := d.Updated[0].GetAliases(); !slices.Equal(got, []string{"/10.0.0.2"}) {
+	if got := d.Updated[0].Aliases; !slices.Equal(got, []string{"/10.0.0.2"}) {
 		t.Errorf("on-demand resource aliases = %v, want [/10.0.0.2]", got)
 	}
 
@@ -235,7 +235,7 @@ func TestModelPodsComeAndGo(t *testing.T) {
 		t.Fatalf("initial delta %v, want %v", got, want)
 	}
 	for _, r := range d.Updated {
-		if r.GetName() != pod1 {
+		if r.Name != pod1 {
 			continue
 		}
 		w := decodeWorkload(t, r)

@@ -57,9 +57,9 @@ func runScale(b *testing.B, clients, pods, changes int) {
 				if before >= total {
 					mu.Lock()
 					for _, u := range d.Updated {
-						seen[u.GetName()]++
-						if seen[u.GetName()] == clients {
-							reached <- u.GetName()
+						seen[u.Name]++
+						if seen[u.Name] == clients {
+							reached <- u.Name
 						}
 					}
 					mu.Unlock()

@@ -113,8 +113,8 @@ func newRecorder() *recorder { return &recorder{ch: make(chan xdsclient.Delta, 1
 
 func (r *recorder) handle(d xdsclient.Delta) error {
 	for _, res := range d.Updated {
-		if res.GetName() == r.reject {
-			return fmt.Errorf("resource %s is not acceptable", res.GetName())
+		if res.Name == r.reject {
+			return fmt.Errorf("resource %s is not acceptable", res.Name)
 		}
 	}
 	r.ch <- d
@@ -205,7 +205,7 @@ func uid(name string) string { return model.PodUID("Kubernetes", "demo", name) }
 func names(d xdsclient.Delta) []string {
 	var out []string
 	for _, r := range d.Updated {
-		out = append(out, r.GetName())
+		out = append(out, r.Name)
 	}
 	slices.Sort(out)
 	return out
@@ -217,11 +217,11 @@ func sorted(s []string) []string {
 	return s
 }
 
-func decodeWorkload(t *testing.T, r *discovery.Resource) *workloadapi.Workload {
+func decodeWorkload(t *testing.T, r xdsclient.Resource) *workloadapi.Workload {
 	t.Helper()
 	a := &workloadapi.Address{}
-	if err := r.GetResource().UnmarshalTo(a); err != nil {
-		t.Fatalf("decode %s: %v", r.GetName(), err)
+	if err := r.UnmarshalTo(a); err != nil {
+		t.Fatalf("decode %s: %v", r.Name, err)
 	}
 	return a.GetWorkload()
 }
@@ -291,7 +291,7 @@ func TestAddUpdateRemove(t *testing.T) {
 		t.Errorf("second delta removed %v, want %v", got, want)
 	}
 	for _, r := range d.Updated {
-		if r.GetName() == uid("a") {
+		if r.Name == uid("a") {
 			if got := decodeWorkload(t, r).GetStatus(); got != workloadapi.WorkloadStatus_UNHEALTHY {
 				t.Errorf("a status = %v, want UNHEALTHY", got)
 			}
@@ -531,7 +531,7 @@ func TestFullPushToProtoCodecClient(t *testing.T) {
 		wantNames[model.ResourceName(a)] = true
 	}
 	for _, r := range resp.GetResources() {
-		w := decodeWorkload(t, r)
+		w := decodeWorkload(t, xdsclient.Resource{Name: r.GetName(), TypeURL: r.GetResource().GetTypeUrl(), Value: r.GetResource().GetValue()})
 		if !wantNames[r.GetName()] || r.GetName() != uid(w.GetName()) {
 			t.Errorf("resource named %q for workload %q", r.GetName(), w.GetName())
 		}

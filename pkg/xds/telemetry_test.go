@@ -28,11 +28,11 @@ func TestWaypointTelemetry(t *testing.T) {
 	}
 	sampling := func(d xdsclient.Delta) float64 {
 		t.Helper()
-		if len(d.Updated) != 1 || d.Updated[0].GetName() != name {
+		if len(d.Updated) != 1 || d.Updated[0].Name != name {
 			t.Fatalf("delta updated %v, want [%s]", names(d), name)
 		}
 		var tel waypointv1alpha1.Telemetry
-		if err := d.Updated[0].GetResource().UnmarshalTo(&tel); err != nil {
+		if err := d.Updated[0].UnmarshalTo(&tel); err != nil {
 			t.Fatalf("decode %s: %v", name, err)
 		}
 		if tel.GetTracing().GetProvider().GetPort() != 4317 {

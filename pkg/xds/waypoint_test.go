@@ -39,11 +39,11 @@ func TestWaypointConfigs(t *testing.T) {
 	}
 	weights := func(d xdsclient.Delta) []uint32 {
 		t.Helper()
-		if len(d.Updated) != 1 || d.Updated[0].GetName() != name {
+		if len(d.Updated) != 1 || d.Updated[0].Name != name {
 			t.Fatalf("delta updated %v, want [%s]", names(d), name)
 		}
 		var sc waypointv1alpha1.ServiceConfig
-		if err := d.Updated[0].GetResource().UnmarshalTo(&sc); err != nil {
+		if err := d.Updated[0].UnmarshalTo(&sc); err != nil {
 			t.Fatalf("decode %s: %v", name, err)
 		}
 		var out []uint32

@@ -29,8 +29,9 @@ import (
 // Delta is one response as the handler sees it.
 type Delta struct {
 	TypeURL string
-	// Updated holds added or changed resources.
-	Updated []*discovery.Resource
+	// Updated holds added or changed resources (see Resource for how long
+	// their memory lives).
+	Updated []Resource
 	// Removed names resources the client must drop.
 	Removed []string
 }
@@ -204,12 +205,15 @@ func (c *Client) runStream(ctx context.Context) error {
 			drained = true
 		}
 	}
-	stream, err := discovery.NewAggregatedDiscoveryServiceClient(c.cfg.Conn).DeltaAggregatedResources(ctx, grpc.ForceCodecV2(newCodec()))
+	// The generic stream rather than the generated client, so responses
+	// decode into the codec's own type.
+	stream, err := c.cfg.Conn.NewStream(ctx, &discovery.AggregatedDiscoveryService_ServiceDesc.Streams[1],
+		discovery.AggregatedDiscoveryService_DeltaAggregatedResources_FullMethodName, grpc.ForceCodecV2(newCodec()))
 	if err != nil {
 		return fmt.Errorf("open DeltaAggregatedResources: %w", err)
 	}
 	for _, req := range c.initialRequests() {
-		if err := stream.Send(req); err != nil {
+		if err := stream.SendMsg(req); err != nil {
 			return fmt.Errorf("send initial request for %s: %w", req.TypeUrl, err)
 		}
 	}
@@ -222,7 +226,7 @@ func (c *Client) runStream(ctx context.Context) error {
 			case <-ctx.Done():
 				return
 			case req := <-c.send:
-				if err := stream.Send(req); err != nil {
+				if err := stream.SendMsg(req); err != nil {
 					sendErr <- fmt.Errorf("send request for %s: %w", req.TypeUrl, err)
 					return
 				}
@@ -230,8 +234,8 @@ func (c *Client) runStream(ctx context.Context) error {
 		}
 	}()
 	for {
-		resp, err := stream.Recv()
-		if err != nil {
+		resp := &response{}
+		if err := stream.RecvMsg(resp); err != nil {
 			return fmt.Errorf("receive: %w", err)
 		}
 		ack := c.handle(resp)
@@ -246,12 +250,12 @@ func (c *Client) runStream(ctx context.Context) error {
 }
 
 // handle applies one response and returns its ACK or NACK.
-func (c *Client) handle(resp *discovery.DeltaDiscoveryResponse) *discovery.DeltaDiscoveryRequest {
-	typ := resp.GetTypeUrl()
-	ack := &discovery.DeltaDiscoveryRequest{TypeUrl: typ, ResponseNonce: resp.GetNonce()}
-	d := Delta{TypeURL: typ, Updated: resp.GetResources(), Removed: resp.GetRemovedResources()}
+func (c *Client) handle(resp *response) *discovery.DeltaDiscoveryRequest {
+	typ := resp.TypeURL
+	ack := &discovery.DeltaDiscoveryRequest{TypeUrl: typ, ResponseNonce: resp.Nonce}
+	d := Delta{TypeURL: typ, Updated: resp.Resources, Removed: resp.Removed}
 	if err := c.cfg.Handler(d); err != nil {
-		c.log.Warn("rejecting config", zap.String("type", typ), zap.String("nonce", resp.GetNonce()), zap.Error(err))
+		c.log.Warn("rejecting config", zap.String("type", typ), zap.String("nonce", resp.Nonce), zap.Error(err))
 		ack.ErrorDetail = &status.Status{Code: int32(codes.InvalidArgument), Message: err.Error()}
 		return ack
 	}
@@ -262,7 +266,7 @@ func (c *Client) handle(resp *discovery.DeltaDiscoveryResponse) *discovery.Delta
 		h = &held{m: map[string]string{}}
 		c.versions[typ] = h
 	}
-	h.apply(resp.GetResources(), resp.GetRemovedResources())
+	h.apply(resp.Resources, resp.Removed)
 	return ack
 }
 
@@ -288,34 +292,36 @@ type nameVersion struct{ name, version string }
 // kept as a list.
 const foldAt = 1024
 
-func (h *held) apply(upd []*discovery.Resource, removed []string) {
+func (h *held) apply(upd []Resource, removed []string) {
 	if h.base == nil && len(h.m) == 0 && len(removed) == 0 && len(upd) >= foldAt {
 		// The strings are copied into one: the decoded ones share the
-		// whole response (values included), which would otherwise stay
-		// in memory for as long as these are held.
+		// frames of the response (values included), which would
+		// otherwise stay in memory for as long as these are held.
 		n := 0
-		for _, r := range upd {
-			n += len(r.GetName()) + len(r.GetVersion())
+		for i := range upd {
+			n += len(upd[i].Name) + len(upd[i].Version)
 		}
 		var sb strings.Builder
 		sb.Grow(n)
-		for _, r := range upd {
-			sb.WriteString(r.GetName())
-			sb.WriteString(r.GetVersion())
+		for i := range upd {
+			sb.WriteString(upd[i].Name)
+			sb.WriteString(upd[i].Version)
 		}
 		all, off := sb.String(), 0
 		h.base = make([]nameVersion, len(upd))
-		for i, r := range upd {
-			nl, vl := len(r.GetName()), len(r.GetVersion())
+		for i := range upd {
+			nl, vl := len(upd[i].Name), len(upd[i].Version)
 			h.base[i] = nameVersion{all[off : off+nl], all[off+nl : off+nl+vl]}
 			off += nl + vl
 		}
 		return
 	}
-	for _, r := range upd {
-		h.m[r.GetName()] = r.GetVersion()
+	for i := range upd {
+		// Copied for the same reason.
+		name := strings.Clone(upd[i].Name)
+		h.m[name] = strings.Clone(upd[i].Version)
 		if h.gone != nil {
-			delete(h.gone, r.GetName())
+			delete(h.gone, name)
 		}
 	}
 	for _, n := range removed {
@@ -324,7 +330,7 @@ func (h *held) apply(upd []*discovery.Resource, removed []string) {
 			if h.gone == nil {
 				h.gone = map[string]struct{}{}
 			}
-			h.gone[n] = struct{}{}
+			h.gone[strings.Clone(n)] = struct{}{}
 		}
 	}
 	if h.base != nil && len(h.m)+len(h.gone) > len(h.base)/4 {

@@ -5,7 +5,6 @@ import (
 	"strings"
 	"testing"
 
-	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"istio.io/istio/pkg/workloadapi"
@@ -14,13 +13,13 @@ import (
 	"github.com/ambient-mesh/mesh/pkg/xds/xdsclient"
 )
 
-func res(t *testing.T, name string, m proto.Message) *discovery.Resource {
+func res(t *testing.T, name string, m proto.Message) xdsclient.Resource {
 	t.Helper()
 	a, err := anypb.New(m)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &discovery.Resource{Name: name, Version: "1", Resource: a}
+	return xdsclient.Resource{Name: name, Version: "1", TypeURL: a.TypeUrl, Value: a.Value}
 }
 
 func wl(uid, ns, ip string, svcs ...string) *workloadapi.Address {
@@ -43,7 +42,7 @@ func svc(ns, host, vip string) *workloadapi.Address {
 
 func TestStoreIndexes(t *testing.T) {
 	st := NewStore()
-	err := st.HandleAddress(xdsclient.Delta{TypeURL: AddressTypeURL, Updated: []*discovery.Resource{
+	err := st.HandleAddress(xdsclient.Delta{TypeURL: AddressTypeURL, Updated: []xdsclient.Resource{
 		res(t, "c//Pod/ns1/a", wl("c//Pod/ns1/a", "ns1", "10.0.0.1", "ns1/web.ns1.svc.cluster.local")),
 		res(t, "c//Pod/ns1/b", wl("c//Pod/ns1/b", "ns1", "10.0.0.2", "ns1/web.ns1.svc.cluster.local")),
 		res(t, "ns1/web.ns1.svc.cluster.local", svc("ns1", "web.ns1.svc.cluster.local", "10.96.0.1")),
@@ -86,7 +85,7 @@ func TestNACKAppliesValidAndNamesField(t *testing.T) {
 	bad.GetWorkload().Addresses = [][]byte{{1, 2, 3}}
 	tests := []struct {
 		name      string
-		res       *discovery.Resource
+		res       xdsclient.Resource
 		wantField string
 	}{
 		{"short address", res(t, "c//Pod/ns1/bad", bad), `"c//Pod/ns1/bad": workload.addresses[0]: 3 bytes`},
@@ -98,7 +97,7 @@ func TestNACKAppliesValidAndNamesField(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			st := NewStore()
 			good := res(t, "c//Pod/ns1/a", wl("c//Pod/ns1/a", "ns1", "10.0.0.1"))
-			err := st.HandleAddress(xdsclient.Delta{TypeURL: AddressTypeURL, Updated: []*discovery.Resource{good, tc.res}})
+			err := st.HandleAddress(xdsclient.Delta{TypeURL: AddressTypeURL, Updated: []xdsclient.Resource{good, tc.res}})
 			if err == nil || !strings.Contains(err.Error(), tc.wantField) {
 				t.Fatalf("error = %v, want one containing %q", err, tc.wantField)
 			}
@@ -111,12 +110,12 @@ func TestNACKAppliesValidAndNamesField(t *testing.T) {
 
 func TestRejectedKeepsPrevious(t *testing.T) {
 	st := NewStore()
-	if err := st.HandleAddress(xdsclient.Delta{Updated: []*discovery.Resource{res(t, "u", wl("u", "ns", "10.0.0.1"))}}); err != nil {
+	if err := st.HandleAddress(xdsclient.Delta{Updated: []xdsclient.Resource{res(t, "u", wl("u", "ns", "10.0.0.1"))}}); err != nil {
 		t.Fatal(err)
 	}
 	bad := wl("u", "ns", "10.0.0.1")
 	bad.GetWorkload().Addresses = [][]byte{{0}}
-	if err := st.HandleAddress(xdsclient.Delta{Updated: []*discovery.Resource{res(t, "u", bad)}}); err == nil {
+	if err := st.HandleAddress(xdsclient.Delta{Updated: []xdsclient.Resource{res(t, "u", bad)}}); err == nil {
 		t.Fatal("bad update accepted")
 	}
 	if got := IPs(st.Snapshot().Workload("u")); len(got) != 1 || got[0] != netip.MustParseAddr("10.0.0.1") {
@@ -133,7 +132,7 @@ func TestPoliciesForScope(t *testing.T) {
 		{Name: "sel", Namespace: "ns1", Scope: security.Scope_WORKLOAD_SELECTOR},
 		{Name: "sel2", Namespace: "ns1", Scope: security.Scope_WORKLOAD_SELECTOR},
 	}
-	var rs []*discovery.Resource
+	var rs []xdsclient.Resource
 	for _, p := range pols {
 		rs = append(rs, res(t, PolicyKey(p), p))
 	}
@@ -151,7 +150,7 @@ func TestPoliciesForScope(t *testing.T) {
 	}
 	bad := &security.Authorization{Name: "b", Namespace: "ns1", Groups: []*security.Group{{Rules: []*security.Rules{{Matches: []*security.Match{{
 		SourceIps: []*security.Address{{Address: []byte{10, 0, 0, 0}, Length: 33}}}}}}}}}
-	err := st.HandleAuthorization(xdsclient.Delta{Updated: []*discovery.Resource{res(t, "ns1/b", bad)}, Removed: []string{"ns1/n1"}})
+	err := st.HandleAuthorization(xdsclient.Delta{Updated: []xdsclient.Resource{res(t, "ns1/b", bad)}, Removed: []string{"ns1/n1"}})
 	if err == nil || !strings.Contains(err.Error(), "groups[0].rules[0].matches[0].source_ips[0]: prefix length 33") {
 		t.Fatalf("error = %v, want the field and reason", err)
 	}
@@ -182,7 +181,7 @@ func TestHandlerDispatch(t *testing.T) {
 	if err := h(xdsclient.Delta{TypeURL: "type.googleapis.com/other"}); err == nil {
 		t.Error("unknown type accepted")
 	}
-	if err := h(xdsclient.Delta{TypeURL: AddressTypeURL, Updated: []*discovery.Resource{res(t, "u", wl("u", "ns", "10.0.0.1"))}}); err != nil {
+	if err := h(xdsclient.Delta{TypeURL: AddressTypeURL, Updated: []xdsclient.Resource{res(t, "u", wl("u", "ns", "10.0.0.1"))}}); err != nil {
 		t.Fatal(err)
 	}
 	if st.Snapshot().Workload("u") == nil {

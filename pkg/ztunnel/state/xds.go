@@ -3,6 +3,7 @@ package state
 import (
 	"fmt"
 	"net/netip"
+	"strings"
 
 	"istio.io/istio/pkg/workloadapi"
 	"istio.io/istio/pkg/workloadapi/security"
@@ -54,31 +55,34 @@ func (st *Store) HandleAddress(d xdsclient.Delta) error {
 			delete(next.workloads, ref.key)
 		}
 	}
-	for _, r := range d.Updated {
+	for i := range d.Updated {
+		r := &d.Updated[i]
 		addr := &workloadapi.Address{}
-		if err := r.GetResource().UnmarshalTo(addr); err != nil {
-			errs = append(errs, &ResourceError{AddressTypeURL, r.GetName(), "resource", fmt.Sprintf("cannot decode as istio.workload.Address: %v", err)})
+		if err := r.UnmarshalTo(addr); err != nil {
+			errs = append(errs, &ResourceError{AddressTypeURL, r.Name, "resource", fmt.Sprintf("cannot decode as istio.workload.Address: %v", err)})
 			continue
 		}
-		if err := validateAddress(r.GetName(), addr); err != nil {
+		if err := validateAddress(r.Name, addr); err != nil {
 			errs = append(errs, err)
 			continue
 		}
 		// A name that changes kind (workload <-> service) drops the old entry.
-		if old, ok := st.addrNames[r.GetName()]; ok {
+		if old, ok := st.addrNames[r.Name]; ok {
 			if old.service {
 				delete(next.services, old.key)
 			} else {
 				delete(next.workloads, old.key)
 			}
 		}
+		// The key kept is a copy (the uid is, and equals the name):
+		// r.Name points into the received message.
 		if w := addr.GetWorkload(); w != nil {
 			next.workloads[w.GetUid()] = w
-			st.addrNames[r.GetName()] = addrRef{key: w.GetUid()}
+			st.addrNames[w.GetUid()] = addrRef{key: w.GetUid()}
 		} else {
 			s := addr.GetService()
 			next.services[ServiceKey(s)] = s
-			st.addrNames[r.GetName()] = addrRef{service: true, key: ServiceKey(s)}
+			st.addrNames[strings.Clone(r.Name)] = addrRef{service: true, key: ServiceKey(s)}
 		}
 	}
 	st.publish(next)
@@ -95,13 +99,14 @@ func (st *Store) HandleAuthorization(d xdsclient.Delta) error {
 	for _, name := range d.Removed {
 		delete(next.policies, name)
 	}
-	for _, r := range d.Updated {
+	for i := range d.Updated {
+		r := &d.Updated[i]
 		p := &security.Authorization{}
-		if err := r.GetResource().UnmarshalTo(p); err != nil {
-			errs = append(errs, &ResourceError{AuthorizationTypeURL, r.GetName(), "resource", fmt.Sprintf("cannot decode as istio.security.Authorization: %v", err)})
+		if err := r.UnmarshalTo(p); err != nil {
+			errs = append(errs, &ResourceError{AuthorizationTypeURL, r.Name, "resource", fmt.Sprintf("cannot decode as istio.security.Authorization: %v", err)})
 			continue
 		}
-		if err := validatePolicy(r.GetName(), p); err != nil {
+		if err := validatePolicy(r.Name, p); err != nil {
 			errs = append(errs, err)
 			continue
 		}

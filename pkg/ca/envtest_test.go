@@ -569,3 +569,91 @@ func mustSPIFFE(t *testing.T, s string) spiffeid.ID {
 	}
 	return id
 }
+
+// countingAuth counts the tokens a wrapped Authenticator is asked about.
+type countingAuth struct {
+	next  ca.Authenticator
+	calls int
+}
+
+func (c *countingAuth) Authenticate(ctx context.Context, token string) (*ca.Caller, error) {
+	c.calls++
+	return c.next.Authenticate(ctx, token)
+}
+
+// TestLocalAuthenticatorAgainstAPIServer: pod-bound tokens of the real API
+// server are accepted without a TokenReview, with the caller TokenReview
+// gives, using the keys and issuer its discovery endpoints publish; every
+// token the API server would refuse (or that is not bound to a pod) is
+// handed to TokenReview, which decides.
+func TestLocalAuthenticatorAgainstAPIServer(t *testing.T) {
+	c := startCluster(t)
+	review := &ca.TokenReviewAuthenticator{Client: c.cs}
+	next := &countingAuth{next: review}
+	a := &ca.LocalAuthenticator{
+		Client: c.cs, Pods: ca.ClientPods{Reader: c.cl}, ServiceAccounts: ca.ClientServiceAccounts{Reader: c.cl},
+		Next: next, Logger: zaptest.NewLogger(t),
+	}
+	ctx := t.Context()
+	check := func(what, token string, wantOK bool, wantReviews int) *ca.Caller {
+		t.Helper()
+		before := next.calls
+		got, err := a.Authenticate(ctx, token)
+		if (err == nil) != wantOK || next.calls-before != wantReviews {
+			t.Fatalf("%s: caller %+v, error %v, %d TokenReviews; want ok=%v and %d TokenReviews", what, got, err, next.calls-before, wantOK, wantReviews)
+		}
+		return got
+	}
+
+	app := c.token(t, "demo/app-1", ca.Audience)
+	got := check("pod-bound token", app, true, 0)
+	want, err := review.Authenticate(ctx, app)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *got != *want {
+		t.Fatalf("local caller %+v, TokenReview's %+v", got, want)
+	}
+	if got.PodName != "app-1" || got.NodeName != "node-a" {
+		t.Fatalf("caller %+v: want pod app-1 on node-a", got)
+	}
+	zt := c.token(t, systemNS+"/ztunnel-a", ca.Audience)
+	check("ztunnel's token", zt, true, 0)
+
+	check("another audience", c.token(t, "demo/app-1", "api"), false, 1)
+	expired := newMinter(t, c).token(t, c.pods["demo/web-1"], time.Now().Add(-time.Minute))
+	check("expired (signed with the API server's key)", expired, false, 1)
+	tampered := strings.Split(app, ".")
+	claims, _ := base64.RawURLEncoding.DecodeString(tampered[1])
+	claims = []byte(strings.Replace(string(claims), `"app-1"`, `"web-1"`, 1))
+	check("claims changed after signing", tampered[0]+"."+base64.RawURLEncoding.EncodeToString(claims)+"."+tampered[2], false, 1)
+
+	tr, err := c.cs.CoreV1().ServiceAccounts("demo").CreateToken(ctx, "app", &authnv1.TokenRequest{
+		Spec: authnv1.TokenRequestSpec{Audiences: []string{ca.Audience}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := check("token bound to no pod: TokenReview accepts it", tr.Status.Token, true, 1); got.PodName != "" {
+		t.Fatalf("unbound token: caller %+v", got)
+	}
+
+	// The service account recreated: its old tokens are dead.
+	web := c.token(t, "demo/web-1", ca.Audience)
+	check("web before", web, true, 0)
+	if err := c.cs.CoreV1().ServiceAccounts("demo").Delete(ctx, "web", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.cs.CoreV1().ServiceAccounts("demo").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "web"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	check("web after its service account was recreated", web, false, 1)
+
+	// The pod deleted: its tokens are dead. (A token TokenReview has
+	// accepted stays accepted by the API server's own cache for 10 s; this
+	// one was only ever checked here.)
+	if err := c.cs.CoreV1().Pods(systemNS).Delete(ctx, "ztunnel-a", metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
+		t.Fatal(err)
+	}
+	check("ztunnel after its pod was deleted", zt, false, 1)
+}

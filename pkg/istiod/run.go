@@ -127,7 +127,20 @@ func Run(ctx context.Context, cfg Config, restCfg *rest.Config, log *zap.Logger)
 			return nil, errors.New("istiod-lite: CA not ready")
 		},
 	}
-	caAuth := &ca.CachingAuthenticator{Next: &ca.TokenReviewAuthenticator{Client: cs}}
+	// Pod-bound tokens are checked here against the API server's published
+	// keys and the informer caches; the rest by TokenReview.
+	checks, err := ca.NewTokenChecks(reg)
+	if err != nil {
+		return err
+	}
+	caAuth := &ca.CachingAuthenticator{Next: &ca.LocalAuthenticator{
+		Checks:          checks,
+		Client:          cs,
+		Pods:            ca.ClientPods{Reader: mgr.GetClient()},
+		ServiceAccounts: ca.ClientServiceAccounts{Reader: mgr.GetClient()},
+		Next:            &ca.TokenReviewAuthenticator{Client: cs},
+		Logger:          log.Named("authn"),
+	}}
 	xdsSrv, err := xds.New(xds.Options{
 		Authenticator: xds.BearerAuthenticator(func(ctx context.Context, tok string) (xds.Identity, error) {
 			c, err := caAuth.Authenticate(ctx, tok)

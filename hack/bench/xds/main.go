@@ -481,6 +481,12 @@ func run(ctx context.Context, p params) (map[string]float64, error) {
 		return nil, err
 	}
 	fig["bytes_sent_mb"] = sent / 1e6
+	// Who checked the clients' tokens: istiod-lite itself, or TokenReview.
+	for _, by := range []string{"local", "next"} {
+		if n, err := scrapeCounter(ctx, "http://"+addrs["metrics"]+"/metrics", `istiod_token_checks_total{by="`+by+`"`); err == nil {
+			fig["token_checks_"+by] = n
+		}
+	}
 	fig["bytes_received_mb"] = float64(received.Load()) / 1e6
 
 	// Baseline for the full push: the same bytes per client, to the same
@@ -905,7 +911,8 @@ func scrapeCounter(ctx context.Context, url, name string) (float64, error) {
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
-		if !strings.HasPrefix(line, name) || (len(line) > len(name) && line[len(name)] != '{' && line[len(name)] != ' ') {
+		// A name with a label ("x{by=\"local\"") matches that series.
+		if !strings.HasPrefix(line, name) || (!strings.Contains(name, "{") && len(line) > len(name) && line[len(name)] != '{' && line[len(name)] != ' ') {
 			continue
 		}
 		f := strings.Fields(line)

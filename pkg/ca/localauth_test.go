@@ -193,8 +193,8 @@ func TestLocalAuthenticator(t *testing.T) {
 			}
 			next := &nextRecorder{}
 			a := &LocalAuthenticator{
-				Keys:  func(context.Context) (string, []byte, error) { return testIssuer, jwks, nil },
-				Pods:  objs, ServiceAccounts: objs, Next: next, Now: func() time.Time { return now },
+				Keys: func(context.Context) (string, []byte, error) { return testIssuer, jwks, nil },
+				Pods: objs, ServiceAccounts: objs, Next: next, Now: func() time.Time { return now },
 			}
 			got, err := a.Authenticate(t.Context(), tc.token)
 			switch {

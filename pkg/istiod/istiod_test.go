@@ -520,6 +520,31 @@ func TestXDSStreams(t *testing.T) {
 	if n, _ := log.workload("refused"); n != "" {
 		t.Errorf("client holds %s although it NACKed it", n)
 	}
+
+	// The clients' pod-bound tokens were checked by istiod-lite itself
+	// (the API server's keys and its caches); only the bad token went to
+	// TokenReview.
+	resp, err := http.Get("http://" + h.cfg.MetricsAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body := readAll(t, resp)
+	if !strings.Contains(body, `istiod_token_checks_total{by="next"} 1`) || strings.Contains(body, `istiod_token_checks_total{by="local"} 0`) ||
+		!strings.Contains(body, `istiod_token_checks_total{by="local"}`) {
+		t.Errorf("token checks on /metrics: want the good ones local, the bad one by TokenReview:\n%s", grepLines(body, "istiod_token_checks_total"))
+	}
+}
+
+// grepLines returns the lines of s that contain sub.
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }
 
 // TestBadPolicyReported: an AuthorizationPolicy ztunnel cannot fully enforce

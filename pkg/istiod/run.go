@@ -21,6 +21,7 @@ import (
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	telemetryv1 "istio.io/client-go/pkg/apis/telemetry/v1"
 	telemetryv1alpha1 "istio.io/client-go/pkg/apis/telemetry/v1alpha1"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
@@ -209,6 +210,11 @@ func Run(ctx context.Context, cfg Config, restCfg *rest.Config, log *zap.Logger)
 	// node?" on every CreateCertificate: answer from an index.
 	if err := ca.IndexPods(ctx, mgr.GetFieldIndexer()); err != nil {
 		return fmt.Errorf("index pods for the CA: %w", err)
+	}
+	// Token checks read service accounts from the cache: start its
+	// informer with the others, not on the first stream.
+	if _, err := mgr.GetCache().GetInformer(ctx, &corev1.ServiceAccount{}); err != nil {
+		return fmt.Errorf("service account informer for token checks: %w", err)
 	}
 
 	var grpcReady atomic.Bool

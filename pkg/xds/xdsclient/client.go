@@ -279,45 +279,59 @@ func (c *Client) handle(resp *response) *discovery.DeltaDiscoveryRequest {
 // the map is asked for.
 type held struct {
 	m    map[string]string
-	base []nameVersion       // also held, unless named in m or gone
+	base list                // also held, unless named in m or gone
 	gone map[string]struct{} // removed from base
 }
 
-// nameVersion is a resource in held.base: only its strings (copied), so
-// neither the decoded Resources of a full push nor the message they were
-// decoded from stay alive with it.
-type nameVersion struct{ name, version string }
+// list is the names and versions of a full response, copied: all their
+// bytes in one string and, per resource, where its name and its version
+// end. Neither the response nor the frames it was decoded from stay alive
+// with it, and it holds no pointers for the garbage collector to follow
+// but one (a []nameVersion of strings was 32 bytes and two pointers per
+// resource; this is 8 bytes).
+type list struct {
+	all  string
+	ends []uint32 // name end, version end; per resource
+}
+
+func (l *list) len() int { return len(l.ends) / 2 }
+
+// at returns resource i's name and version.
+func (l *list) at(i int) (name, version string) {
+	start := uint32(0)
+	if i > 0 {
+		start = l.ends[2*i-1]
+	}
+	n, v := l.ends[2*i], l.ends[2*i+1]
+	return l.all[start:n], l.all[n:v]
+}
 
 // foldAt is the size above which a response to a client holding nothing is
 // kept as a list.
 const foldAt = 1024
 
 func (h *held) apply(upd []Resource, removed []string) {
-	if h.base == nil && len(h.m) == 0 && len(removed) == 0 && len(upd) >= foldAt {
-		// The strings are copied into one: the decoded ones share the
-		// frames of the response (values included), which would
-		// otherwise stay in memory for as long as these are held.
+	if h.base.ends == nil && len(h.m) == 0 && len(removed) == 0 && len(upd) >= foldAt {
 		n := 0
 		for i := range upd {
 			n += len(upd[i].Name) + len(upd[i].Version)
 		}
-		var sb strings.Builder
-		sb.Grow(n)
-		for i := range upd {
-			sb.WriteString(upd[i].Name)
-			sb.WriteString(upd[i].Version)
+		if n < 1<<32 {
+			var sb strings.Builder
+			sb.Grow(n)
+			ends := make([]uint32, 0, 2*len(upd))
+			for i := range upd {
+				sb.WriteString(upd[i].Name)
+				ends = append(ends, uint32(sb.Len()))
+				sb.WriteString(upd[i].Version)
+				ends = append(ends, uint32(sb.Len()))
+			}
+			h.base = list{all: sb.String(), ends: ends}
+			return
 		}
-		all, off := sb.String(), 0
-		h.base = make([]nameVersion, len(upd))
-		for i := range upd {
-			nl, vl := len(upd[i].Name), len(upd[i].Version)
-			h.base[i] = nameVersion{all[off : off+nl], all[off+nl : off+nl+vl]}
-			off += nl + vl
-		}
-		return
 	}
 	for i := range upd {
-		// Copied for the same reason.
+		// Copied: the decoded strings point into the response's frames.
 		name := strings.Clone(upd[i].Name)
 		h.m[name] = strings.Clone(upd[i].Version)
 		if h.gone != nil {
@@ -326,14 +340,14 @@ func (h *held) apply(upd []Resource, removed []string) {
 	}
 	for _, n := range removed {
 		delete(h.m, n)
-		if h.base != nil {
+		if h.base.ends != nil {
 			if h.gone == nil {
 				h.gone = map[string]struct{}{}
 			}
 			h.gone[strings.Clone(n)] = struct{}{}
 		}
 	}
-	if h.base != nil && len(h.m)+len(h.gone) > len(h.base)/4 {
+	if h.base.ends != nil && len(h.m)+len(h.gone) > h.base.len()/4 {
 		h.flatten()
 	}
 }
@@ -343,17 +357,18 @@ func (h *held) flatten() map[string]string {
 	if h == nil {
 		return nil
 	}
-	if h.base == nil {
+	if h.base.ends == nil {
 		return h.m
 	}
-	m := make(map[string]string, len(h.base)+len(h.m))
-	for _, r := range h.base {
-		if _, gone := h.gone[r.name]; !gone {
-			m[r.name] = r.version
+	m := make(map[string]string, h.base.len()+len(h.m))
+	for i := range h.base.len() {
+		name, version := h.base.at(i)
+		if _, gone := h.gone[name]; !gone {
+			m[name] = version
 		}
 	}
 	maps.Copy(m, h.m)
-	h.m, h.base, h.gone = m, nil, nil
+	h.m, h.base, h.gone = m, list{}, nil
 	return m
 }
 

@@ -3,8 +3,6 @@ package ca
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/base64"
-	"encoding/json"
 	"strings"
 	"sync"
 	"time"
@@ -97,14 +95,10 @@ func tokenExpiry(token string) (time.Time, bool) {
 	if len(parts) != 3 {
 		return time.Time{}, false
 	}
-	b, err := base64.RawURLEncoding.DecodeString(parts[1])
-	if err != nil {
-		return time.Time{}, false
-	}
 	var claims struct {
 		Exp int64 `json:"exp"`
 	}
-	if json.Unmarshal(b, &claims) != nil || claims.Exp == 0 {
+	if decodeSegment(parts[1], &claims) != nil || claims.Exp == 0 {
 		return time.Time{}, false
 	}
 	return time.Unix(claims.Exp, 0), true

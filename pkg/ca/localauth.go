@@ -6,8 +6,8 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rsa"
-	"crypto/sha256"
-	"crypto/sha512"
+	_ "crypto/sha256" // SHA-256 for crypto.Hash.New
+	_ "crypto/sha512" // SHA-384 and SHA-512
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -226,11 +226,7 @@ func (a *LocalAuthenticator) verify(ctx context.Context, token string) (*Caller,
 	if err := decodeSegment(p64, &cl); err != nil {
 		return nil, "claims: " + err.Error()
 	}
-	now := time.Now
-	if a.Now != nil {
-		now = a.Now
-	}
-	t := now().Unix()
+	t := a.now().Unix()
 	auds := a.Audiences
 	if len(auds) == 0 {
 		auds = []string{Audience}
@@ -306,18 +302,9 @@ func verifySignature(alg string, key crypto.PublicKey, signing string, sig []byt
 	default:
 		return fmt.Errorf("algorithm %q is not one the API server signs with", alg)
 	}
-	var sum []byte
-	switch h {
-	case crypto.SHA256:
-		s := sha256.Sum256([]byte(signing))
-		sum = s[:]
-	case crypto.SHA384:
-		s := sha512.Sum384([]byte(signing))
-		sum = s[:]
-	default:
-		s := sha512.Sum512([]byte(signing))
-		sum = s[:]
-	}
+	hh := h.New()
+	hh.Write([]byte(signing))
+	sum := hh.Sum(nil)
 	switch k := key.(type) {
 	case *rsa.PublicKey:
 		if alg[0] != 'R' {
@@ -327,11 +314,10 @@ func verifySignature(alg string, key crypto.PublicKey, signing string, sig []byt
 			return errors.New("bad signature")
 		}
 	case *ecdsa.PublicKey:
-		size := (k.Curve.Params().BitSize + 7) / 8
-		if alg[0] != 'E' || (alg == "ES256") != (k.Curve == elliptic.P256()) ||
-			(alg == "ES384") != (k.Curve == elliptic.P384()) || (alg == "ES512") != (k.Curve == elliptic.P521()) {
+		if algCurves[alg] != k.Curve {
 			return fmt.Errorf("algorithm %s with an ECDSA %s key", alg, k.Curve.Params().Name)
 		}
+		size := (k.Curve.Params().BitSize + 7) / 8
 		if len(sig) != 2*size {
 			return errors.New("bad signature length")
 		}
@@ -345,14 +331,16 @@ func verifySignature(alg string, key crypto.PublicKey, signing string, sig []byt
 	return nil
 }
 
+// The curves of the JWS ECDSA algorithms and of the JWK "crv" names.
+var (
+	algCurves = map[string]elliptic.Curve{"ES256": elliptic.P256(), "ES384": elliptic.P384(), "ES512": elliptic.P521()}
+	jwkCurves = map[string]elliptic.Curve{"P-256": elliptic.P256(), "P-384": elliptic.P384(), "P-521": elliptic.P521()}
+)
+
 // keySet returns the keys, fetching them when none are held, when they are
 // older than KeysTTL, or when kid is unknown and the last fetch is older
 // than RefetchInterval.
 func (a *LocalAuthenticator) keySet(ctx context.Context, kid string) (*keySet, error) {
-	now := time.Now
-	if a.Now != nil {
-		now = a.Now
-	}
 	ttl, refetch := a.KeysTTL, a.RefetchInterval
 	if ttl <= 0 {
 		ttl = 5 * time.Minute
@@ -362,28 +350,33 @@ func (a *LocalAuthenticator) keySet(ctx context.Context, kid string) (*keySet, e
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	t := now()
-	ks := a.keys
-	stale := ks == nil || t.Sub(ks.fetched) > ttl
-	unknown := ks != nil && ks.keys[kid] == nil
+	t := a.now()
+	stale := a.keys == nil || t.Sub(a.keys.fetched) > ttl
+	unknown := a.keys != nil && a.keys.keys[kid] == nil
 	if (stale || unknown) && t.Sub(a.lastFetch) >= refetch {
 		a.lastFetch = t
 		next, err := a.fetch(ctx)
 		a.logFetch(err, refetch)
-		if err != nil {
-			if stale {
-				a.keys = nil
-				return nil, err
-			}
-		} else {
+		switch {
+		case err == nil:
 			next.fetched = t
-			a.keys, ks = next, next
+			a.keys, stale = next, false
+		case stale:
+			a.keys = nil
+			return nil, err
 		}
 	}
-	if ks == nil || t.Sub(ks.fetched) > ttl {
+	if stale {
 		return nil, errors.New("no current service-account keys")
 	}
-	return ks, nil
+	return a.keys, nil
+}
+
+func (a *LocalAuthenticator) now() time.Time {
+	if a.Now != nil {
+		return a.Now()
+	}
+	return time.Now()
 }
 
 // logFetch logs the first failure of a run of failed fetches as a warning
@@ -407,7 +400,9 @@ func (a *LocalAuthenticator) logFetch(err error, retry time.Duration) {
 }
 
 func (a *LocalAuthenticator) fetch(ctx context.Context) (*keySet, error) {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	// The keys serve every caller: a stream that goes away during the
+	// fetch must not fail it for the others.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
 	get := a.Keys
 	if get == nil {
@@ -481,15 +476,8 @@ func parseJWKS(doc []byte) (map[string]crypto.PublicKey, error) {
 			}
 			out[k.Kid] = &rsa.PublicKey{N: new(big.Int).SetBytes(n), E: exp}
 		case "EC":
-			var curve elliptic.Curve
-			switch k.Crv {
-			case "P-256":
-				curve = elliptic.P256()
-			case "P-384":
-				curve = elliptic.P384()
-			case "P-521":
-				curve = elliptic.P521()
-			default:
+			curve := jwkCurves[k.Crv]
+			if curve == nil {
 				continue
 			}
 			size := (curve.Params().BitSize + 7) / 8

@@ -504,12 +504,10 @@ func TestXDSStreams(t *testing.T) {
 	log.mu.Unlock()
 	h.pod(t, "demo", "refused", "default", "node-b", "198.18.16.23")
 	waitFor(t, 30*time.Second, "NACK counted in pilot_total_xds_rejects", func() error {
-		resp, err := http.Get("http://" + h.cfg.MetricsAddr + "/metrics")
+		body, err := h.metrics(t)
 		if err != nil {
 			return err
 		}
-		defer resp.Body.Close()
-		body := readAll(t, resp)
 		for _, line := range strings.Split(body, "\n") {
 			if strings.HasPrefix(line, "pilot_total_xds_rejects") && !strings.HasSuffix(line, " 0") {
 				return nil
@@ -524,16 +522,24 @@ func TestXDSStreams(t *testing.T) {
 	// The clients' pod-bound tokens were checked by istiod-lite itself
 	// (the API server's keys and its caches); only the bad token went to
 	// TokenReview.
-	resp, err := http.Get("http://" + h.cfg.MetricsAddr + "/metrics")
+	body, err := h.metrics(t)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	body := readAll(t, resp)
 	if !strings.Contains(body, `istiod_token_checks_total{by="next"} 1`) || strings.Contains(body, `istiod_token_checks_total{by="local"} 0`) ||
 		!strings.Contains(body, `istiod_token_checks_total{by="local"}`) {
 		t.Errorf("token checks on /metrics: want the good ones local, the bad one by TokenReview:\n%s", grepLines(body, "istiod_token_checks_total"))
 	}
+}
+
+// metrics returns istiod-lite's /metrics page.
+func (h *harness) metrics(t *testing.T) (string, error) {
+	resp, err := http.Get("http://" + h.cfg.MetricsAddr + "/metrics")
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	return readAll(t, resp), nil
 }
 
 // grepLines returns the lines of s that contain sub.

@@ -134,10 +134,11 @@ func Run(ctx context.Context, cfg Config, restCfg *rest.Config, log *zap.Logger)
 	if err != nil {
 		return err
 	}
+	pods := ca.ClientPods{Reader: mgr.GetClient(), Indexed: true}
 	caAuth := &ca.CachingAuthenticator{Next: &ca.LocalAuthenticator{
 		Checks:          checks,
 		Client:          cs,
-		Pods:            ca.ClientPods{Reader: mgr.GetClient()},
+		Pods:            pods,
 		ServiceAccounts: ca.ClientServiceAccounts{Reader: mgr.GetClient()},
 		Next:            &ca.TokenReviewAuthenticator{Client: cs},
 		Logger:          log.Named("authn"),
@@ -245,7 +246,7 @@ func Run(ctx context.Context, cfg Config, restCfg *rest.Config, log *zap.Logger)
 		}
 		caSrv, err := ca.NewServer(authority, ca.ServerOptions{
 			Authenticator:       caAuth,
-			Pods:                ca.ClientPods{Reader: mgr.GetClient(), Indexed: true},
+			Pods:                pods,
 			TrustedNodeAccounts: cfg.TrustedNodeAccounts,
 			SystemNamespace:     cfg.Namespace,
 			Logger:              log.Named("ca"),

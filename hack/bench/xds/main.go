@@ -500,15 +500,20 @@ func run(ctx context.Context, p params) (map[string]float64, error) {
 	if cur, err := benchkit.CurrentRSSMB(pid); err == nil {
 		fig["rss_end_mb"] = cur
 	}
-	sent, err := scrapeCounter(ctx, "http://"+addrs["metrics"]+"/metrics", "pilot_xds_sent_bytes_total")
+	// Who checked the clients' tokens: istiod-lite itself, or TokenReview.
+	local, next := `istiod_token_checks_total{by="local"`, `istiod_token_checks_total{by="next"`
+	counters, err := scrapeCounters(ctx, "http://"+addrs["metrics"]+"/metrics", "pilot_xds_sent_bytes_total", local, next)
 	if err != nil {
 		return nil, err
 	}
+	sent, ok := counters["pilot_xds_sent_bytes_total"]
+	if !ok {
+		return nil, errors.New("no pilot_xds_sent_bytes_total on istiod-lite's /metrics")
+	}
 	fig["bytes_sent_mb"] = sent / 1e6
-	// Who checked the clients' tokens: istiod-lite itself, or TokenReview.
-	for _, by := range []string{"local", "next"} {
-		if n, err := scrapeCounter(ctx, "http://"+addrs["metrics"]+"/metrics", `istiod_token_checks_total{by="`+by+`"`); err == nil {
-			fig["token_checks_"+by] = n
+	for name, key := range map[string]string{local: "token_checks_local", next: "token_checks_next"} {
+		if n, ok := counters[name]; ok {
+			fig[key] = n
 		}
 	}
 	fig["bytes_received_mb"] = float64(received.Load()) / 1e6
@@ -921,36 +926,35 @@ func waitReady(ctx context.Context, url string, exited <-chan struct{}) error {
 	}
 }
 
-// scrapeCounter sums every series of a counter on a Prometheus text endpoint.
-func scrapeCounter(ctx context.Context, url, name string) (float64, error) {
+// scrapeCounters reads a Prometheus text endpoint once and sums, for each
+// of names, every series of that counter; a name with a label
+// ("x{by=\"local\"") sums the series it starts. Names not found are left
+// out of the map.
+func scrapeCounters(ctx context.Context, url string, names ...string) (map[string]float64, error) {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return 0, fmt.Errorf("scrape %s: %w", url, err)
+		return nil, fmt.Errorf("scrape %s: %w", url, err)
 	}
 	defer resp.Body.Close()
-	var sum float64
-	found := false
+	sums := map[string]float64{}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
-		// A name with a label ("x{by=\"local\"") matches that series.
-		if !strings.HasPrefix(line, name) || (!strings.Contains(name, "{") && len(line) > len(name) && line[len(name)] != '{' && line[len(name)] != ' ') {
-			continue
+		for _, name := range names {
+			if !strings.HasPrefix(line, name) || (!strings.Contains(name, "{") && len(line) > len(name) && line[len(name)] != '{' && line[len(name)] != ' ') {
+				continue
+			}
+			f := strings.Fields(line)
+			v, err := strconv.ParseFloat(f[len(f)-1], 64)
+			if err != nil {
+				return nil, fmt.Errorf("parse %q: %w", line, err)
+			}
+			sums[name] += v
 		}
-		f := strings.Fields(line)
-		v, err := strconv.ParseFloat(f[len(f)-1], 64)
-		if err != nil {
-			return 0, fmt.Errorf("parse %q: %w", line, err)
-		}
-		sum += v
-		found = true
 	}
-	if !found {
-		return 0, fmt.Errorf("no %s on %s", name, url)
-	}
-	return sum, sc.Err()
+	return sums, sc.Err()
 }
 
 // tlsCopy serves n bytes to each of clients concurrent TLS connections on

@@ -178,7 +178,7 @@ func (f *frames) byte() (byte, bool) {
 // have; ok is false for anything else, malformed or not.
 func (f *frames) header() (num protowire.Number, n int, ok bool) {
 	t, ok := f.byte()
-	if !ok || t >= 0x80 || protowire.Type(t&7) != protowire.BytesType || t>>3 == 0 {
+	if !ok || !bytesTag(t) {
 		return 0, 0, false
 	}
 	var l uint64
@@ -196,6 +196,12 @@ func (f *frames) header() (num protowire.Number, n int, ok bool) {
 		return 0, 0, false
 	}
 	return protowire.Number(t >> 3), int(l), true
+}
+
+// bytesTag reports whether t is a one-byte tag of a length-delimited field
+// (field numbers 1 to 15).
+func bytesTag(t byte) bool {
+	return t < 0x80 && protowire.Type(t&7) == protowire.BytesType && t>>3 != 0
 }
 
 // take returns the next n bytes: a slice of one buffer (capped) when they
@@ -304,7 +310,7 @@ func str(b []byte) (string, error) {
 // value b[start:next]. One-byte tags only, as frames.header.
 func field(b []byte, off int) (num protowire.Number, start, next int, ok bool) {
 	t := b[off]
-	if t >= 0x80 || protowire.Type(t&7) != protowire.BytesType || t>>3 == 0 {
+	if !bytesTag(t) {
 		return 0, 0, 0, false
 	}
 	off++

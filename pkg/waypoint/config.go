@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"maps"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -56,8 +55,7 @@ func (r *Routes) Handle(d xdsclient.Delta) error {
 	var errs []error
 	for i := range d.Updated {
 		res := &d.Updated[i]
-		// A copy: res.Name points into the received message.
-		name := strings.Clone(res.Name)
+		name := res.Name
 		sc := &waypointv1alpha1.ServiceConfig{}
 		if err := res.UnmarshalTo(sc); err != nil {
 			errs = append(errs, configError(name, "resource", "cannot decode as ambientmesh.waypoint.v1alpha1.ServiceConfig: %v", err))

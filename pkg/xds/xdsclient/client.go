@@ -251,6 +251,7 @@ func (c *Client) runStream(ctx context.Context) error {
 
 // handle applies one response and returns its ACK or NACK.
 func (c *Client) handle(resp *response) *discovery.DeltaDiscoveryRequest {
+	names := detach(resp)
 	typ := resp.TypeURL
 	ack := &discovery.DeltaDiscoveryRequest{TypeUrl: typ, ResponseNonce: resp.Nonce}
 	d := Delta{TypeURL: typ, Updated: resp.Resources, Removed: resp.Removed}
@@ -266,8 +267,69 @@ func (c *Client) handle(resp *response) *discovery.DeltaDiscoveryRequest {
 		h = &held{m: map[string]string{}}
 		c.versions[typ] = h
 	}
-	h.apply(resp.Resources, resp.Removed)
+	h.apply(resp.Resources, names, resp.Removed)
 	return ack
+}
+
+// detach copies the strings of resp that handlers and held may keep (each
+// resource's name, version and aliases, the removed names and the type)
+// into one string and points resp at it, so that none of them keeps the
+// frames the response was decoded from alive. It returns the names and
+// versions as a list (see held). The offsets fit in 32 bits: gRPC's
+// length prefix bounds a message to 4 GiB.
+func detach(resp *response) list {
+	rs := resp.Resources
+	n := len(resp.TypeURL)
+	for i := range rs {
+		n += len(rs[i].Name) + len(rs[i].Version)
+		for _, a := range rs[i].Aliases {
+			n += len(a)
+		}
+	}
+	for _, r := range resp.Removed {
+		n += len(r)
+	}
+	var sb strings.Builder
+	sb.Grow(n)
+	ends := make([]uint32, 0, 2*len(rs))
+	for i := range rs {
+		sb.WriteString(rs[i].Name)
+		ends = append(ends, uint32(sb.Len()))
+		sb.WriteString(rs[i].Version)
+		ends = append(ends, uint32(sb.Len()))
+	}
+	for i := range rs {
+		for _, a := range rs[i].Aliases {
+			sb.WriteString(a)
+		}
+	}
+	for _, r := range resp.Removed {
+		sb.WriteString(r)
+	}
+	sb.WriteString(resp.TypeURL)
+	l := list{all: sb.String(), ends: ends}
+	for i := range rs {
+		rs[i].Name, rs[i].Version = l.at(i)
+	}
+	// The rest follows the names and versions in the order written.
+	off := 0
+	if len(ends) > 0 {
+		off = int(ends[len(ends)-1])
+	}
+	take := func(s string) string {
+		s, off = l.all[off:off+len(s)], off+len(s)
+		return s
+	}
+	for i := range rs {
+		for j, a := range rs[i].Aliases {
+			rs[i].Aliases[j] = take(a)
+		}
+	}
+	for j, r := range resp.Removed {
+		resp.Removed[j] = take(r)
+	}
+	resp.TypeURL = take(resp.TypeURL)
+	return l
 }
 
 // held is what the client holds of one type, name -> version. A large
@@ -283,12 +345,10 @@ type held struct {
 	gone map[string]struct{} // removed from base
 }
 
-// list is the names and versions of a full response, copied: all their
+// list is the names and versions of a response (see detach): all their
 // bytes in one string and, per resource, where its name and its version
-// end. Neither the response nor the frames it was decoded from stay alive
-// with it, and it holds no pointers for the garbage collector to follow
-// but one (a []nameVersion of strings was 32 bytes and two pointers per
-// resource; this is 8 bytes).
+// end. It holds no pointers for the garbage collector to follow but one:
+// 8 bytes per resource, where a pair of strings is 32 and two pointers.
 type list struct {
 	all  string
 	ends []uint32 // name end, version end; per resource
@@ -310,32 +370,15 @@ func (l *list) at(i int) (name, version string) {
 // kept as a list.
 const foldAt = 1024
 
-func (h *held) apply(upd []Resource, removed []string) {
+func (h *held) apply(upd []Resource, names list, removed []string) {
 	if h.base.ends == nil && len(h.m) == 0 && len(removed) == 0 && len(upd) >= foldAt {
-		n := 0
-		for i := range upd {
-			n += len(upd[i].Name) + len(upd[i].Version)
-		}
-		if n < 1<<32 {
-			var sb strings.Builder
-			sb.Grow(n)
-			ends := make([]uint32, 0, 2*len(upd))
-			for i := range upd {
-				sb.WriteString(upd[i].Name)
-				ends = append(ends, uint32(sb.Len()))
-				sb.WriteString(upd[i].Version)
-				ends = append(ends, uint32(sb.Len()))
-			}
-			h.base = list{all: sb.String(), ends: ends}
-			return
-		}
+		h.base = names
+		return
 	}
 	for i := range upd {
-		// Copied: the decoded strings point into the response's frames.
-		name := strings.Clone(upd[i].Name)
-		h.m[name] = strings.Clone(upd[i].Version)
+		h.m[upd[i].Name] = upd[i].Version
 		if h.gone != nil {
-			delete(h.gone, name)
+			delete(h.gone, upd[i].Name)
 		}
 	}
 	for _, n := range removed {
@@ -344,7 +387,7 @@ func (h *held) apply(upd []Resource, removed []string) {
 			if h.gone == nil {
 				h.gone = map[string]struct{}{}
 			}
-			h.gone[strings.Clone(n)] = struct{}{}
+			h.gone[n] = struct{}{}
 		}
 	}
 	if h.base.ends != nil && len(h.m)+len(h.gone) > h.base.len()/4 {

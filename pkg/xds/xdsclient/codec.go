@@ -20,10 +20,11 @@ import (
 // Resource is one resource of a Delta: a DeltaDiscoveryResponse's Resource
 // with its Any unpacked into TypeURL and Value.
 //
-// The strings and Value share the memory gRPC received the response in
-// (the HTTP/2 DATA frames, up to 16 KiB each). That memory is never reused,
-// so they stay valid after the handler returns, but a string the handler
-// keeps keeps its frame alive: strings.Clone what is kept.
+// Name, Version and Aliases (and a Delta's TypeURL and Removed) are copies,
+// all of one response in one string, which a handler may keep. TypeURL
+// and Value point into the memory gRPC received the response in (its
+// HTTP/2 DATA frames, up to 16 KiB each): that memory is never reused, so
+// they stay valid, but keeping them keeps their frames alive.
 type Resource struct {
 	Name    string
 	Version string

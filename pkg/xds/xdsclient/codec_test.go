@@ -367,7 +367,7 @@ func TestHeldMatchesMap(t *testing.T) {
 			if rng.IntN(3) == 0 {
 				removed = nil
 			}
-			h.apply(upd, removed)
+			h.apply(upd, detach(&response{Resources: upd, Removed: removed}), removed)
 			for _, r := range upd {
 				want[r.Name] = r.Version
 			}
@@ -380,6 +380,48 @@ func TestHeldMatchesMap(t *testing.T) {
 					t.Fatalf("round %d step %d: %d versions, want %d", round, step, len(got), len(want))
 				}
 			}
+		}
+	}
+}
+
+// detach leaves no string of a response pointing into the buffer it was
+// decoded from (the frames), and keeps every value.
+func TestDetach(t *testing.T) {
+	m := &discovery.DeltaDiscoveryResponse{TypeUrl: "type", Nonce: "n", RemovedResources: []string{"gone-1", "gone-2"}}
+	for i := range 50 {
+		r := &discovery.Resource{Name: fmt.Sprint("name-", i), Version: fmt.Sprint("v", i), Resource: &anypb.Any{TypeUrl: "t", Value: []byte{byte(i)}}}
+		if i%7 == 0 {
+			r.Aliases = []string{fmt.Sprint("alias-", i), ""}
+		}
+		m.Resources = append(m.Resources, r)
+	}
+	enc, err := proto.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := decode(t, enc, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := detach(got)
+	clear(enc) // what keeping the frames would have kept
+	w := want(t, func() []byte { b, _ := proto.Marshal(m); return b }())
+	// Values and the resources' type URLs (and the nonce) still point into
+	// the (cleared) frames; the strings handlers keep must not.
+	got.Nonce, w.Nonce = "", ""
+	for i := range w.Resources {
+		got.Resources[i].Value, w.Resources[i].Value = nil, nil
+		got.Resources[i].TypeURL, w.Resources[i].TypeURL = "", ""
+	}
+	if !sameResponse(got, w) {
+		t.Fatalf("after detach: %+v, want %+v", got, w)
+	}
+	if names.len() != 50 {
+		t.Fatalf("list of %d, want 50", names.len())
+	}
+	for i := range 50 {
+		if n, v := names.at(i); n != fmt.Sprint("name-", i) || v != fmt.Sprint("v", i) {
+			t.Fatalf("list[%d] = %q %q", i, n, v)
 		}
 	}
 }

@@ -3,7 +3,6 @@ package state
 import (
 	"fmt"
 	"net/netip"
-	"strings"
 
 	"istio.io/istio/pkg/workloadapi"
 	"istio.io/istio/pkg/workloadapi/security"
@@ -74,15 +73,13 @@ func (st *Store) HandleAddress(d xdsclient.Delta) error {
 				delete(next.workloads, old.key)
 			}
 		}
-		// The key kept is a copy (the uid is, and equals the name):
-		// r.Name points into the received message.
 		if w := addr.GetWorkload(); w != nil {
 			next.workloads[w.GetUid()] = w
-			st.addrNames[w.GetUid()] = addrRef{key: w.GetUid()}
+			st.addrNames[r.Name] = addrRef{key: w.GetUid()}
 		} else {
 			s := addr.GetService()
 			next.services[ServiceKey(s)] = s
-			st.addrNames[strings.Clone(r.Name)] = addrRef{service: true, key: ServiceKey(s)}
+			st.addrNames[r.Name] = addrRef{service: true, key: ServiceKey(s)}
 		}
 	}
 	st.publish(next)

@@ -38,15 +38,21 @@ func Percentile(v []float64, p float64) float64 {
 
 // CPUSeconds is the user+system CPU time a process has used so far.
 func CPUSeconds(pid int) (float64, error) {
+	user, sys, err := CPUTimes(pid)
+	return user + sys, err
+}
+
+// CPUTimes is a process's user and system CPU-seconds so far.
+func CPUTimes(pid int) (user, sys float64, err error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	s := string(b)
 	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
 	ut, _ := strconv.ParseFloat(f[11], 64)
 	st, _ := strconv.ParseFloat(f[12], 64)
-	return (ut + st) / 100, nil // USER_HZ is 100 on Linux
+	return ut / 100, st / 100, nil // USER_HZ is 100 on Linux
 }
 
 // PeakRSSMB is a process's peak resident set (VmHWM) in MiB.

@@ -238,30 +238,35 @@ func (s *RSSSampler) Stop() float64 { close(s.stopc); return <-s.done }
 
 // Usage measures a process's CPU-seconds and peak resident set over a span.
 type Usage struct {
-	pid     int
-	cpu0    float64
-	start   time.Time
-	sampler *RSSSampler
+	pid         int
+	user0, sys0 float64
+	start       time.Time
+	sampler     *RSSSampler
+
+	// User and Sys split the CPU-seconds Stop returned into time in the
+	// process's own code and in the kernel on its behalf.
+	User, Sys float64
 }
 
 // StartUsage begins measuring pid.
 func StartUsage(pid int) (*Usage, error) {
-	c, err := benchkit.CPUSeconds(pid)
+	user, sys, err := benchkit.CPUTimes(pid)
 	if err != nil {
 		return nil, err
 	}
-	return &Usage{pid: pid, cpu0: c, start: time.Now(), sampler: StartRSSSampler(pid)}, nil
+	return &Usage{pid: pid, user0: user, sys0: sys, start: time.Now(), sampler: StartRSSSampler(pid)}, nil
 }
 
 // Stop returns the CPU-seconds used, the wall time and the peak RSS in MB.
 func (u *Usage) Stop() (cpuS float64, wall time.Duration, rssMB float64, err error) {
 	rssMB = u.sampler.Stop()
 	wall = time.Since(u.start)
-	c, err := benchkit.CPUSeconds(u.pid)
+	user, sys, err := benchkit.CPUTimes(u.pid)
 	if err != nil {
 		return 0, wall, rssMB, fmt.Errorf("cpu of pid %d (did it restart?): %w", u.pid, err)
 	}
-	return c - u.cpu0, wall, rssMB, nil
+	u.User, u.Sys = user-u.user0, sys-u.sys0
+	return u.User + u.Sys, wall, rssMB, nil
 }
 
 // BenchDuration is the length of a driver's fixed-rate runs: env

@@ -7,7 +7,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/http/httputil"
+	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -47,6 +49,10 @@ type exchange struct {
 	rec   recorder
 	orig  requestSummary
 	trace requestTrace
+	// forward's: the outbound URL, the 1xx relay
+	url url.URL
+	ct  httptrace.ClientTrace
+	exchange1xx
 }
 
 // transports builds the shared upstream transports: HTTP/1.1 with a
@@ -239,7 +245,11 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request, rp *httputil.R
 	}
 	defer release()
 	defer rec.endStream()
-	rp.ServeHTTP(rec, r)
+	if upgradeType(r.Header) != "" {
+		rp.ServeHTTP(rec, r) // it does the upgrade: hijack, copy both ways
+		return
+	}
+	p.forward(rec, r, x)
 }
 
 // upstreamH2 tells whether the backend port speaks HTTP/2 (HTTP2, GRPC):

@@ -96,6 +96,7 @@ type Proxy struct {
 
 	targets  sync.Map // targetKey -> *targetState: circuit-breaker and outlier state
 	streams  atomic.Pointer[streamListener]
+	h1s      h1conns // the streams serveH1 serves
 	mirrors  sync.WaitGroup
 	mirrorCh chan struct{} // semaphore of maxMirrorsInFlight
 }
@@ -196,6 +197,9 @@ func (p *Proxy) takeover(_ context.Context, in *hbone.Inbound) (func(context.Con
 	case <-ln.done:
 		return nil, refuse(in, http.StatusServiceUnavailable, "waypoint draining")
 	default:
+	}
+	if st.port.protocol == waypointv1alpha1.Protocol_HTTP {
+		return func(ctx context.Context, c net.Conn) { p.serveH1(ctx, st, c, ln) }, nil
 	}
 	return func(ctx context.Context, c net.Conn) { ln.serve(ctx, st, c) }, nil
 }
@@ -320,6 +324,7 @@ func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
 		return errors.New("waypoint: Serve is already running")
 	}
 	defer p.streams.Store(nil)
+	p.h1s.draining.Store(false)
 	var protocols http.Protocols
 	protocols.SetHTTP1(true)
 	protocols.SetUnencryptedHTTP2(true)
@@ -348,6 +353,7 @@ func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
 		case <-ctx.Done():
 		case <-serveEnded:
 		}
+		p.h1s.drain()
 		dctx, cancel := context.WithTimeout(context.Background(), p.cfg.DrainTimeout)
 		defer cancel()
 		if err := hs.Shutdown(dctx); err != nil {

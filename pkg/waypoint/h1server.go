@@ -1,0 +1,665 @@
+package waypoint
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/net/http/httpguts"
+)
+
+// The HTTP/1.1 server of HBONE streams to HTTP ports.
+//
+// It serves, on the stream's own goroutine, the requests that make up
+// nearly all service traffic: HTTP/1.1, a head that fits its buffer, no
+// protocol upgrade, no Expect, no Transfer-Encoding, not CONNECT. On the
+// first request that is anything else (HTTP/1.0, h2c prior knowledge, a
+// WebSocket, a chunked upload, a malformed head, a head over the buffer)
+// it hands the stream, with the bytes it has read, to the net/http server
+// for the rest of the stream's life, so every unusual case keeps
+// net/http's behaviour, errors included.
+//
+// What it does like net/http's server, for the requests it serves: the
+// Host checks (400 missing, repeated or malformed; 400 for an invalid
+// header name or value), the request context (ended when the stream is
+// reset, or when the request is over), keep-alive until the client
+// closes, sends "Connection: close" or its idle timeout passes, the
+// response framing (the handler's Content-Length, else the length of a
+// body it wrote whole before returning, else chunked), Date and a
+// sniffed Content-Type when the handler set none, 1xx answers, trailers
+// (declared and http.TrailerPrefix), no body for HEAD, 1xx, 204 and 304,
+// at most 256 KiB of an unread request body drained before the next
+// request (more closes the stream), a handler's panic logged and its
+// stream closed (http.ErrAbortHandler silently). Why: net/http's server
+// is about a tenth of the waypoint's CPU per request (its per-connection
+// reader and writer state, a background read per request to notice the
+// client leaving, which the HBONE stream's reset tells us anyway).
+
+const (
+	h1ReadBuffer  = 8 << 10 // a request head must fit, else net/http serves the stream
+	h1WriteBuffer = 4 << 10
+	h1HeadTimeout = 30 * time.Second // as the http.Server's ReadHeaderTimeout
+	h1ServerIdle  = time.Hour        // as its IdleTimeout
+	h1MaxDrain    = 256 << 10        // as net/http: unread request body drained before the next request
+	h1Pending     = 2 << 10          // body bytes held to compute a Content-Length (net/http's 2048)
+)
+
+var (
+	h1Readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, h1ReadBuffer) }}
+	h1Writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, h1WriteBuffer) }}
+)
+
+// h1conn is one HBONE stream served by serveH1.
+type h1conn struct {
+	p      *Proxy
+	st     *stream
+	c      net.Conn
+	br     *bufio.Reader
+	bw     *bufio.Writer
+	remote string
+	idle   atomic.Bool // waiting for the next request: a drain may end it
+	w      h1writer
+}
+
+// h1conns tracks the streams serveH1 serves, for the drain.
+type h1conns struct {
+	mu       sync.Mutex
+	conns    map[*h1conn]struct{}
+	draining atomic.Bool
+}
+
+func (t *h1conns) add(hc *h1conn) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.draining.Load() {
+		return false
+	}
+	if t.conns == nil {
+		t.conns = map[*h1conn]struct{}{}
+	}
+	t.conns[hc] = struct{}{}
+	return true
+}
+
+func (t *h1conns) remove(hc *h1conn) {
+	t.mu.Lock()
+	delete(t.conns, hc)
+	t.mu.Unlock()
+}
+
+// drain makes every stream close once its current request is answered
+// (with "Connection: close"), and the idle ones now.
+func (t *h1conns) drain() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.draining.Store(true)
+	for hc := range t.conns {
+		if hc.idle.Load() {
+			_ = hc.c.SetReadDeadline(time.Unix(1, 0))
+		}
+	}
+}
+
+// serveH1 serves the HTTP/1.1 requests of one HBONE stream until the
+// client ends it, an error, or a drain; see the comment above.
+func (p *Proxy) serveH1(ctx context.Context, st *stream, c net.Conn, ln *streamListener) {
+	hc := &h1conn{p: p, st: st, c: c}
+	if !p.h1s.add(hc) {
+		return
+	}
+	defer p.h1s.remove(hc)
+	hc.br = h1Readers.Get().(*bufio.Reader)
+	hc.br.Reset(c)
+	hc.bw = h1Writers.Get().(*bufio.Writer)
+	hc.bw.Reset(c)
+	defer func() {
+		hc.br.Reset(nil)
+		h1Readers.Put(hc.br)
+		hc.bw.Reset(nil)
+		h1Writers.Put(hc.bw)
+	}()
+	if a := c.RemoteAddr(); a != nil {
+		hc.remote = a.String()
+	}
+	base := context.WithValue(ctx, streamKey{}, st)
+	for {
+		handoff, ok := hc.readHead()
+		if handoff {
+			hc.handoff(ctx, ln)
+			return
+		}
+		if !ok {
+			return
+		}
+		req, err := http.ReadRequest(hc.br)
+		if err != nil {
+			hc.badRequest("")
+			return
+		}
+		if why := checkRequest(req); why != "" {
+			hc.badRequest(why)
+			return
+		}
+		req.RemoteAddr = hc.remote
+		if !hc.serve(base, req) {
+			return
+		}
+	}
+}
+
+// readHead waits for the next request's head to be whole in the buffer
+// (the idle timeout before its first byte, the head timeout after).
+// handoff: the request is one for net/http; !ok: the stream is over.
+func (hc *h1conn) readHead() (handoff, ok bool) {
+	c, br := hc.c, hc.br
+	deadline := false
+	defer func() {
+		if deadline {
+			_ = c.SetReadDeadline(time.Time{})
+		}
+	}()
+	if br.Buffered() == 0 {
+		hc.idle.Store(true)
+		if hc.p.h1s.draining.Load() {
+			hc.idle.Store(false)
+			return false, false
+		}
+		_ = c.SetReadDeadline(time.Now().Add(h1ServerIdle))
+		deadline = true
+		_, err := br.Peek(1)
+		hc.idle.Store(false)
+		if err != nil {
+			return false, false
+		}
+		_ = c.SetReadDeadline(time.Now().Add(h1HeadTimeout))
+	}
+	for {
+		b, _ := br.Peek(br.Buffered())
+		if end := headEnd(b); end > 0 {
+			switch headKind(b[:end]) {
+			case headPlain:
+				return false, true
+			case headBad:
+				hc.badRequest("")
+				return false, false
+			}
+			return true, true
+		}
+		if br.Buffered() == br.Size() {
+			return true, true // too long for us: net/http's limits apply
+		}
+		if !deadline {
+			_ = c.SetReadDeadline(time.Now().Add(h1HeadTimeout))
+			deadline = true
+		}
+		if _, err := br.Peek(br.Buffered() + 1); err != nil {
+			// The head never completed: let net/http answer what came.
+			return br.Buffered() > 0, br.Buffered() > 0
+		}
+	}
+}
+
+// headEnd is the length of the request head at the start of b (through
+// its empty line, CRLF or bare LF), or 0.
+func headEnd(b []byte) int {
+	for i := 0; i+1 < len(b); i++ {
+		if b[i] != '\n' {
+			continue
+		}
+		if b[i+1] == '\n' {
+			return i + 2
+		}
+		if b[i+1] == '\r' && i+2 < len(b) && b[i+2] == '\n' {
+			return i + 3
+		}
+	}
+	return 0
+}
+
+type headClass uint8
+
+const (
+	headPlain   headClass = iota // serveH1 serves it
+	headHandoff                  // net/http does
+	headBad                      // no request line: 400
+)
+
+// headKind classifies a request head. serveH1 serves an HTTP/1.1 request
+// line with an origin-form target (so not CONNECT, not the h2c preface,
+// not a proxy's absolute form), one Host header and no Upgrade, Expect or
+// Transfer-Encoding header. A first line that is not "method target
+// HTTP/x" is refused here as net/http refuses it (which, on a stream's
+// first bytes with h2c enabled, would wait for 24 of them first).
+func headKind(head []byte) headClass {
+	line, rest, _ := strings.Cut(string(head), "\n")
+	line = strings.TrimSuffix(line, "\r")
+	method, target, ok1 := strings.Cut(line, " ")
+	target, proto, ok2 := strings.Cut(target, " ")
+	if !ok1 || !ok2 || method == "" || target == "" || strings.Contains(proto, " ") || !strings.HasPrefix(proto, "HTTP/") {
+		return headBad
+	}
+	if proto != "HTTP/1.1" || !strings.HasPrefix(target, "/") {
+		return headHandoff
+	}
+	hosts := 0
+	for rest != "" {
+		line, rest, _ = strings.Cut(rest, "\n")
+		name, _, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		switch len(name) {
+		case len("Host"):
+			if strings.EqualFold(name, "Host") {
+				hosts++
+			}
+		case len("Upgrade"), len("Expect"), len("Transfer-Encoding"):
+			if strings.EqualFold(name, "Upgrade") || strings.EqualFold(name, "Expect") || strings.EqualFold(name, "Transfer-Encoding") {
+				return headHandoff
+			}
+		}
+	}
+	if hosts != 1 {
+		return headHandoff
+	}
+	return headPlain
+}
+
+// checkRequest is net/http's server's checks of a parsed request (whose
+// head had one Host header, http.ReadRequest took it to req.Host): "" or
+// the 400 answer's reason.
+func checkRequest(req *http.Request) string {
+	if !httpguts.ValidHostHeader(req.Host) {
+		return "malformed Host header"
+	}
+	for k, vv := range req.Header {
+		if !httpguts.ValidHeaderFieldName(k) {
+			return "invalid header name"
+		}
+		for _, v := range vv {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return "invalid header value"
+			}
+		}
+	}
+	return ""
+}
+
+// badRequest answers 400 as net/http does and ends the stream.
+func (hc *h1conn) badRequest(why string) {
+	msg := "400 Bad Request"
+	if why != "" {
+		msg += ": " + why
+	}
+	_, _ = hc.bw.WriteString("HTTP/1.1 " + msg + "\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n" + msg)
+	_ = hc.bw.Flush()
+}
+
+// handoff gives the stream, with what was read of it, to net/http.
+func (hc *h1conn) handoff(ctx context.Context, ln *streamListener) {
+	read := make([]byte, hc.br.Buffered())
+	_, _ = io.ReadFull(hc.br, read)
+	if ln == nil {
+		return
+	}
+	ln.serve(ctx, hc.st, &prefixConn{Conn: hc.c, prefix: read})
+}
+
+// prefixConn is a connection whose first bytes were already read.
+type prefixConn struct {
+	net.Conn
+	prefix []byte
+}
+
+func (c *prefixConn) Read(b []byte) (int, error) {
+	if len(c.prefix) > 0 {
+		n := copy(b, c.prefix)
+		c.prefix = c.prefix[n:]
+		return n, nil
+	}
+	return c.Conn.Read(b)
+}
+
+func (c *prefixConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
+}
+
+// serve runs the handler for one request and finishes its answer; false:
+// the stream is not to carry another request.
+func (hc *h1conn) serve(base context.Context, req *http.Request) (keep bool) {
+	ctx, cancel := context.WithCancel(base)
+	defer cancel()
+	req = req.WithContext(ctx)
+	body := req.Body
+	w := &hc.w
+	header, pending := w.header, w.pending[:0] // the last request's, reused
+	if header == nil {
+		header = make(http.Header, 8)
+	}
+	clear(header)
+	*w = h1writer{hc: hc, req: req, header: header, pending: pending, clen: -1,
+		head: req.Method == http.MethodHead, closeAfter: req.Close || hc.p.h1s.draining.Load()}
+	if !hc.run(w, req) {
+		return false
+	}
+	w.finish()
+	if w.err != nil || w.closeAfter {
+		return false
+	}
+	// The next request starts after this one's body.
+	if body != nil && body != http.NoBody {
+		n, err := io.CopyN(io.Discard, body, h1MaxDrain+1)
+		if err != io.EOF || n > h1MaxDrain {
+			return false
+		}
+	}
+	return true
+}
+
+// run calls the handler; false: it panicked, the stream is to be closed
+// as it is (a response cut short).
+func (hc *h1conn) run(w *h1writer, req *http.Request) (ok bool) {
+	defer func() {
+		if v := recover(); v != nil {
+			ok = false
+			if v != http.ErrAbortHandler {
+				buf := make([]byte, 64<<10)
+				buf = buf[:runtime.Stack(buf, false)]
+				hc.p.log.Error("http handler panicked", zap.Any("panic", v), zap.String("stack", string(buf)))
+			}
+			_ = hc.bw.Flush()
+		}
+	}()
+	hc.p.handler.ServeHTTP(w, req)
+	return true
+}
+
+// h1writer is the http.ResponseWriter of serveH1's requests.
+type h1writer struct {
+	hc     *h1conn
+	req    *http.Request
+	header http.Header
+	head   bool // a HEAD request: no body is sent
+
+	code      int   // the final status, once WriteHeader(>= 200)
+	wroteHead bool  // the head is in the write buffer
+	noBody    bool  // 1xx, 204, 304 (or HEAD): no body, no framing
+	chunked   bool  // the body goes in chunks
+	clen      int64 // the handler's Content-Length, or -1
+	written   int64 // body bytes the handler wrote
+	pending   []byte
+	trailers  []string // declared in the Trailer header
+	// closeAfter: the stream carries no further request (and the answer
+	// says so if its head is not out yet); err: a write failed.
+	closeAfter bool
+	err        error
+}
+
+func (w *h1writer) Header() http.Header { return w.header }
+
+func (w *h1writer) WriteHeader(code int) {
+	if w.code != 0 {
+		return // net/http logs a superfluous WriteHeader and ignores it
+	}
+	if code < 100 || code > 999 {
+		panic("invalid WriteHeader code " + strconv.Itoa(code))
+	}
+	if code < 200 && code != http.StatusSwitchingProtocols {
+		// Informational: now, with the headers set so far (which stay).
+		bw := w.hc.bw
+		writeStatusLine(bw, code)
+		_ = w.header.WriteSubset(bw, noBodyHeaders)
+		_, _ = bw.WriteString("\r\n")
+		if err := bw.Flush(); err != nil {
+			w.fail(err)
+		}
+		return
+	}
+	w.code = code
+	w.noBody = code == http.StatusNoContent || code == http.StatusNotModified || code < 200
+	if v := w.header.Get("Content-Length"); v != "" {
+		if n, err := strconv.ParseInt(v, 10, 64); err == nil && n >= 0 {
+			w.clen = n
+		} else {
+			w.header.Del("Content-Length") // as net/http: a bad one is dropped
+		}
+	}
+}
+
+var noBodyHeaders = map[string]bool{"Content-Length": true, "Transfer-Encoding": true}
+
+func (w *h1writer) Write(p []byte) (int, error) {
+	if w.code == 0 {
+		w.WriteHeader(http.StatusOK)
+	}
+	if w.err != nil {
+		return 0, w.err
+	}
+	if w.noBody {
+		return 0, http.ErrBodyNotAllowed
+	}
+	if w.clen >= 0 && w.written+int64(len(p)) > w.clen {
+		return 0, http.ErrContentLength
+	}
+	w.written += int64(len(p))
+	if w.head {
+		return len(p), nil
+	}
+	if !w.wroteHead {
+		if w.clen < 0 && len(w.pending)+len(p) <= h1Pending {
+			w.pending = append(w.pending, p...)
+			return len(p), nil
+		}
+		w.writeHead(false)
+	}
+	w.writeBody(p)
+	if w.err != nil {
+		return 0, w.err
+	}
+	return len(p), nil
+}
+
+func (w *h1writer) Flush() {
+	if w.code == 0 {
+		w.WriteHeader(http.StatusOK)
+	}
+	if !w.wroteHead {
+		w.writeHead(false)
+	}
+	if w.err == nil {
+		if err := w.hc.bw.Flush(); err != nil {
+			w.fail(err)
+		}
+	}
+}
+
+// finish completes the answer after the handler returned.
+func (w *h1writer) finish() {
+	if w.code == 0 {
+		w.WriteHeader(http.StatusOK)
+	}
+	if !w.wroteHead {
+		w.writeHead(true)
+	}
+	bw := w.hc.bw
+	if w.chunked && w.err == nil {
+		_, _ = bw.WriteString("0\r\n")
+		w.writeTrailers()
+		_, _ = bw.WriteString("\r\n")
+	}
+	if w.clen >= 0 && w.written < w.clen && !w.noBody && !w.head {
+		w.closeAfter = true // the client waits for bytes that will not come
+	}
+	if w.err == nil {
+		if err := bw.Flush(); err != nil {
+			w.fail(err)
+		}
+	}
+}
+
+func (w *h1writer) fail(err error) {
+	if w.err == nil {
+		w.err = err
+	}
+	w.closeAfter = true
+}
+
+// writeHead writes the status line and headers, deciding the framing;
+// final: the handler returned, so the body is what is pending.
+func (w *h1writer) writeHead(final bool) {
+	w.wroteHead = true
+	h := w.header
+	if v, ok := h["Connection"]; ok && httpguts.HeaderValuesContainsToken(v, "close") {
+		w.closeAfter = true
+	}
+	for _, v := range h["Trailer"] {
+		for name := range strings.SplitSeq(v, ",") {
+			if name = strings.TrimSpace(name); name != "" {
+				w.trailers = append(w.trailers, http.CanonicalHeaderKey(name))
+			}
+		}
+	}
+	delete(h, "Transfer-Encoding")
+	bodyOK := !w.noBody
+	var extra [4]string
+	lines := extra[:0]
+	switch {
+	case !bodyOK:
+		if w.code != http.StatusNotModified {
+			delete(h, "Content-Length")
+		}
+	case w.clen >= 0:
+	case w.head:
+		if final && w.written > 0 {
+			lines = append(lines, "Content-Length: "+strconv.FormatInt(w.written, 10))
+		}
+	case final && len(w.trailers) == 0:
+		lines = append(lines, "Content-Length: "+strconv.Itoa(len(w.pending)))
+	default:
+		w.chunked = true
+		lines = append(lines, "Transfer-Encoding: chunked")
+	}
+	if bodyOK && len(w.pending) > 0 {
+		if _, ok := h["Content-Type"]; !ok && h.Get("Content-Encoding") == "" {
+			lines = append(lines, "Content-Type: "+http.DetectContentType(w.pending))
+		}
+	}
+	if _, ok := h["Date"]; !ok {
+		lines = append(lines, "Date: "+httpDate())
+	}
+	if w.closeAfter && !httpguts.HeaderValuesContainsToken(h["Connection"], "close") {
+		lines = append(lines, "Connection: close")
+	}
+	var exclude map[string]bool
+	for k := range h {
+		if strings.HasPrefix(k, http.TrailerPrefix) {
+			if exclude == nil {
+				exclude = map[string]bool{}
+			}
+			exclude[k] = true
+		}
+	}
+	bw := w.hc.bw
+	writeStatusLine(bw, w.code)
+	_ = h.WriteSubset(bw, exclude)
+	for _, l := range lines {
+		_, _ = bw.WriteString(l)
+		_, _ = bw.WriteString("\r\n")
+	}
+	_, _ = bw.WriteString("\r\n")
+	if len(w.pending) > 0 && !w.head {
+		p := w.pending
+		w.pending = nil
+		w.writeBody(p)
+	}
+}
+
+func (w *h1writer) writeBody(p []byte) {
+	if len(p) == 0 || w.err != nil {
+		return
+	}
+	bw := w.hc.bw
+	if w.chunked {
+		var size [20]byte
+		_, _ = bw.Write(strconv.AppendInt(size[:0], int64(len(p)), 16))
+		_, _ = bw.WriteString("\r\n")
+	}
+	if _, err := bw.Write(p); err != nil {
+		w.fail(err)
+		return
+	}
+	if w.chunked {
+		_, _ = bw.WriteString("\r\n")
+	}
+}
+
+// writeTrailers writes the declared trailers that have values and the
+// http.TrailerPrefix ones, sanitised as headers are.
+func (w *h1writer) writeTrailers() {
+	var t http.Header
+	for _, k := range w.trailers {
+		if vv := w.header[k]; len(vv) > 0 {
+			if t == nil {
+				t = http.Header{}
+			}
+			t[k] = vv
+		}
+	}
+	for k, vv := range w.header {
+		if name, ok := strings.CutPrefix(k, http.TrailerPrefix); ok && len(vv) > 0 {
+			if t == nil {
+				t = http.Header{}
+			}
+			t[http.CanonicalHeaderKey(name)] = vv
+		}
+	}
+	if t != nil {
+		_ = t.Write(w.hc.bw)
+	}
+}
+
+func writeStatusLine(bw *bufio.Writer, code int) {
+	var b [64]byte
+	line := append(b[:0], "HTTP/1.1 "...)
+	line = strconv.AppendInt(line, int64(code), 10)
+	line = append(line, ' ')
+	if text := http.StatusText(code); text != "" {
+		line = append(line, text...)
+	} else {
+		line = append(line, "status code "...)
+		line = strconv.AppendInt(line, int64(code), 10)
+	}
+	line = append(line, "\r\n"...)
+	_, _ = bw.Write(line)
+}
+
+// httpDate is the Date header's value, formatted once a second.
+func httpDate() string {
+	now := time.Now()
+	sec := now.Unix()
+	if d := dateCache.Load(); d != nil && d.sec == sec {
+		return d.val
+	}
+	d := &cachedDate{sec: sec, val: now.UTC().Format(http.TimeFormat)}
+	dateCache.Store(d)
+	return d.val
+}
+
+type cachedDate struct {
+	sec int64
+	val string
+}
+
+var dateCache atomic.Pointer[cachedDate]

@@ -1,0 +1,274 @@
+package waypoint
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	waypointv1alpha1 "github.com/ambient-mesh/mesh/api/waypoint/v1alpha1"
+)
+
+// h1Mesh is a waypoint in front of one pod whose handler answers by
+// path: /body (a 1 KB body of known length), /chunked (two flushed
+// parts and a trailer), /nocontent (204), /echo (the request's body).
+// Requests to /missing match no route (404 from the waypoint itself).
+func h1Mesh(t *testing.T) *mesh {
+	m := newMesh(t, meshOptions{drainTimeout: 5 * time.Second})
+	m.addService(reviews, "10.0.0.1")
+	m.addPod("reviews-a", reviews, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/body":
+			_, _ = io.WriteString(w, strings.Repeat("b", 1024))
+		case "/chunked":
+			w.Header().Set("Trailer", "X-Sum")
+			_, _ = io.WriteString(w, "one,")
+			w.(http.Flusher).Flush()
+			_, _ = io.WriteString(w, "two")
+			w.Header().Set("X-Sum", "7")
+		case "/nocontent":
+			w.WriteHeader(http.StatusNoContent)
+		case "/echo":
+			b, _ := io.ReadAll(r.Body)
+			_, _ = w.Write(b)
+		}
+	}))
+	m.setRoutes(serviceConfig(reviews, waypointv1alpha1.Protocol_HTTP, &waypointv1alpha1.HTTPRoute{
+		Name:     "HTTPRoute/demo/reviews/0",
+		Matches:  []*waypointv1alpha1.HTTPMatch{{Path: &waypointv1alpha1.PathMatch{Type: waypointv1alpha1.PathMatch_REGEX, Value: "/(body|chunked|nocontent|echo)"}}},
+		Backends: []*waypointv1alpha1.WeightedBackend{backend(reviews, 1)},
+	}))
+	return m
+}
+
+// rawStream opens one HBONE stream to the service's port 80.
+func rawStream(t *testing.T, m *mesh) (net.Conn, *bufio.Reader) {
+	c, err := m.tunnel(t.Context(), "10.0.0.1:80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	return c, bufio.NewReader(c)
+}
+
+func readResponse(t *testing.T, br *bufio.Reader, method string) (*http.Response, string) {
+	t.Helper()
+	resp, err := http.ReadResponse(br, &http.Request{Method: method})
+	if err != nil {
+		t.Fatalf("reading the answer: %v", err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("reading the body: %v", err)
+	}
+	return resp, string(b)
+}
+
+// TestH1ServerFraming: the answers of the waypoint's HTTP/1.1 server on
+// one keep-alive stream, pipelined: a body of known length, a chunked
+// one with its trailer, 204 and HEAD without a body, the waypoint's own
+// 404 with the length of what it wrote, Date everywhere.
+func TestH1ServerFraming(t *testing.T) {
+	leakCheck(t)
+	m := h1Mesh(t)
+	c, br := rawStream(t, m)
+	reqs := "GET /body HTTP/1.1\r\nHost: reviews\r\n\r\n" +
+		"GET /chunked HTTP/1.1\r\nHost: reviews\r\nTE: trailers\r\n\r\n" +
+		"GET /nocontent HTTP/1.1\r\nHost: reviews\r\n\r\n" +
+		"HEAD /body HTTP/1.1\r\nHost: reviews\r\n\r\n" +
+		"GET /missing HTTP/1.1\r\nHost: reviews\r\n\r\n"
+	if _, err := io.WriteString(c, reqs); err != nil {
+		t.Fatal(err)
+	}
+	resp, body := readResponse(t, br, "GET")
+	if resp.StatusCode != 200 || resp.ContentLength != 1024 || len(body) != 1024 || resp.Header.Get("Date") == "" {
+		t.Errorf("/body: %d, length %d, %d bytes, Date %q", resp.StatusCode, resp.ContentLength, len(body), resp.Header.Get("Date"))
+	}
+	resp, body = readResponse(t, br, "GET")
+	if resp.StatusCode != 200 || len(resp.TransferEncoding) != 1 || resp.TransferEncoding[0] != "chunked" || body != "one,two" || resp.Trailer.Get("X-Sum") != "7" {
+		t.Errorf("/chunked: %d, %v, %q, trailer %v", resp.StatusCode, resp.TransferEncoding, body, resp.Trailer)
+	}
+	resp, body = readResponse(t, br, "GET")
+	if resp.StatusCode != 204 || body != "" || resp.Header.Get("Content-Length") != "" || resp.TransferEncoding != nil {
+		t.Errorf("/nocontent: %d, %q, %v", resp.StatusCode, body, resp.Header)
+	}
+	resp, body = readResponse(t, br, "HEAD")
+	if resp.StatusCode != 200 || body != "" || resp.ContentLength != 1024 {
+		t.Errorf("HEAD /body: %d, %q, length %d", resp.StatusCode, body, resp.ContentLength)
+	}
+	resp, body = readResponse(t, br, "GET")
+	if resp.StatusCode != 404 || body != "no route\n" || resp.ContentLength != int64(len("no route\n")) || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/plain") {
+		t.Errorf("/missing: %d, %q, length %d, %v", resp.StatusCode, body, resp.ContentLength, resp.Header)
+	}
+	if resp.Close {
+		t.Error("the stream is to stay open after /missing")
+	}
+}
+
+// TestH1ServerHandsOff: requests the loop does not serve (HTTP/1.0, an
+// Expect, a chunked upload, a head without Host, garbage) are answered by
+// net/http on the same stream, after the loop served the ones before.
+func TestH1ServerHandsOff(t *testing.T) {
+	leakCheck(t)
+	m := h1Mesh(t)
+	for _, tc := range []struct {
+		name, req string
+		want      int
+		body      string
+	}{
+		{"HTTP/1.0", "GET /body HTTP/1.0\r\nHost: reviews\r\n\r\n", 200, strings.Repeat("b", 1024)},
+		{"Expect", "POST /echo HTTP/1.1\r\nHost: reviews\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nhi", 200, "hi"},
+		{"chunked upload", "POST /echo HTTP/1.1\r\nHost: reviews\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n", 200, "hi"},
+		{"no Host", "GET /body HTTP/1.1\r\n\r\n", 400, netHTTPAnswer(t, "GET /body HTTP/1.1\r\n\r\n")},
+		{"two Hosts", "GET /body HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, netHTTPAnswer(t, "GET /body HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")},
+		{"absolute form", "GET http://reviews/body HTTP/1.1\r\nHost: reviews\r\n\r\n", 200, strings.Repeat("b", 1024)},
+		// net/http's answer to a malformed request line after a good
+		// request (as the first bytes of a connection, with h2c enabled,
+		// it waits for 24 bytes first).
+		{"garbage", "GARBAGE\r\n\r\n", 400, "400 Bad Request"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, br := rawStream(t, m)
+			// One request the loop serves first, then the odd one.
+			if _, err := io.WriteString(c, "GET /body HTTP/1.1\r\nHost: reviews\r\n\r\n"+tc.req); err != nil {
+				t.Fatal(err)
+			}
+			if resp, body := readResponse(t, br, "GET"); resp.StatusCode != 200 || len(body) != 1024 {
+				t.Fatalf("first request: %d, %d bytes", resp.StatusCode, len(body))
+			}
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatalf("no answer: %v", err)
+			}
+			for resp.StatusCode == http.StatusContinue {
+				if resp, err = http.ReadResponse(br, nil); err != nil {
+					t.Fatal(err)
+				}
+			}
+			b, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != tc.want || string(b) != tc.body {
+				t.Errorf("got %d %q, want %d %q", resp.StatusCode, b, tc.want, tc.body)
+			}
+		})
+	}
+}
+
+// TestH1ServerBadRequest: what net/http's server refuses after parsing,
+// the loop refuses the same way, and closes the stream.
+func TestH1ServerBadRequest(t *testing.T) {
+	leakCheck(t)
+	m := h1Mesh(t)
+	for _, tc := range []struct{ name, req string }{
+		{"malformed Host", "GET /body HTTP/1.1\r\nHost: a b\r\n\r\n"},
+		{"bad header value", "GET /body HTTP/1.1\r\nHost: reviews\r\nX-Bad: a\x01b\r\n\r\n"},
+		{"bad header name", "GET /body HTTP/1.1\r\nHost: reviews\r\nX Bad: ab\r\n\r\n"},
+		{"bad request line", "GET /body HTTP/1.1 extra\r\nHost: reviews\r\n\r\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			want := netHTTPAnswer(t, tc.req)
+			c, br := rawStream(t, m)
+			if _, err := io.WriteString(c, tc.req); err != nil {
+				t.Fatal(err)
+			}
+			resp, body := readResponse(t, br, "GET")
+			if resp.StatusCode != 400 || body != want || !resp.Close || !strings.HasPrefix(want, "400 Bad Request") {
+				t.Errorf("got %d %q (close %v), want 400 %q and close, as net/http", resp.StatusCode, body, resp.Close, want)
+			}
+			if _, err := br.ReadByte(); err != io.EOF {
+				t.Errorf("after the 400 the stream gave %v, want EOF", err)
+			}
+		})
+	}
+}
+
+// TestH1ServerUnreadBody: a request body the handler leaves unread is
+// drained when small (the stream serves the next request) and ends the
+// stream when over 256 KiB.
+func TestH1ServerUnreadBody(t *testing.T) {
+	leakCheck(t)
+	m := h1Mesh(t)
+	small := strings.Repeat("x", 1000)
+	c, br := rawStream(t, m)
+	if _, err := io.WriteString(c, "POST /missing HTTP/1.1\r\nHost: reviews\r\nContent-Length: 1000\r\n\r\n"+small+"GET /body HTTP/1.1\r\nHost: reviews\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	if resp, _ := readResponse(t, br, "POST"); resp.StatusCode != 404 {
+		t.Fatalf("POST /missing: %d", resp.StatusCode)
+	}
+	if resp, body := readResponse(t, br, "GET"); resp.StatusCode != 200 || len(body) != 1024 {
+		t.Errorf("the request after a small unread body: %d, %d bytes", resp.StatusCode, len(body))
+	}
+
+	c, br = rawStream(t, m)
+	big := 300 << 10
+	go func() {
+		_, _ = io.WriteString(c, "POST /missing HTTP/1.1\r\nHost: reviews\r\nContent-Length: 307200\r\n\r\n")
+		_, _ = c.Write(make([]byte, big))
+	}()
+	if resp, _ := readResponse(t, br, "POST"); resp.StatusCode != 404 {
+		t.Fatalf("POST /missing: %d", resp.StatusCode)
+	}
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Errorf("after an unread 300 KiB body the stream gave %v, want EOF", err)
+	}
+}
+
+// TestH1ServerDrainClosesIdle: at the drain an idle keep-alive stream is
+// closed at once and Serve returns well before the drain timeout.
+func TestH1ServerDrainClosesIdle(t *testing.T) {
+	leakCheck(t)
+	m := h1Mesh(t)
+	c, br := rawStream(t, m)
+	if _, err := io.WriteString(c, "GET /body HTTP/1.1\r\nHost: reviews\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	if resp, _ := readResponse(t, br, "GET"); resp.StatusCode != 200 {
+		t.Fatalf("GET /body: %d", resp.StatusCode)
+	}
+	start := time.Now()
+	m.cancel()
+	if _, err := br.ReadByte(); err == nil {
+		t.Error("the idle stream got bytes at the drain, want its end")
+	}
+	select {
+	case err := <-m.served:
+		if err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	case <-time.After(4 * time.Second):
+		t.Fatal("Serve did not return before the drain timeout with only an idle stream")
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("drain took %v", d)
+	}
+	m.cancel = nil
+	_ = m.proxy.Close()
+}
+
+// netHTTPAnswer is the body of net/http's server's answer to a raw
+// request, the reference for how bad requests are refused.
+func netHTTPAnswer(t *testing.T, req string) string {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") }))
+	defer srv.Close()
+	c, err := net.Dial("tcp", srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(c, req); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("net/http's answer to %q: %v", req, err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}

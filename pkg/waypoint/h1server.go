@@ -3,9 +3,12 @@ package waypoint
 import (
 	"bufio"
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
+	"net/textproto"
+	"net/url"
 	"runtime"
 	"strconv"
 	"strings"
@@ -140,14 +143,18 @@ func (p *Proxy) serveH1(ctx context.Context, st *stream, c net.Conn, ln *streamL
 		if !ok {
 			return
 		}
-		req, err := http.ReadRequest(hc.br)
-		if err != nil {
-			hc.badRequest("")
-			return
-		}
-		if why := checkRequest(req); why != "" {
-			hc.badRequest(why)
-			return
+		req := hc.parseHead()
+		if req == nil {
+			// Not the simplest form: net/http's parser and checks.
+			var err error
+			if req, err = http.ReadRequest(hc.br); err != nil {
+				hc.badRequest("")
+				return
+			}
+			if why := checkRequest(req); why != "" {
+				hc.badRequest(why)
+				return
+			}
 		}
 		req.RemoteAddr = hc.remote
 		if !hc.serve(base, req) {
@@ -359,6 +366,9 @@ func (hc *h1conn) serve(base context.Context, req *http.Request) (keep bool) {
 		return false
 	}
 	// The next request starts after this one's body.
+	if b, ok := body.(*h1ReqBody); ok {
+		return b.drain(h1MaxDrain)
+	}
 	if body != nil && body != http.NoBody {
 		n, err := io.CopyN(io.Discard, body, h1MaxDrain+1)
 		if err != io.EOF || n > h1MaxDrain {
@@ -663,3 +673,160 @@ type cachedDate struct {
 }
 
 var dateCache atomic.Pointer[cachedDate]
+
+// parseHead parses the request head at the start of the buffer when it
+// is in the strictest form (headKind said plain; every header a valid
+// token name and value on one line; at most one Content-Length, of
+// digits; no Trailer header), with one string for the whole head and
+// one array for the header values, and consumes it; nil: it declined and
+// consumed nothing, http.ReadRequest is to parse it. A test holds it to
+// http.ReadRequest's results.
+func (hc *h1conn) parseHead() *http.Request {
+	b, _ := hc.br.Peek(hc.br.Buffered())
+	end := headEnd(b)
+	if end == 0 {
+		return nil
+	}
+	req := parseRequestHead(string(b[:end]))
+	if req == nil {
+		return nil
+	}
+	_, _ = hc.br.Discard(end)
+	if req.ContentLength > 0 {
+		req.Body = &h1ReqBody{br: hc.br, left: req.ContentLength}
+	} else {
+		req.Body = http.NoBody
+	}
+	return req
+}
+
+// parseRequestHead is parseHead's parser; nil: not in the form it takes.
+func parseRequestHead(s string) *http.Request {
+	line, rest := cutLine(s)
+	method, line, _ := strings.Cut(line, " ")
+	target, proto, _ := strings.Cut(line, " ")
+	if proto != "HTTP/1.1" || len(target) == 0 || target[0] != '/' || !validMethod(method) {
+		return nil
+	}
+	u, err := url.ParseRequestURI(target)
+	if err != nil {
+		return nil
+	}
+	vals := make([]string, strings.Count(rest, "\n"))
+	h := make(http.Header, len(vals))
+	var host string
+	hosts, clen, haveLen, closing := 0, int64(0), false, false
+	for {
+		line, rest = cutLine(rest)
+		if line == "" {
+			break
+		}
+		name, value, ok := strings.Cut(line, ":")
+		if !ok || !httpguts.ValidHeaderFieldName(name) {
+			return nil // also a folded line (leading space)
+		}
+		value = textproto.TrimString(value)
+		if !httpguts.ValidHeaderFieldValue(value) {
+			return nil
+		}
+		key := textproto.CanonicalMIMEHeaderKey(name)
+		switch key {
+		case "Host":
+			hosts++
+			host = value
+			continue
+		case "Content-Length":
+			n, err := strconv.ParseUint(value, 10, 63)
+			if haveLen || err != nil || value[0] == '+' {
+				return nil
+			}
+			clen, haveLen = int64(n), true
+		case "Connection":
+			closing = closing || httpguts.HeaderValuesContainsToken([]string{value}, "close")
+		case "Trailer", "Transfer-Encoding", "Upgrade", "Expect":
+			return nil
+		}
+		if have, ok := h[key]; ok {
+			h[key] = append(have, value)
+			continue
+		}
+		vals[0] = value
+		h[key] = vals[:1:1]
+		vals = vals[1:]
+	}
+	if hosts != 1 || !httpguts.ValidHostHeader(host) {
+		return nil
+	}
+	if p := h["Pragma"]; len(p) > 0 && p[0] == "no-cache" {
+		if _, ok := h["Cache-Control"]; !ok {
+			h["Cache-Control"] = []string{"no-cache"}
+		}
+	}
+	return &http.Request{Method: method, URL: u, Proto: proto, ProtoMajor: 1, ProtoMinor: 1,
+		Header: h, Host: host, RequestURI: target, ContentLength: clen, Close: closing}
+}
+
+// cutLine splits off the first line (CRLF or LF).
+func cutLine(s string) (line, rest string) {
+	line, rest, _ = strings.Cut(s, "\n")
+	return strings.TrimSuffix(line, "\r"), rest
+}
+
+// validMethod: a method is a token.
+func validMethod(m string) bool {
+	return m != "" && httpguts.ValidHeaderFieldName(m)
+}
+
+// h1ReqBody is the body of a request parseHead parsed: its
+// Content-Length bytes from the stream's reader. Safe for concurrent use
+// (a transport may still read it while the loop drains it).
+type h1ReqBody struct {
+	mu     sync.Mutex
+	br     *bufio.Reader
+	left   int64
+	closed bool
+}
+
+var errBodyClosed = errors.New("http: invalid Read on closed Body")
+
+func (b *h1ReqBody) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return 0, errBodyClosed
+	}
+	if b.left == 0 {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.br.Read(p)
+	b.left -= int64(n)
+	if err == io.EOF && b.left > 0 {
+		err = io.ErrUnexpectedEOF
+	} else if b.left == 0 {
+		err = io.EOF
+	}
+	return n, err
+}
+
+// Close makes later reads fail; what is left is drained by the loop.
+func (b *h1ReqBody) Close() error {
+	b.mu.Lock()
+	b.closed = true
+	b.mu.Unlock()
+	return nil
+}
+
+// drain reads what is left of the body, up to max bytes; true: all of it.
+func (b *h1ReqBody) drain(max int64) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.left > max {
+		return false
+	}
+	n, _ := b.br.Discard(int(b.left))
+	b.left -= int64(n)
+	return b.left == 0
+}

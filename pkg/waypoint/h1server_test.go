@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -271,4 +272,91 @@ func netHTTPAnswer(t *testing.T, req string) string {
 	}
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
+}
+
+// TestParseRequestHeadMatchesNetHTTP: for every head it takes, the fast
+// parser gives what http.ReadRequest (and net/http's server checks) give;
+// the simple heads it must take, it takes; the others it declines.
+func TestParseRequestHeadMatchesNetHTTP(t *testing.T) {
+	heads := []struct {
+		head string
+		take bool
+	}{
+		{"GET / HTTP/1.1\r\nHost: reviews\r\n\r\n", true},
+		{"GET /a/b?x=1&y=%20z HTTP/1.1\r\nHost: reviews:9080\r\nUser-Agent: fortio.org/fortio-1.65.0\r\nAccept: */*\r\n\r\n", true},
+		{"POST /echo HTTP/1.1\r\nhost: reviews\r\ncontent-length: 12\r\ncontent-type: text/plain\r\nx-multi: a\r\nX-Multi: b\r\n\r\n", true},
+		{"GET / HTTP/1.1\nHost: reviews\nX-Lf: only\n\n", true},
+		{"GET / HTTP/1.1\r\nHost: reviews\r\nConnection: keep-alive, Close\r\n\r\n", true},
+		{"GET / HTTP/1.1\r\nHost: reviews\r\nPragma: no-cache\r\n\r\n", true},
+		{"GET / HTTP/1.1\r\nHost: reviews\r\nX-Space:   padded value \t \r\nX-Empty:\r\n\r\n", true},
+		{"GET / HTTP/1.1\r\nHost: reviews\r\nX-Obs: caf\xc3\xa9\r\n\r\n", true},
+		{"DELETE /x HTTP/1.1\r\nHost: reviews\r\nContent-Length: 0\r\n\r\n", true},
+		// Declined: net/http decides.
+		{"GET / HTTP/1.1\r\nHost: reviews\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n", false},
+		{"GET / HTTP/1.1\r\nHost: reviews\r\nContent-Length: +1\r\n\r\n", false},
+		{"GET / HTTP/1.1\r\nHost: reviews\r\nContent-Length: x\r\n\r\n", false},
+		{"GET / HTTP/1.1\r\nHost: reviews\r\nX-Fold: a\r\n b\r\n\r\n", false},
+		{"GET / HTTP/1.1\r\nHost: reviews\r\nX Bad: a\r\n\r\n", false},
+		{"GET / HTTP/1.1\r\nHost: reviews\r\nX-Bad: a\x01\r\n\r\n", false},
+		{"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", false},
+		{"GET / HTTP/1.1\r\nHost: reviews\r\nTrailer: X-T\r\n\r\n", false},
+		{"GET / HTTP/1.0\r\nHost: reviews\r\n\r\n", false},
+		{"G(T / HTTP/1.1\r\nHost: reviews\r\n\r\n", false},
+		{"GET http://reviews/ HTTP/1.1\r\nHost: reviews\r\n\r\n", false},
+	}
+	for _, tc := range heads {
+		got := parseRequestHead(tc.head)
+		if (got != nil) != tc.take {
+			t.Errorf("%q: taken %v, want %v", tc.head, got != nil, tc.take)
+		}
+		if got == nil {
+			continue
+		}
+		want, err := http.ReadRequest(bufio.NewReader(strings.NewReader(tc.head)))
+		if err != nil {
+			t.Errorf("%q: taken, but http.ReadRequest refuses it: %v", tc.head, err)
+			continue
+		}
+		if why := checkRequest(want); why != "" {
+			t.Errorf("%q: taken, but net/http's server refuses it: %s", tc.head, why)
+		}
+		if got.Method != want.Method || got.URL.String() != want.URL.String() || got.RequestURI != want.RequestURI ||
+			got.Proto != want.Proto || got.ProtoMajor != want.ProtoMajor || got.ProtoMinor != want.ProtoMinor ||
+			got.Host != want.Host || got.ContentLength != want.ContentLength || got.Close != want.Close {
+			t.Errorf("%q:\n got %s %s %s %s host %q len %d close %v\nwant %s %s %s %s host %q len %d close %v", tc.head,
+				got.Method, got.URL, got.RequestURI, got.Proto, got.Host, got.ContentLength, got.Close,
+				want.Method, want.URL, want.RequestURI, want.Proto, want.Host, want.ContentLength, want.Close)
+		}
+		if len(got.Header) != len(want.Header) {
+			t.Errorf("%q: header %v, want %v", tc.head, got.Header, want.Header)
+		}
+		for k, v := range want.Header {
+			if !slices.Equal(got.Header[k], v) {
+				t.Errorf("%q: header %s = %q, want %q", tc.head, k, got.Header[k], v)
+			}
+		}
+	}
+}
+
+// TestH1ServerRequestBodies: bodies of requests parsed by the fast parser
+// reach the backend whole, on one keep-alive stream, between requests
+// without a body.
+func TestH1ServerRequestBodies(t *testing.T) {
+	leakCheck(t)
+	m := h1Mesh(t)
+	c, br := rawStream(t, m)
+	big := strings.Repeat("0123456789", 5000) // over one read of the buffer
+	reqs := "POST /echo HTTP/1.1\r\nHost: reviews\r\nContent-Length: 5\r\n\r\nhello" +
+		"GET /body HTTP/1.1\r\nHost: reviews\r\n\r\n" +
+		"PUT /echo HTTP/1.1\r\nHost: reviews\r\nContent-Length: " + itoa(len(big)) + "\r\n\r\n" + big
+	go func() { _, _ = io.WriteString(c, reqs) }()
+	if resp, body := readResponse(t, br, "POST"); resp.StatusCode != 200 || body != "hello" {
+		t.Errorf("POST: %d %q", resp.StatusCode, body)
+	}
+	if resp, body := readResponse(t, br, "GET"); resp.StatusCode != 200 || len(body) != 1024 {
+		t.Errorf("GET: %d, %d bytes", resp.StatusCode, len(body))
+	}
+	if resp, body := readResponse(t, br, "PUT"); resp.StatusCode != 200 || body != big {
+		t.Errorf("PUT: %d, %d bytes, want %d", resp.StatusCode, len(body), len(big))
+	}
 }

@@ -1,6 +1,6 @@
 ##@ waypoint (pkg/waypoint, cmd/waypoint)
 .PHONY: bench-waypoint
-bench-waypoint: ## waypoint on the local cluster (root): fortio 1 KB HTTP at 1000 qps x 4 conns for BENCH_DURATION (60s) direct, ztunnel only, through the waypoint and through HAProxy; max RPS per core vs HAProxy -> _output/bench/waypoint.json (< 10 min).
+bench-waypoint: ## waypoint on the local cluster (root): fortio 1 KB HTTP at 1000 qps x 4 conns for BENCH_DURATION (60s) direct, ztunnel only, through the waypoint and through HAProxy; max RPS per core vs HAProxy (also at the same rate), user/system CPU per request -> _output/bench/waypoint.json (< 10 min).
 	@mkdir -p _output/bin _output/bench
 	hack/install-deps.sh
 	hack/cluster/up.sh

@@ -168,26 +168,28 @@ func (p *Proxy) serveH1(ctx context.Context, st *stream, c net.Conn, ln *streamL
 // handoff: the request is one for net/http; !ok: the stream is over.
 func (hc *h1conn) readHead() (handoff, ok bool) {
 	c, br := hc.c, hc.br
-	deadline := false
+	armed, headArmed := false, false // a read deadline is set; the head's
 	defer func() {
-		if deadline {
+		if armed {
 			_ = c.SetReadDeadline(time.Time{})
 		}
 	}()
 	if br.Buffered() == 0 {
+		// The deadline first, then idle, then the drain check: a drain
+		// either sees this stream idle (and its poke comes after this
+		// deadline) or is seen here.
+		_ = c.SetReadDeadline(time.Now().Add(h1ServerIdle))
+		armed = true
 		hc.idle.Store(true)
 		if hc.p.h1s.draining.Load() {
 			hc.idle.Store(false)
 			return false, false
 		}
-		_ = c.SetReadDeadline(time.Now().Add(h1ServerIdle))
-		deadline = true
 		_, err := br.Peek(1)
 		hc.idle.Store(false)
 		if err != nil {
 			return false, false
 		}
-		_ = c.SetReadDeadline(time.Now().Add(h1HeadTimeout))
 	}
 	for {
 		b, _ := br.Peek(br.Buffered())
@@ -204,9 +206,9 @@ func (hc *h1conn) readHead() (handoff, ok bool) {
 		if br.Buffered() == br.Size() {
 			return true, true // too long for us: net/http's limits apply
 		}
-		if !deadline {
+		if !headArmed {
 			_ = c.SetReadDeadline(time.Now().Add(h1HeadTimeout))
-			deadline = true
+			armed, headArmed = true, true
 		}
 		if _, err := br.Peek(br.Buffered() + 1); err != nil {
 			// The head never completed: let net/http answer what came.
@@ -362,7 +364,7 @@ func (hc *h1conn) serve(base context.Context, req *http.Request) (keep bool) {
 		return false
 	}
 	w.finish()
-	if w.err != nil || w.closeAfter {
+	if w.err != nil || w.closeAfter || hc.p.h1s.draining.Load() {
 		return false
 	}
 	// The next request starts after this one's body.

@@ -714,41 +714,60 @@ func parseRequestHead(s string) *http.Request {
 	if err != nil {
 		return nil
 	}
+	h, clen, closing, ok := parseHeaderLines(rest, true)
+	if !ok || h == nil {
+		return nil
+	}
+	host := h["Host"][0]
+	delete(h, "Host")
+	if clen < 0 {
+		clen = 0
+	}
+	return &http.Request{Method: method, URL: u, Proto: proto, ProtoMajor: 1, ProtoMinor: 1,
+		Header: h, Host: host, RequestURI: target, ContentLength: clen, Close: closing}
+}
+
+// parseHeaderLines parses header lines up to the empty one: each a valid
+// name and value on one line, at most one Content-Length (digits; -1
+// when none), no Trailer, Transfer-Encoding, Upgrade or Expect; for a
+// request exactly one valid Host. Pragma: no-cache implies Cache-Control
+// as net/http has it. !ok: not in this form.
+func parseHeaderLines(rest string, request bool) (h http.Header, clen int64, closing, ok bool) {
 	vals := make([]string, strings.Count(rest, "\n"))
-	h := make(http.Header, len(vals))
-	var host string
-	hosts, clen, haveLen, closing := 0, int64(0), false, false
+	h = make(http.Header, len(vals))
+	hosts, clen := 0, int64(-1)
+	var line string
 	for {
 		line, rest = cutLine(rest)
 		if line == "" {
 			break
 		}
-		name, value, ok := strings.Cut(line, ":")
-		if !ok || !httpguts.ValidHeaderFieldName(name) {
-			return nil // also a folded line (leading space)
+		name, value, found := strings.Cut(line, ":")
+		if !found || !httpguts.ValidHeaderFieldName(name) {
+			return nil, 0, false, false // also a folded line (leading space)
 		}
 		value = textproto.TrimString(value)
 		if !httpguts.ValidHeaderFieldValue(value) {
-			return nil
+			return nil, 0, false, false
 		}
 		key := textproto.CanonicalMIMEHeaderKey(name)
 		switch key {
 		case "Host":
-			hosts++
-			host = value
-			continue
+			if hosts++; !request || hosts > 1 || !httpguts.ValidHostHeader(value) {
+				return nil, 0, false, false
+			}
 		case "Content-Length":
 			n, err := strconv.ParseUint(value, 10, 63)
-			if haveLen || err != nil || value[0] == '+' {
-				return nil
+			if clen >= 0 || err != nil || value[0] == '+' {
+				return nil, 0, false, false
 			}
-			clen, haveLen = int64(n), true
+			clen = int64(n)
 		case "Connection":
 			closing = closing || httpguts.HeaderValuesContainsToken([]string{value}, "close")
 		case "Trailer", "Transfer-Encoding", "Upgrade", "Expect":
-			return nil
+			return nil, 0, false, false
 		}
-		if have, ok := h[key]; ok {
+		if have, found := h[key]; found {
 			h[key] = append(have, value)
 			continue
 		}
@@ -756,16 +775,15 @@ func parseRequestHead(s string) *http.Request {
 		h[key] = vals[:1:1]
 		vals = vals[1:]
 	}
-	if hosts != 1 || !httpguts.ValidHostHeader(host) {
-		return nil
+	if request && hosts != 1 {
+		return nil, 0, false, false
 	}
 	if p := h["Pragma"]; len(p) > 0 && p[0] == "no-cache" {
-		if _, ok := h["Cache-Control"]; !ok {
+		if _, found := h["Cache-Control"]; !found {
 			h["Cache-Control"] = []string{"no-cache"}
 		}
 	}
-	return &http.Request{Method: method, URL: u, Proto: proto, ProtoMajor: 1, ProtoMinor: 1,
-		Header: h, Host: host, RequestURI: target, ContentLength: clen, Close: closing}
+	return h, clen, closing, true
 }
 
 // cutLine splits off the first line (CRLF or LF).
@@ -831,4 +849,49 @@ func (b *h1ReqBody) drain(max int64) bool {
 	n, _ := b.br.Discard(int(b.left))
 	b.left -= int64(n)
 	return b.left == 0
+}
+
+// parseResponse parses an answer whose head is whole in br when it is in
+// the simplest form (HTTP/1.1, a 2xx-5xx status other than 204 and 304,
+// to a request other than HEAD; one Content-Length of digits; no
+// Transfer-Encoding or Trailer; every header a valid name and value on
+// one line), with one string for the head and one array for the values,
+// and consumes the head; nil: it declined and consumed nothing,
+// http.ReadResponse is to read it. A test holds it to http.ReadResponse.
+func parseResponse(br *bufio.Reader, req *http.Request) *http.Response {
+	if req.Method == http.MethodHead {
+		return nil
+	}
+	b, _ := br.Peek(br.Buffered())
+	end := headEnd(b)
+	if end == 0 {
+		return nil
+	}
+	s := string(b[:end])
+	line, rest := cutLine(s)
+	proto, status, _ := strings.Cut(line, " ")
+	codeText, _, _ := strings.Cut(status, " ")
+	if proto != "HTTP/1.1" || len(codeText) != 3 {
+		return nil
+	}
+	code, err := strconv.Atoi(codeText)
+	if err != nil || code < 200 || code > 599 || code == http.StatusNoContent || code == http.StatusNotModified {
+		return nil
+	}
+	h, clen, closing, ok := parseHeaderLines(rest, false)
+	if !ok || clen < 0 {
+		return nil
+	}
+	if closing {
+		delete(h, "Connection") // as http.ReadResponse
+	}
+	_, _ = br.Discard(end)
+	resp := &http.Response{Status: status, StatusCode: code, Proto: proto, ProtoMajor: 1, ProtoMinor: 1,
+		Header: h, ContentLength: clen, Close: closing, Request: req}
+	if clen > 0 {
+		resp.Body = &h1ReqBody{br: br, left: clen}
+	} else {
+		resp.Body = http.NoBody
+	}
+	return resp
 }

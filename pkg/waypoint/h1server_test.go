@@ -360,3 +360,67 @@ func TestH1ServerRequestBodies(t *testing.T) {
 		t.Errorf("PUT: %d, %d bytes, want %d", resp.StatusCode, len(body), len(big))
 	}
 }
+
+// TestParseResponseMatchesNetHTTP: for every answer it takes, the fast
+// parser gives what http.ReadResponse gives, body included, and leaves the
+// reader at the same place; the simple answers it must take, it takes.
+func TestParseResponseMatchesNetHTTP(t *testing.T) {
+	get := &http.Request{Method: http.MethodGet}
+	answers := []struct {
+		head, body string
+		req        *http.Request
+		take       bool
+	}{
+		{"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\nDate: Thu, 26 Nov 2026 10:00:00 GMT\r\n\r\n", "hello", get, true},
+		{"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nx-multi: a\r\nX-Multi: b\r\nConnection: close\r\n\r\n", "", get, true},
+		{"HTTP/1.1 404 \nContent-Length: 2\nPragma: no-cache\n\n", "no", get, true},
+		{"HTTP/1.1 299 Custom\r\nContent-Length: 3\r\nX-Obs: caf\xc3\xa9\r\n\r\n", "abc", get, true},
+		// Declined: http.ReadResponse reads them.
+		{"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", "5\r\nhello\r\n0\r\n\r\n", get, false},
+		{"HTTP/1.1 200 OK\r\n\r\n", "till close", get, false},
+		{"HTTP/1.1 204 No Content\r\n\r\n", "", get, false},
+		{"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n", "", get, false},
+		{"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n", "", get, false},
+		{"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", "", &http.Request{Method: http.MethodHead}, false},
+		{"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\n", "hello", get, false},
+		{"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n", "hello", get, false},
+		{"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Fold: a\r\n b\r\n\r\n", "hello", get, false},
+		{"HTTP/1.1 2000 OK\r\nContent-Length: 5\r\n\r\n", "hello", get, false},
+	}
+	const next = "NEXT"
+	for _, tc := range answers {
+		br := bufio.NewReader(strings.NewReader(tc.head + tc.body + next))
+		_, _ = br.Peek(len(tc.head)) // the head is buffered, as parseResponse needs
+		got := parseResponse(br, tc.req)
+		if (got != nil) != tc.take {
+			t.Errorf("%q: taken %v, want %v", tc.head, got != nil, tc.take)
+		}
+		if got == nil {
+			continue
+		}
+		gotBody, _ := io.ReadAll(got.Body)
+		gotRest, _ := io.ReadAll(br)
+		wbr := bufio.NewReader(strings.NewReader(tc.head + tc.body + next))
+		want, err := http.ReadResponse(wbr, tc.req)
+		if err != nil {
+			t.Errorf("%q: taken, but http.ReadResponse refuses it: %v", tc.head, err)
+			continue
+		}
+		wantBody, _ := io.ReadAll(want.Body)
+		wantRest, _ := io.ReadAll(wbr)
+		if got.Status != want.Status || got.StatusCode != want.StatusCode || got.Proto != want.Proto ||
+			got.ContentLength != want.ContentLength || got.Close != want.Close || string(gotBody) != string(wantBody) || string(gotRest) != string(wantRest) {
+			t.Errorf("%q:\n got %q %d %s len %d close %v body %q rest %q\nwant %q %d %s len %d close %v body %q rest %q", tc.head,
+				got.Status, got.StatusCode, got.Proto, got.ContentLength, got.Close, gotBody, gotRest,
+				want.Status, want.StatusCode, want.Proto, want.ContentLength, want.Close, wantBody, wantRest)
+		}
+		if len(got.Header) != len(want.Header) {
+			t.Errorf("%q: header %v, want %v", tc.head, got.Header, want.Header)
+		}
+		for k, v := range want.Header {
+			if !slices.Equal(got.Header[k], v) {
+				t.Errorf("%q: header %s = %q, want %q", tc.head, k, got.Header[k], v)
+			}
+		}
+	}
+}

@@ -10,9 +10,14 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/textproto"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // h1Pool is the waypoint's HTTP/1.1 client for the common upstream
@@ -320,7 +325,7 @@ func (pl *h1Pool) roundTrip(req *http.Request, body []byte) (*http.Response, err
 			}
 			pc = pl.newConn(c, req.URL.Host)
 		}
-		resp, retry, err := pl.exchange(ctx, pc, req)
+		resp, retry, err := pl.exchange(ctx, pc, req, body)
 		if err == nil {
 			return resp, nil
 		}
@@ -341,12 +346,15 @@ func (pl *h1Pool) roundTrip(req *http.Request, body []byte) (*http.Response, err
 // whatever I/O waits on it; that hook (context.AfterFunc, a few
 // allocations) is set only around I/O that may block: a write larger
 // than the buffer or with a body, and reads of bytes not buffered yet.
-func (pl *h1Pool) exchange(ctx context.Context, pc *h1Conn, req *http.Request) (resp *http.Response, retry bool, err error) {
+func (pl *h1Pool) exchange(ctx context.Context, pc *h1Conn, req *http.Request, body []byte) (resp *http.Response, retry bool, err error) {
 	if (req.Body != nil && req.Body != http.NoBody) || !smallRequest(req) {
 		pc.arm(ctx)
 	}
 	written, read := pc.written, pc.read.Load()
-	if err = req.Write(pc.bw); err == nil {
+	if !writeRequest(pc.bw, req, body) {
+		err = req.Write(pc.bw)
+	}
+	if err == nil {
 		err = pc.bw.Flush()
 	}
 	if err != nil {
@@ -371,9 +379,11 @@ func (pl *h1Pool) exchange(ctx context.Context, pc *h1Conn, req *http.Request) (
 		if pc.stopCtx == nil && !headerBuffered(pc.br) {
 			pc.arm(ctx)
 		}
-		pc.headLimit = pc.read.Load() + h1MaxHead
-		resp, err = http.ReadResponse(pc.br, req)
-		pc.headLimit = 0
+		if resp = parseResponse(pc.br, req); resp == nil {
+			pc.headLimit = pc.read.Load() + h1MaxHead
+			resp, err = http.ReadResponse(pc.br, req)
+			pc.headLimit = 0
+		}
 		if err != nil {
 			pc.disarm()
 			return nil, pc.read.Load() == read && idempotent(req), err
@@ -511,3 +521,71 @@ type switchedBody struct {
 func (b *switchedBody) Read(p []byte) (int, error)  { return b.br.Read(p) }
 func (b *switchedBody) Write(p []byte) (int, error) { return b.pc.conn.Write(p) }
 func (b *switchedBody) Close() error                { b.pc.kill(); return nil }
+
+// writeRequest writes req, whose body is body, as Request.Write would,
+// byte for byte, without its per-request state (a transfer writer, a
+// buffered writer check, Fprintf): for a request with a plain ASCII host
+// (no IDNA, no zone), an origin-form URL, no Transfer-Encoding and no
+// trailers. false: it wrote nothing, Request.Write is to. A test holds
+// the two to the same bytes.
+func writeRequest(bw *bufio.Writer, req *http.Request, body []byte) bool {
+	host := req.Host
+	if host == "" && req.URL != nil {
+		host = req.URL.Host
+	}
+	if host == "" || req.URL == nil || req.URL.Opaque != "" || req.Method == http.MethodConnect ||
+		len(req.TransferEncoding) > 0 || len(req.Trailer) > 0 || !httpguts.ValidHostHeader(host) {
+		return false
+	}
+	for i := 0; i < len(host); i++ {
+		if c := host[i]; c >= utf8.RuneSelf || c == '%' {
+			return false // punycode or a zone: Request.Write's business
+		}
+	}
+	uri := req.URL.RequestURI()
+	for i := 0; i < len(uri); i++ {
+		if c := uri[i]; c < ' ' || c == 0x7f {
+			return false
+		}
+	}
+	method := req.Method
+	if method == "" {
+		method = http.MethodGet
+	}
+	ua := "Go-http-client/1.1"
+	if v, ok := req.Header["User-Agent"]; ok {
+		ua = ""
+		if len(v) > 0 {
+			ua = textproto.TrimString(newlineToSpace.Replace(v[0]))
+		}
+	}
+	_, _ = bw.WriteString(method)
+	_ = bw.WriteByte(' ')
+	_, _ = bw.WriteString(uri)
+	_, _ = bw.WriteString(" HTTP/1.1\r\nHost: ")
+	_, _ = bw.WriteString(host)
+	_, _ = bw.WriteString("\r\n")
+	if ua != "" {
+		_, _ = bw.WriteString("User-Agent: ")
+		_, _ = bw.WriteString(ua)
+		_, _ = bw.WriteString("\r\n")
+	}
+	if req.Close && !httpguts.HeaderValuesContainsToken([]string{req.Header.Get("Connection")}, "close") {
+		_, _ = bw.WriteString("Connection: close\r\n")
+	}
+	if len(body) > 0 || method == http.MethodPost || method == http.MethodPut || method == http.MethodPatch {
+		var n [20]byte
+		_, _ = bw.WriteString("Content-Length: ")
+		_, _ = bw.Write(strconv.AppendInt(n[:0], int64(len(body)), 10))
+		_, _ = bw.WriteString("\r\n")
+	}
+	_ = req.Header.WriteSubset(bw, requestExcluded)
+	_, _ = bw.WriteString("\r\n")
+	_, _ = bw.Write(body)
+	return true
+}
+
+var newlineToSpace = strings.NewReplacer("\n", " ", "\r", " ")
+
+// requestExcluded are the headers Request.Write writes itself.
+var requestExcluded = map[string]bool{"Host": true, "User-Agent": true, "Content-Length": true, "Transfer-Encoding": true, "Trailer": true}

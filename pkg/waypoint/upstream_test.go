@@ -1,6 +1,7 @@
 package waypoint
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"io"
@@ -326,6 +327,91 @@ func TestUpstreamOneWritePerRequest(t *testing.T) {
 		}
 		if n := conn.count() - before; n != 1 {
 			t.Errorf("request %d went out in %d writes, want 1", i, n)
+		}
+	}
+}
+
+// TestWriteRequestMatchesRequestWrite: for every request writeRequest
+// takes, it writes the bytes Request.Write writes; it declines the others.
+func TestWriteRequestMatchesRequestWrite(t *testing.T) {
+	mk := func(method, url string, body string, h http.Header, mod func(*http.Request)) (*http.Request, []byte) {
+		req, err := http.NewRequest(method, url, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k, v := range h {
+			req.Header[k] = v
+		}
+		if mod != nil {
+			mod(req)
+		}
+		b := []byte(body)
+		if len(b) > 0 {
+			req.Body = io.NopCloser(bytes.NewReader(b))
+			req.ContentLength = int64(len(b))
+		}
+		return req, b
+	}
+	cases := []struct {
+		name string
+		req  func() (*http.Request, []byte)
+		take bool
+	}{
+		{"GET", func() (*http.Request, []byte) {
+			return mk("GET", "http://10.0.0.1:8080/a/b?x=1&y=%20", "", http.Header{"Accept": {"*/*"}, "X-Request-Id": {"abc"}}, nil)
+		}, true},
+		{"POST body", func() (*http.Request, []byte) {
+			return mk("POST", "http://10.0.0.1:8080/echo", "hello world", http.Header{"Content-Type": {"text/plain"}, "X-Multi": {"a", "b"}}, nil)
+		}, true},
+		{"DELETE no body", func() (*http.Request, []byte) { return mk("DELETE", "http://10.0.0.1/x", "", nil, nil) }, true},
+		{"HEAD", func() (*http.Request, []byte) { return mk("HEAD", "http://10.0.0.1/x", "", nil, nil) }, true},
+		{"empty UA", func() (*http.Request, []byte) {
+			return mk("GET", "http://10.0.0.1/", "", http.Header{"User-Agent": {""}}, nil)
+		}, true},
+		{"UA with newline", func() (*http.Request, []byte) {
+			return mk("GET", "http://10.0.0.1/", "", http.Header{"User-Agent": {" curl/8\r\nX-Evil: 1 "}, "X-Val": {"a\nb"}}, nil)
+		}, true},
+		{"Host differs from URL, Close", func() (*http.Request, []byte) {
+			return mk("PUT", "http://10.0.0.1:9080/p", "x", nil, func(r *http.Request) { r.Host = "reviews.demo:9080"; r.Close = true })
+		}, true},
+		{"Close with Connection: close", func() (*http.Request, []byte) {
+			return mk("GET", "http://10.0.0.1/", "", http.Header{"Connection": {"close"}}, func(r *http.Request) { r.Close = true })
+		}, true},
+		{"invalid header name dropped", func() (*http.Request, []byte) {
+			return mk("GET", "http://10.0.0.1/", "", http.Header{"X Bad": {"1"}, "X-Good": {"2"}}, nil)
+		}, true},
+		{"IDNA host", func() (*http.Request, []byte) {
+			return mk("GET", "http://10.0.0.1/", "", nil, func(r *http.Request) { r.Host = "bücher.example" })
+		}, false},
+		{"zone", func() (*http.Request, []byte) {
+			return mk("GET", "http://10.0.0.1/", "", nil, func(r *http.Request) { r.Host = "[fe80::1%25eth0]:80" })
+		}, false},
+		{"chunked", func() (*http.Request, []byte) {
+			return mk("POST", "http://10.0.0.1/", "x", nil, func(r *http.Request) { r.TransferEncoding = []string{"chunked"} })
+		}, false},
+	}
+	for _, tc := range cases {
+		req, body := tc.req()
+		var got bytes.Buffer
+		bw := bufio.NewWriter(&got)
+		took := writeRequest(bw, req, body)
+		_ = bw.Flush()
+		if took != tc.take {
+			t.Errorf("%s: taken %v, want %v", tc.name, took, tc.take)
+		}
+		if !took {
+			if got.Len() > 0 {
+				t.Errorf("%s: declined but wrote %q", tc.name, got.String())
+			}
+			continue
+		}
+		req2, _ := tc.req()
+		var want bytes.Buffer
+		if err := req2.Write(&want); err != nil {
+			t.Fatalf("%s: Request.Write: %v", tc.name, err)
+		}
+		if got.String() != want.String() {
+			t.Errorf("%s:\n got %q\nwant %q", tc.name, got.String(), want.String())
 		}
 	}
 }

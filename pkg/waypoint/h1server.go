@@ -135,7 +135,7 @@ func (p *Proxy) serveH1(ctx context.Context, st *stream, c net.Conn, ln *streamL
 	}
 	base := context.WithValue(ctx, streamKey{}, st)
 	for {
-		handoff, ok := hc.readHead()
+		head, handoff, ok := hc.readHead()
 		if handoff {
 			hc.handoff(ctx, ln)
 			return
@@ -143,7 +143,7 @@ func (p *Proxy) serveH1(ctx context.Context, st *stream, c net.Conn, ln *streamL
 		if !ok {
 			return
 		}
-		req := hc.parseHead()
+		req := hc.parseHead(head)
 		if req == nil {
 			// Not the simplest form: net/http's parser and checks.
 			var err error
@@ -165,8 +165,9 @@ func (p *Proxy) serveH1(ctx context.Context, st *stream, c net.Conn, ln *streamL
 
 // readHead waits for the next request's head to be whole in the buffer
 // (the idle timeout before its first byte, the head timeout after).
-// handoff: the request is one for net/http; !ok: the stream is over.
-func (hc *h1conn) readHead() (handoff, ok bool) {
+// head: the head, as one string (the fast parser slices it); handoff:
+// the request is one for net/http; !ok: the stream is over.
+func (hc *h1conn) readHead() (head string, handoff, ok bool) {
 	c, br := hc.c, hc.br
 	armed, headArmed := false, false // a read deadline is set; the head's
 	defer func() {
@@ -183,28 +184,29 @@ func (hc *h1conn) readHead() (handoff, ok bool) {
 		hc.idle.Store(true)
 		if hc.p.h1s.draining.Load() {
 			hc.idle.Store(false)
-			return false, false
+			return "", false, false
 		}
 		_, err := br.Peek(1)
 		hc.idle.Store(false)
 		if err != nil {
-			return false, false
+			return "", false, false
 		}
 	}
 	for {
 		b, _ := br.Peek(br.Buffered())
 		if end := headEnd(b); end > 0 {
-			switch headKind(b[:end]) {
+			head = string(b[:end])
+			switch headKind(head) {
 			case headPlain:
-				return false, true
+				return head, false, true
 			case headBad:
 				hc.badRequest("")
-				return false, false
+				return "", false, false
 			}
-			return true, true
+			return "", true, true
 		}
 		if br.Buffered() == br.Size() {
-			return true, true // too long for us: net/http's limits apply
+			return "", true, true // too long for us: net/http's limits apply
 		}
 		if !headArmed {
 			_ = c.SetReadDeadline(time.Now().Add(h1HeadTimeout))
@@ -212,7 +214,7 @@ func (hc *h1conn) readHead() (handoff, ok bool) {
 		}
 		if _, err := br.Peek(br.Buffered() + 1); err != nil {
 			// The head never completed: let net/http answer what came.
-			return br.Buffered() > 0, br.Buffered() > 0
+			return "", br.Buffered() > 0, br.Buffered() > 0
 		}
 	}
 }
@@ -248,8 +250,8 @@ const (
 // Transfer-Encoding header. A first line that is not "method target
 // HTTP/x" is refused here as net/http refuses it (which, on a stream's
 // first bytes with h2c enabled, would wait for 24 of them first).
-func headKind(head []byte) headClass {
-	line, rest, _ := strings.Cut(string(head), "\n")
+func headKind(head string) headClass {
+	line, rest, _ := strings.Cut(head, "\n")
 	line = strings.TrimSuffix(line, "\r")
 	method, target, ok1 := strings.Cut(line, " ")
 	target, proto, ok2 := strings.Cut(target, " ")
@@ -338,12 +340,7 @@ func (c *prefixConn) Read(b []byte) (int, error) {
 	return c.Conn.Read(b)
 }
 
-func (c *prefixConn) CloseWrite() error {
-	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return c.Conn.Close()
-}
+func (c *prefixConn) CloseWrite() error { return closeWrite(c.Conn) }
 
 // serve runs the handler for one request and finishes its answer; false:
 // the stream is not to carry another request.
@@ -368,7 +365,7 @@ func (hc *h1conn) serve(base context.Context, req *http.Request) (keep bool) {
 		return false
 	}
 	// The next request starts after this one's body.
-	if b, ok := body.(*h1ReqBody); ok {
+	if b, ok := body.(*lengthBody); ok {
 		return b.drain(h1MaxDrain)
 	}
 	if body != nil && body != http.NoBody {
@@ -683,19 +680,14 @@ var dateCache atomic.Pointer[cachedDate]
 // one array for the header values, and consumes it; nil: it declined and
 // consumed nothing, http.ReadRequest is to parse it. A test holds it to
 // http.ReadRequest's results.
-func (hc *h1conn) parseHead() *http.Request {
-	b, _ := hc.br.Peek(hc.br.Buffered())
-	end := headEnd(b)
-	if end == 0 {
-		return nil
-	}
-	req := parseRequestHead(string(b[:end]))
+func (hc *h1conn) parseHead(head string) *http.Request {
+	req := parseRequestHead(head)
 	if req == nil {
 		return nil
 	}
-	_, _ = hc.br.Discard(end)
+	_, _ = hc.br.Discard(len(head))
 	if req.ContentLength > 0 {
-		req.Body = &h1ReqBody{br: hc.br, left: req.ContentLength}
+		req.Body = &lengthBody{br: hc.br, left: req.ContentLength}
 	} else {
 		req.Body = http.NoBody
 	}
@@ -715,7 +707,7 @@ func parseRequestHead(s string) *http.Request {
 		return nil
 	}
 	h, clen, closing, ok := parseHeaderLines(rest, true)
-	if !ok || h == nil {
+	if !ok {
 		return nil
 	}
 	host := h["Host"][0]
@@ -797,10 +789,10 @@ func validMethod(m string) bool {
 	return m != "" && httpguts.ValidHeaderFieldName(m)
 }
 
-// h1ReqBody is the body of a request parseHead parsed: its
+// lengthBody is the body of a request or answer parsed in place: its
 // Content-Length bytes from the stream's reader. Safe for concurrent use
 // (a transport may still read it while the loop drains it).
-type h1ReqBody struct {
+type lengthBody struct {
 	mu     sync.Mutex
 	br     *bufio.Reader
 	left   int64
@@ -809,7 +801,7 @@ type h1ReqBody struct {
 
 var errBodyClosed = errors.New("http: invalid Read on closed Body")
 
-func (b *h1ReqBody) Read(p []byte) (int, error) {
+func (b *lengthBody) Read(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
@@ -832,7 +824,7 @@ func (b *h1ReqBody) Read(p []byte) (int, error) {
 }
 
 // Close makes later reads fail; what is left is drained by the loop.
-func (b *h1ReqBody) Close() error {
+func (b *lengthBody) Close() error {
 	b.mu.Lock()
 	b.closed = true
 	b.mu.Unlock()
@@ -840,7 +832,7 @@ func (b *h1ReqBody) Close() error {
 }
 
 // drain reads what is left of the body, up to max bytes; true: all of it.
-func (b *h1ReqBody) drain(max int64) bool {
+func (b *lengthBody) drain(max int64) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.left > max {
@@ -889,7 +881,7 @@ func parseResponse(br *bufio.Reader, req *http.Request) *http.Response {
 	resp := &http.Response{Status: status, StatusCode: code, Proto: proto, ProtoMajor: 1, ProtoMinor: 1,
 		Header: h, ContentLength: clen, Close: closing, Request: req}
 	if clen > 0 {
-		resp.Body = &h1ReqBody{br: br, left: clen}
+		resp.Body = &lengthBody{br: br, left: clen}
 	} else {
 		resp.Body = http.NoBody
 	}

@@ -23,11 +23,14 @@ func (c *streamConn) Close() error {
 }
 
 // CloseWrite keeps the half-close of the socket pair visible to net/http.
-func (c *streamConn) CloseWrite() error {
-	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+func (c *streamConn) CloseWrite() error { return closeWrite(c.Conn) }
+
+// closeWrite half-closes c when it can, else closes it.
+func closeWrite(c net.Conn) error {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
 		return cw.CloseWrite()
 	}
-	return c.Conn.Close()
+	return c.Close()
 }
 
 // streamListener hands accepted HBONE streams to the HTTP server.

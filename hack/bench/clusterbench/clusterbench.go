@@ -252,7 +252,7 @@ type Usage struct {
 func StartUsage(pid int) (*Usage, error) {
 	user, sys, err := benchkit.CPUTimes(pid)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("cpu of pid %d (did it exit?): %w", pid, err)
 	}
 	return &Usage{pid: pid, user0: user, sys0: sys, start: time.Now(), sampler: StartRSSSampler(pid)}, nil
 }

@@ -12,14 +12,16 @@
 //     the plain server, reached from the plain client.
 //
 // It measures the waypoint's and HAProxy's CPU-seconds and resident set from
-// /proc while they carry the load, then each one's maximum RPS with the
-// proxy held to one core (the waypoint with GOMAXPROCS=1 through the
-// Gateway's parameters ConfigMap, HAProxy with nbthread 1), normalised by
-// the CPU it used: the machine's other core runs the load generator, the
-// backend and ztunnels, so the proxy does not always saturate its core.
-// HAProxy then runs once more at the rate the waypoint reached, for a
-// comparison at the same load (max_rps_ratio_vs_haproxy_same_rate), and
-// each run's CPU is split per request into user and system time.
+// /proc while they carry the load, then each one's maximum RPS per core:
+// each proxy on one thread (the waypoint with GOMAXPROCS=1 through the
+// Gateway's parameters ConfigMap, HAProxy with nbthread 1) is held to a
+// quarter of a core by CFS bandwidth control (-max-cpu; its container's
+// cgroup, and a cgroup of its own for HAProxy) and driven as hard as the
+// load generator can: the machine's cores run the load generator, the
+// backend and the ztunnels too, and without the limit the proxy would not
+// be the bottleneck. The share of CFS periods in which each was throttled
+// is recorded (*max_rps_throttled, near 1 when saturated), and each run's
+// CPU is split per request into user and system time.
 // It writes the flat JSON figures of DESIGN.md §9, prints a one-line summary
 // and removes what it created.
 package main
@@ -60,6 +62,8 @@ func main() {
 	qps := flag.Int("qps", 1000, "requests per second of the fixed-rate runs")
 	conns := flag.Int("c", 4, "connections of the fixed-rate runs")
 	maxConns := flag.Int("max-c", 16, "connections of the maximum-RPS runs")
+	maxCPU := flag.Float64("max-cpu", 0.25, "CPU limit (cores, CFS bandwidth) each proxy is held to in its maximum-RPS run, so that it, not the load generator, is the bottleneck; 0: no limit")
+	maxCPUPeriod := flag.Duration("max-cpu-period", 20*time.Millisecond, "CFS period of the -max-cpu limit")
 	timeout := flag.Duration("timeout", 0, "bound on the whole run (default 4x duration + 3x max-duration + 5 min)")
 	flag.Parse()
 	if *timeout == 0 {
@@ -68,7 +72,8 @@ func main() {
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
 	b := &bench{k: clusterbench.Kubectl{Bin: *kubectlBin, Kubeconfig: *kubeconfig}, manifests: *manifests, haproxyBin: *haproxy,
-		duration: *duration, maxDuration: *maxDuration, qps: *qps, conns: *conns, maxConns: *maxConns}
+		duration: *duration, maxDuration: *maxDuration, qps: *qps, conns: *conns, maxConns: *maxConns,
+		maxCPU: *maxCPU, maxCPUPeriod: *maxCPUPeriod}
 	time.AfterFunc(*timeout+90*time.Second, func() {
 		fmt.Fprintln(os.Stderr, "bench-waypoint: timed out")
 		b.stopHAProxy()
@@ -77,11 +82,11 @@ func main() {
 	fig, err := b.run(ctx)
 	b.cleanup()
 	benchkit.Save("bench-waypoint", *out, fig, err)
-	fmt.Printf("bench-waypoint: %d qps x %s over %d conns, 1 KB: waypoint adds p50 %.3f ms, p99 %.3f ms vs direct (%.3f / %.3f ms vs ztunnel only; HAProxy adds %.3f / %.3f ms); waypoint %.3f vCPU and %.1f MB per 1000 rps; max %.0f rps per waypoint core vs HAProxy %.0f (%.2fx; %.0f and %.2fx with HAProxy at the same rate) -> %s\n",
+	fmt.Printf("bench-waypoint: %d qps x %s over %d conns, 1 KB: waypoint adds p50 %.3f ms, p99 %.3f ms vs direct (%.3f / %.3f ms vs ztunnel only; HAProxy adds %.3f / %.3f ms); waypoint %.3f vCPU and %.1f MB per 1000 rps; max %.0f rps per waypoint core vs HAProxy %.0f (%.2fx), both held to %.2f cores -> %s\n",
 		*qps, *duration, *conns, fig["p50_added_ms"], fig["p99_added_ms"], fig["p50_added_vs_ztunnel_ms"], fig["p99_added_vs_ztunnel_ms"],
 		fig["haproxy_p50_added_ms"], fig["haproxy_p99_added_ms"], fig["vcpu_per_krps"], fig["rss_mb_per_krps"],
 		fig["max_rps_one_core"], fig["haproxy_max_rps_one_core"], fig["max_rps_ratio_vs_haproxy"],
-		fig["haproxy_same_rate_one_core"], fig["max_rps_ratio_vs_haproxy_same_rate"], *out)
+		fig["max_rps_cpu_limit_cores"], *out)
 }
 
 type bench struct {
@@ -89,12 +94,16 @@ type bench struct {
 	manifests, haproxyBin string
 	duration, maxDuration time.Duration
 	qps, conns, maxConns  int
+	maxCPU                float64
+	maxCPUPeriod          time.Duration
 
 	direct, meshed string // namespaces
 	namespaces     []string
 	installedMesh  bool
 	haproxyCmd     *exec.Cmd
+	haproxyExited  <-chan error
 	haproxyDir     string
+	haproxyCgroup  func() error // moves HAProxy back out of its own cgroup
 	cleanupOnce    sync.Once
 	mu             sync.Mutex
 }
@@ -252,7 +261,13 @@ func (b *bench) run(ctx context.Context) (map[string]float64, error) {
 
 	// Maximum RPS per core of each L7 hop.
 	for _, p := range paths[2:] {
-		fmt.Fprintf(os.Stderr, "bench-waypoint: %s: maximum rate over %d connections for %s\n", p.name, b.maxConns, b.maxDuration)
+		fmt.Fprintf(os.Stderr, "bench-waypoint: %s: maximum rate over %d connections for %s, held to %.2f cores\n", p.name, b.maxConns, b.maxDuration, b.maxCPU)
+		var limit *clusterbench.CPULimit
+		if b.maxCPU > 0 {
+			if limit, err = clusterbench.LimitCPU(procs[p.name], b.maxCPU, b.maxCPUPeriod); err != nil {
+				return nil, fmt.Errorf("%s maximum run: %w", p.name, err)
+			}
+		}
 		u, err := clusterbench.StartUsage(procs[p.name])
 		if err != nil {
 			return nil, err
@@ -261,6 +276,13 @@ func (b *bench) run(ctx context.Context) (map[string]float64, error) {
 		cpu, wall, _, uerr := u.Stop()
 		if err == nil {
 			err = uerr
+		}
+		throttled := 0.0
+		if limit != nil {
+			throttled = limit.Throttled()
+			if lerr := limit.Undo(); err == nil {
+				err = lerr
+			}
 		}
 		if err != nil {
 			return nil, fmt.Errorf("%s maximum run: %w", p.name, err)
@@ -275,35 +297,14 @@ func (b *bench) run(ctx context.Context) (map[string]float64, error) {
 		fig[prefix+"max_rps_cores_used"] = cores
 		fig[prefix+"max_rps_one_core"] = r.ActualQPS / max(cores, 0.01)
 		fig[prefix+"max_rps_errors"] = float64(r.Errors())
+		fig[prefix+"max_rps_throttled"] = throttled
 		splitCPU(fig, prefix+"max_rps_", u, r)
+		if b.maxCPU > 0 && throttled < 0.5 {
+			fmt.Fprintf(os.Stderr, "bench-waypoint: warning: %s was throttled in only %.0f%% of the CPU periods of its maximum run: it was not the bottleneck, so its rate per core is below its maximum (lower -max-cpu)\n", p.name, throttled*100)
+		}
 	}
+	fig["max_rps_cpu_limit_cores"] = b.maxCPU
 	fig["max_rps_ratio_vs_haproxy"] = fig["max_rps_one_core"] / fig["haproxy_max_rps_one_core"]
-
-	// HAProxy again, held to the rate the waypoint reached: a proxy's
-	// CPU per request falls as its load rises (more requests per wakeup
-	// and per system call), and the waypoint's path (two ztunnel hops,
-	// the load generator and the app on the same two cores) caps its rate
-	// well below HAProxy's, so this compares the two at the same load.
-	sameQPS := int(fig["max_rps"])
-	fmt.Fprintf(os.Stderr, "bench-waypoint: haproxy: %d qps (the waypoint's maximum) over %d connections for %s\n", sameQPS, b.maxConns, b.maxDuration)
-	u, err := clusterbench.StartUsage(hpid)
-	if err != nil {
-		return nil, err
-	}
-	r, err := b.k.Fortio(ctx, clusterbench.Load{Namespace: b.direct, Pod: "client", URL: paths[3].url, QPS: sameQPS, Conns: b.maxConns, Duration: b.maxDuration, PayloadBytes: 1024})
-	cpu, wall, _, uerr := u.Stop()
-	if err == nil {
-		err = uerr
-	}
-	if err != nil {
-		return nil, fmt.Errorf("haproxy run at the waypoint's maximum: %w", err)
-	}
-	cores := cpu / min(wall.Seconds(), b.maxDuration.Seconds()+1)
-	fig["haproxy_same_rate_rps"] = r.ActualQPS
-	fig["haproxy_same_rate_one_core"] = r.ActualQPS / max(cores, 0.01)
-	fig["haproxy_same_rate_errors"] = float64(r.Errors())
-	splitCPU(fig, "haproxy_same_rate_", u, r)
-	fig["max_rps_ratio_vs_haproxy_same_rate"] = fig["max_rps_one_core"] / fig["haproxy_same_rate_one_core"]
 
 	var failed []string
 	for name, r := range res {
@@ -363,13 +364,24 @@ backend fortio
 	}
 	cmd := exec.Command(b.haproxyBin, "-db", "-f", path)
 	cmd.Stderr = os.Stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	exited, err := benchkit.StartTied(cmd, syscall.SIGKILL)
+	if err != nil {
 		return 0, fmt.Errorf("start %s (install the Debian package haproxy): %w", b.haproxyBin, err)
 	}
 	b.mu.Lock()
-	b.haproxyCmd = cmd
+	b.haproxyCmd, b.haproxyExited = cmd, exited
 	b.mu.Unlock()
+	if b.maxCPU > 0 {
+		// Alone in a cgroup, as the waypoint is in its container, for the
+		// CPU limit of the maximum run.
+		undo, err := clusterbench.OwnCgroup(cmd.Process.Pid, "bench-waypoint-haproxy-"+strconv.Itoa(cmd.Process.Pid))
+		if err != nil {
+			return 0, err
+		}
+		b.mu.Lock()
+		b.haproxyCgroup = undo
+		b.mu.Unlock()
+	}
 	if err := os.WriteFile(filepath.Join(dir, "haproxy.pid"), []byte(strconv.Itoa(cmd.Process.Pid)), 0o644); err != nil {
 		return 0, err
 	}
@@ -381,8 +393,14 @@ func (b *bench) stopHAProxy() {
 	defer b.mu.Unlock()
 	if b.haproxyCmd != nil {
 		_ = b.haproxyCmd.Process.Kill()
-		_ = b.haproxyCmd.Wait()
+		<-b.haproxyExited
 		b.haproxyCmd = nil
+	}
+	if b.haproxyCgroup != nil {
+		if err := b.haproxyCgroup(); err != nil {
+			fmt.Fprintln(os.Stderr, "bench-waypoint: cleanup:", err)
+		}
+		b.haproxyCgroup = nil
 	}
 	if b.haproxyDir != "" {
 		_ = os.RemoveAll(b.haproxyDir)

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -118,6 +119,7 @@ type muxSettings struct {
 	connWindow   uint32 // connection receive window (sent as WINDOW_UPDATE)
 	maxStreams   uint32 // SETTINGS_MAX_CONCURRENT_STREAMS (0: do not send)
 	headerList   uint32 // SETTINGS_MAX_HEADER_LIST_SIZE: decoded header bytes we accept
+	noCoalesce   bool   // send each DATA frame in its own write (writeData)
 	pingInterval time.Duration
 	pingTimeout  time.Duration
 }
@@ -146,6 +148,11 @@ type mux struct {
 	wbuf   []byte
 	nextID uint32 // client: next stream ID
 	werr   error  // first write error; every later write fails with it
+	// pend holds DATA frames written but not yet sent, and flushing
+	// tells that a writer will send them (writeData).
+	pend     []byte
+	flushing bool
+	coalesce bool
 
 	mu             sync.Mutex
 	streams        map[uint32]*h2stream
@@ -196,6 +203,7 @@ func newMux(c net.Conn, state *tls.ConnectionState, server bool, local muxSettin
 		done:       make(chan struct{}),
 		lastUsed:   time.Now(),
 		br:         bufio.NewReaderSize(c, readerBuf),
+		coalesce:   !local.noCoalesce,
 	}
 	m.sendCond = sync.NewCond(&m.mu)
 	m.henc = hpack.NewEncoder(&m.hbuf)
@@ -297,8 +305,9 @@ func (m *mux) queueLocked(f []byte) {
 	}
 }
 
-// writeLocked writes b, first sending any queued control frames. Caller
-// holds wmu.
+// writeLocked writes b, first sending the pending DATA frames and any
+// queued control frames, in one TLS record when they fit. Caller holds
+// wmu.
 func (m *mux) writeLocked(b ...[]byte) error {
 	if m.werr != nil {
 		return m.werr
@@ -307,12 +316,33 @@ func (m *mux) writeLocked(b ...[]byte) error {
 	ctrl := m.ctrl
 	m.ctrl = nil
 	m.mu.Unlock()
+	if len(m.pend) == 0 && len(ctrl) == 0 && len(b) == 1 {
+		if _, err := m.c.Write(b[0]); err != nil {
+			return m.writeFailed(err)
+		}
+		return nil
+	}
+	// The pending frames first: they were written before b; control
+	// frames (an RST_STREAM after a stream's last DATA) after them.
+	out := m.pend
 	if len(ctrl) > 0 {
-		if _, err := m.c.Write(ctrl); err != nil {
+		out = append(out, ctrl...)
+	}
+	i := 0
+	for ; i < len(b) && len(out)+len(b[i]) <= coalesceMax; i++ {
+		out = append(out, b[i]...)
+	}
+	if len(out) > 0 {
+		_, err := m.c.Write(out)
+		m.pend = out[:0]
+		if cap(m.pend) > 4*coalesceMax {
+			m.pend = nil
+		}
+		if err != nil {
 			return m.writeFailed(err)
 		}
 	}
-	for _, p := range b {
+	for _, p := range b[i:] {
 		if len(p) == 0 {
 			continue
 		}
@@ -321,6 +351,50 @@ func (m *mux) writeLocked(b ...[]byte) error {
 		}
 	}
 	return nil
+}
+
+// coalesceMax is the most a write gathers from several frames: one TLS
+// record's payload.
+const coalesceMax = 16 << 10
+
+// writeData sends a DATA frame (its header and payload, together at most
+// coalesceMax bytes), gathering it with the frames other streams write at
+// about the same time into one TLS record and one system call.
+//
+// The frame is copied to the pending buffer. If no writer has yet
+// promised to send that buffer, this one does: it yields the processor
+// once, so that the goroutines ready to run (under load, the other
+// streams' handlers woken by the same read) add their frames, then sends
+// them all. Other writers return as soon as their frame is pending, like
+// a write into a socket buffer; a failure to send it fails the connection
+// and every later write. With nothing else ready to run, the yield
+// returns at once.
+func (m *mux) writeData(hdr, payload []byte) error {
+	m.wmu.Lock()
+	if m.werr != nil {
+		err := m.werr
+		m.wmu.Unlock()
+		return err
+	}
+	if !m.coalesce || len(m.pend)+len(hdr)+len(payload) > coalesceMax {
+		m.wbuf = append(append(m.wbuf[:0], hdr...), payload...)
+		err := m.writeLocked(m.wbuf)
+		m.wmu.Unlock()
+		return err
+	}
+	m.pend = append(append(m.pend, hdr...), payload...)
+	if m.flushing {
+		m.wmu.Unlock()
+		return nil
+	}
+	m.flushing = true
+	m.wmu.Unlock()
+	runtime.Gosched()
+	m.wmu.Lock()
+	m.flushing = false
+	err := m.writeLocked()
+	m.wmu.Unlock()
+	return err
 }
 
 func (m *mux) writeFailed(err error) error {

@@ -3,9 +3,13 @@ package hbone
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -281,4 +285,107 @@ func TestWriteToDirect(t *testing.T) {
 		t.Errorf("reader wrote %d of %d bytes itself; want some (the quiet part) but not all (the socket filled)", direct, sent.Len())
 	}
 	t.Logf("reader wrote %d of %d bytes straight to the destination", direct, sent.Len())
+}
+
+// countingConn counts the writes that reach the connection.
+type countingConn struct {
+	net.Conn
+	writes atomic.Int64
+}
+
+func (c *countingConn) Write(b []byte) (int, error) {
+	c.writes.Add(1)
+	return c.Conn.Write(b)
+}
+
+// TestCoalescedWrites: small DATA frames that streams write at the same
+// time leave in one write to the connection (one TLS record, one system
+// call), and each stream still gets exactly its own bytes; with
+// coalescing off, each frame is its own write.
+func TestCoalescedWrites(t *testing.T) {
+	const streams = 8
+	for _, coalesce := range []bool{true, false} {
+		t.Run(map[bool]string{true: "coalesced", false: "one write per frame"}[coalesce], func(t *testing.T) {
+			defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+			set := testSettings(time.Minute, time.Minute)
+			set.noCoalesce = !coalesce
+			a, b := net.Pipe()
+			ca := &countingConn{Conn: a}
+			cl := newMux(ca, nil, false, set, zap.NewNop())
+			sv := newMux(b, nil, true, set, zap.NewNop())
+			got := make(chan string, streams)
+			sv.onStream = func(s *h2stream, h *muxHeaders) {
+				_ = s.respond(200, nil)
+				buf := make([]byte, 100)
+				if _, err := io.ReadFull(s, buf); err != nil {
+					got <- "error: " + err.Error()
+					return
+				}
+				got <- h.authority + " " + string(bytes.TrimRight(buf, "."))
+			}
+			errc := make(chan error, 1)
+			go func() { errc <- sv.start() }()
+			if err := cl.start(); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-errc; err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() {
+				cl.closeWith(net.ErrClosed)
+				sv.closeWith(net.ErrClosed)
+			})
+			var ss []*h2stream
+			for i := range streams {
+				s, err := cl.openStream(fmt.Sprintf("10.0.0.%d:80", i), nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				<-s.respReady
+				ss = append(ss, s)
+			}
+			time.Sleep(20 * time.Millisecond) // settings and window updates settle
+			start := make(chan struct{})
+			var wg sync.WaitGroup
+			for i, s := range ss {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					<-start
+					p := []byte(fmt.Sprintf("payload of stream %d", i))
+					p = append(p, bytes.Repeat([]byte("."), 100-len(p))...)
+					if _, err := s.Write(p); err != nil {
+						t.Error(err)
+					}
+				}()
+			}
+			time.Sleep(20 * time.Millisecond) // all writers wait on start
+			before := ca.writes.Load()
+			close(start)
+			wg.Wait()
+			want := map[string]bool{}
+			for i := range streams {
+				want[fmt.Sprintf("10.0.0.%d:80 payload of stream %d", i, i)] = true
+			}
+			for range streams {
+				select {
+				case g := <-got:
+					if !want[g] {
+						t.Errorf("server read %q", g)
+					}
+					delete(want, g)
+				case <-time.After(5 * time.Second):
+					t.Fatalf("server still waits for %v", want)
+				}
+			}
+			n := ca.writes.Load() - before
+			if coalesce && n > 2 {
+				t.Errorf("%d frames written at once took %d writes, want them gathered into 1 or 2", streams, n)
+			}
+			if !coalesce && n != streams {
+				t.Errorf("%d frames took %d writes with coalescing off, want %d", streams, n, streams)
+			}
+			t.Logf("%d frames, %d writes", streams, n)
+		})
+	}
 }

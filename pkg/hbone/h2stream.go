@@ -439,18 +439,20 @@ func (s *h2stream) Write(p []byte) (int, error) {
 		if err != nil {
 			return written, err
 		}
-		m.wmu.Lock()
 		var hdr [frameHeaderLen]byte
-		if n <= inlineCopy {
-			m.wbuf = append(m.wbuf[:0], hdr[:]...)
-			m.wbuf = append(m.wbuf, p[:n]...)
-			putFrameHeader(m.wbuf, n, frData, 0, s.id)
-			err = m.writeLocked(m.wbuf)
+		putFrameHeader(hdr[:], n, frData, 0, s.id)
+		if n+frameHeaderLen <= coalesceMax {
+			err = m.writeData(hdr[:], p[:n])
 		} else {
-			putFrameHeader(hdr[:], n, frData, 0, s.id)
-			err = m.writeLocked(hdr[:], p[:n])
+			m.wmu.Lock()
+			if n <= inlineCopy {
+				m.wbuf = append(append(m.wbuf[:0], hdr[:]...), p[:n]...)
+				err = m.writeLocked(m.wbuf)
+			} else {
+				err = m.writeLocked(hdr[:], p[:n])
+			}
+			m.wmu.Unlock()
 		}
-		m.wmu.Unlock()
 		if err != nil {
 			return written, err
 		}
@@ -485,9 +487,13 @@ func (s *h2stream) ReadFrom(r io.Reader) (int64, error) {
 			// reserved room in front of the first frame).
 			f := buf[off : frameHeaderLen+off+n]
 			putFrameHeader(f, n, frData, 0, s.id)
-			m.wmu.Lock()
-			err = m.writeLocked(f)
-			m.wmu.Unlock()
+			if n <= smallBuf { // bulk transfers' large frames go on their own
+				err = m.writeData(f[:frameHeaderLen], f[frameHeaderLen:])
+			} else {
+				m.wmu.Lock()
+				err = m.writeLocked(f)
+				m.wmu.Unlock()
+			}
 			if err != nil {
 				return total, err
 			}

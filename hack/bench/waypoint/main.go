@@ -19,7 +19,10 @@
 // cgroup, and a cgroup of its own for HAProxy) and driven as hard as the
 // load generator can: the machine's cores run the load generator, the
 // backend and the ztunnels too, and without the limit the proxy would not
-// be the bottleneck. The share of CFS periods in which each was throttled
+// be the bottleneck. The two proxies alternate over -max-rounds rounds, so
+// that a slow spell of the shared machine falls on both, and the figures
+// pool the rounds (requests over CPU-seconds), with the spread of the
+// per-round ratio. The share of CFS periods in which each was throttled
 // is recorded (*max_rps_throttled, near 1 when saturated), and each run's
 // CPU is split per request into user and system time.
 // It writes the flat JSON figures of DESIGN.md §9, prints a one-line summary
@@ -33,6 +36,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -58,22 +62,23 @@ func main() {
 	haproxy := flag.String("haproxy", "/usr/sbin/haproxy", "HAProxy binary (Debian package haproxy)")
 	def := clusterbench.BenchDuration("bench-waypoint")
 	duration := flag.Duration("duration", def, "length of each fixed-rate run (env BENCH_DURATION)")
-	maxDuration := flag.Duration("max-duration", 20*time.Second, "length of each maximum-RPS run")
+	maxDuration := flag.Duration("max-duration", 15*time.Second, "length of each maximum-RPS run")
 	qps := flag.Int("qps", 1000, "requests per second of the fixed-rate runs")
 	conns := flag.Int("c", 4, "connections of the fixed-rate runs")
 	maxConns := flag.Int("max-c", 16, "connections of the maximum-RPS runs")
+	maxRounds := flag.Int("max-rounds", 3, "maximum-RPS runs of each proxy, alternating")
 	maxCPU := flag.Float64("max-cpu", 0.25, "CPU limit (cores, CFS bandwidth) each proxy is held to in its maximum-RPS run, so that it, not the load generator, is the bottleneck; 0: no limit")
 	maxCPUPeriod := flag.Duration("max-cpu-period", 20*time.Millisecond, "CFS period of the -max-cpu limit")
-	timeout := flag.Duration("timeout", 0, "bound on the whole run (default 4x duration + 3x max-duration + 5 min)")
+	timeout := flag.Duration("timeout", 0, "bound on the whole run (default 4x duration + (2x max-rounds + 1) x max-duration + 5 min)")
 	flag.Parse()
 	if *timeout == 0 {
-		*timeout = 4**duration + 3**maxDuration + 5*time.Minute
+		*timeout = 4**duration + time.Duration(2*max(*maxRounds, 1)+1)**maxDuration + 5*time.Minute
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
 	b := &bench{k: clusterbench.Kubectl{Bin: *kubectlBin, Kubeconfig: *kubeconfig}, manifests: *manifests, haproxyBin: *haproxy,
 		duration: *duration, maxDuration: *maxDuration, qps: *qps, conns: *conns, maxConns: *maxConns,
-		maxCPU: *maxCPU, maxCPUPeriod: *maxCPUPeriod}
+		maxCPU: *maxCPU, maxCPUPeriod: *maxCPUPeriod, maxRounds: max(*maxRounds, 1)}
 	time.AfterFunc(*timeout+90*time.Second, func() {
 		fmt.Fprintln(os.Stderr, "bench-waypoint: timed out")
 		b.stopHAProxy()
@@ -95,6 +100,7 @@ type bench struct {
 	duration, maxDuration time.Duration
 	qps, conns, maxConns  int
 	maxCPU                float64
+	maxRounds             int
 	maxCPUPeriod          time.Duration
 
 	direct, meshed string // namespaces
@@ -259,52 +265,48 @@ func (b *bench) run(ctx context.Context) (map[string]float64, error) {
 		fig["haproxy_"+q+"_added_ms"] = fig["haproxy_"+q+"_ms"] - fig["direct_"+q+"_ms"]
 	}
 
-	// Maximum RPS per core of each L7 hop.
-	for _, p := range paths[2:] {
-		fmt.Fprintf(os.Stderr, "bench-waypoint: %s: maximum rate over %d connections for %s, held to %.2f cores\n", p.name, b.maxConns, b.maxDuration, b.maxCPU)
-		var limit *clusterbench.CPULimit
-		if b.maxCPU > 0 {
-			if limit, err = clusterbench.LimitCPU(procs[p.name], b.maxCPU, b.maxCPUPeriod); err != nil {
+	// Maximum RPS per core of each L7 hop, in rounds that alternate the
+	// two proxies so that a slow spell of the shared machine falls on
+	// both; the figures pool the rounds (requests over CPU-seconds).
+	total := map[string]*maxRound{}
+	var ratios []float64
+	for round := 1; round <= b.maxRounds; round++ {
+		perCore := map[string]float64{}
+		for _, p := range paths[2:] {
+			fmt.Fprintf(os.Stderr, "bench-waypoint: %s: maximum rate over %d connections for %s, held to %.2f cores (round %d of %d)\n", p.name, b.maxConns, b.maxDuration, b.maxCPU, round, b.maxRounds)
+			m, err := b.maxRun(ctx, p.ns, p.url, procs[p.name])
+			if err != nil {
 				return nil, fmt.Errorf("%s maximum run: %w", p.name, err)
 			}
-		}
-		u, err := clusterbench.StartUsage(procs[p.name])
-		if err != nil {
-			return nil, err
-		}
-		r, err := b.k.Fortio(ctx, clusterbench.Load{Namespace: p.ns, Pod: "client", URL: p.url, Conns: b.maxConns, Duration: b.maxDuration, PayloadBytes: 1024})
-		cpu, wall, _, uerr := u.Stop()
-		if err == nil {
-			err = uerr
-		}
-		throttled := 0.0
-		if limit != nil {
-			throttled = limit.Throttled()
-			if lerr := limit.Undo(); err == nil {
-				err = lerr
+			if b.maxCPU > 0 && m.throttled < 0.5 {
+				fmt.Fprintf(os.Stderr, "bench-waypoint: warning: %s was throttled in only %.0f%% of the CPU periods of its maximum run: it was not the bottleneck, so its rate per core is below its maximum (lower -max-cpu)\n", p.name, m.throttled*100)
 			}
+			perCore[p.name] = m.reqs / max(m.cpu, 0.01)
+			if total[p.name] == nil {
+				total[p.name] = &maxRound{}
+			}
+			total[p.name].add(m)
 		}
-		if err != nil {
-			return nil, fmt.Errorf("%s maximum run: %w", p.name, err)
-		}
-		window := min(wall.Seconds(), b.maxDuration.Seconds()+1)
-		cores := cpu / window
-		prefix := p.name + "_"
-		if p.name == "waypoint" {
+		ratios = append(ratios, perCore["waypoint"]/perCore["haproxy"])
+	}
+	for name, m := range total {
+		prefix := name + "_"
+		if name == "waypoint" {
 			prefix = ""
 		}
-		fig[prefix+"max_rps"] = r.ActualQPS
-		fig[prefix+"max_rps_cores_used"] = cores
-		fig[prefix+"max_rps_one_core"] = r.ActualQPS / max(cores, 0.01)
-		fig[prefix+"max_rps_errors"] = float64(r.Errors())
-		fig[prefix+"max_rps_throttled"] = throttled
-		splitCPU(fig, prefix+"max_rps_", u, r)
-		if b.maxCPU > 0 && throttled < 0.5 {
-			fmt.Fprintf(os.Stderr, "bench-waypoint: warning: %s was throttled in only %.0f%% of the CPU periods of its maximum run: it was not the bottleneck, so its rate per core is below its maximum (lower -max-cpu)\n", p.name, throttled*100)
-		}
+		fig[prefix+"max_rps"] = m.reqs / m.window
+		fig[prefix+"max_rps_cores_used"] = m.cpu / m.window
+		fig[prefix+"max_rps_one_core"] = m.reqs / max(m.cpu, 0.01)
+		fig[prefix+"max_rps_errors"] = m.errors
+		fig[prefix+"max_rps_throttled"] = m.throttled / float64(b.maxRounds)
+		fig[prefix+"max_rps_user_us_per_req"] = m.user / m.reqs * 1e6
+		fig[prefix+"max_rps_sys_us_per_req"] = m.sys / m.reqs * 1e6
 	}
 	fig["max_rps_cpu_limit_cores"] = b.maxCPU
+	fig["max_rps_rounds"] = float64(b.maxRounds)
 	fig["max_rps_ratio_vs_haproxy"] = fig["max_rps_one_core"] / fig["haproxy_max_rps_one_core"]
+	fig["max_rps_ratio_vs_haproxy_round_min"] = slices.Min(ratios)
+	fig["max_rps_ratio_vs_haproxy_round_max"] = slices.Max(ratios)
 
 	var failed []string
 	for name, r := range res {
@@ -316,6 +318,59 @@ func (b *bench) run(ctx context.Context) (map[string]float64, error) {
 		return fig, fmt.Errorf("requests failed: %s", strings.Join(failed, ", "))
 	}
 	return fig, nil
+}
+
+// maxRound is one maximum-rate run of a proxy, or the sum of several.
+type maxRound struct {
+	reqs, window, cpu, user, sys, throttled, errors float64
+}
+
+func (t *maxRound) add(m maxRound) {
+	t.reqs += m.reqs
+	t.window += m.window
+	t.cpu += m.cpu
+	t.user += m.user
+	t.sys += m.sys
+	t.throttled += m.throttled
+	t.errors += m.errors
+}
+
+// maxRun drives url from ns's client pod as hard as -max-c connections
+// can for -max-duration, with the proxy pid held to -max-cpu cores, and
+// measures the proxy's CPU.
+func (b *bench) maxRun(ctx context.Context, ns, url string, pid int) (maxRound, error) {
+	var limit *clusterbench.CPULimit
+	if b.maxCPU > 0 {
+		var err error
+		if limit, err = clusterbench.LimitCPU(pid, b.maxCPU, b.maxCPUPeriod); err != nil {
+			return maxRound{}, err
+		}
+	}
+	var m maxRound
+	u, err := clusterbench.StartUsage(pid)
+	var r *clusterbench.FortioResult
+	if err == nil {
+		r, err = b.k.Fortio(ctx, clusterbench.Load{Namespace: ns, Pod: "client", URL: url, Conns: b.maxConns, Duration: b.maxDuration, PayloadBytes: 1024})
+		cpu, wall, _, uerr := u.Stop()
+		if err == nil {
+			err = uerr
+		}
+		m.cpu = cpu
+		m.window = min(wall.Seconds(), b.maxDuration.Seconds()+1)
+	}
+	if limit != nil {
+		m.throttled = limit.Throttled()
+		if lerr := limit.Undo(); err == nil {
+			err = lerr
+		}
+	}
+	if err != nil {
+		return maxRound{}, err
+	}
+	m.reqs = float64(r.DurationHistogram.Count)
+	m.user, m.sys = u.User, u.Sys
+	m.errors = float64(r.Errors())
+	return m, nil
 }
 
 // splitCPU records a run's CPU per request in the proxy's own code

@@ -31,7 +31,10 @@ type Conn struct {
 	graceful func()
 	// setRD/setWD, if set, are native deadlines (HTTP/3): not terminal.
 	setRD, setWD func(time.Time) error
-	done         func() // returns the stream slot to the pool
+	// readable, if set, tells without blocking whether a Read would
+	// return at once (HTTP/2).
+	readable func() bool
+	done     func() // returns the stream slot to the pool
 
 	// PeerID is the identity the tunnel peer presented.
 	PeerID spiffeid.ID
@@ -88,6 +91,18 @@ func (c *Conn) Write(b []byte) (int, error) {
 		err = os.ErrDeadlineExceeded
 	}
 	return n, err
+}
+
+// Readable tells, without blocking, whether a Read would return at once:
+// bytes have arrived, the peer ended or reset the stream, or the tunnel
+// connection is gone. known is false where the transport cannot tell
+// (HTTP/3). A pool of idle streams uses it to drop the ones the peer
+// closed or wrote to, without a goroutine waiting on each.
+func (c *Conn) Readable() (readable, known bool) {
+	if c.readable == nil {
+		return false, false
+	}
+	return c.readable() || c.expired.Load(), true
 }
 
 // CloseWrite ends the send direction; reads continue until the peer ends.
@@ -270,6 +285,7 @@ func streamConn(str *h2stream, peer spiffeid.ID, local, remote net.Addr) *Conn {
 		graceful:   func() { _ = str.Close() },
 		setRD:      str.SetReadDeadline,
 		setWD:      str.SetWriteDeadline,
+		readable:   str.readable,
 		done:       func() {},
 		PeerID:     peer,
 		local:      local,

@@ -32,6 +32,8 @@ import (
 //     stream's reader consumes or writes straight to its destination
 //     (WriteTo), and reads from a source straight into a frame buffer with
 //     room for the frame header in front of the payload (ReadFrom);
+//   - gathers the small DATA frames that streams write at about the same
+//     time into one TLS record and one system call (writeData);
 //   - half-closes each direction independently (END_STREAM one way while
 //     the other keeps flowing), and gives streams ordinary, non-terminal
 //     net.Conn deadlines.

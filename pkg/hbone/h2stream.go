@@ -224,6 +224,14 @@ func (s *h2stream) waitReadLocked() error {
 	return nil
 }
 
+// readable tells whether Read would return without waiting.
+func (s *h2stream) readable() bool {
+	m := s.m
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return s.buffered > 0 || s.readErrLocked() != nil || m.closed
+}
+
 func (s *h2stream) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil

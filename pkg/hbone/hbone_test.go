@@ -421,3 +421,51 @@ func TestDialHook(t *testing.T) {
 		t.Errorf("err = %v, want the hook's error", err)
 	}
 }
+
+// TestReadable: an HTTP/2 Conn tells without blocking when a Read would
+// return at once (bytes arrived, or the peer ended the stream), and
+// HTTP/3 says it cannot tell.
+func TestReadable(t *testing.T) {
+	for _, p := range protocols {
+		t.Run(p.String(), func(t *testing.T) {
+			leakCheck(t)
+			m := newMesh(t)
+			up := startEcho(t)
+			s := startServer(t, m, hbone.Hooks{})
+			c := newClient(t, m)
+			conn, err := c.Dial(t.Context(), request(m, s, up.addr, p))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			readable, known := conn.Readable()
+			if p == hbone.H3 {
+				if known || readable {
+					t.Fatalf("HTTP/3 Readable = %v, %v; want unknown", readable, known)
+				}
+				return
+			}
+			if !known || readable {
+				t.Fatalf("fresh stream: Readable = %v, %v; want false, known", readable, known)
+			}
+			if _, err := conn.Write([]byte("ping")); err != nil {
+				t.Fatal(err)
+			}
+			eventually(t, "the echo to arrive", func() bool { r, _ := conn.Readable(); return r })
+			buf := make([]byte, 4)
+			if _, err := io.ReadFull(conn, buf); err != nil || string(buf) != "ping" {
+				t.Fatalf("read %q, %v", buf, err)
+			}
+			if r, _ := conn.Readable(); r {
+				t.Fatal("Readable after everything was read")
+			}
+			if err := conn.CloseWrite(); err != nil { // the echo ends its side too
+				t.Fatal(err)
+			}
+			eventually(t, "the peer's end to arrive", func() bool { r, _ := conn.Readable(); return r })
+			if n, err := conn.Read(buf); n != 0 || err != io.EOF {
+				t.Fatalf("Read after the peer's end = %d, %v; want EOF", n, err)
+			}
+		})
+	}
+}

@@ -97,6 +97,14 @@ func (p *Proxy) transports() (h1, h2c *http.Transport) {
 // late answer of a cancelled try must not race the cancellation.
 type abortOnClose struct{ net.Conn }
 
+// Readable passes hbone.Conn's on (the h1Pool's idle check).
+func (c abortOnClose) Readable() (readable, known bool) {
+	if r, ok := c.Conn.(readabler); ok {
+		return r.Readable()
+	}
+	return false, false
+}
+
 func (c abortOnClose) Close() error {
 	_ = c.Conn.SetReadDeadline(time.Unix(1, 0)) // terminal: resets the stream now
 	return c.Conn.Close()

@@ -24,11 +24,15 @@ import (
 // request: replayable (no body or a buffered one), no upgrade, no Expect,
 // no trailers, keep-alive. The caller's goroutine writes the request and
 // reads the response over a pooled keep-alive HBONE stream to the
-// endpoint; each connection has one watcher goroutine that waits for the
-// first bytes of each answer (and, while the connection is idle, notices
-// the endpoint closing it, as http.Transport's reader does). http.Transport
-// instead hands each request to a writer goroutine and each response back
-// from its reader, five goroutine switches per request to our three.
+// endpoint. An HTTP/2 HBONE stream tells without blocking whether the
+// endpoint ended it or sent bytes while it was idle (hbone.Conn.Readable),
+// so such a connection is dropped when next taken from the pool, and no
+// goroutine waits on idle connections. Other connections (HTTP/3) get one
+// watcher goroutine each that waits for the first bytes of each answer
+// (and, while the connection is idle, notices the endpoint closing it, as
+// http.Transport's reader does). http.Transport instead hands each request
+// to a writer goroutine and each response back from its reader, five
+// goroutine switches per request to our one (three with a watcher).
 // Anything else goes through the http.Transport (Proxy.h1), whose
 // behaviour this one follows: the same request serialisation
 // (Request.Write) and response parsing (http.ReadResponse), 1xx responses
@@ -39,8 +43,9 @@ import (
 // response byte came back) retried on another one.
 //
 // Concurrency: mu guards idle, n, closed and the sweep timer; an h1Conn
-// belongs to one request at a time, and its watcher reads only between
-// the request being written and its answer arriving, or while it is idle.
+// belongs to one request at a time, and its watcher, if any, reads only
+// between the request being written and its answer arriving, or while it
+// is idle.
 type h1Pool struct {
 	dial func(ctx context.Context, addr string) (net.Conn, error)
 
@@ -72,6 +77,12 @@ type h1Conn struct {
 	read      atomic.Int64 // also counted by the watcher, while the request may look
 	headLimit int64        // while reading an answer's head: the most read may reach
 
+	// ready, when the connection can tell without blocking that it has
+	// something to read (an HTTP/2 HBONE stream), replaces the watcher:
+	// the request reads its answer itself, and an idle connection the
+	// endpoint closed or wrote to is dropped when next taken.
+	ready readabler
+	// The watcher's, otherwise (nil with ready).
 	avail  chan error    // the watcher: an answer is there (nil) or the connection failed
 	resume chan struct{} // to the watcher: the answer was read, wait for the next one
 	// stopCtx, when set, undoes the close of the connection at the end
@@ -84,12 +95,35 @@ type h1Conn struct {
 	kill1 sync.Once
 }
 
+// readabler is a connection that tells without blocking whether a Read
+// would return at once (hbone.Conn).
+type readabler interface {
+	Readable() (readable, known bool)
+}
+
 func (pl *h1Pool) newConn(c net.Conn, host string) *h1Conn {
-	pc := &h1Conn{conn: c, host: host, pl: pl, busy: true, avail: make(chan error, 1), resume: make(chan struct{}, 1)}
+	pc := &h1Conn{conn: c, host: host, pl: pl, busy: true}
 	pc.br = bufio.NewReader(pc)
 	pc.bw = bufio.NewWriter(pc)
+	if r, ok := c.(readabler); ok {
+		if _, known := r.Readable(); known {
+			pc.ready = r
+			return pc
+		}
+	}
+	pc.avail, pc.resume = make(chan error, 1), make(chan struct{}, 1)
 	go pc.watch()
 	return pc
+}
+
+// unusable tells whether an idle connection got bytes or its end (only
+// known without the watcher: the watcher marks it dead itself).
+func (pc *h1Conn) unusable() bool {
+	if pc.ready == nil {
+		return false
+	}
+	r, _ := pc.ready.Readable()
+	return r
 }
 
 // watch waits for each answer's first byte and hands the reading over to
@@ -121,7 +155,9 @@ func (pc *h1Conn) watch() {
 func (pc *h1Conn) kill() {
 	pc.kill1.Do(func() {
 		_ = pc.conn.Close()
-		close(pc.resume)
+		if pc.resume != nil {
+			close(pc.resume)
+		}
 	})
 }
 
@@ -132,7 +168,9 @@ func (pc *h1Conn) release(reuse bool) {
 		pc.kill()
 		return
 	}
-	pc.resume <- struct{}{}
+	if pc.resume != nil {
+		pc.resume <- struct{}{}
+	}
 }
 
 func (pc *h1Conn) Read(b []byte) (int, error) {
@@ -189,7 +227,7 @@ func (pl *h1Pool) get(host string) *h1Conn {
 		cs[len(cs)-1] = nil
 		pl.idle[host] = cs[:len(cs)-1] // kept when empty: the next put reuses it
 		pl.n--
-		if now.Sub(pc.idleAt) >= h1IdleTimeout {
+		if now.Sub(pc.idleAt) >= h1IdleTimeout || pc.unusable() {
 			stale = append(stale, pc)
 			continue
 		}
@@ -362,7 +400,12 @@ func (pl *h1Pool) exchange(ctx context.Context, pc *h1Conn, req *http.Request, b
 		pc.bw.Reset(pc)
 		return nil, pc.written == written, err
 	}
-	if pc.stopCtx != nil {
+	if pc.ready != nil {
+		// No watcher: this request reads its answer, and the end of its
+		// context must unblock that read.
+		pc.arm(ctx)
+		_, err = pc.br.Peek(1)
+	} else if pc.stopCtx != nil {
 		err = <-pc.avail // the watcher saw the answer's first byte, or the end
 	} else {
 		select {

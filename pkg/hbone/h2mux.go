@@ -359,8 +359,8 @@ func (m *mux) writeLocked(b ...[]byte) error {
 // record's payload.
 const coalesceMax = 16 << 10
 
-// writeData sends a DATA frame (its header and payload, together at most
-// coalesceMax bytes), gathering it with the frames other streams write at
+// writeData sends a DATA frame of stream id without flags (header and
+// payload together at most coalesceMax bytes), gathering it with the frames other streams write at
 // about the same time into one TLS record and one system call.
 //
 // The frame is copied to the pending buffer. If no writer has yet
@@ -371,20 +371,20 @@ const coalesceMax = 16 << 10
 // a write into a socket buffer; a failure to send it fails the connection
 // and every later write. With nothing else ready to run, the yield
 // returns at once.
-func (m *mux) writeData(hdr, payload []byte) error {
+func (m *mux) writeData(id uint32, payload []byte) error {
 	m.wmu.Lock()
 	if m.werr != nil {
 		err := m.werr
 		m.wmu.Unlock()
 		return err
 	}
-	if !m.coalesce || len(m.pend)+len(hdr)+len(payload) > coalesceMax {
-		m.wbuf = append(append(m.wbuf[:0], hdr...), payload...)
+	if !m.coalesce || len(m.pend)+frameHeaderLen+len(payload) > coalesceMax {
+		m.wbuf = appendFrame(m.wbuf[:0], frData, 0, id, payload)
 		err := m.writeLocked(m.wbuf)
 		m.wmu.Unlock()
 		return err
 	}
-	m.pend = append(append(m.pend, hdr...), payload...)
+	m.pend = appendFrame(m.pend, frData, 0, id, payload)
 	if m.flushing {
 		m.wmu.Unlock()
 		return nil

@@ -64,6 +64,7 @@ type h2stream struct {
 
 	rcond        *sync.Cond // receive side changed (data, end, reset, deadline)
 	chunks       []*chunk
+	chunks0      [2]*chunk // chunks' room while few are queued (no allocation per frame)
 	sink         TryWriter // WriteTo's destination, while it runs and can take direct writes
 	sinkBusy     bool      // someone (WriteTo or the reader) is writing to the destination
 	direct       int64     // bytes the reader wrote to sink, not yet counted by WriteTo
@@ -96,6 +97,7 @@ func (m *mux) newStreamLocked(id uint32) *h2stream {
 		sendWin:   m.peerWindow,
 		respReady: make(chan struct{}),
 	}
+	s.chunks = s.chunks0[:0]
 	s.rcond = sync.NewCond(&m.mu)
 	m.streams[id] = s
 	m.lastUsed = time.Now()
@@ -258,7 +260,7 @@ func (s *h2stream) Read(p []byte) (int, error) {
 		}
 	}
 	if len(s.chunks) == 0 {
-		s.chunks = nil
+		s.chunks = s.chunks0[:0]
 	}
 	s.buffered -= n
 	s.consumedLocked(n)
@@ -306,7 +308,7 @@ func (s *h2stream) WriteTo(w io.Writer) (int64, error) {
 		s.chunks[0] = nil
 		s.chunks = s.chunks[1:]
 		if len(s.chunks) == 0 {
-			s.chunks = nil
+			s.chunks = s.chunks0[:0]
 		}
 		k := len(c.b) - c.off
 		s.buffered -= k
@@ -447,17 +449,19 @@ func (s *h2stream) Write(p []byte) (int, error) {
 		if err != nil {
 			return written, err
 		}
-		var hdr [frameHeaderLen]byte
-		putFrameHeader(hdr[:], n, frData, 0, s.id)
 		if n+frameHeaderLen <= coalesceMax {
-			err = m.writeData(hdr[:], p[:n])
+			err = m.writeData(s.id, p[:n])
 		} else {
 			m.wmu.Lock()
 			if n <= inlineCopy {
-				m.wbuf = append(append(m.wbuf[:0], hdr[:]...), p[:n]...)
+				m.wbuf = append(m.wbuf[:0], make([]byte, frameHeaderLen)...)
+				m.wbuf = append(m.wbuf, p[:n]...)
+				putFrameHeader(m.wbuf, n, frData, 0, s.id)
 				err = m.writeLocked(m.wbuf)
 			} else {
-				err = m.writeLocked(hdr[:], p[:n])
+				hdr := make([]byte, frameHeaderLen)
+				putFrameHeader(hdr, n, frData, 0, s.id)
+				err = m.writeLocked(hdr, p[:n])
 			}
 			m.wmu.Unlock()
 		}
@@ -496,7 +500,7 @@ func (s *h2stream) ReadFrom(r io.Reader) (int64, error) {
 			f := buf[off : frameHeaderLen+off+n]
 			putFrameHeader(f, n, frData, 0, s.id)
 			if n <= smallBuf { // bulk transfers' large frames go on their own
-				err = m.writeData(f[:frameHeaderLen], f[frameHeaderLen:])
+				err = m.writeData(s.id, f[frameHeaderLen:])
 			} else {
 				m.wmu.Lock()
 				err = m.writeLocked(f)

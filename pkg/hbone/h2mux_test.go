@@ -27,7 +27,17 @@ func testSettings(ping, timeout time.Duration) muxSettings {
 // closed when the test ends.
 func muxPair(t *testing.T, set muxSettings, onStream func(*h2stream, *muxHeaders)) (cl, sv *mux) {
 	t.Helper()
+	return muxPairOver(t, set, onStream, nil)
+}
+
+// muxPairOver is muxPair with the client's end of the pipe wrapped by
+// wrap, if set.
+func muxPairOver(t *testing.T, set muxSettings, onStream func(*h2stream, *muxHeaders), wrap func(net.Conn) net.Conn) (cl, sv *mux) {
+	t.Helper()
 	a, b := net.Pipe()
+	if wrap != nil {
+		a = wrap(a)
+	}
 	cl = newMux(a, nil, false, set, zap.NewNop())
 	sv = newMux(b, nil, true, set, zap.NewNop())
 	sv.onStream = onStream
@@ -309,12 +319,9 @@ func TestCoalescedWrites(t *testing.T) {
 			defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
 			set := testSettings(time.Minute, time.Minute)
 			set.noCoalesce = !coalesce
-			a, b := net.Pipe()
-			ca := &countingConn{Conn: a}
-			cl := newMux(ca, nil, false, set, zap.NewNop())
-			sv := newMux(b, nil, true, set, zap.NewNop())
+			var ca *countingConn
 			got := make(chan string, streams)
-			sv.onStream = func(s *h2stream, h *muxHeaders) {
+			cl, _ := muxPairOver(t, set, func(s *h2stream, h *muxHeaders) {
 				_ = s.respond(200, nil)
 				buf := make([]byte, 100)
 				if _, err := io.ReadFull(s, buf); err != nil {
@@ -322,19 +329,7 @@ func TestCoalescedWrites(t *testing.T) {
 					return
 				}
 				got <- h.authority + " " + string(bytes.TrimRight(buf, "."))
-			}
-			errc := make(chan error, 1)
-			go func() { errc <- sv.start() }()
-			if err := cl.start(); err != nil {
-				t.Fatal(err)
-			}
-			if err := <-errc; err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() {
-				cl.closeWith(net.ErrClosed)
-				sv.closeWith(net.ErrClosed)
-			})
+			}, func(c net.Conn) net.Conn { ca = &countingConn{Conn: c}; return ca })
 			var ss []*h2stream
 			for i := range streams {
 				s, err := cl.openStream(fmt.Sprintf("10.0.0.%d:80", i), nil)

@@ -360,8 +360,9 @@ func (m *mux) writeLocked(b ...[]byte) error {
 const coalesceMax = 16 << 10
 
 // writeData sends a DATA frame of stream id without flags (header and
-// payload together at most coalesceMax bytes), gathering it with the frames other streams write at
-// about the same time into one TLS record and one system call.
+// payload together at most coalesceMax bytes), gathering it with the
+// frames other streams write at about the same time into one TLS record
+// and one system call.
 //
 // The frame is copied to the pending buffer. If no writer has yet
 // promised to send that buffer, this one does: it yields the processor

@@ -359,12 +359,13 @@ func (m *mux) writeLocked(b ...[]byte) error {
 // record's payload.
 const coalesceMax = 16 << 10
 
-// writeData sends a DATA frame of stream id without flags (header and
-// payload together at most coalesceMax bytes), gathering it with the
-// frames other streams write at about the same time into one TLS record
-// and one system call.
+// writeData sends a DATA frame of stream id without flags (a payload of
+// at most inlineCopy bytes, copied behind its header), gathering it with
+// the frames other streams write at about the same time into one TLS
+// record and one system call.
 //
-// The frame is copied to the pending buffer. If no writer has yet
+// A frame that does not fit the pending buffer (coalesceMax) is sent at
+// once, after what is pending. Otherwise it is copied to that buffer. If no writer has yet
 // promised to send that buffer, this one does: it yields the processor
 // once, so that the goroutines ready to run (under load, the other
 // streams' handlers woken by the same read) add their frames, then sends

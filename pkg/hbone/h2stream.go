@@ -449,20 +449,13 @@ func (s *h2stream) Write(p []byte) (int, error) {
 		if err != nil {
 			return written, err
 		}
-		if n+frameHeaderLen <= coalesceMax {
+		if n <= inlineCopy {
 			err = m.writeData(s.id, p[:n])
 		} else {
+			hdr := make([]byte, frameHeaderLen)
+			putFrameHeader(hdr, n, frData, 0, s.id)
 			m.wmu.Lock()
-			if n <= inlineCopy {
-				m.wbuf = append(m.wbuf[:0], make([]byte, frameHeaderLen)...)
-				m.wbuf = append(m.wbuf, p[:n]...)
-				putFrameHeader(m.wbuf, n, frData, 0, s.id)
-				err = m.writeLocked(m.wbuf)
-			} else {
-				hdr := make([]byte, frameHeaderLen)
-				putFrameHeader(hdr, n, frData, 0, s.id)
-				err = m.writeLocked(hdr, p[:n])
-			}
+			err = m.writeLocked(hdr, p[:n])
 			m.wmu.Unlock()
 		}
 		if err != nil {

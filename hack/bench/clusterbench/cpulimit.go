@@ -92,7 +92,8 @@ func (c cpuCgroup) setBandwidth(v string) error {
 	if quota == "max" {
 		quota = "-1"
 	}
-	// The period first: a quota is checked against the current period.
+	// Unlimited first, then the period, then the quota: the kernel checks
+	// a quota against the period in place when it is written.
 	if err := os.WriteFile(filepath.Join(c.dir, "cpu.cfs_quota_us"), []byte("-1"), 0o644); err != nil {
 		return err
 	}

@@ -281,7 +281,7 @@ func (b *bench) run(ctx context.Context) (map[string]float64, error) {
 			if b.maxCPU > 0 && m.throttled < 0.5 {
 				fmt.Fprintf(os.Stderr, "bench-waypoint: warning: %s was throttled in only %.0f%% of the CPU periods of its maximum run: it was not the bottleneck, so its rate per core is below its maximum (lower -max-cpu)\n", p.name, m.throttled*100)
 			}
-			perCore[p.name] = m.reqs / max(m.cpu, 0.01)
+			perCore[p.name] = m.reqs / max(m.cpu(), 0.01)
 			if total[p.name] == nil {
 				total[p.name] = &maxRound{}
 			}
@@ -295,8 +295,8 @@ func (b *bench) run(ctx context.Context) (map[string]float64, error) {
 			prefix = ""
 		}
 		fig[prefix+"max_rps"] = m.reqs / m.window
-		fig[prefix+"max_rps_cores_used"] = m.cpu / m.window
-		fig[prefix+"max_rps_one_core"] = m.reqs / max(m.cpu, 0.01)
+		fig[prefix+"max_rps_cores_used"] = m.cpu() / m.window
+		fig[prefix+"max_rps_one_core"] = m.reqs / max(m.cpu(), 0.01)
 		fig[prefix+"max_rps_errors"] = m.errors
 		fig[prefix+"max_rps_throttled"] = m.throttled / float64(b.maxRounds)
 		fig[prefix+"max_rps_user_us_per_req"] = m.user / m.reqs * 1e6
@@ -322,13 +322,15 @@ func (b *bench) run(ctx context.Context) (map[string]float64, error) {
 
 // maxRound is one maximum-rate run of a proxy, or the sum of several.
 type maxRound struct {
-	reqs, window, cpu, user, sys, throttled, errors float64
+	reqs, window, user, sys, throttled, errors float64
 }
+
+// cpu is the proxy's CPU-seconds.
+func (t maxRound) cpu() float64 { return t.user + t.sys }
 
 func (t *maxRound) add(m maxRound) {
 	t.reqs += m.reqs
 	t.window += m.window
-	t.cpu += m.cpu
 	t.user += m.user
 	t.sys += m.sys
 	t.throttled += m.throttled
@@ -351,11 +353,10 @@ func (b *bench) maxRun(ctx context.Context, ns, url string, pid int) (maxRound, 
 	var r *clusterbench.FortioResult
 	if err == nil {
 		r, err = b.k.Fortio(ctx, clusterbench.Load{Namespace: ns, Pod: "client", URL: url, Conns: b.maxConns, Duration: b.maxDuration, PayloadBytes: 1024})
-		cpu, wall, _, uerr := u.Stop()
+		_, wall, _, uerr := u.Stop()
 		if err == nil {
 			err = uerr
 		}
-		m.cpu = cpu
 		m.window = min(wall.Seconds(), b.maxDuration.Seconds()+1)
 	}
 	if limit != nil {

@@ -41,14 +41,21 @@ import (
 	"github.com/ambient-mesh/mesh/pkg/xds/xdsclient"
 )
 
-func freeAddr(t *testing.T) string {
+// freeAddrs returns n distinct free loopback addresses. The listeners stay
+// open until all n are picked: closed one by one, the kernel could hand
+// the same port out twice (it did: metrics and debug on one port).
+func freeAddrs(t *testing.T, n int) []string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	addrs := make([]string, n)
+	for i := range addrs {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		addrs[i] = l.Addr().String()
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return addrs
 }
 
 func waitFor(t *testing.T, timeout time.Duration, what string, f func() error) {
@@ -159,7 +166,8 @@ func startIstiod(t *testing.T) *harness {
 	var fs = newFlagSet(t)
 	cfg := Config{}
 	cfg.RegisterFlags(fs)
-	cfg.GRPCAddr, cfg.MetricsAddr, cfg.DebugAddr = freeAddr(t), freeAddr(t), freeAddr(t)
+	addrs := freeAddrs(t, 3)
+	cfg.GRPCAddr, cfg.MetricsAddr, cfg.DebugAddr = addrs[0], addrs[1], addrs[2]
 	cfg.XDSDebounce = 20 * time.Millisecond
 	h.cfg = cfg
 

@@ -321,7 +321,8 @@ func TestRunWithoutGatewayAPI(t *testing.T) {
 	}
 	cfg := Config{}
 	cfg.RegisterFlags(newFlagSet(t))
-	cfg.GRPCAddr, cfg.MetricsAddr, cfg.DebugAddr = freeAddr(t), freeAddr(t), freeAddr(t)
+	addrs := freeAddrs(t, 3)
+	cfg.GRPCAddr, cfg.MetricsAddr, cfg.DebugAddr = addrs[0], addrs[1], addrs[2]
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- Run(ctx, cfg, env.Config, zaptest.NewLogger(t)) }()

@@ -109,6 +109,9 @@ type Load struct {
 	QPS, Conns          int
 	Duration            time.Duration
 	PayloadBytes        int
+	// Args are more fortio flags, e.g. the client certificate of an
+	// https URL (-cacert, -cert, -key).
+	Args []string
 }
 
 // Fortio runs the load with fortio in the pod (1 KB POST echoed by fortio's
@@ -123,6 +126,7 @@ func (k Kubectl) Fortio(ctx context.Context, l Load) (*FortioResult, error) {
 	if l.QPS > 0 {
 		args = append(args, "-uniform", "-nocatchup")
 	}
+	args = append(args, l.Args...)
 	out, err := k.Run(ctx, "", append(args, l.URL)...)
 	if err != nil {
 		return nil, err
@@ -143,12 +147,14 @@ func (k Kubectl) Fortio(ctx context.Context, l Load) (*FortioResult, error) {
 }
 
 // WaitReachable retries one fortio request from the pod to url until it
-// succeeds, for at most a minute.
-func (k Kubectl) WaitReachable(ctx context.Context, ns, pod, url string) error {
+// succeeds, for at most a minute; fortioArgs are more fortio flags (as
+// Load.Args).
+func (k Kubectl) WaitReachable(ctx context.Context, ns, pod, url string, fortioArgs ...string) error {
 	deadline := time.Now().Add(time.Minute)
+	args := append([]string{"-n", ns, "exec", pod, "--", "/usr/local/bin/fortio", "curl",
+		"-logger-json=false", "-quiet", "-payload-size", "1024"}, fortioArgs...)
 	for {
-		_, err := k.Run(ctx, "", "-n", ns, "exec", pod, "--", "/usr/local/bin/fortio", "curl",
-			"-logger-json=false", "-quiet", "-payload-size", "1024", url)
+		_, err := k.Run(ctx, "", append(args, url)...)
 		if err == nil {
 			return nil
 		}

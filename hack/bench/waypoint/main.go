@@ -8,23 +8,31 @@
 //   - ztunnel: in an ambient namespace, through the Service (two ztunnel hops);
 //   - waypoint: in the ambient namespace, through a Service labelled
 //     istio.io/use-waypoint (ztunnel -> waypoint -> ztunnel);
-//   - haproxy: the Debian HAProxy on the node as the same L7 hop, in front of
-//     the plain server, reached from the plain client.
+//   - haproxy: the Debian HAProxy on the node as an L7 hop in plaintext
+//     (HTTP/1.1 in and out), in front of the plain server, reached from
+//     the plain client;
+//   - haproxy_tls: HAProxy as the same L7 hop as the waypoint's, mutual
+//     TLS 1.3 on both sides (AES-128-GCM, ECDSA P-256 certificates, as
+//     HBONE between ztunnels and the waypoint), reached from a client pod
+//     with a client certificate; a second, unmeasured HAProxy ends its
+//     upstream TLS in front of the plain server, as the server's ztunnel
+//     does for the waypoint.
 //
-// It measures the waypoint's and HAProxy's CPU-seconds and resident set from
-// /proc while they carry the load, then each one's maximum RPS per core:
-// each proxy on one thread (the waypoint with GOMAXPROCS=1 through the
-// Gateway's parameters ConfigMap, HAProxy with nbthread 1) is held to a
-// quarter of a core by CFS bandwidth control (-max-cpu; its container's
-// cgroup, and a cgroup of its own for HAProxy) and driven as hard as the
-// load generator can: the machine's cores run the load generator, the
-// backend and the ztunnels too, and without the limit the proxy would not
-// be the bottleneck. The two proxies alternate over -max-rounds rounds, so
-// that a slow spell of the shared machine falls on both, and the figures
-// pool the rounds (requests over CPU-seconds), with the spread of the
-// per-round ratio. The share of CFS periods in which each was throttled
-// is recorded (*max_rps_throttled, near 1 when saturated), and each run's
-// CPU is split per request into user and system time.
+// It measures the waypoint's and the HAProxy peers' CPU-seconds and
+// resident set from /proc while they carry the load, then each one's
+// maximum RPS per core: each proxy on one thread (the waypoint with
+// GOMAXPROCS=1 through the Gateway's parameters ConfigMap, HAProxy with
+// nbthread 1) is held to a quarter of a core by CFS bandwidth control
+// (-max-cpu; its container's cgroup, and a cgroup of its own for each
+// HAProxy) and driven as hard as the load generator can: the machine's
+// cores run the load generator, the backend and the ztunnels too, and
+// without the limit the proxy would not be the bottleneck. The three
+// proxies alternate over -max-rounds rounds, so that a slow spell of the
+// shared machine falls on all, and the figures pool the rounds (requests
+// over CPU-seconds), with the spread of the per-round ratio to each peer.
+// The share of CFS periods in which each was throttled is recorded
+// (*max_rps_throttled, near 1 when saturated), and each run's CPU is
+// split per request into user and system time.
 // It writes the flat JSON figures of DESIGN.md §9, prints a one-line summary
 // and removes what it created.
 package main
@@ -34,25 +42,18 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/ambient-mesh/mesh/hack/bench/benchkit"
 	"github.com/ambient-mesh/mesh/hack/bench/clusterbench"
 )
 
-const (
-	waypointExe = "/usr/local/bin/waypoint"
-	// haproxyAddr is where HAProxy listens on the node (the node IP of
-	// hack/cluster, reachable from pods).
-	haproxyAddr = "198.18.0.1:18080"
-)
+const waypointExe = "/usr/local/bin/waypoint"
 
 func main() {
 	out := flag.String("out", "_output/bench/waypoint.json", "where to write the JSON figures")
@@ -69,10 +70,10 @@ func main() {
 	maxRounds := flag.Int("max-rounds", 3, "maximum-RPS runs of each proxy, alternating")
 	maxCPU := flag.Float64("max-cpu", 0.25, "CPU limit (cores, CFS bandwidth) each proxy is held to in its maximum-RPS run, so that it, not the load generator, is the bottleneck; 0: no limit")
 	maxCPUPeriod := flag.Duration("max-cpu-period", 20*time.Millisecond, "CFS period of the -max-cpu limit")
-	timeout := flag.Duration("timeout", 0, "bound on the whole run (default 4x duration + (2x max-rounds + 1) x max-duration + 5 min)")
+	timeout := flag.Duration("timeout", 0, "bound on the whole run (default 5x duration + (3x max-rounds + 1) x max-duration + 5 min)")
 	flag.Parse()
 	if *timeout == 0 {
-		*timeout = 4**duration + time.Duration(2*max(*maxRounds, 1)+1)**maxDuration + 5*time.Minute
+		*timeout = 5**duration + time.Duration(3*max(*maxRounds, 1)+1)**maxDuration + 5*time.Minute
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
@@ -81,16 +82,18 @@ func main() {
 		maxCPU: *maxCPU, maxCPUPeriod: *maxCPUPeriod, maxRounds: max(*maxRounds, 1)}
 	time.AfterFunc(*timeout+90*time.Second, func() {
 		fmt.Fprintln(os.Stderr, "bench-waypoint: timed out")
-		b.stopHAProxy()
+		b.stopHAProxies()
 		os.Exit(2)
 	})
 	fig, err := b.run(ctx)
 	b.cleanup()
 	benchkit.Save("bench-waypoint", *out, fig, err)
-	fmt.Printf("bench-waypoint: %d qps x %s over %d conns, 1 KB: waypoint adds p50 %.3f ms, p99 %.3f ms vs direct (%.3f / %.3f ms vs ztunnel only; HAProxy adds %.3f / %.3f ms); waypoint %.3f vCPU and %.1f MB per 1000 rps; max %.0f rps per waypoint core vs HAProxy %.0f (%.2fx), both held to %.2f cores -> %s\n",
+	fmt.Printf("bench-waypoint: %d qps x %s over %d conns, 1 KB: waypoint adds p50 %.3f ms, p99 %.3f ms vs direct (%.3f / %.3f ms vs ztunnel only; HAProxy adds %.3f / %.3f ms, with mTLS %.3f / %.3f ms); waypoint %.3f vCPU and %.1f MB per 1000 rps (HAProxy with mTLS %.3f vCPU); max %.0f rps per waypoint core vs HAProxy %.0f (%.2fx) and HAProxy with mTLS %.0f (%.2fx), all held to %.2f cores -> %s\n",
 		*qps, *duration, *conns, fig["p50_added_ms"], fig["p99_added_ms"], fig["p50_added_vs_ztunnel_ms"], fig["p99_added_vs_ztunnel_ms"],
-		fig["haproxy_p50_added_ms"], fig["haproxy_p99_added_ms"], fig["vcpu_per_krps"], fig["rss_mb_per_krps"],
+		fig["haproxy_p50_added_ms"], fig["haproxy_p99_added_ms"], fig["haproxy_tls_p50_added_ms"], fig["haproxy_tls_p99_added_ms"],
+		fig["vcpu_per_krps"], fig["rss_mb_per_krps"], fig["haproxy_tls_vcpu_per_krps"],
 		fig["max_rps_one_core"], fig["haproxy_max_rps_one_core"], fig["max_rps_ratio_vs_haproxy"],
+		fig["haproxy_tls_max_rps_one_core"], fig["max_rps_ratio_vs_haproxy_tls"],
 		fig["max_rps_cpu_limit_cores"], *out)
 }
 
@@ -106,10 +109,8 @@ type bench struct {
 	direct, meshed string // namespaces
 	namespaces     []string
 	installedMesh  bool
-	haproxyCmd     *exec.Cmd
-	haproxyExited  <-chan error
-	haproxyDir     string
-	haproxyCgroup  func() error // moves HAProxy back out of its own cgroup
+	haproxies      []*haproxy
+	haproxyDir     string // their configurations, certificates and pid files
 	cleanupOnce    sync.Once
 	mu             sync.Mutex
 }
@@ -167,14 +168,33 @@ func (b *bench) run(ctx context.Context) (map[string]float64, error) {
 	if _, err := b.k.Run(ctx, "", "label", "namespace", b.meshed, "istio.io/dataplane-mode=ambient"); err != nil {
 		return nil, err
 	}
-	if _, err := b.k.Run(ctx, serverManifest, "-n", b.direct, "apply", "-f", "-"); err != nil {
+	// The TLS peer's certificates: its listener's and its terminator's on
+	// the node, the client's in the tlsclient pod.
+	if b.haproxyDir, err = os.MkdirTemp("", "bench-waypoint-haproxy-"); err != nil {
+		return nil, err
+	}
+	if err := writeCerts(b.haproxyDir); err != nil {
+		return nil, fmt.Errorf("TLS peer certificates: %w", err)
+	}
+	secret := []string{"-n", b.direct, "create", "secret", "generic", "bench-tls"}
+	for _, f := range []string{"ca.pem", "tls.crt", "tls.key"} {
+		secret = append(secret, "--from-file="+filepath.Join(b.haproxyDir, f))
+	}
+	if _, err := b.k.Run(ctx, "", secret...); err != nil {
+		return nil, err
+	}
+	if _, err := b.k.Run(ctx, serverManifest+"---\n"+tlsClientManifest, "-n", b.direct, "apply", "-f", "-"); err != nil {
 		return nil, err
 	}
 	if _, err := b.k.Run(ctx, serverManifest+"---\n"+waypointManifest, "-n", b.meshed, "apply", "-f", "-"); err != nil {
 		return nil, err
 	}
 	for _, ns := range []string{b.direct, b.meshed} {
-		if _, err := b.k.Run(ctx, "", "-n", ns, "wait", "--for=condition=Ready", "pod/server", "pod/client", "--timeout=120s"); err != nil {
+		pods := []string{"pod/server", "pod/client"}
+		if ns == b.direct {
+			pods = append(pods, "pod/tlsclient")
+		}
+		if _, err := b.k.Run(ctx, "", append([]string{"-n", ns, "wait", "--for=condition=Ready", "--timeout=120s"}, pods...)...); err != nil {
 			return nil, err
 		}
 	}
@@ -188,26 +208,39 @@ func (b *bench) run(ctx context.Context) (map[string]float64, error) {
 	if err != nil {
 		return nil, err
 	}
-	hpid, err := b.startHAProxy(serverIP + ":8080")
+	plainCfg, tlsCfg, termCfg := haproxyConfigs(b.haproxyDir, serverIP+":8080")
+	if _, err := b.startHAProxy("terminator", termCfg, false); err != nil {
+		return nil, err
+	}
+	hpid, err := b.startHAProxy("haproxy", plainCfg, b.maxCPU > 0)
+	if err != nil {
+		return nil, err
+	}
+	htpid, err := b.startHAProxy("haproxy-tls", tlsCfg, b.maxCPU > 0)
 	if err != nil {
 		return nil, err
 	}
 
 	type path struct {
-		name, ns, url string
+		name, ns, pod, url string
+		args               []string // more fortio flags
 	}
 	paths := []path{
-		{"direct", b.direct, "http://server:8080/echo"},
-		{"ztunnel", b.meshed, "http://server:8080/echo"},
-		{"waypoint", b.meshed, "http://server-wp:8080/echo"},
-		{"haproxy", b.direct, "http://" + haproxyAddr + "/echo"},
+		{name: "direct", ns: b.direct, pod: "client", url: "http://server:8080/echo"},
+		{name: "ztunnel", ns: b.meshed, pod: "client", url: "http://server:8080/echo"},
+		{name: "waypoint", ns: b.meshed, pod: "client", url: "http://server-wp:8080/echo"},
+		{name: "haproxy", ns: b.direct, pod: "client", url: "http://" + haproxyAddr + "/echo"},
+		{name: "haproxy_tls", ns: b.direct, pod: "tlsclient", url: "https://" + haproxyTLSAddr + "/echo", args: tlsClientArgs},
+	}
+	load := func(p path, qps, conns int, d time.Duration) clusterbench.Load {
+		return clusterbench.Load{Namespace: p.ns, Pod: p.pod, URL: p.url, QPS: qps, Conns: conns, Duration: d, PayloadBytes: 1024, Args: p.args}
 	}
 	// Reachable, then warm (pools, certificates, caches).
 	for _, p := range paths {
-		if err := b.k.WaitReachable(ctx, p.ns, "client", p.url); err != nil {
+		if err := b.k.WaitReachable(ctx, p.ns, p.pod, p.url, p.args...); err != nil {
 			return nil, err
 		}
-		if _, err := b.k.Fortio(ctx, clusterbench.Load{Namespace: p.ns, Pod: "client", URL: p.url, QPS: b.qps, Conns: b.conns, Duration: 3 * time.Second, PayloadBytes: 1024}); err != nil {
+		if _, err := b.k.Fortio(ctx, load(p, b.qps, b.conns, 3*time.Second)); err != nil {
 			return nil, fmt.Errorf("warm-up %s: %w", p.name, err)
 		}
 	}
@@ -215,7 +248,7 @@ func (b *bench) run(ctx context.Context) (map[string]float64, error) {
 	if err != nil {
 		return nil, err
 	}
-	procs := map[string]int{"waypoint": wpid, "haproxy": hpid}
+	procs := map[string]int{"waypoint": wpid, "haproxy": hpid, "haproxy_tls": htpid}
 
 	fig := map[string]float64{"duration_s": b.duration.Seconds(), "target_qps": float64(b.qps), "connections": float64(b.conns)}
 	res := map[string]*clusterbench.FortioResult{}
@@ -227,7 +260,7 @@ func (b *bench) run(ctx context.Context) (map[string]float64, error) {
 				return nil, err
 			}
 		}
-		r, err := b.k.Fortio(ctx, clusterbench.Load{Namespace: p.ns, Pod: "client", URL: p.url, QPS: b.qps, Conns: b.conns, Duration: b.duration, PayloadBytes: 1024})
+		r, err := b.k.Fortio(ctx, load(p, b.qps, b.conns, b.duration))
 		if u != nil {
 			cpu, wall, rss, uerr := u.Stop()
 			if err == nil && uerr != nil {
@@ -263,18 +296,19 @@ func (b *bench) run(ctx context.Context) (map[string]float64, error) {
 		fig[q+"_added_ms"] = fig["waypoint_"+q+"_ms"] - fig["direct_"+q+"_ms"]
 		fig[q+"_added_vs_ztunnel_ms"] = fig["waypoint_"+q+"_ms"] - fig["ztunnel_"+q+"_ms"]
 		fig["haproxy_"+q+"_added_ms"] = fig["haproxy_"+q+"_ms"] - fig["direct_"+q+"_ms"]
+		fig["haproxy_tls_"+q+"_added_ms"] = fig["haproxy_tls_"+q+"_ms"] - fig["direct_"+q+"_ms"]
 	}
 
 	// Maximum RPS per core of each L7 hop, in rounds that alternate the
-	// two proxies so that a slow spell of the shared machine falls on
-	// both; the figures pool the rounds (requests over CPU-seconds).
+	// proxies so that a slow spell of the shared machine falls on all;
+	// the figures pool the rounds (requests over CPU-seconds).
 	total := map[string]*maxRound{}
-	var ratios []float64
+	ratios := map[string][]float64{} // per peer, the waypoint's per-round ratio to it
 	for round := 1; round <= b.maxRounds; round++ {
 		perCore := map[string]float64{}
 		for _, p := range paths[2:] {
 			fmt.Fprintf(os.Stderr, "bench-waypoint: %s: maximum rate over %d connections for %s, held to %.2f cores (round %d of %d)\n", p.name, b.maxConns, b.maxDuration, b.maxCPU, round, b.maxRounds)
-			m, err := b.maxRun(ctx, p.ns, p.url, procs[p.name])
+			m, err := b.maxRun(ctx, load(p, 0, b.maxConns, b.maxDuration), procs[p.name])
 			if err != nil {
 				return nil, fmt.Errorf("%s maximum run: %w", p.name, err)
 			}
@@ -287,7 +321,9 @@ func (b *bench) run(ctx context.Context) (map[string]float64, error) {
 			}
 			total[p.name].add(m)
 		}
-		ratios = append(ratios, perCore["waypoint"]/perCore["haproxy"])
+		for _, peer := range []string{"haproxy", "haproxy_tls"} {
+			ratios[peer] = append(ratios[peer], perCore["waypoint"]/perCore[peer])
+		}
 	}
 	for name, m := range total {
 		prefix := name + "_"
@@ -304,9 +340,12 @@ func (b *bench) run(ctx context.Context) (map[string]float64, error) {
 	}
 	fig["max_rps_cpu_limit_cores"] = b.maxCPU
 	fig["max_rps_rounds"] = float64(b.maxRounds)
-	fig["max_rps_ratio_vs_haproxy"] = fig["max_rps_one_core"] / fig["haproxy_max_rps_one_core"]
-	fig["max_rps_ratio_vs_haproxy_round_min"] = slices.Min(ratios)
-	fig["max_rps_ratio_vs_haproxy_round_max"] = slices.Max(ratios)
+	for peer, r := range ratios {
+		key := "max_rps_ratio_vs_" + peer
+		fig[key] = fig["max_rps_one_core"] / fig[peer+"_max_rps_one_core"]
+		fig[key+"_round_min"] = slices.Min(r)
+		fig[key+"_round_max"] = slices.Max(r)
+	}
 
 	var failed []string
 	for name, r := range res {
@@ -337,10 +376,9 @@ func (t *maxRound) add(m maxRound) {
 	t.errors += m.errors
 }
 
-// maxRun drives url from ns's client pod as hard as -max-c connections
-// can for -max-duration, with the proxy pid held to -max-cpu cores, and
-// measures the proxy's CPU.
-func (b *bench) maxRun(ctx context.Context, ns, url string, pid int) (maxRound, error) {
+// maxRun runs l (QPS 0: as fast as its connections can), with the proxy
+// pid held to -max-cpu cores, and measures the proxy's CPU.
+func (b *bench) maxRun(ctx context.Context, l clusterbench.Load, pid int) (maxRound, error) {
 	var limit *clusterbench.CPULimit
 	if b.maxCPU > 0 {
 		var err error
@@ -352,7 +390,7 @@ func (b *bench) maxRun(ctx context.Context, ns, url string, pid int) (maxRound, 
 	u, err := clusterbench.StartUsage(pid)
 	var r *clusterbench.FortioResult
 	if err == nil {
-		r, err = b.k.Fortio(ctx, clusterbench.Load{Namespace: ns, Pod: "client", URL: url, Conns: b.maxConns, Duration: b.maxDuration, PayloadBytes: 1024})
+		r, err = b.k.Fortio(ctx, l)
 		_, wall, _, uerr := u.Stop()
 		if err == nil {
 			err = uerr
@@ -387,85 +425,9 @@ func splitCPU(fig map[string]float64, prefix string, u *clusterbench.Usage, r *c
 	fig[prefix+"sys_us_per_req"] = u.Sys / n * 1e6
 }
 
-// startHAProxy runs HAProxy on the node as an HTTP proxy to backend, held
-// to one thread, and returns its pid.
-func (b *bench) startHAProxy(backend string) (int, error) {
-	dir, err := os.MkdirTemp("", "bench-waypoint-haproxy-")
-	if err != nil {
-		return 0, err
-	}
-	b.haproxyDir = dir
-	cfg := fmt.Sprintf(`global
-  nbthread 1
-  maxconn 4000
-  log stderr format short local0 err
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-  http-reuse always
-frontend bench
-  bind %s
-  default_backend fortio
-backend fortio
-  server server %s
-`, haproxyAddr, backend)
-	path := filepath.Join(dir, "haproxy.cfg")
-	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
-		return 0, err
-	}
-	if _, err := exec.Command(b.haproxyBin, "-c", "-q", "-f", path).CombinedOutput(); err != nil {
-		return 0, fmt.Errorf("haproxy config check (%s): %w", path, err)
-	}
-	cmd := exec.Command(b.haproxyBin, "-db", "-f", path)
-	cmd.Stderr = os.Stderr
-	exited, err := benchkit.StartTied(cmd, syscall.SIGKILL)
-	if err != nil {
-		return 0, fmt.Errorf("start %s (install the Debian package haproxy): %w", b.haproxyBin, err)
-	}
-	b.mu.Lock()
-	b.haproxyCmd, b.haproxyExited = cmd, exited
-	b.mu.Unlock()
-	if b.maxCPU > 0 {
-		// Alone in a cgroup, as the waypoint is in its container, for the
-		// CPU limit of the maximum run.
-		undo, err := clusterbench.OwnCgroup(cmd.Process.Pid, "bench-waypoint-haproxy-"+strconv.Itoa(cmd.Process.Pid))
-		if err != nil {
-			return 0, err
-		}
-		b.mu.Lock()
-		b.haproxyCgroup = undo
-		b.mu.Unlock()
-	}
-	if err := os.WriteFile(filepath.Join(dir, "haproxy.pid"), []byte(strconv.Itoa(cmd.Process.Pid)), 0o644); err != nil {
-		return 0, err
-	}
-	return cmd.Process.Pid, nil
-}
-
-func (b *bench) stopHAProxy() {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.haproxyCmd != nil {
-		_ = b.haproxyCmd.Process.Kill()
-		<-b.haproxyExited
-		b.haproxyCmd = nil
-	}
-	if b.haproxyCgroup != nil {
-		if err := b.haproxyCgroup(); err != nil {
-			fmt.Fprintln(os.Stderr, "bench-waypoint: cleanup:", err)
-		}
-		b.haproxyCgroup = nil
-	}
-	if b.haproxyDir != "" {
-		_ = os.RemoveAll(b.haproxyDir)
-	}
-}
-
 func (b *bench) cleanup() {
 	b.cleanupOnce.Do(func() {
-		b.stopHAProxy()
+		b.stopHAProxies()
 		ctx, cancel := context.WithTimeout(context.Background(), 80*time.Second)
 		defer cancel()
 		for _, ns := range b.namespaces {

@@ -135,18 +135,18 @@ func run(ctx context.Context, callers int, duration, baseline time.Duration) (ma
 	}
 	child := exec.Command(self, "-serve", kubeconfig)
 	child.Stderr = os.Stderr
-	child.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM} // never outlive the driver
 	stdout, err := child.StdoutPipe()
 	if err != nil {
 		return nil, err
 	}
-	if err := child.Start(); err != nil {
+	exited, err := benchkit.StartTied(child, syscall.SIGTERM) // never outlive the driver
+	if err != nil {
 		return nil, fmt.Errorf("start ca process: %w", err)
 	}
 	pid := child.Process.Pid
 	defer func() {
 		_ = syscall.Kill(pid, syscall.SIGTERM)
-		_ = child.Wait()
+		<-exited
 	}()
 	addrCh := make(chan [2]string, 2)
 	go func() {

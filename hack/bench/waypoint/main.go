@@ -240,8 +240,18 @@ func (b *bench) run(ctx context.Context) (map[string]float64, error) {
 		if err := b.k.WaitReachable(ctx, p.ns, p.pod, p.url, p.args...); err != nil {
 			return nil, err
 		}
-		if _, err := b.k.Fortio(ctx, load(p, b.qps, b.conns, 3*time.Second)); err != nil {
-			return nil, fmt.Errorf("warm-up %s: %w", p.name, err)
+		// A warm-up that fails is tried again, twice: the first
+		// connections of a path have been seen to fail once in a while
+		// (fortio then aborts); the measured runs after it must not.
+		for try := 1; ; try++ {
+			_, err := b.k.Fortio(ctx, load(p, b.qps, b.conns, 3*time.Second))
+			if err == nil {
+				break
+			}
+			if try == 3 {
+				return nil, fmt.Errorf("warm-up %s: %w", p.name, err)
+			}
+			fmt.Fprintf(os.Stderr, "bench-waypoint: warm-up %s failed, again (%d of 3): %v\n", p.name, try+1, err)
 		}
 	}
 	wpid, err := clusterbench.FindProcess(waypointExe, "POD_NAMESPACE="+b.meshed)

@@ -217,14 +217,14 @@ func run(ctx context.Context, p params) (map[string]float64, error) {
 		child = exec.Command(p.istiod, args...)
 	}
 	child.Stdout, child.Stderr = os.Stderr, os.Stderr
-	child.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM} // never outlive the driver
 	startAt := time.Now()
-	if err := child.Start(); err != nil {
+	waited, err := benchkit.StartTied(child, syscall.SIGTERM) // never outlive the driver
+	if err != nil {
 		return nil, fmt.Errorf("start istiod-lite %s: %w", child.Path, err)
 	}
 	pid := child.Process.Pid
 	exited := make(chan struct{})
-	go func() { _ = child.Wait(); close(exited) }()
+	go func() { <-waited; close(exited) }()
 	defer func() {
 		_ = syscall.Kill(pid, syscall.SIGTERM)
 		select {

@@ -70,6 +70,7 @@ func main() {
 	maxRounds := flag.Int("max-rounds", 3, "maximum-RPS runs of each proxy, alternating")
 	maxCPU := flag.Float64("max-cpu", 0.25, "CPU limit (cores, CFS bandwidth) each proxy is held to in its maximum-RPS run, so that it, not the load generator, is the bottleneck; 0: no limit")
 	maxCPUPeriod := flag.Duration("max-cpu-period", 20*time.Millisecond, "CFS period of the -max-cpu limit")
+	profOut := flag.String("waypoint-profile", "", "also profile the waypoint's CPU during each of its runs and write the merged profile here, for go tool pprof (the profiler costs the waypoint a little CPU)")
 	timeout := flag.Duration("timeout", 0, "bound on the whole run (default 5x duration + (3x max-rounds + 1) x max-duration + 5 min)")
 	flag.Parse()
 	if *timeout == 0 {
@@ -85,7 +86,21 @@ func main() {
 		b.stopHAProxies()
 		os.Exit(2)
 	})
+	if *profOut != "" {
+		dir, err := os.MkdirTemp("", "bench-waypoint-profile-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench-waypoint:", err)
+			os.Exit(1)
+		}
+		defer os.RemoveAll(dir)
+		b.prof = &profiler{dir: dir}
+	}
 	fig, err := b.run(ctx)
+	if err == nil && b.prof != nil {
+		if err = b.prof.merge(ctx, *profOut); err == nil {
+			fmt.Fprintf(os.Stderr, "bench-waypoint: the waypoint's CPU profile of %d runs -> %s\n", len(b.prof.files), *profOut)
+		}
+	}
 	b.cleanup()
 	benchkit.Save("bench-waypoint", *out, fig, err)
 	fmt.Printf("bench-waypoint: %d qps x %s over %d conns, 1 KB: waypoint adds p50 %.3f ms, p99 %.3f ms vs direct (%.3f / %.3f ms vs ztunnel only; HAProxy adds %.3f / %.3f ms, with mTLS %.3f / %.3f ms); waypoint %.3f vCPU and %.1f MB per 1000 rps (HAProxy with mTLS %.3f vCPU); max %.0f rps per waypoint core vs HAProxy %.0f (%.2fx) and HAProxy with mTLS %.0f (%.2fx), all held to %.2f cores -> %s\n",
@@ -110,7 +125,8 @@ type bench struct {
 	namespaces     []string
 	installedMesh  bool
 	haproxies      []*haproxy
-	haproxyDir     string // their configurations, certificates and pid files
+	haproxyDir     string    // their configurations, certificates and pid files
+	prof           *profiler // with -waypoint-profile
 	cleanupOnce    sync.Once
 	mu             sync.Mutex
 }
@@ -270,7 +286,15 @@ func (b *bench) run(ctx context.Context) (map[string]float64, error) {
 				return nil, err
 			}
 		}
+		var prof *profiler
+		if p.name == "waypoint" {
+			prof = b.prof
+		}
+		prof.start(ctx, procs[p.name], b.duration-time.Second)
 		r, err := b.k.Fortio(ctx, load(p, b.qps, b.conns, b.duration))
+		if perr := prof.wait(); err == nil {
+			err = perr
+		}
 		if u != nil {
 			cpu, wall, rss, uerr := u.Stop()
 			if err == nil && uerr != nil {
@@ -318,7 +342,11 @@ func (b *bench) run(ctx context.Context) (map[string]float64, error) {
 		perCore := map[string]float64{}
 		for _, p := range paths[2:] {
 			fmt.Fprintf(os.Stderr, "bench-waypoint: %s: maximum rate over %d connections for %s, held to %.2f cores (round %d of %d)\n", p.name, b.maxConns, b.maxDuration, b.maxCPU, round, b.maxRounds)
-			m, err := b.maxRun(ctx, load(p, 0, b.maxConns, b.maxDuration), procs[p.name])
+			var prof *profiler
+			if p.name == "waypoint" {
+				prof = b.prof
+			}
+			m, err := b.maxRun(ctx, load(p, 0, b.maxConns, b.maxDuration), procs[p.name], prof)
 			if err != nil {
 				return nil, fmt.Errorf("%s maximum run: %w", p.name, err)
 			}
@@ -387,8 +415,9 @@ func (t *maxRound) add(m maxRound) {
 }
 
 // maxRun runs l (QPS 0: as fast as its connections can), with the proxy
-// pid held to -max-cpu cores, and measures the proxy's CPU.
-func (b *bench) maxRun(ctx context.Context, l clusterbench.Load, pid int) (maxRound, error) {
+// pid held to -max-cpu cores, and measures the proxy's CPU (and profiles
+// it with prof, if not nil).
+func (b *bench) maxRun(ctx context.Context, l clusterbench.Load, pid int, prof *profiler) (maxRound, error) {
 	var limit *clusterbench.CPULimit
 	if b.maxCPU > 0 {
 		var err error
@@ -400,7 +429,11 @@ func (b *bench) maxRun(ctx context.Context, l clusterbench.Load, pid int) (maxRo
 	u, err := clusterbench.StartUsage(pid)
 	var r *clusterbench.FortioResult
 	if err == nil {
+		prof.start(ctx, pid, l.Duration-time.Second)
 		r, err = b.k.Fortio(ctx, l)
+		if perr := prof.wait(); err == nil {
+			err = perr
+		}
 		_, wall, _, uerr := u.Stop()
 		if err == nil {
 			err = uerr

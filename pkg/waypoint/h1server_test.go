@@ -424,3 +424,44 @@ func TestParseResponseMatchesNetHTTP(t *testing.T) {
 		}
 	}
 }
+
+// TestWriteHeaderLines: the fields as http.Header.WriteSubset writes them,
+// in any order of names but in order within a name.
+func TestWriteHeaderLines(t *testing.T) {
+	h := http.Header{
+		"X-A":        {"1", "2", "3"},
+		"X-Split":    {"a\r\nInjected: yes", "\tpadded "},
+		"Bad Name":   {"dropped"},
+		"Skip":       {"excluded"},
+		"Content-Md": {""},
+	}
+	var b strings.Builder
+	bw := bufio.NewWriter(&b)
+	writeHeaderLines(bw, h, map[string]bool{"Skip": true})
+	if err := bw.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	var ref strings.Builder
+	if err := h.WriteSubset(&ref, map[string]bool{"Skip": true}); err != nil {
+		t.Fatal(err)
+	}
+	got := strings.SplitAfter(b.String(), "\r\n")
+	want := strings.SplitAfter(ref.String(), "\r\n")
+	if !slices.Equal(slices.Sorted(slices.Values(got)), slices.Sorted(slices.Values(want))) {
+		t.Fatalf("lines %q, want those of WriteSubset %q", got, want)
+	}
+	for _, l := range got {
+		if strings.HasPrefix(l, "Injected") || strings.Contains(l, "Bad Name") || strings.Contains(l, "excluded") {
+			t.Fatalf("line %q must not be written", l)
+		}
+	}
+	var xa []string
+	for _, l := range got {
+		if v, ok := strings.CutPrefix(l, "X-A: "); ok {
+			xa = append(xa, strings.TrimSuffix(v, "\r\n"))
+		}
+	}
+	if !slices.Equal(xa, []string{"1", "2", "3"}) {
+		t.Fatalf("X-A values %q, want 1, 2, 3 in order", xa)
+	}
+}

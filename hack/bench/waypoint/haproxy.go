@@ -84,36 +84,44 @@ defaults
   http-reuse always
 `
 
+// peerAddrs are where the HAProxy processes listen.
+type peerAddrs struct{ plain, tls, term string }
+
+// nodePeers is the bench's: on the node, reachable from pods.
+var nodePeers = peerAddrs{plain: haproxyAddr, tls: haproxyTLSAddr, term: terminatorAddr}
+
 // haproxyConfigs are the configurations of the plaintext peer, the TLS
-// peer and the TLS peer's terminator in front of backend, the server pod.
-func haproxyConfigs(dir, backend string) (plain, tls, term string) {
+// peer and the TLS peer's terminator in front of backend, the server pod,
+// with the certificates writeCerts put in dir.
+func haproxyConfigs(dir, backend string, at peerAddrs) (plain, tls, term string) {
 	f := func(name string) string { return filepath.Join(dir, name) }
 	plain = haproxyGlobal + fmt.Sprintf(`frontend bench
   bind %s
   default_backend fortio
 backend fortio
   server server %s
-`, haproxyAddr, backend)
+`, at.plain, backend)
 	tls = haproxyGlobal + fmt.Sprintf(`frontend bench
   bind %s ssl crt %s ca-file %s verify required
   default_backend fortio
 backend fortio
   server term %s ssl crt %s ca-file %s verify required
-`, haproxyTLSAddr, f("front.pem"), f("ca.pem"), terminatorAddr, f("client.pem"), f("ca.pem"))
+`, at.tls, f("front.pem"), f("ca.pem"), at.term, f("client.pem"), f("ca.pem"))
 	term = haproxyGlobal + fmt.Sprintf(`frontend term
   bind %s ssl crt %s ca-file %s verify required
   default_backend fortio
 backend fortio
   server server %s
-`, terminatorAddr, f("term.pem"), f("ca.pem"), backend)
+`, at.term, f("term.pem"), f("ca.pem"), backend)
 	return plain, tls, term
 }
 
-// writeCerts writes a CA and the certificates of the TLS peer into dir:
-// ca.pem; front.pem and term.pem (certificate and key, for HAProxy) of
-// the peer's and the terminator's listeners; client.pem, and tls.crt and
-// tls.key of the same client certificate for fortio.
-func writeCerts(dir string) error {
+// writeCerts writes a CA and the certificates of the TLS peer, all for the
+// address ip, into dir: ca.pem; front.pem and term.pem (certificate and
+// key, for HAProxy) of the peer's and the terminator's listeners;
+// client.pem, and tls.crt and tls.key of the same client certificate for
+// fortio.
+func writeCerts(dir string, ip net.IP) error {
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return err
@@ -143,7 +151,7 @@ func writeCerts(dir string) error {
 			NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
 			KeyUsage:    x509.KeyUsageDigitalSignature,
 			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-			IPAddresses: []net.IP{net.ParseIP(nodeIP)},
+			IPAddresses: []net.IP{ip},
 		}
 		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
 		if err != nil {

@@ -41,6 +41,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -189,7 +190,7 @@ func (b *bench) run(ctx context.Context) (map[string]float64, error) {
 	if b.haproxyDir, err = os.MkdirTemp("", "bench-waypoint-haproxy-"); err != nil {
 		return nil, err
 	}
-	if err := writeCerts(b.haproxyDir); err != nil {
+	if err := writeCerts(b.haproxyDir, net.ParseIP(nodeIP)); err != nil {
 		return nil, fmt.Errorf("TLS peer certificates: %w", err)
 	}
 	secret := []string{"-n", b.direct, "create", "secret", "generic", "bench-tls"}
@@ -224,7 +225,7 @@ func (b *bench) run(ctx context.Context) (map[string]float64, error) {
 	if err != nil {
 		return nil, err
 	}
-	plainCfg, tlsCfg, termCfg := haproxyConfigs(b.haproxyDir, serverIP+":8080")
+	plainCfg, tlsCfg, termCfg := haproxyConfigs(b.haproxyDir, serverIP+":8080", nodePeers)
 	if _, err := b.startHAProxy("terminator", termCfg, false); err != nil {
 		return nil, err
 	}

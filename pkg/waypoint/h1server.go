@@ -429,7 +429,7 @@ func (w *h1writer) WriteHeader(code int) {
 		// Informational: now, with the headers set so far (which stay).
 		bw := w.hc.bw
 		writeStatusLine(bw, code)
-		writeHeaderLines(bw, w.header, noBodyHeaders)
+		_ = w.header.WriteSubset(bw, noBodyHeaders)
 		_, _ = bw.WriteString("\r\n")
 		if err := bw.Flush(); err != nil {
 			w.fail(err)
@@ -582,7 +582,7 @@ func (w *h1writer) writeHead(final bool) {
 	}
 	bw := w.hc.bw
 	writeStatusLine(bw, w.code)
-	writeHeaderLines(bw, h, exclude)
+	_ = h.WriteSubset(bw, exclude)
 	for _, l := range lines {
 		_, _ = bw.WriteString(l)
 		_, _ = bw.WriteString("\r\n")
@@ -636,31 +636,6 @@ func (w *h1writer) writeTrailers() {
 	}
 	if t != nil {
 		_ = t.Write(w.hc.bw)
-	}
-}
-
-// writeHeaderLines writes h's fields, but those in exclude, as HTTP/1.1
-// header lines, as http.Header.WriteSubset does (a field with an invalid
-// name dropped, CR and LF in a value made spaces, values trimmed) without
-// sorting the names first: the order of fields of different names has no
-// meaning (RFC 9110 §5.3), the order of one field's values is kept, and
-// the sort was about 1% of the waypoint's CPU at its maximum rate, on
-// both the request and the response.
-func writeHeaderLines(bw *bufio.Writer, h http.Header, exclude map[string]bool) {
-	for k, vv := range h {
-		if exclude[k] || !httpguts.ValidHeaderFieldName(k) {
-			continue
-		}
-		for _, v := range vv {
-			if strings.ContainsAny(v, "\r\n") {
-				v = newlineToSpace.Replace(v)
-			}
-			v = textproto.TrimString(v)
-			_, _ = bw.WriteString(k)
-			_, _ = bw.WriteString(": ")
-			_, _ = bw.WriteString(v)
-			_, _ = bw.WriteString("\r\n")
-		}
 	}
 }
 

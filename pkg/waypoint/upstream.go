@@ -622,7 +622,7 @@ func writeRequest(bw *bufio.Writer, req *http.Request, body []byte) bool {
 		_, _ = bw.Write(strconv.AppendInt(n[:0], int64(len(body)), 10))
 		_, _ = bw.WriteString("\r\n")
 	}
-	writeHeaderLines(bw, req.Header, requestExcluded)
+	_ = req.Header.WriteSubset(bw, requestExcluded)
 	_, _ = bw.WriteString("\r\n")
 	_, _ = bw.Write(body)
 	return true

@@ -1,7 +1,8 @@
 // Package meshtest issues throw-away mesh certificates for tests: a root CA
 // per trust domain and ECDSA P-256 leaf SVIDs carrying one SPIFFE URI SAN, the
 // shape istiod's CA issues. It is imported only by tests (pkg/hbone and any
-// other package that needs mTLS peers on loopback); never use it in a binary.
+// other package that needs mTLS peers on loopback) and by the benchmark
+// drivers under hack/bench; never use it in a binary the mesh ships.
 package meshtest
 
 import (
@@ -14,6 +15,7 @@ import (
 	"crypto/x509/pkix"
 	"fmt"
 	"math/big"
+	"net"
 	"net/url"
 	"time"
 
@@ -91,6 +93,12 @@ func (ca *CA) SVID(ns, sa string) (*x509svid.SVID, error) {
 // Issue signs a leaf whose URI SANs are exactly uris (tests use it for
 // certificates with no, several or foreign URI SANs).
 func (ca *CA) Issue(uris ...*url.URL) (*x509svid.SVID, error) {
+	return ca.IssueWithIPs(nil, uris...)
+}
+
+// IssueWithIPs is Issue with IP address SANs too, for a peer that is
+// reached by its address and checked by hostname (a plain TLS client).
+func (ca *CA) IssueWithIPs(ips []net.IP, uris ...*url.URL) (*x509svid.SVID, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, fmt.Errorf("meshtest: generate leaf key: %w", err)
@@ -103,6 +111,7 @@ func (ca *CA) Issue(uris ...*url.URL) (*x509svid.SVID, error) {
 		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		URIs:         uris,
+		IPAddresses:  ips,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, key.Public(), ca.key)
 	if err != nil {

@@ -1,24 +1,18 @@
 package main
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"syscall"
-	"time"
 
 	"github.com/ambient-mesh/mesh/hack/bench/benchkit"
 	"github.com/ambient-mesh/mesh/hack/bench/clusterbench"
+	"github.com/ambient-mesh/mesh/internal/meshtest"
 )
 
 // The HAProxy peers listen on the node IP of hack/cluster, reachable from
@@ -116,53 +110,26 @@ backend fortio
 	return plain, tls, term
 }
 
-// writeCerts writes a CA and the certificates of the TLS peer, all for the
-// address ip, into dir: ca.pem; front.pem and term.pem (certificate and
-// key, for HAProxy) of the peer's and the terminator's listeners;
-// client.pem, and tls.crt and tls.key of the same client certificate for
-// fortio.
+// writeCerts writes a CA and the certificates of the TLS peer, mesh
+// SVIDs with the address ip as a SAN too, into dir: ca.pem; front.pem and
+// term.pem (certificate and key, for HAProxy) of the peer's and the
+// terminator's listeners; client.pem, and tls.crt and tls.key of the same
+// client certificate for fortio.
 func writeCerts(dir string, ip net.IP) error {
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca, err := meshtest.NewCA("cluster.local")
 	if err != nil {
 		return err
 	}
-	now := time.Now()
-	caTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "bench-waypoint CA"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		return err
-	}
-	ca, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		return err
-	}
-	files := map[string][]byte{"ca.pem": pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})}
-	for i, name := range []string{"front", "term", "client"} {
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	files := map[string][]byte{"ca.pem": pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Cert.Raw})}
+	for _, name := range []string{"front", "term", "client"} {
+		svid, err := ca.IssueWithIPs([]net.IP{ip}, ca.ID("bench-waypoint", name).URL())
 		if err != nil {
 			return err
 		}
-		tmpl := &x509.Certificate{
-			SerialNumber: big.NewInt(int64(i + 2)), Subject: pkix.Name{CommonName: "bench-waypoint " + name},
-			NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
-			KeyUsage:    x509.KeyUsageDigitalSignature,
-			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-			IPAddresses: []net.IP{ip},
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+		certPEM, keyPEM, err := svid.Marshal()
 		if err != nil {
 			return err
 		}
-		keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-		if err != nil {
-			return err
-		}
-		certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-		keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
 		files[name+".pem"] = append(certPEM, keyPEM...)
 		if name == "client" {
 			files["tls.crt"], files["tls.key"] = certPEM, keyPEM

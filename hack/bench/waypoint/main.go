@@ -287,10 +287,7 @@ func (b *bench) run(ctx context.Context) (map[string]float64, error) {
 				return nil, err
 			}
 		}
-		var prof *profiler
-		if p.name == "waypoint" {
-			prof = b.prof
-		}
+		prof := b.profilerOf(p.name)
 		prof.start(ctx, procs[p.name], b.duration-time.Second)
 		r, err := b.k.Fortio(ctx, load(p, b.qps, b.conns, b.duration))
 		if perr := prof.wait(); err == nil {
@@ -343,11 +340,7 @@ func (b *bench) run(ctx context.Context) (map[string]float64, error) {
 		perCore := map[string]float64{}
 		for _, p := range paths[2:] {
 			fmt.Fprintf(os.Stderr, "bench-waypoint: %s: maximum rate over %d connections for %s, held to %.2f cores (round %d of %d)\n", p.name, b.maxConns, b.maxDuration, b.maxCPU, round, b.maxRounds)
-			var prof *profiler
-			if p.name == "waypoint" {
-				prof = b.prof
-			}
-			m, err := b.maxRun(ctx, load(p, 0, b.maxConns, b.maxDuration), procs[p.name], prof)
+			m, err := b.maxRun(ctx, load(p, 0, b.maxConns, b.maxDuration), procs[p.name], b.profilerOf(p.name))
 			if err != nil {
 				return nil, fmt.Errorf("%s maximum run: %w", p.name, err)
 			}

@@ -20,6 +20,15 @@ type profiler struct {
 	done  chan error
 }
 
+// profilerOf is the profiler of the proxy name's runs: the waypoint's
+// with -waypoint-profile, else nil.
+func (b *bench) profilerOf(name string) *profiler {
+	if name != "waypoint" {
+		return nil
+	}
+	return b.prof
+}
+
 // start fetches a profile of the next d from the process pid, unless p is
 // nil. wait collects it.
 func (p *profiler) start(ctx context.Context, pid int, d time.Duration) {

@@ -80,7 +80,8 @@ func (h *harness) waitEvent(t *testing.T, ns, kind, name, field string) {
 // the waypoint's xDS stream gets a Telemetry resource with the provider and
 // 100 %; 100 -> 0 % is pushed within about a second; a broken mesh config is
 // reported on the ConfigMap and the last good one stays in use; an unknown
-// provider name is reported on the Telemetry and leaves tracing unset.
+// provider name is reported on the Telemetry and leaves tracing unset;
+// access logging follows the Telemetry's accessLogging.
 func TestWaypointTelemetry(t *testing.T) {
 	h := startIstiod(t)
 	ctx := t.Context()
@@ -204,4 +205,32 @@ func TestWaypointTelemetry(t *testing.T) {
 		}
 		return nil
 	})
+
+	// Access logging: off without accessLogFile or a Telemetry enabling it
+	// (Istio's default); on once the waypoint's Telemetry names the
+	// built-in envoy provider; an unsupported filter is reported and the
+	// log stays on.
+	accessLog := func(want bool) func() error {
+		return func() error {
+			got, _ := log.get(name)
+			if al := got.GetAccessLogging(); al == nil || al.GetEnabled() != want {
+				return fmt.Errorf("access_logging = %v, want enabled=%v", al, want)
+			}
+			return nil
+		}
+	}
+	waitFor(t, 30*time.Second, "access log off by default", accessLog(false))
+	cur, err := h.dyn.Resource(telemetriesGVR).Namespace("demo").Get(ctx, "wp-tracing", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur.Object["spec"].(map[string]any)["accessLogging"] = []any{map[string]any{
+		"providers": []any{map[string]any{"name": "envoy"}},
+		"filter":    map[string]any{"expression": "response.code >= 400"},
+	}}
+	if _, err := h.dyn.Resource(telemetriesGVR).Namespace("demo").Update(ctx, cur, metav1.UpdateOptions{}); err != nil {
+		t.Fatalf("update Telemetry: %v", err)
+	}
+	waitFor(t, 30*time.Second, "access log on through Telemetry accessLogging", accessLog(true))
+	h.waitEvent(t, "demo", "Telemetry", "wp-tracing", "spec.accessLogging[0].filter.expression")
 }

@@ -103,8 +103,10 @@ func compileTelemetry(s Snapshot, idx *index) (map[string]*waypointv1alpha1.Tele
 	nsWide := map[string]*telemetryv1.Telemetry{}      // namespace -> its oldest namespace-wide Telemetry
 	byGateway := map[string][]*telemetryv1.Telemetry{} // "ns/name" of a waypoint -> Telemetries targeting it, oldest first
 	var byClass []*telemetryv1.Telemetry               // root Telemetries targeting GatewayClass istio-waypoint
+	c.checkMeshAccessLog()
 	for _, t := range tels {
 		c.checkTracing(t)
+		c.checkAccessLogging(t)
 		refs := targetRefsOf(&t.Spec)
 		if len(refs) == 0 && len(t.Spec.GetSelector().GetMatchLabels()) == 0 {
 			if first, ok := nsWide[t.Namespace]; ok {
@@ -162,7 +164,7 @@ func compileTelemetry(s Snapshot, idx *index) (map[string]*waypointv1alpha1.Tele
 		}
 		layers = append(layers, byClass...)
 		layers = append(layers, byGateway[key]...)
-		out[key] = &waypointv1alpha1.Telemetry{Namespace: wp.namespace, Name: wp.name, Tracing: c.tracing(layers)}
+		out[key] = &waypointv1alpha1.Telemetry{Namespace: wp.namespace, Name: wp.name, Tracing: c.tracing(layers), AccessLogging: c.accessLogging(layers)}
 	}
 	return out, c.diags
 }

@@ -53,6 +53,9 @@ func (p *Proxy) report(c *call, rec *recorder, orig *requestSummary, reqID strin
 	}
 	p.cfg.Metrics.request(r)
 	trace.end(c, rec, r, d)
+	if !p.cfg.Telemetry.accessLogOn() {
+		return
+	}
 	if ce := p.access.Check(zap.InfoLevel, "request complete"); ce != nil {
 		routeName := ""
 		if c.route != nil {

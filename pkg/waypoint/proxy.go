@@ -72,7 +72,8 @@ type Config struct {
 	// configure it). Nil: no spans; traceparent still gets a new span id.
 	Telemetry *Telemetry
 	// Logger for the proxy's own events; AccessLog, if set, gets one line
-	// per request and per TCP connection.
+	// per request and per TCP connection while the Telemetry (if any) has
+	// the access log on.
 	Logger    *zap.Logger
 	AccessLog *zap.Logger
 }

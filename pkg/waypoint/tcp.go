@@ -40,7 +40,9 @@ func (p *Proxy) dialTCP(ctx context.Context, st *stream) (net.Conn, error) {
 	return &countingConn{Conn: conn, done: func(sent, recv int64) {
 		// sent: client -> backend (what the client sent); recv: back.
 		m.Closed(tc, sent, recv)
-		telemetry.Log(p.access, tc, sent, recv, nil)
+		if p.cfg.Telemetry.accessLogOn() {
+			telemetry.Log(p.access, tc, sent, recv, nil)
+		}
 	}}, nil
 }
 

@@ -43,7 +43,10 @@ type TelemetryConfig struct {
 	LookupEnv func(string) (string, bool)
 	// ShutdownTimeout bounds the flush of a replaced provider. Zero: 5 s.
 	ShutdownTimeout time.Duration
-	Logger          *zap.Logger
+	// AccessLog is whether the access log is written while no Telemetry
+	// resource says (the waypoint's ACCESS_LOG setting).
+	AccessLog bool
+	Logger    *zap.Logger
 }
 
 // Telemetry is the waypoint's OTLP export: the current otel.Provider, the
@@ -77,6 +80,9 @@ type telemetryState struct {
 	metrics  *otel.HTTPServerMetrics // nil when export is off
 	spans    bool                    // start spans (export on, tracing not disabled)
 	tags     []customTag
+	// accessLog: write the access log (the resource's access_logging, or
+	// TelemetryConfig.AccessLog without one).
+	accessLog bool
 }
 
 // customTag is a compiled Telemetry customTag: a literal or environment
@@ -113,6 +119,13 @@ func (t *Telemetry) state() *telemetryState {
 		return nil
 	}
 	return t.cur.Load()
+}
+
+// accessLogOn tells whether the access log is to be written now; a nil
+// Telemetry leaves it to the Proxy's AccessLog logger alone.
+func (t *Telemetry) accessLogOn() bool {
+	st := t.state()
+	return st == nil || st.accessLog
 }
 
 // Provider returns the current provider (tests, benchmarks).
@@ -209,7 +222,7 @@ func (t *Telemetry) apply(ctx context.Context, tel *waypointv1alpha1.Telemetry) 
 	if st.provider != old.provider {
 		t.retire(old.provider)
 	}
-	t.log.Info("telemetry applied", zap.Bool("export", st.provider.Enabled()), zap.Bool("spans", st.spans),
+	t.log.Info("telemetry applied", zap.Bool("export", st.provider.Enabled()), zap.Bool("spans", st.spans), zap.Bool("access_log", st.accessLog),
 		zap.Float64("sampling_percent", st.provider.SamplingPercent()), zap.Int("custom_tags", len(st.tags)))
 	return nil
 }
@@ -233,7 +246,10 @@ func (t *Telemetry) build(ctx context.Context, tel *waypointv1alpha1.Telemetry, 
 			sampling = tr.GetRandomSamplingPercentage()
 		}
 	}
-	st := &telemetryState{key: key, spans: spans, tags: t.compileTags(tr.GetCustomTags())}
+	st := &telemetryState{key: key, spans: spans, tags: t.compileTags(tr.GetCustomTags()), accessLog: t.cfg.AccessLog}
+	if al := tel.GetAccessLogging(); al != nil {
+		st.accessLog = al.GetEnabled()
+	}
 	if old != nil && old.key == key {
 		st.provider, st.tracer, st.metrics = old.provider, old.tracer, old.metrics
 	} else {

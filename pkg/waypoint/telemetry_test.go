@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -349,4 +350,60 @@ func BenchmarkWaypointTracing(b *testing.B) {
 			}
 		})
 	}
+}
+
+// TestAccessLogSwitch: the access log follows the Telemetry resource's
+// access_logging (istiod-lite's compilation of Istio's accessLogFile,
+// defaultProviders.accessLogging and Telemetry accessLogging), and the
+// waypoint's own default (ACCESS_LOG) while no resource says, without a
+// request failing or the proxy restarting.
+func TestAccessLogSwitch(t *testing.T) {
+	var tel *Telemetry
+	m := newMesh(t, meshOptions{telemetry: func(*prometheus.Registry) *Telemetry {
+		var err error
+		tel, err = NewTelemetry(t.Context(), TelemetryConfig{Name: waypointName, Base: otel.DefaultConfig(), AccessLog: true,
+			Logger: zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tel
+	}})
+	m.addService(reviews, "10.0.0.1")
+	m.addPod("reviews-a", reviews, http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	m.setRoutes(serviceConfig(reviews, waypointv1alpha1.Protocol_HTTP, defaultRoute(reviews)))
+	c := m.httpClient(false)
+	ns, name, _ := strings.Cut(waypointName, "/")
+	send := func(n int, want int) {
+		t.Helper()
+		for i := range n {
+			if code, _, _ := get(t, c, "http://10.0.0.1/", nil); code != http.StatusOK {
+				t.Fatalf("request %d: status %d", i, code)
+			}
+		}
+		// A line is written just after its answer: wait for the count,
+		// then make sure no late one follows.
+		lines := func() int { return m.access.FilterMessage("request complete").Len() }
+		for deadline := time.Now().Add(2 * time.Second); lines() < want && time.Now().Before(deadline); {
+			time.Sleep(5 * time.Millisecond)
+		}
+		time.Sleep(50 * time.Millisecond)
+		if got := lines(); got != want {
+			t.Fatalf("%d access-log lines, want %d", got, want)
+		}
+	}
+	send(2, 2) // no resource yet: the waypoint's default (on)
+	if err := tel.Handle(telemetryDelta(t, &waypointv1alpha1.Telemetry{Namespace: ns, Name: name,
+		AccessLogging: &waypointv1alpha1.AccessLogging{Enabled: false}})); err != nil {
+		t.Fatal(err)
+	}
+	send(3, 2)
+	if err := tel.Handle(telemetryDelta(t, &waypointv1alpha1.Telemetry{Namespace: ns, Name: name,
+		AccessLogging: &waypointv1alpha1.AccessLogging{Enabled: true}})); err != nil {
+		t.Fatal(err)
+	}
+	send(1, 3)
+	if err := tel.Handle(telemetryDelta(t, &waypointv1alpha1.Telemetry{Namespace: ns, Name: name})); err != nil {
+		t.Fatal(err)
+	}
+	send(1, 4) // a resource that does not say: the default again
 }

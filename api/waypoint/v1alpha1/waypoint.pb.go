@@ -2435,10 +2435,12 @@ func (x *TCPRoute) GetBackends() []*WeightedBackend {
 // Resource name: "<namespace>/<name>" of the waypoint Gateway. A waypoint
 // without one exports only what its OTEL_* environment configures.
 type Telemetry struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
-	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
-	Tracing       *Tracing               `protobuf:"bytes,3,opt,name=tracing,proto3" json:"tracing,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name      string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Tracing   *Tracing               `protobuf:"bytes,3,opt,name=tracing,proto3" json:"tracing,omitempty"`
+	// Unset: the waypoint's own default (its ACCESS_LOG setting).
+	AccessLogging *AccessLogging `protobuf:"bytes,4,opt,name=access_logging,json=accessLogging,proto3" json:"access_logging,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2494,6 +2496,61 @@ func (x *Telemetry) GetTracing() *Tracing {
 	return nil
 }
 
+func (x *Telemetry) GetAccessLogging() *AccessLogging {
+	if x != nil {
+		return x.AccessLogging
+	}
+	return nil
+}
+
+// AccessLogging is whether the waypoint writes its access log (one line per
+// request and per TCP connection, to its stdout), compiled from Telemetry
+// accessLogging and the mesh config's accessLogFile and
+// defaultProviders.accessLogging.
+type AccessLogging struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Enabled       bool                   `protobuf:"varint,1,opt,name=enabled,proto3" json:"enabled,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AccessLogging) Reset() {
+	*x = AccessLogging{}
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AccessLogging) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AccessLogging) ProtoMessage() {}
+
+func (x *AccessLogging) ProtoReflect() protoreflect.Message {
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AccessLogging.ProtoReflect.Descriptor instead.
+func (*AccessLogging) Descriptor() ([]byte, []int) {
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *AccessLogging) GetEnabled() bool {
+	if x != nil {
+		return x.Enabled
+	}
+	return false
+}
+
 type Tracing struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Unset or disabled: no spans exported (trace context still propagated).
@@ -2509,7 +2566,7 @@ type Tracing struct {
 
 func (x *Tracing) Reset() {
 	*x = Tracing{}
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[30]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2521,7 +2578,7 @@ func (x *Tracing) String() string {
 func (*Tracing) ProtoMessage() {}
 
 func (x *Tracing) ProtoReflect() protoreflect.Message {
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[30]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2534,7 +2591,7 @@ func (x *Tracing) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Tracing.ProtoReflect.Descriptor instead.
 func (*Tracing) Descriptor() ([]byte, []int) {
-	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{30}
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Tracing) GetProvider() *OpenTelemetryProvider {
@@ -2583,7 +2640,7 @@ type OpenTelemetryProvider struct {
 
 func (x *OpenTelemetryProvider) Reset() {
 	*x = OpenTelemetryProvider{}
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[31]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2595,7 +2652,7 @@ func (x *OpenTelemetryProvider) String() string {
 func (*OpenTelemetryProvider) ProtoMessage() {}
 
 func (x *OpenTelemetryProvider) ProtoReflect() protoreflect.Message {
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[31]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2608,7 +2665,7 @@ func (x *OpenTelemetryProvider) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenTelemetryProvider.ProtoReflect.Descriptor instead.
 func (*OpenTelemetryProvider) Descriptor() ([]byte, []int) {
-	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{31}
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *OpenTelemetryProvider) GetName() string {
@@ -2660,7 +2717,7 @@ type OpenTelemetryGRPC struct {
 
 func (x *OpenTelemetryGRPC) Reset() {
 	*x = OpenTelemetryGRPC{}
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[32]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2672,7 +2729,7 @@ func (x *OpenTelemetryGRPC) String() string {
 func (*OpenTelemetryGRPC) ProtoMessage() {}
 
 func (x *OpenTelemetryGRPC) ProtoReflect() protoreflect.Message {
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[32]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2685,7 +2742,7 @@ func (x *OpenTelemetryGRPC) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenTelemetryGRPC.ProtoReflect.Descriptor instead.
 func (*OpenTelemetryGRPC) Descriptor() ([]byte, []int) {
-	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{32}
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *OpenTelemetryGRPC) GetTimeout() *durationpb.Duration {
@@ -2713,7 +2770,7 @@ type OpenTelemetryHTTP struct {
 
 func (x *OpenTelemetryHTTP) Reset() {
 	*x = OpenTelemetryHTTP{}
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[33]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2725,7 +2782,7 @@ func (x *OpenTelemetryHTTP) String() string {
 func (*OpenTelemetryHTTP) ProtoMessage() {}
 
 func (x *OpenTelemetryHTTP) ProtoReflect() protoreflect.Message {
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[33]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2738,7 +2795,7 @@ func (x *OpenTelemetryHTTP) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenTelemetryHTTP.ProtoReflect.Descriptor instead.
 func (*OpenTelemetryHTTP) Descriptor() ([]byte, []int) {
-	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{33}
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *OpenTelemetryHTTP) GetPath() string {
@@ -2780,7 +2837,7 @@ type CustomTag struct {
 
 func (x *CustomTag) Reset() {
 	*x = CustomTag{}
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[34]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2792,7 +2849,7 @@ func (x *CustomTag) String() string {
 func (*CustomTag) ProtoMessage() {}
 
 func (x *CustomTag) ProtoReflect() protoreflect.Message {
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[34]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2805,7 +2862,7 @@ func (x *CustomTag) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CustomTag.ProtoReflect.Descriptor instead.
 func (*CustomTag) Descriptor() ([]byte, []int) {
-	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{34}
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *CustomTag) GetName() string {
@@ -2890,7 +2947,7 @@ type Fault_Delay struct {
 
 func (x *Fault_Delay) Reset() {
 	*x = Fault_Delay{}
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[35]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2902,7 +2959,7 @@ func (x *Fault_Delay) String() string {
 func (*Fault_Delay) ProtoMessage() {}
 
 func (x *Fault_Delay) ProtoReflect() protoreflect.Message {
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[35]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2945,7 +3002,7 @@ type Fault_Abort struct {
 
 func (x *Fault_Abort) Reset() {
 	*x = Fault_Abort{}
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[36]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2957,7 +3014,7 @@ func (x *Fault_Abort) String() string {
 func (*Fault_Abort) ProtoMessage() {}
 
 func (x *Fault_Abort) ProtoReflect() protoreflect.Message {
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[36]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3184,11 +3241,14 @@ const file_api_waypoint_v1alpha1_waypoint_proto_rawDesc = "" +
 	"\bretry_on\x18\x04 \x03(\tR\aretryOn\"j\n" +
 	"\bTCPRoute\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12J\n" +
-	"\bbackends\x18\x02 \x03(\v2..ambientmesh.waypoint.v1alpha1.WeightedBackendR\bbackends\"\x7f\n" +
+	"\bbackends\x18\x02 \x03(\v2..ambientmesh.waypoint.v1alpha1.WeightedBackendR\bbackends\"\xd4\x01\n" +
 	"\tTelemetry\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12@\n" +
-	"\atracing\x18\x03 \x01(\v2&.ambientmesh.waypoint.v1alpha1.TracingR\atracing\"\x80\x02\n" +
+	"\atracing\x18\x03 \x01(\v2&.ambientmesh.waypoint.v1alpha1.TracingR\atracing\x12S\n" +
+	"\x0eaccess_logging\x18\x04 \x01(\v2,.ambientmesh.waypoint.v1alpha1.AccessLoggingR\raccessLogging\")\n" +
+	"\rAccessLogging\x12\x18\n" +
+	"\aenabled\x18\x01 \x01(\bR\aenabled\"\x80\x02\n" +
 	"\aTracing\x12P\n" +
 	"\bprovider\x18\x01 \x01(\v24.ambientmesh.waypoint.v1alpha1.OpenTelemetryProviderR\bprovider\x12<\n" +
 	"\x1arandom_sampling_percentage\x18\x02 \x01(\x01R\x18randomSamplingPercentage\x12I\n" +
@@ -3234,7 +3294,7 @@ func file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP() []byte {
 }
 
 var file_api_waypoint_v1alpha1_waypoint_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_api_waypoint_v1alpha1_waypoint_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
+var file_api_waypoint_v1alpha1_waypoint_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_api_waypoint_v1alpha1_waypoint_proto_goTypes = []any{
 	(Protocol)(0),                   // 0: ambientmesh.waypoint.v1alpha1.Protocol
 	(TrafficPolicy_LoadBalancer)(0), // 1: ambientmesh.waypoint.v1alpha1.TrafficPolicy.LoadBalancer
@@ -3272,14 +3332,15 @@ var file_api_waypoint_v1alpha1_waypoint_proto_goTypes = []any{
 	(*Retry)(nil),                   // 33: ambientmesh.waypoint.v1alpha1.Retry
 	(*TCPRoute)(nil),                // 34: ambientmesh.waypoint.v1alpha1.TCPRoute
 	(*Telemetry)(nil),               // 35: ambientmesh.waypoint.v1alpha1.Telemetry
-	(*Tracing)(nil),                 // 36: ambientmesh.waypoint.v1alpha1.Tracing
-	(*OpenTelemetryProvider)(nil),   // 37: ambientmesh.waypoint.v1alpha1.OpenTelemetryProvider
-	(*OpenTelemetryGRPC)(nil),       // 38: ambientmesh.waypoint.v1alpha1.OpenTelemetryGRPC
-	(*OpenTelemetryHTTP)(nil),       // 39: ambientmesh.waypoint.v1alpha1.OpenTelemetryHTTP
-	(*CustomTag)(nil),               // 40: ambientmesh.waypoint.v1alpha1.CustomTag
-	(*Fault_Delay)(nil),             // 41: ambientmesh.waypoint.v1alpha1.Fault.Delay
-	(*Fault_Abort)(nil),             // 42: ambientmesh.waypoint.v1alpha1.Fault.Abort
-	(*durationpb.Duration)(nil),     // 43: google.protobuf.Duration
+	(*AccessLogging)(nil),           // 36: ambientmesh.waypoint.v1alpha1.AccessLogging
+	(*Tracing)(nil),                 // 37: ambientmesh.waypoint.v1alpha1.Tracing
+	(*OpenTelemetryProvider)(nil),   // 38: ambientmesh.waypoint.v1alpha1.OpenTelemetryProvider
+	(*OpenTelemetryGRPC)(nil),       // 39: ambientmesh.waypoint.v1alpha1.OpenTelemetryGRPC
+	(*OpenTelemetryHTTP)(nil),       // 40: ambientmesh.waypoint.v1alpha1.OpenTelemetryHTTP
+	(*CustomTag)(nil),               // 41: ambientmesh.waypoint.v1alpha1.CustomTag
+	(*Fault_Delay)(nil),             // 42: ambientmesh.waypoint.v1alpha1.Fault.Delay
+	(*Fault_Abort)(nil),             // 43: ambientmesh.waypoint.v1alpha1.Fault.Abort
+	(*durationpb.Duration)(nil),     // 44: google.protobuf.Duration
 }
 var file_api_waypoint_v1alpha1_waypoint_proto_depIdxs = []int32{
 	7,  // 0: ambientmesh.waypoint.v1alpha1.ServiceConfig.ports:type_name -> ambientmesh.waypoint.v1alpha1.Port
@@ -3292,22 +3353,22 @@ var file_api_waypoint_v1alpha1_waypoint_proto_depIdxs = []int32{
 	21, // 7: ambientmesh.waypoint.v1alpha1.HTTPRoute.matches:type_name -> ambientmesh.waypoint.v1alpha1.HTTPMatch
 	24, // 8: ambientmesh.waypoint.v1alpha1.HTTPRoute.filters:type_name -> ambientmesh.waypoint.v1alpha1.HTTPFilter
 	32, // 9: ambientmesh.waypoint.v1alpha1.HTTPRoute.backends:type_name -> ambientmesh.waypoint.v1alpha1.WeightedBackend
-	43, // 10: ambientmesh.waypoint.v1alpha1.HTTPRoute.request_timeout:type_name -> google.protobuf.Duration
-	43, // 11: ambientmesh.waypoint.v1alpha1.HTTPRoute.backend_request_timeout:type_name -> google.protobuf.Duration
+	44, // 10: ambientmesh.waypoint.v1alpha1.HTTPRoute.request_timeout:type_name -> google.protobuf.Duration
+	44, // 11: ambientmesh.waypoint.v1alpha1.HTTPRoute.backend_request_timeout:type_name -> google.protobuf.Duration
 	33, // 12: ambientmesh.waypoint.v1alpha1.HTTPRoute.retry:type_name -> ambientmesh.waypoint.v1alpha1.Retry
 	9,  // 13: ambientmesh.waypoint.v1alpha1.HTTPRoute.fault:type_name -> ambientmesh.waypoint.v1alpha1.Fault
 	10, // 14: ambientmesh.waypoint.v1alpha1.HTTPRoute.rate_limit:type_name -> ambientmesh.waypoint.v1alpha1.LocalRateLimit
-	41, // 15: ambientmesh.waypoint.v1alpha1.Fault.delay:type_name -> ambientmesh.waypoint.v1alpha1.Fault.Delay
-	42, // 16: ambientmesh.waypoint.v1alpha1.Fault.abort:type_name -> ambientmesh.waypoint.v1alpha1.Fault.Abort
-	43, // 17: ambientmesh.waypoint.v1alpha1.LocalRateLimit.fill_interval:type_name -> google.protobuf.Duration
+	42, // 15: ambientmesh.waypoint.v1alpha1.Fault.delay:type_name -> ambientmesh.waypoint.v1alpha1.Fault.Delay
+	43, // 16: ambientmesh.waypoint.v1alpha1.Fault.abort:type_name -> ambientmesh.waypoint.v1alpha1.Fault.Abort
+	44, // 17: ambientmesh.waypoint.v1alpha1.LocalRateLimit.fill_interval:type_name -> google.protobuf.Duration
 	13, // 18: ambientmesh.waypoint.v1alpha1.BackendPolicy.policy:type_name -> ambientmesh.waypoint.v1alpha1.TrafficPolicy
 	12, // 19: ambientmesh.waypoint.v1alpha1.BackendPolicy.subsets:type_name -> ambientmesh.waypoint.v1alpha1.Subset
 	13, // 20: ambientmesh.waypoint.v1alpha1.Subset.policy:type_name -> ambientmesh.waypoint.v1alpha1.TrafficPolicy
 	1,  // 21: ambientmesh.waypoint.v1alpha1.TrafficPolicy.load_balancer:type_name -> ambientmesh.waypoint.v1alpha1.TrafficPolicy.LoadBalancer
 	14, // 22: ambientmesh.waypoint.v1alpha1.TrafficPolicy.connection_pool:type_name -> ambientmesh.waypoint.v1alpha1.ConnectionPool
 	15, // 23: ambientmesh.waypoint.v1alpha1.TrafficPolicy.outlier_detection:type_name -> ambientmesh.waypoint.v1alpha1.OutlierDetection
-	43, // 24: ambientmesh.waypoint.v1alpha1.OutlierDetection.interval:type_name -> google.protobuf.Duration
-	43, // 25: ambientmesh.waypoint.v1alpha1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
+	44, // 24: ambientmesh.waypoint.v1alpha1.OutlierDetection.interval:type_name -> google.protobuf.Duration
+	44, // 25: ambientmesh.waypoint.v1alpha1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
 	2,  // 26: ambientmesh.waypoint.v1alpha1.AuthorizationPolicy.action:type_name -> ambientmesh.waypoint.v1alpha1.AuthorizationPolicy.Action
 	17, // 27: ambientmesh.waypoint.v1alpha1.AuthorizationPolicy.rules:type_name -> ambientmesh.waypoint.v1alpha1.AuthorizationRule
 	18, // 28: ambientmesh.waypoint.v1alpha1.AuthorizationRule.from:type_name -> ambientmesh.waypoint.v1alpha1.AuthorizationSource
@@ -3331,23 +3392,24 @@ var file_api_waypoint_v1alpha1_waypoint_proto_depIdxs = []int32{
 	31, // 46: ambientmesh.waypoint.v1alpha1.Mirror.backend:type_name -> ambientmesh.waypoint.v1alpha1.Backend
 	31, // 47: ambientmesh.waypoint.v1alpha1.WeightedBackend.backend:type_name -> ambientmesh.waypoint.v1alpha1.Backend
 	24, // 48: ambientmesh.waypoint.v1alpha1.WeightedBackend.filters:type_name -> ambientmesh.waypoint.v1alpha1.HTTPFilter
-	43, // 49: ambientmesh.waypoint.v1alpha1.Retry.backoff:type_name -> google.protobuf.Duration
+	44, // 49: ambientmesh.waypoint.v1alpha1.Retry.backoff:type_name -> google.protobuf.Duration
 	32, // 50: ambientmesh.waypoint.v1alpha1.TCPRoute.backends:type_name -> ambientmesh.waypoint.v1alpha1.WeightedBackend
-	36, // 51: ambientmesh.waypoint.v1alpha1.Telemetry.tracing:type_name -> ambientmesh.waypoint.v1alpha1.Tracing
-	37, // 52: ambientmesh.waypoint.v1alpha1.Tracing.provider:type_name -> ambientmesh.waypoint.v1alpha1.OpenTelemetryProvider
-	40, // 53: ambientmesh.waypoint.v1alpha1.Tracing.custom_tags:type_name -> ambientmesh.waypoint.v1alpha1.CustomTag
-	39, // 54: ambientmesh.waypoint.v1alpha1.OpenTelemetryProvider.http:type_name -> ambientmesh.waypoint.v1alpha1.OpenTelemetryHTTP
-	38, // 55: ambientmesh.waypoint.v1alpha1.OpenTelemetryProvider.grpc:type_name -> ambientmesh.waypoint.v1alpha1.OpenTelemetryGRPC
-	43, // 56: ambientmesh.waypoint.v1alpha1.OpenTelemetryGRPC.timeout:type_name -> google.protobuf.Duration
-	25, // 57: ambientmesh.waypoint.v1alpha1.OpenTelemetryGRPC.initial_metadata:type_name -> ambientmesh.waypoint.v1alpha1.Header
-	43, // 58: ambientmesh.waypoint.v1alpha1.OpenTelemetryHTTP.timeout:type_name -> google.protobuf.Duration
-	25, // 59: ambientmesh.waypoint.v1alpha1.OpenTelemetryHTTP.headers:type_name -> ambientmesh.waypoint.v1alpha1.Header
-	43, // 60: ambientmesh.waypoint.v1alpha1.Fault.Delay.fixed_delay:type_name -> google.protobuf.Duration
-	61, // [61:61] is the sub-list for method output_type
-	61, // [61:61] is the sub-list for method input_type
-	61, // [61:61] is the sub-list for extension type_name
-	61, // [61:61] is the sub-list for extension extendee
-	0,  // [0:61] is the sub-list for field type_name
+	37, // 51: ambientmesh.waypoint.v1alpha1.Telemetry.tracing:type_name -> ambientmesh.waypoint.v1alpha1.Tracing
+	36, // 52: ambientmesh.waypoint.v1alpha1.Telemetry.access_logging:type_name -> ambientmesh.waypoint.v1alpha1.AccessLogging
+	38, // 53: ambientmesh.waypoint.v1alpha1.Tracing.provider:type_name -> ambientmesh.waypoint.v1alpha1.OpenTelemetryProvider
+	41, // 54: ambientmesh.waypoint.v1alpha1.Tracing.custom_tags:type_name -> ambientmesh.waypoint.v1alpha1.CustomTag
+	40, // 55: ambientmesh.waypoint.v1alpha1.OpenTelemetryProvider.http:type_name -> ambientmesh.waypoint.v1alpha1.OpenTelemetryHTTP
+	39, // 56: ambientmesh.waypoint.v1alpha1.OpenTelemetryProvider.grpc:type_name -> ambientmesh.waypoint.v1alpha1.OpenTelemetryGRPC
+	44, // 57: ambientmesh.waypoint.v1alpha1.OpenTelemetryGRPC.timeout:type_name -> google.protobuf.Duration
+	25, // 58: ambientmesh.waypoint.v1alpha1.OpenTelemetryGRPC.initial_metadata:type_name -> ambientmesh.waypoint.v1alpha1.Header
+	44, // 59: ambientmesh.waypoint.v1alpha1.OpenTelemetryHTTP.timeout:type_name -> google.protobuf.Duration
+	25, // 60: ambientmesh.waypoint.v1alpha1.OpenTelemetryHTTP.headers:type_name -> ambientmesh.waypoint.v1alpha1.Header
+	44, // 61: ambientmesh.waypoint.v1alpha1.Fault.Delay.fixed_delay:type_name -> google.protobuf.Duration
+	62, // [62:62] is the sub-list for method output_type
+	62, // [62:62] is the sub-list for method input_type
+	62, // [62:62] is the sub-list for extension type_name
+	62, // [62:62] is the sub-list for extension extendee
+	0,  // [0:62] is the sub-list for field type_name
 }
 
 func init() { file_api_waypoint_v1alpha1_waypoint_proto_init() }
@@ -3362,7 +3424,7 @@ func file_api_waypoint_v1alpha1_waypoint_proto_init() {
 		(*HTTPFilter_RequestRedirect)(nil),
 		(*HTTPFilter_RequestMirror)(nil),
 	}
-	file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[34].OneofWrappers = []any{
+	file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[35].OneofWrappers = []any{
 		(*CustomTag_Literal)(nil),
 		(*CustomTag_Environment)(nil),
 		(*CustomTag_Header)(nil),
@@ -3373,7 +3435,7 @@ func file_api_waypoint_v1alpha1_waypoint_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_waypoint_v1alpha1_waypoint_proto_rawDesc), len(file_api_waypoint_v1alpha1_waypoint_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   37,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -119,12 +119,11 @@ func New(cfg Config, log *zap.Logger, level *zap.AtomicLevel) (*App, error) {
 		return nil, err
 	}
 	a.registry.MustRegister(a.tel.Collector())
-	var access *zap.Logger
-	if cfg.AccessLog {
-		// One line per request: buffered, flushed every second and when
-		// the app closes (after the proxy drained).
-		access, a.stopAccess = logging.Buffered("access", a.level)
-	}
+	// One line per request: buffered, flushed every second and when the
+	// app closes (after the proxy drained). Always built: the Telemetry
+	// resource turns it on and off (ACCESS_LOG until one does).
+	access, stopAccess := logging.Buffered("access", a.level)
+	a.stopAccess = stopAccess
 	a.proxy, err = waypoint.New(waypoint.Config{
 		Name: a.name, Addresses: a.store, Routes: a.routes,
 		SVID: a.certs.SVIDSource(id), Bundle: a.certs, TrustDomain: td,
@@ -180,7 +179,7 @@ func newTelemetry(cfg Config, name string, reg *prometheus.Registry, log *zap.Lo
 		res = append(res, attribute.String("k8s.pod.name", cfg.PodName))
 	}
 	return waypoint.NewTelemetry(context.Background(), waypoint.TelemetryConfig{
-		Name: name, Base: base, LookupEnv: lookup, Logger: log,
+		Name: name, Base: base, LookupEnv: lookup, Logger: log, AccessLog: cfg.AccessLog,
 		Options: []otel.Option{otel.WithPrometheusGatherer(reg), otel.WithResourceAttributes(res...)},
 	})
 }

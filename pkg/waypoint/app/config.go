@@ -84,7 +84,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	s(&c.AdminAddr, "admin-address", "ADMIN_ADDRESS", "localhost:15000", "admin: /config_dump, /logging")
 	s(&c.LogLevel, "log-level", "LOG_LEVEL", "info", "log level: debug, info, warn, error")
 	accessLog, _ := strconv.ParseBool(proxyadmin.Env("ACCESS_LOG", "true"))
-	fs.BoolVar(&c.AccessLog, "access-log", accessLog, "log one line per request and TCP connection (env ACCESS_LOG)")
+	fs.BoolVar(&c.AccessLog, "access-log", accessLog, "log one line per request and TCP connection until istiod-lite's Telemetry resource says whether to (Istio's accessLogFile, defaultProviders.accessLogging and Telemetry accessLogging) (env ACCESS_LOG)")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", proxyadmin.DrainDefault(), "how long a stopping waypoint drains (env TERMINATION_GRACE_PERIOD_SECONDS minus 5 s)")
 	maxBody, err := strconv.Atoi(proxyadmin.Env("MAX_REPLAY_BODY", "65536"))
 	if err != nil {

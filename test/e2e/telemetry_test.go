@@ -321,6 +321,66 @@ func TestTelemetry(t *testing.T) {
 			t.Errorf("waypoint pods after the change: %d, want the same pod %s without restarts", len(pods), wpUID)
 		}
 	})
+
+	t.Run("AccessLogFollowsTelemetry", func(t *testing.T) {
+		// The shipped mesh config's accessLogFile has the waypoint log each
+		// request; a Telemetry with accessLogging disabled for the waypoint
+		// Gateway stops it and deleting that Telemetry brings it back, on
+		// the same pod. A request's line names its path; the log is
+		// flushed every second.
+		logged := func(path string) (bool, error) {
+			out, err := app.run(t.Context(), "", "logs", "pod/"+wpPods[0].Metadata.Name, "--tail=2000")
+			return strings.Contains(out, `"path":"`+path+`"`), err
+		}
+		request := func() (string, error) {
+			path := "/access-log-" + randomHex(t, 6)
+			if r := echoClient(t.Context(), &app, url[:len(url)-1]+path, "--count=1", "--timeout=10s"); r.ok() != 1 {
+				return "", fmt.Errorf("request %s: %v", path, r)
+			}
+			return path, nil
+		}
+		// seen waits for path's line; absent makes sure none comes.
+		seen := func(want bool) func() error {
+			return func() error {
+				path, err := request()
+				if err != nil {
+					return err
+				}
+				for end := time.Now().Add(4 * time.Second); ; time.Sleep(500 * time.Millisecond) {
+					got, err := logged(path)
+					if err != nil {
+						return err
+					}
+					if got && !want {
+						return fmt.Errorf("request %s logged", path)
+					}
+					if got == want && (want || time.Now().After(end)) {
+						return nil
+					}
+					if time.Now().After(end) {
+						return fmt.Errorf("request %s not logged after 4 s", path)
+					}
+				}
+			}
+		}
+		eventually(t, 60*time.Second, "a request in the waypoint's access log (accessLogFile in the shipped mesh config)", seen(true))
+		app.must(`apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: waypoint-access-log}
+spec:
+  targetRefs:
+  - {group: gateway.networking.k8s.io, kind: Gateway, name: waypoint}
+  accessLogging:
+  - disabled: true
+`, "apply", "-f", "-")
+		eventually(t, 60*time.Second, "requests no longer logged after accessLogging disabled", seen(false))
+		app.must("", "delete", "telemetry", "waypoint-access-log")
+		eventually(t, 60*time.Second, "requests logged again after the Telemetry is deleted", seen(true))
+		pods := listPods(t, &app, "gateway.networking.k8s.io/gateway-name=waypoint")
+		if len(pods) != 1 || pods[0].Metadata.UID != wpUID || pods[0].restarts() != 0 {
+			t.Errorf("waypoint pods after the changes: %d, want the same pod %s without restarts", len(pods), wpUID)
+		}
+	})
 }
 
 // sumLatest sums istio_requests_total of the newest export from the

@@ -81,7 +81,8 @@ func (h *harness) waitEvent(t *testing.T, ns, kind, name, field string) {
 // 100 %; 100 -> 0 % is pushed within about a second; a broken mesh config is
 // reported on the ConfigMap and the last good one stays in use; an unknown
 // provider name is reported on the Telemetry and leaves tracing unset;
-// access logging follows the Telemetry's accessLogging.
+// access logging and metric overrides follow the Telemetry's accessLogging
+// and metrics.
 func TestWaypointTelemetry(t *testing.T) {
 	h := startIstiod(t)
 	ctx := t.Context()
@@ -233,4 +234,22 @@ func TestWaypointTelemetry(t *testing.T) {
 	}
 	waitFor(t, 30*time.Second, "access log on through Telemetry accessLogging", accessLog(true))
 	h.waitEvent(t, "demo", "Telemetry", "wp-tracing", "spec.accessLogging[0].filter.expression")
+
+	// Metrics overrides: REQUEST_DURATION disabled for the waypoint.
+	if cur, err = h.dyn.Resource(telemetriesGVR).Namespace("demo").Get(ctx, "wp-tracing", metav1.GetOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	cur.Object["spec"].(map[string]any)["metrics"] = []any{map[string]any{
+		"overrides": []any{map[string]any{"match": map[string]any{"metric": "REQUEST_DURATION"}, "disabled": true}},
+	}}
+	if _, err := h.dyn.Resource(telemetriesGVR).Namespace("demo").Update(ctx, cur, metav1.UpdateOptions{}); err != nil {
+		t.Fatalf("update Telemetry: %v", err)
+	}
+	waitFor(t, 30*time.Second, "REQUEST_DURATION disabled through Telemetry metrics", func() error {
+		got, _ := log.get(name)
+		if mo := got.GetMetricOverrides(); len(mo) != 1 || mo[0].GetMetric() != "REQUEST_DURATION" || !mo[0].GetDisabled() {
+			return fmt.Errorf("metric_overrides = %v, want REQUEST_DURATION disabled", mo)
+		}
+		return nil
+	})
 }

@@ -50,7 +50,7 @@ func (c *telemetryCompiler) checkMeshAccessLog() {
 	for i, name := range c.s.Mesh.Istio.GetDefaultProviders().GetAccessLogging() {
 		f := "defaultProviders.accessLogging[" + itoa(i) + "]"
 		if why := c.accessLogProviderProblem(name); why != "" {
-			mesh(f, "UnsupportedValue", why)
+			mesh(f, c.providerReason(name), why)
 		}
 	}
 }
@@ -62,17 +62,22 @@ func (c *telemetryCompiler) checkAccessLogging(t *telemetryv1.Telemetry) {
 		f := "spec.accessLogging[" + itoa(i) + "]"
 		for j, p := range al.GetProviders() {
 			if why := c.accessLogProviderProblem(p.GetName()); why != "" {
-				reason := "UnsupportedValue"
-				if c.providers[strings.ToLower(p.GetName())] == nil {
-					reason = "ProviderNotFound"
-				}
-				c.diag(t, f+".providers["+itoa(j)+"].name", reason, why)
+				c.diag(t, f+".providers["+itoa(j)+"].name", c.providerReason(p.GetName()), why)
 			}
 		}
 		if al.GetFilter().GetExpression() != "" {
 			c.diag(t, f+".filter.expression", "UnsupportedValue", "access-log filter expressions are not supported by the waypoint; it logs every request where this entry applies")
 		}
 	}
+}
+
+// providerReason is the reason of a diagnostic about provider name:
+// ProviderNotFound when the mesh config has no such provider.
+func (c *telemetryCompiler) providerReason(name string) string {
+	if c.providers[strings.ToLower(name)] == nil {
+		return "ProviderNotFound"
+	}
+	return "UnsupportedValue"
 }
 
 // accessLogProviderProblem is "" for a provider a waypoint logs with (an

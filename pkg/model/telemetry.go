@@ -107,6 +107,7 @@ func compileTelemetry(s Snapshot, idx *index) (map[string]*waypointv1alpha1.Tele
 	for _, t := range tels {
 		c.checkTracing(t)
 		c.checkAccessLogging(t)
+		c.checkMetrics(t)
 		refs := targetRefsOf(&t.Spec)
 		if len(refs) == 0 && len(t.Spec.GetSelector().GetMatchLabels()) == 0 {
 			if first, ok := nsWide[t.Namespace]; ok {
@@ -164,7 +165,8 @@ func compileTelemetry(s Snapshot, idx *index) (map[string]*waypointv1alpha1.Tele
 		}
 		layers = append(layers, byClass...)
 		layers = append(layers, byGateway[key]...)
-		out[key] = &waypointv1alpha1.Telemetry{Namespace: wp.namespace, Name: wp.name, Tracing: c.tracing(layers), AccessLogging: c.accessLogging(layers)}
+		out[key] = &waypointv1alpha1.Telemetry{Namespace: wp.namespace, Name: wp.name, Tracing: c.tracing(layers), AccessLogging: c.accessLogging(layers),
+			MetricOverrides: c.metricOverrides(layers)}
 	}
 	return out, c.diags
 }

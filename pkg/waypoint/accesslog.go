@@ -51,7 +51,7 @@ func (p *Proxy) report(c *call, rec *recorder, orig *requestSummary, reqID strin
 	if r.flags == "" && c.attempts > 1 && c.route != nil && c.route.retry.status(r.code) {
 		r.flags = flagRetryLimit
 	}
-	p.cfg.Metrics.request(r)
+	p.cfg.Metrics.request(r, p.cfg.Telemetry.metricOverrides())
 	trace.end(c, rec, r, d)
 	if !p.cfg.Telemetry.accessLogOn() {
 		return

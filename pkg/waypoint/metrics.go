@@ -77,6 +77,7 @@ type seriesKey struct {
 	dstHost, dstNS, protocol string
 	code                     int
 	grpcStatus, flags        string
+	overrides                *telemetry.Overrides // the series' labels depend on them
 }
 
 type series struct {
@@ -167,18 +168,26 @@ func (r *requestRecord) labels() []string {
 	}
 }
 
-func (m *Metrics) request(r *requestRecord) {
+// request records a finished request, with the Telemetry metrics
+// overrides o (nil: none).
+func (m *Metrics) request(r *requestRecord, o *telemetry.Overrides) {
 	if m == nil {
 		return
 	}
 	k := seriesKey{r.srcWorkload, r.dstWorkload, r.dstService, r.srcIdentity, r.dstIdentity,
-		r.dstHost, r.dstNS, r.protocol, r.code, r.grpcStatus, r.flags}
+		r.dstHost, r.dstNS, r.protocol, r.code, r.grpcStatus, r.flags, o}
 	m.mu.Lock()
 	s := m.series[k]
 	m.mu.Unlock()
 	if s == nil {
 		l := r.labels()
-		s = &series{count: m.requests.WithLabelValues(l...), duration: m.duration.WithLabelValues(l...)}
+		s = &series{}
+		if !o.Off(telemetry.MetricRequestCount) {
+			s.count = m.requests.WithLabelValues(o.Labels(telemetry.MetricRequestCount, requestLabels, l)...)
+		}
+		if !o.Off(telemetry.MetricRequestDur) {
+			s.duration = m.duration.WithLabelValues(o.Labels(telemetry.MetricRequestDur, requestLabels, l)...)
+		}
 		m.mu.Lock()
 		if len(m.series) >= maxCachedSeries {
 			m.series = map[seriesKey]*series{}
@@ -186,8 +195,12 @@ func (m *Metrics) request(r *requestRecord) {
 		m.series[k] = s
 		m.mu.Unlock()
 	}
-	s.count.Inc()
-	s.duration.Observe(r.durationMS)
+	if s.count != nil {
+		s.count.Inc()
+	}
+	if s.duration != nil {
+		s.duration.Observe(r.durationMS)
+	}
 }
 
 func (m *Metrics) tcpMetrics() *telemetry.Metrics {

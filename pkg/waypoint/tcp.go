@@ -33,7 +33,7 @@ func (p *Proxy) dialTCP(ctx context.Context, st *stream) (net.Conn, error) {
 		Reporter: Reporter, Src: st.srcAddr, Dst: ep.addr.String(), HBONETarget: st.in.Target,
 		SrcWorkload: st.src, SrcIdentity: st.in.Peer,
 		DstWorkload: ep.workload, DstService: snap.Service(wb.backend.key), DstIdentity: ep.identity,
-		MutualTLS: true, Start: time.Now(),
+		MutualTLS: true, Start: time.Now(), Overrides: p.cfg.Telemetry.metricOverrides(),
 	}
 	m := p.cfg.Metrics.tcpMetrics()
 	m.Opened(tc)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -20,6 +21,7 @@ import (
 	"github.com/ambient-mesh/mesh/pkg/otel"
 	"github.com/ambient-mesh/mesh/pkg/xds/xdsclient"
 	"github.com/ambient-mesh/mesh/pkg/ztunnel/state"
+	"github.com/ambient-mesh/mesh/pkg/ztunnel/telemetry"
 )
 
 // TelemetryTypeURL is the xDS type of the waypoint's tracing configuration:
@@ -83,6 +85,8 @@ type telemetryState struct {
 	// accessLog: write the access log (the resource's access_logging, or
 	// TelemetryConfig.AccessLog without one).
 	accessLog bool
+	// overrides are the resource's metric_overrides; nil: none.
+	overrides *telemetry.Overrides
 }
 
 // customTag is a compiled Telemetry customTag: a literal or environment
@@ -126,6 +130,34 @@ func (t *Telemetry) state() *telemetryState {
 func (t *Telemetry) accessLogOn() bool {
 	st := t.state()
 	return st == nil || st.accessLog
+}
+
+// metricOverrides are the Telemetry metrics overrides in force (nil: none).
+func (t *Telemetry) metricOverrides() *telemetry.Overrides {
+	if st := t.state(); st != nil {
+		return st.overrides
+	}
+	return nil
+}
+
+// compileOverrides turns validated metric_overrides into lookups; nil for
+// none.
+func compileOverrides(in []*waypointv1alpha1.MetricOverride) *telemetry.Overrides {
+	if len(in) == 0 {
+		return nil
+	}
+	o := &telemetry.Overrides{Disabled: map[string]bool{}, Removed: map[string]map[string]bool{}}
+	for _, mo := range in {
+		o.Disabled[mo.GetMetric()] = mo.GetDisabled()
+		if len(mo.GetRemovedLabels()) > 0 {
+			rm := map[string]bool{}
+			for _, l := range mo.GetRemovedLabels() {
+				rm[l] = true
+			}
+			o.Removed[mo.GetMetric()] = rm
+		}
+	}
+	return o
 }
 
 // Provider returns the current provider (tests, benchmarks).
@@ -183,6 +215,16 @@ func (t *Telemetry) Set(ctx context.Context, tel *waypointv1alpha1.Telemetry) er
 }
 
 func validateTelemetry(name string, tel *waypointv1alpha1.Telemetry) error {
+	seen := map[string]bool{}
+	for i, mo := range tel.GetMetricOverrides() {
+		if !slices.Contains(telemetry.MetricNames, mo.GetMetric()) {
+			return telemetryError(name, fmt.Sprintf("metric_overrides[%d].metric", i), "%q is not one of %v", mo.GetMetric(), telemetry.MetricNames)
+		}
+		if seen[mo.GetMetric()] {
+			return telemetryError(name, fmt.Sprintf("metric_overrides[%d].metric", i), "%s overridden twice", mo.GetMetric())
+		}
+		seen[mo.GetMetric()] = true
+	}
 	tr := tel.GetTracing()
 	if tr == nil {
 		return nil
@@ -250,6 +292,7 @@ func (t *Telemetry) build(ctx context.Context, tel *waypointv1alpha1.Telemetry, 
 	if al := tel.GetAccessLogging(); al != nil {
 		st.accessLog = al.GetEnabled()
 	}
+	st.overrides = compileOverrides(tel.GetMetricOverrides())
 	if old != nil && old.key == key {
 		st.provider, st.tracer, st.metrics = old.provider, old.tracer, old.metrics
 	} else {

@@ -407,3 +407,93 @@ func TestAccessLogSwitch(t *testing.T) {
 	}
 	send(1, 4) // a resource that does not say: the default again
 }
+
+// TestMetricOverridesApplied: Telemetry metrics overrides (istiod-lite's
+// compilation of Istio's Telemetry metrics) change the request metrics at
+// run time: a disabled metric stops counting, a removed label is reported
+// empty (absent, for Prometheus), a bad override is refused naming the
+// field and the last good ones stay, and no override restores the full
+// label set.
+func TestMetricOverridesApplied(t *testing.T) {
+	var tel *Telemetry
+	m := newMesh(t, meshOptions{telemetry: func(*prometheus.Registry) *Telemetry {
+		var err error
+		tel, err = NewTelemetry(t.Context(), TelemetryConfig{Name: waypointName, Base: otel.DefaultConfig(),
+			Logger: zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tel
+	}})
+	m.addService(reviews, "10.0.0.1")
+	m.addPod("reviews-a", reviews, http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	m.setRoutes(serviceConfig(reviews, waypointv1alpha1.Protocol_HTTP, defaultRoute(reviews)))
+	c := m.httpClient(false)
+	ns, name, _ := strings.Cut(waypointName, "/")
+	caller := m.caller.ID.String()
+	// counts: istio_requests_total by source_principal, and the number of
+	// istio_request_duration_milliseconds observations.
+	counts := func() (map[string]float64, uint64) {
+		mfs, err := m.reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		byPrincipal, observed := map[string]float64{}, uint64(0)
+		for _, mf := range mfs {
+			for _, mt := range mf.GetMetric() {
+				principal := "(none)"
+				for _, l := range mt.GetLabel() {
+					if l.GetName() == "source_principal" {
+						principal = l.GetValue()
+					}
+				}
+				switch mf.GetName() {
+				case "istio_requests_total":
+					byPrincipal[principal] += mt.GetCounter().GetValue()
+				case "istio_request_duration_milliseconds":
+					observed += mt.GetHistogram().GetSampleCount()
+				}
+			}
+		}
+		return byPrincipal, observed
+	}
+	send := func(n int, wantCaller, wantBlank float64, wantObserved uint64) {
+		t.Helper()
+		for i := range n {
+			if code, _, _ := get(t, c, "http://10.0.0.1/", nil); code != http.StatusOK {
+				t.Fatalf("request %d: status %d", i, code)
+			}
+		}
+		// Metrics are recorded just after the answer.
+		var byPrincipal map[string]float64
+		var observed uint64
+		for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+			byPrincipal, observed = counts()
+			if byPrincipal[caller] == wantCaller && byPrincipal[""] == wantBlank && observed == wantObserved || time.Now().After(deadline) {
+				break
+			}
+		}
+		if byPrincipal[caller] != wantCaller || byPrincipal[""] != wantBlank || observed != wantObserved {
+			t.Fatalf("istio_requests_total by source_principal %v, durations observed %d; want %v from %s, %v blank, %d observed",
+				byPrincipal, observed, wantCaller, caller, wantBlank, wantObserved)
+		}
+	}
+	send(2, 2, 0, 2)
+	overrides := &waypointv1alpha1.Telemetry{Namespace: ns, Name: name, MetricOverrides: []*waypointv1alpha1.MetricOverride{
+		{Metric: "REQUEST_COUNT", RemovedLabels: []string{"source_principal"}},
+		{Metric: "REQUEST_DURATION", Disabled: true},
+	}}
+	if err := tel.Handle(telemetryDelta(t, overrides)); err != nil {
+		t.Fatal(err)
+	}
+	send(3, 2, 3, 2)
+	bad := &waypointv1alpha1.Telemetry{Namespace: ns, Name: name, MetricOverrides: []*waypointv1alpha1.MetricOverride{{Metric: "REQUEST_BYTES", Disabled: true}}}
+	if err := tel.Handle(telemetryDelta(t, bad)); err == nil || !strings.Contains(err.Error(), "metric_overrides[0].metric") {
+		t.Fatalf("a bad metric name: %v, want an error naming metric_overrides[0].metric", err)
+	}
+	send(1, 2, 4, 2) // the last good overrides stay
+	if err := tel.Handle(telemetryDelta(t, &waypointv1alpha1.Telemetry{Namespace: ns, Name: name})); err != nil {
+		t.Fatal(err)
+	}
+	send(1, 3, 4, 3)
+}

@@ -2441,8 +2441,11 @@ type Telemetry struct {
 	Tracing   *Tracing               `protobuf:"bytes,3,opt,name=tracing,proto3" json:"tracing,omitempty"`
 	// Unset: the waypoint's own default (its ACCESS_LOG setting).
 	AccessLogging *AccessLogging `protobuf:"bytes,4,opt,name=access_logging,json=accessLogging,proto3" json:"access_logging,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// Telemetry metrics overrides for the prometheus provider; empty: every
+	// Istio metric with every label.
+	MetricOverrides []*MetricOverride `protobuf:"bytes,5,rep,name=metric_overrides,json=metricOverrides,proto3" json:"metric_overrides,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Telemetry) Reset() {
@@ -2503,6 +2506,82 @@ func (x *Telemetry) GetAccessLogging() *AccessLogging {
 	return nil
 }
 
+func (x *Telemetry) GetMetricOverrides() []*MetricOverride {
+	if x != nil {
+		return x.MetricOverrides
+	}
+	return nil
+}
+
+// MetricOverride changes one of the Istio metrics the waypoint records,
+// named as Telemetry's MetricSelector.IstioMetric does: REQUEST_COUNT,
+// REQUEST_DURATION, TCP_OPENED_CONNECTIONS, TCP_CLOSED_CONNECTIONS,
+// TCP_SENT_BYTES, TCP_RECEIVED_BYTES (ALL_METRICS is expanded by
+// istiod-lite). At most one per metric.
+type MetricOverride struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Metric string                 `protobuf:"bytes,1,opt,name=metric,proto3" json:"metric,omitempty"`
+	// Not recorded at all.
+	Disabled bool `protobuf:"varint,2,opt,name=disabled,proto3" json:"disabled,omitempty"`
+	// Labels reported with an empty value (tagOverrides operation REMOVE):
+	// for Prometheus an empty label is an absent one, so the series
+	// aggregate over it.
+	RemovedLabels []string `protobuf:"bytes,3,rep,name=removed_labels,json=removedLabels,proto3" json:"removed_labels,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MetricOverride) Reset() {
+	*x = MetricOverride{}
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MetricOverride) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MetricOverride) ProtoMessage() {}
+
+func (x *MetricOverride) ProtoReflect() protoreflect.Message {
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MetricOverride.ProtoReflect.Descriptor instead.
+func (*MetricOverride) Descriptor() ([]byte, []int) {
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *MetricOverride) GetMetric() string {
+	if x != nil {
+		return x.Metric
+	}
+	return ""
+}
+
+func (x *MetricOverride) GetDisabled() bool {
+	if x != nil {
+		return x.Disabled
+	}
+	return false
+}
+
+func (x *MetricOverride) GetRemovedLabels() []string {
+	if x != nil {
+		return x.RemovedLabels
+	}
+	return nil
+}
+
 // AccessLogging is whether the waypoint writes its access log (one line per
 // request and per TCP connection, to its stdout), compiled from Telemetry
 // accessLogging and the mesh config's accessLogFile and
@@ -2516,7 +2595,7 @@ type AccessLogging struct {
 
 func (x *AccessLogging) Reset() {
 	*x = AccessLogging{}
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[30]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2528,7 +2607,7 @@ func (x *AccessLogging) String() string {
 func (*AccessLogging) ProtoMessage() {}
 
 func (x *AccessLogging) ProtoReflect() protoreflect.Message {
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[30]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2541,7 +2620,7 @@ func (x *AccessLogging) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AccessLogging.ProtoReflect.Descriptor instead.
 func (*AccessLogging) Descriptor() ([]byte, []int) {
-	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{30}
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *AccessLogging) GetEnabled() bool {
@@ -2566,7 +2645,7 @@ type Tracing struct {
 
 func (x *Tracing) Reset() {
 	*x = Tracing{}
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[31]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2578,7 +2657,7 @@ func (x *Tracing) String() string {
 func (*Tracing) ProtoMessage() {}
 
 func (x *Tracing) ProtoReflect() protoreflect.Message {
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[31]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2591,7 +2670,7 @@ func (x *Tracing) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Tracing.ProtoReflect.Descriptor instead.
 func (*Tracing) Descriptor() ([]byte, []int) {
-	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{31}
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Tracing) GetProvider() *OpenTelemetryProvider {
@@ -2640,7 +2719,7 @@ type OpenTelemetryProvider struct {
 
 func (x *OpenTelemetryProvider) Reset() {
 	*x = OpenTelemetryProvider{}
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[32]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2652,7 +2731,7 @@ func (x *OpenTelemetryProvider) String() string {
 func (*OpenTelemetryProvider) ProtoMessage() {}
 
 func (x *OpenTelemetryProvider) ProtoReflect() protoreflect.Message {
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[32]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2665,7 +2744,7 @@ func (x *OpenTelemetryProvider) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenTelemetryProvider.ProtoReflect.Descriptor instead.
 func (*OpenTelemetryProvider) Descriptor() ([]byte, []int) {
-	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{32}
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *OpenTelemetryProvider) GetName() string {
@@ -2717,7 +2796,7 @@ type OpenTelemetryGRPC struct {
 
 func (x *OpenTelemetryGRPC) Reset() {
 	*x = OpenTelemetryGRPC{}
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[33]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2729,7 +2808,7 @@ func (x *OpenTelemetryGRPC) String() string {
 func (*OpenTelemetryGRPC) ProtoMessage() {}
 
 func (x *OpenTelemetryGRPC) ProtoReflect() protoreflect.Message {
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[33]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2742,7 +2821,7 @@ func (x *OpenTelemetryGRPC) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenTelemetryGRPC.ProtoReflect.Descriptor instead.
 func (*OpenTelemetryGRPC) Descriptor() ([]byte, []int) {
-	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{33}
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *OpenTelemetryGRPC) GetTimeout() *durationpb.Duration {
@@ -2770,7 +2849,7 @@ type OpenTelemetryHTTP struct {
 
 func (x *OpenTelemetryHTTP) Reset() {
 	*x = OpenTelemetryHTTP{}
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[34]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2782,7 +2861,7 @@ func (x *OpenTelemetryHTTP) String() string {
 func (*OpenTelemetryHTTP) ProtoMessage() {}
 
 func (x *OpenTelemetryHTTP) ProtoReflect() protoreflect.Message {
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[34]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2795,7 +2874,7 @@ func (x *OpenTelemetryHTTP) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenTelemetryHTTP.ProtoReflect.Descriptor instead.
 func (*OpenTelemetryHTTP) Descriptor() ([]byte, []int) {
-	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{34}
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *OpenTelemetryHTTP) GetPath() string {
@@ -2837,7 +2916,7 @@ type CustomTag struct {
 
 func (x *CustomTag) Reset() {
 	*x = CustomTag{}
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[35]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2849,7 +2928,7 @@ func (x *CustomTag) String() string {
 func (*CustomTag) ProtoMessage() {}
 
 func (x *CustomTag) ProtoReflect() protoreflect.Message {
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[35]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2862,7 +2941,7 @@ func (x *CustomTag) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CustomTag.ProtoReflect.Descriptor instead.
 func (*CustomTag) Descriptor() ([]byte, []int) {
-	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{35}
+	return file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *CustomTag) GetName() string {
@@ -2947,7 +3026,7 @@ type Fault_Delay struct {
 
 func (x *Fault_Delay) Reset() {
 	*x = Fault_Delay{}
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[36]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2959,7 +3038,7 @@ func (x *Fault_Delay) String() string {
 func (*Fault_Delay) ProtoMessage() {}
 
 func (x *Fault_Delay) ProtoReflect() protoreflect.Message {
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[36]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3002,7 +3081,7 @@ type Fault_Abort struct {
 
 func (x *Fault_Abort) Reset() {
 	*x = Fault_Abort{}
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[37]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3014,7 +3093,7 @@ func (x *Fault_Abort) String() string {
 func (*Fault_Abort) ProtoMessage() {}
 
 func (x *Fault_Abort) ProtoReflect() protoreflect.Message {
-	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[37]
+	mi := &file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3241,12 +3320,17 @@ const file_api_waypoint_v1alpha1_waypoint_proto_rawDesc = "" +
 	"\bretry_on\x18\x04 \x03(\tR\aretryOn\"j\n" +
 	"\bTCPRoute\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12J\n" +
-	"\bbackends\x18\x02 \x03(\v2..ambientmesh.waypoint.v1alpha1.WeightedBackendR\bbackends\"\xd4\x01\n" +
+	"\bbackends\x18\x02 \x03(\v2..ambientmesh.waypoint.v1alpha1.WeightedBackendR\bbackends\"\xae\x02\n" +
 	"\tTelemetry\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12@\n" +
 	"\atracing\x18\x03 \x01(\v2&.ambientmesh.waypoint.v1alpha1.TracingR\atracing\x12S\n" +
-	"\x0eaccess_logging\x18\x04 \x01(\v2,.ambientmesh.waypoint.v1alpha1.AccessLoggingR\raccessLogging\")\n" +
+	"\x0eaccess_logging\x18\x04 \x01(\v2,.ambientmesh.waypoint.v1alpha1.AccessLoggingR\raccessLogging\x12X\n" +
+	"\x10metric_overrides\x18\x05 \x03(\v2-.ambientmesh.waypoint.v1alpha1.MetricOverrideR\x0fmetricOverrides\"k\n" +
+	"\x0eMetricOverride\x12\x16\n" +
+	"\x06metric\x18\x01 \x01(\tR\x06metric\x12\x1a\n" +
+	"\bdisabled\x18\x02 \x01(\bR\bdisabled\x12%\n" +
+	"\x0eremoved_labels\x18\x03 \x03(\tR\rremovedLabels\")\n" +
 	"\rAccessLogging\x12\x18\n" +
 	"\aenabled\x18\x01 \x01(\bR\aenabled\"\x80\x02\n" +
 	"\aTracing\x12P\n" +
@@ -3294,7 +3378,7 @@ func file_api_waypoint_v1alpha1_waypoint_proto_rawDescGZIP() []byte {
 }
 
 var file_api_waypoint_v1alpha1_waypoint_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_api_waypoint_v1alpha1_waypoint_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
+var file_api_waypoint_v1alpha1_waypoint_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_api_waypoint_v1alpha1_waypoint_proto_goTypes = []any{
 	(Protocol)(0),                   // 0: ambientmesh.waypoint.v1alpha1.Protocol
 	(TrafficPolicy_LoadBalancer)(0), // 1: ambientmesh.waypoint.v1alpha1.TrafficPolicy.LoadBalancer
@@ -3332,15 +3416,16 @@ var file_api_waypoint_v1alpha1_waypoint_proto_goTypes = []any{
 	(*Retry)(nil),                   // 33: ambientmesh.waypoint.v1alpha1.Retry
 	(*TCPRoute)(nil),                // 34: ambientmesh.waypoint.v1alpha1.TCPRoute
 	(*Telemetry)(nil),               // 35: ambientmesh.waypoint.v1alpha1.Telemetry
-	(*AccessLogging)(nil),           // 36: ambientmesh.waypoint.v1alpha1.AccessLogging
-	(*Tracing)(nil),                 // 37: ambientmesh.waypoint.v1alpha1.Tracing
-	(*OpenTelemetryProvider)(nil),   // 38: ambientmesh.waypoint.v1alpha1.OpenTelemetryProvider
-	(*OpenTelemetryGRPC)(nil),       // 39: ambientmesh.waypoint.v1alpha1.OpenTelemetryGRPC
-	(*OpenTelemetryHTTP)(nil),       // 40: ambientmesh.waypoint.v1alpha1.OpenTelemetryHTTP
-	(*CustomTag)(nil),               // 41: ambientmesh.waypoint.v1alpha1.CustomTag
-	(*Fault_Delay)(nil),             // 42: ambientmesh.waypoint.v1alpha1.Fault.Delay
-	(*Fault_Abort)(nil),             // 43: ambientmesh.waypoint.v1alpha1.Fault.Abort
-	(*durationpb.Duration)(nil),     // 44: google.protobuf.Duration
+	(*MetricOverride)(nil),          // 36: ambientmesh.waypoint.v1alpha1.MetricOverride
+	(*AccessLogging)(nil),           // 37: ambientmesh.waypoint.v1alpha1.AccessLogging
+	(*Tracing)(nil),                 // 38: ambientmesh.waypoint.v1alpha1.Tracing
+	(*OpenTelemetryProvider)(nil),   // 39: ambientmesh.waypoint.v1alpha1.OpenTelemetryProvider
+	(*OpenTelemetryGRPC)(nil),       // 40: ambientmesh.waypoint.v1alpha1.OpenTelemetryGRPC
+	(*OpenTelemetryHTTP)(nil),       // 41: ambientmesh.waypoint.v1alpha1.OpenTelemetryHTTP
+	(*CustomTag)(nil),               // 42: ambientmesh.waypoint.v1alpha1.CustomTag
+	(*Fault_Delay)(nil),             // 43: ambientmesh.waypoint.v1alpha1.Fault.Delay
+	(*Fault_Abort)(nil),             // 44: ambientmesh.waypoint.v1alpha1.Fault.Abort
+	(*durationpb.Duration)(nil),     // 45: google.protobuf.Duration
 }
 var file_api_waypoint_v1alpha1_waypoint_proto_depIdxs = []int32{
 	7,  // 0: ambientmesh.waypoint.v1alpha1.ServiceConfig.ports:type_name -> ambientmesh.waypoint.v1alpha1.Port
@@ -3353,22 +3438,22 @@ var file_api_waypoint_v1alpha1_waypoint_proto_depIdxs = []int32{
 	21, // 7: ambientmesh.waypoint.v1alpha1.HTTPRoute.matches:type_name -> ambientmesh.waypoint.v1alpha1.HTTPMatch
 	24, // 8: ambientmesh.waypoint.v1alpha1.HTTPRoute.filters:type_name -> ambientmesh.waypoint.v1alpha1.HTTPFilter
 	32, // 9: ambientmesh.waypoint.v1alpha1.HTTPRoute.backends:type_name -> ambientmesh.waypoint.v1alpha1.WeightedBackend
-	44, // 10: ambientmesh.waypoint.v1alpha1.HTTPRoute.request_timeout:type_name -> google.protobuf.Duration
-	44, // 11: ambientmesh.waypoint.v1alpha1.HTTPRoute.backend_request_timeout:type_name -> google.protobuf.Duration
+	45, // 10: ambientmesh.waypoint.v1alpha1.HTTPRoute.request_timeout:type_name -> google.protobuf.Duration
+	45, // 11: ambientmesh.waypoint.v1alpha1.HTTPRoute.backend_request_timeout:type_name -> google.protobuf.Duration
 	33, // 12: ambientmesh.waypoint.v1alpha1.HTTPRoute.retry:type_name -> ambientmesh.waypoint.v1alpha1.Retry
 	9,  // 13: ambientmesh.waypoint.v1alpha1.HTTPRoute.fault:type_name -> ambientmesh.waypoint.v1alpha1.Fault
 	10, // 14: ambientmesh.waypoint.v1alpha1.HTTPRoute.rate_limit:type_name -> ambientmesh.waypoint.v1alpha1.LocalRateLimit
-	42, // 15: ambientmesh.waypoint.v1alpha1.Fault.delay:type_name -> ambientmesh.waypoint.v1alpha1.Fault.Delay
-	43, // 16: ambientmesh.waypoint.v1alpha1.Fault.abort:type_name -> ambientmesh.waypoint.v1alpha1.Fault.Abort
-	44, // 17: ambientmesh.waypoint.v1alpha1.LocalRateLimit.fill_interval:type_name -> google.protobuf.Duration
+	43, // 15: ambientmesh.waypoint.v1alpha1.Fault.delay:type_name -> ambientmesh.waypoint.v1alpha1.Fault.Delay
+	44, // 16: ambientmesh.waypoint.v1alpha1.Fault.abort:type_name -> ambientmesh.waypoint.v1alpha1.Fault.Abort
+	45, // 17: ambientmesh.waypoint.v1alpha1.LocalRateLimit.fill_interval:type_name -> google.protobuf.Duration
 	13, // 18: ambientmesh.waypoint.v1alpha1.BackendPolicy.policy:type_name -> ambientmesh.waypoint.v1alpha1.TrafficPolicy
 	12, // 19: ambientmesh.waypoint.v1alpha1.BackendPolicy.subsets:type_name -> ambientmesh.waypoint.v1alpha1.Subset
 	13, // 20: ambientmesh.waypoint.v1alpha1.Subset.policy:type_name -> ambientmesh.waypoint.v1alpha1.TrafficPolicy
 	1,  // 21: ambientmesh.waypoint.v1alpha1.TrafficPolicy.load_balancer:type_name -> ambientmesh.waypoint.v1alpha1.TrafficPolicy.LoadBalancer
 	14, // 22: ambientmesh.waypoint.v1alpha1.TrafficPolicy.connection_pool:type_name -> ambientmesh.waypoint.v1alpha1.ConnectionPool
 	15, // 23: ambientmesh.waypoint.v1alpha1.TrafficPolicy.outlier_detection:type_name -> ambientmesh.waypoint.v1alpha1.OutlierDetection
-	44, // 24: ambientmesh.waypoint.v1alpha1.OutlierDetection.interval:type_name -> google.protobuf.Duration
-	44, // 25: ambientmesh.waypoint.v1alpha1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
+	45, // 24: ambientmesh.waypoint.v1alpha1.OutlierDetection.interval:type_name -> google.protobuf.Duration
+	45, // 25: ambientmesh.waypoint.v1alpha1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
 	2,  // 26: ambientmesh.waypoint.v1alpha1.AuthorizationPolicy.action:type_name -> ambientmesh.waypoint.v1alpha1.AuthorizationPolicy.Action
 	17, // 27: ambientmesh.waypoint.v1alpha1.AuthorizationPolicy.rules:type_name -> ambientmesh.waypoint.v1alpha1.AuthorizationRule
 	18, // 28: ambientmesh.waypoint.v1alpha1.AuthorizationRule.from:type_name -> ambientmesh.waypoint.v1alpha1.AuthorizationSource
@@ -3392,24 +3477,25 @@ var file_api_waypoint_v1alpha1_waypoint_proto_depIdxs = []int32{
 	31, // 46: ambientmesh.waypoint.v1alpha1.Mirror.backend:type_name -> ambientmesh.waypoint.v1alpha1.Backend
 	31, // 47: ambientmesh.waypoint.v1alpha1.WeightedBackend.backend:type_name -> ambientmesh.waypoint.v1alpha1.Backend
 	24, // 48: ambientmesh.waypoint.v1alpha1.WeightedBackend.filters:type_name -> ambientmesh.waypoint.v1alpha1.HTTPFilter
-	44, // 49: ambientmesh.waypoint.v1alpha1.Retry.backoff:type_name -> google.protobuf.Duration
+	45, // 49: ambientmesh.waypoint.v1alpha1.Retry.backoff:type_name -> google.protobuf.Duration
 	32, // 50: ambientmesh.waypoint.v1alpha1.TCPRoute.backends:type_name -> ambientmesh.waypoint.v1alpha1.WeightedBackend
-	37, // 51: ambientmesh.waypoint.v1alpha1.Telemetry.tracing:type_name -> ambientmesh.waypoint.v1alpha1.Tracing
-	36, // 52: ambientmesh.waypoint.v1alpha1.Telemetry.access_logging:type_name -> ambientmesh.waypoint.v1alpha1.AccessLogging
-	38, // 53: ambientmesh.waypoint.v1alpha1.Tracing.provider:type_name -> ambientmesh.waypoint.v1alpha1.OpenTelemetryProvider
-	41, // 54: ambientmesh.waypoint.v1alpha1.Tracing.custom_tags:type_name -> ambientmesh.waypoint.v1alpha1.CustomTag
-	40, // 55: ambientmesh.waypoint.v1alpha1.OpenTelemetryProvider.http:type_name -> ambientmesh.waypoint.v1alpha1.OpenTelemetryHTTP
-	39, // 56: ambientmesh.waypoint.v1alpha1.OpenTelemetryProvider.grpc:type_name -> ambientmesh.waypoint.v1alpha1.OpenTelemetryGRPC
-	44, // 57: ambientmesh.waypoint.v1alpha1.OpenTelemetryGRPC.timeout:type_name -> google.protobuf.Duration
-	25, // 58: ambientmesh.waypoint.v1alpha1.OpenTelemetryGRPC.initial_metadata:type_name -> ambientmesh.waypoint.v1alpha1.Header
-	44, // 59: ambientmesh.waypoint.v1alpha1.OpenTelemetryHTTP.timeout:type_name -> google.protobuf.Duration
-	25, // 60: ambientmesh.waypoint.v1alpha1.OpenTelemetryHTTP.headers:type_name -> ambientmesh.waypoint.v1alpha1.Header
-	44, // 61: ambientmesh.waypoint.v1alpha1.Fault.Delay.fixed_delay:type_name -> google.protobuf.Duration
-	62, // [62:62] is the sub-list for method output_type
-	62, // [62:62] is the sub-list for method input_type
-	62, // [62:62] is the sub-list for extension type_name
-	62, // [62:62] is the sub-list for extension extendee
-	0,  // [0:62] is the sub-list for field type_name
+	38, // 51: ambientmesh.waypoint.v1alpha1.Telemetry.tracing:type_name -> ambientmesh.waypoint.v1alpha1.Tracing
+	37, // 52: ambientmesh.waypoint.v1alpha1.Telemetry.access_logging:type_name -> ambientmesh.waypoint.v1alpha1.AccessLogging
+	36, // 53: ambientmesh.waypoint.v1alpha1.Telemetry.metric_overrides:type_name -> ambientmesh.waypoint.v1alpha1.MetricOverride
+	39, // 54: ambientmesh.waypoint.v1alpha1.Tracing.provider:type_name -> ambientmesh.waypoint.v1alpha1.OpenTelemetryProvider
+	42, // 55: ambientmesh.waypoint.v1alpha1.Tracing.custom_tags:type_name -> ambientmesh.waypoint.v1alpha1.CustomTag
+	41, // 56: ambientmesh.waypoint.v1alpha1.OpenTelemetryProvider.http:type_name -> ambientmesh.waypoint.v1alpha1.OpenTelemetryHTTP
+	40, // 57: ambientmesh.waypoint.v1alpha1.OpenTelemetryProvider.grpc:type_name -> ambientmesh.waypoint.v1alpha1.OpenTelemetryGRPC
+	45, // 58: ambientmesh.waypoint.v1alpha1.OpenTelemetryGRPC.timeout:type_name -> google.protobuf.Duration
+	25, // 59: ambientmesh.waypoint.v1alpha1.OpenTelemetryGRPC.initial_metadata:type_name -> ambientmesh.waypoint.v1alpha1.Header
+	45, // 60: ambientmesh.waypoint.v1alpha1.OpenTelemetryHTTP.timeout:type_name -> google.protobuf.Duration
+	25, // 61: ambientmesh.waypoint.v1alpha1.OpenTelemetryHTTP.headers:type_name -> ambientmesh.waypoint.v1alpha1.Header
+	45, // 62: ambientmesh.waypoint.v1alpha1.Fault.Delay.fixed_delay:type_name -> google.protobuf.Duration
+	63, // [63:63] is the sub-list for method output_type
+	63, // [63:63] is the sub-list for method input_type
+	63, // [63:63] is the sub-list for extension type_name
+	63, // [63:63] is the sub-list for extension extendee
+	0,  // [0:63] is the sub-list for field type_name
 }
 
 func init() { file_api_waypoint_v1alpha1_waypoint_proto_init() }
@@ -3424,7 +3510,7 @@ func file_api_waypoint_v1alpha1_waypoint_proto_init() {
 		(*HTTPFilter_RequestRedirect)(nil),
 		(*HTTPFilter_RequestMirror)(nil),
 	}
-	file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[35].OneofWrappers = []any{
+	file_api_waypoint_v1alpha1_waypoint_proto_msgTypes[36].OneofWrappers = []any{
 		(*CustomTag_Literal)(nil),
 		(*CustomTag_Environment)(nil),
 		(*CustomTag_Header)(nil),
@@ -3435,7 +3521,7 @@ func file_api_waypoint_v1alpha1_waypoint_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_waypoint_v1alpha1_waypoint_proto_rawDesc), len(file_api_waypoint_v1alpha1_waypoint_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   38,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -81,6 +81,9 @@ type Conn struct {
 	MutualTLS     bool
 	Start         time.Time
 	ResponseFlags string
+	// Overrides, if set, are the Telemetry metrics overrides that apply
+	// (a waypoint's).
+	Overrides *Overrides
 }
 
 func or(s string) string {
@@ -132,8 +135,8 @@ func (c *Conn) labels() []string {
 
 // Opened counts c as opened. A nil Metrics does nothing.
 func (m *Metrics) Opened(c *Conn) {
-	if m != nil {
-		m.opened.WithLabelValues(c.labels()...).Inc()
+	if m != nil && !c.Overrides.Off(MetricTCPOpened) {
+		m.opened.WithLabelValues(c.Overrides.Labels(MetricTCPOpened, LabelNames, c.labels())...).Inc()
 	}
 }
 
@@ -144,10 +147,16 @@ func (m *Metrics) Closed(c *Conn, received, sent int64) {
 	if m == nil {
 		return
 	}
-	l := c.labels()
-	m.closed.WithLabelValues(l...).Inc()
-	m.received.WithLabelValues(l...).Add(float64(received))
-	m.sent.WithLabelValues(l...).Add(float64(sent))
+	l, o := c.labels(), c.Overrides
+	if !o.Off(MetricTCPClosed) {
+		m.closed.WithLabelValues(o.Labels(MetricTCPClosed, LabelNames, l)...).Inc()
+	}
+	if !o.Off(MetricTCPRecvedBytes) {
+		m.received.WithLabelValues(o.Labels(MetricTCPRecvedBytes, LabelNames, l)...).Add(float64(received))
+	}
+	if !o.Off(MetricTCPSentBytes) {
+		m.sent.WithLabelValues(o.Labels(MetricTCPSentBytes, LabelNames, l)...).Add(float64(sent))
+	}
 }
 
 // Log writes the access-log line for a finished connection, with ztunnel's

@@ -40,3 +40,47 @@ istio_tcp_received_bytes_total{connection_security_policy="mutual_tls",destinati
 	none.Opened(c)
 	none.Closed(c, 1, 1)
 }
+
+// TestOverrides: disabled TCP metrics are not recorded and removed labels
+// are reported empty, the others as before; the label values the caller
+// passed are not modified.
+func TestOverrides(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m, err := NewMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &Conn{Reporter: Destination, MutualTLS: true,
+		SrcIdentity: spiffeid.RequireFromString("spiffe://cluster.local/ns/a/sa/sleep"),
+		Overrides: &Overrides{
+			Disabled: map[string]bool{MetricTCPOpened: true, MetricTCPSentBytes: true},
+			Removed:  map[string]map[string]bool{MetricTCPRecvedBytes: {"source_principal": true, "reporter": true}},
+		}}
+	m.Opened(c)
+	m.Closed(c, 10, 20)
+	if n := testutil.CollectAndCount(m.opened); n != 0 {
+		t.Errorf("%d opened series, want none (disabled)", n)
+	}
+	if n := testutil.CollectAndCount(m.sent); n != 0 {
+		t.Errorf("%d sent-bytes series, want none (disabled)", n)
+	}
+	if got := testutil.ToFloat64(m.closed.WithLabelValues(c.labels()...)); got != 1 {
+		t.Errorf("closed with the full labels = %v, want 1", got)
+	}
+	blank := c.labels()
+	blank[0], blank[5] = "", "" // reporter, source_principal
+	if got := testutil.ToFloat64(m.received.WithLabelValues(blank...)); got != 10 {
+		t.Errorf("received bytes without reporter and source_principal = %v, want 10", got)
+	}
+	if n := testutil.CollectAndCount(m.received); n != 1 {
+		t.Errorf("%d received-bytes series, want 1", n)
+	}
+	l := c.labels()
+	if got := c.Overrides.Labels(MetricTCPRecvedBytes, LabelNames, l); &got[0] == &l[0] || l[0] != Destination {
+		t.Error("Labels modified the caller's values instead of a copy")
+	}
+	var none *Overrides
+	if none.Off(MetricTCPOpened) || &none.Labels(MetricTCPOpened, LabelNames, l)[0] != &l[0] {
+		t.Error("a nil Overrides must change nothing")
+	}
+}

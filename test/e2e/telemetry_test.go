@@ -381,6 +381,75 @@ spec:
 			t.Errorf("waypoint pods after the changes: %d, want the same pod %s without restarts", len(pods), wpUID)
 		}
 	})
+
+	t.Run("MetricOverrides", func(t *testing.T) {
+		// A Telemetry for the waypoint Gateway that removes
+		// source_principal from istio_requests_total and disables
+		// istio_request_duration_milliseconds: new requests count without
+		// the label and observe no duration; deleting it restores both.
+		app.must(`apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: waypoint-metrics}
+spec:
+  targetRefs:
+  - {group: gateway.networking.k8s.io, kind: Gateway, name: waypoint}
+  metrics:
+  - providers: [{name: prometheus}]
+    overrides:
+    - match: {metric: REQUEST_COUNT}
+      tagOverrides: {source_principal: {operation: REMOVE}}
+    - match: {metric: REQUEST_DURATION}
+      disabled: true
+`, "apply", "-f", "-")
+		base := map[string]string{"reporter": "waypoint", "destination_service_namespace": ns}
+		principal := "spiffe://cluster.local/ns/" + ns + "/sa/default"
+		// delta sends n requests and returns how much the counts moved:
+		// requests without source_principal, with the client's, and
+		// durations observed.
+		delta := func(n int) (blank, named, observed float64, err error) {
+			counts := func() (float64, float64, float64, error) {
+				s, err := scrapeWaypoint(t, &app)
+				if err != nil {
+					return 0, 0, 0, err
+				}
+				return s.sum("istio_requests_total", map[string]string{"reporter": "waypoint", "destination_service_namespace": ns, "source_principal": ""}),
+					s.sum("istio_requests_total", map[string]string{"reporter": "waypoint", "destination_service_namespace": ns, "source_principal": principal}),
+					s.sum("istio_request_duration_milliseconds_count", base), nil
+			}
+			b0, n0, o0, err := counts()
+			if err != nil {
+				return 0, 0, 0, err
+			}
+			if r := echoClient(t.Context(), &app, url, fmt.Sprintf("--count=%d", n), "--timeout=30s"); r.ok() != n {
+				return 0, 0, 0, fmt.Errorf("%d of %d requests answered 200: %v", r.ok(), n, r)
+			}
+			time.Sleep(200 * time.Millisecond) // recorded just after each answer
+			b1, n1, o1, err := counts()
+			return b1 - b0, n1 - n0, o1 - o0, err
+		}
+		const n = 5
+		eventually(t, 60*time.Second, "requests counted without source_principal and no durations", func() error {
+			blank, named, observed, err := delta(n)
+			if err != nil {
+				return err
+			}
+			if blank != n || named != 0 || observed != 0 {
+				return fmt.Errorf("%d requests: +%v without source_principal, +%v with it, +%v durations; want +%d, 0, 0", n, blank, named, observed, n)
+			}
+			return nil
+		})
+		app.must("", "delete", "telemetry", "waypoint-metrics")
+		eventually(t, 60*time.Second, "full labels and durations again", func() error {
+			blank, named, observed, err := delta(n)
+			if err != nil {
+				return err
+			}
+			if blank != 0 || named != n || observed != n {
+				return fmt.Errorf("%d requests: +%v without source_principal, +%v with it, +%v durations; want 0, +%d, +%d", n, blank, named, observed, n, n)
+			}
+			return nil
+		})
+	})
 }
 
 // sumLatest sums istio_requests_total of the newest export from the

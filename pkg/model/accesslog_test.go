@@ -1,7 +1,6 @@
 package model
 
 import (
-	"slices"
 	"testing"
 
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -127,18 +126,7 @@ func TestAccessLogging(t *testing.T) {
 			if got.GetEnabled() != tc.want {
 				t.Errorf("access log enabled = %v, want %v", got.GetEnabled(), tc.want)
 			}
-			var gotDiags []string
-			for _, d := range r.Diagnostics {
-				gotDiags = append(gotDiags, d.Kind+" "+d.Namespace+"/"+d.Name+" "+d.Field+" "+d.Reason)
-			}
-			for _, want := range tc.diags {
-				if !slices.Contains(gotDiags, want) {
-					t.Errorf("diagnostics %q lack %q", gotDiags, want)
-				}
-			}
-			if len(gotDiags) != len(tc.diags) {
-				t.Errorf("diagnostics %q, want exactly %q", gotDiags, tc.diags)
-			}
+			checkDiagnostics(t, r.Diagnostics, tc.diags)
 		})
 	}
 }

@@ -129,18 +129,7 @@ func TestMetricOverrides(t *testing.T) {
 			if !slices.EqualFunc(got, tc.want, func(a, b *waypointv1alpha1.MetricOverride) bool { return proto.Equal(a, b) }) {
 				t.Errorf("metric overrides of demo/wp\n got %v\nwant %v", fmtOverrides(got), fmtOverrides(tc.want))
 			}
-			var gotDiags []string
-			for _, d := range r.Diagnostics {
-				gotDiags = append(gotDiags, d.Kind+" "+d.Namespace+"/"+d.Name+" "+d.Field+" "+d.Reason)
-			}
-			for _, want := range tc.diags {
-				if !slices.Contains(gotDiags, want) {
-					t.Errorf("diagnostics %q lack %q", gotDiags, want)
-				}
-			}
-			if len(gotDiags) != len(tc.diags) {
-				t.Errorf("diagnostics %q, want exactly %q", gotDiags, tc.diags)
-			}
+			checkDiagnostics(t, r.Diagnostics, tc.diags)
 		})
 	}
 }

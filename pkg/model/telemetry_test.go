@@ -255,24 +255,31 @@ func TestTelemetryMerge(t *testing.T) {
 			if !proto.Equal(got.GetTracing(), tc.want) {
 				t.Errorf("tracing of %s\n got %v\nwant %v", demoWP, protojson.Format(got.GetTracing()), protojson.Format(tc.want))
 			}
-			var gotDiags []string
-			for _, d := range r.Diagnostics {
-				gotDiags = append(gotDiags, d.Kind+" "+d.Namespace+"/"+d.Name+" "+d.Field+" "+d.Reason)
-			}
-			for _, want := range tc.diags {
-				if !slices.Contains(gotDiags, want) {
-					t.Errorf("diagnostics %q lack %q", gotDiags, want)
-				}
-			}
-			if len(gotDiags) != len(tc.diags) {
-				t.Errorf("diagnostics %q, want exactly %q", gotDiags, tc.diags)
-			}
+			checkDiagnostics(t, r.Diagnostics, tc.diags)
 		})
 	}
 }
 
 // telemetryGoldenCase layers every kind of Telemetry over two namespaces'
 // waypoints.
+// checkDiagnostics compares diags with want, each "<kind> <ns>/<name>
+// <field> <reason>", in any order.
+func checkDiagnostics(t *testing.T, diags []Diagnostic, want []string) {
+	t.Helper()
+	var got []string
+	for _, d := range diags {
+		got = append(got, d.Kind+" "+d.Namespace+"/"+d.Name+" "+d.Field+" "+d.Reason)
+	}
+	for _, w := range want {
+		if !slices.Contains(got, w) {
+			t.Errorf("diagnostics %q lack %q", got, w)
+		}
+	}
+	if len(got) != len(want) {
+		t.Errorf("diagnostics %q, want exactly %q", got, want)
+	}
+}
+
 func telemetryGoldenCase(t *testing.T) Snapshot {
 	mc := parseMesh(t, "defaultProviders: {tracing: [otel-tracing]}\ndefaultConfig: {tracing: {sampling: 2.5}}\n")
 	return telemetrySnapshot(mc,

@@ -352,16 +352,14 @@ func BenchmarkWaypointTracing(b *testing.B) {
 	}
 }
 
-// TestAccessLogSwitch: the access log follows the Telemetry resource's
-// access_logging (istiod-lite's compilation of Istio's accessLogFile,
-// defaultProviders.accessLogging and Telemetry accessLogging), and the
-// waypoint's own default (ACCESS_LOG) while no resource says, without a
-// request failing or the proxy restarting.
-func TestAccessLogSwitch(t *testing.T) {
+// telemetryOnlyMesh is a waypoint with a Telemetry that exports nothing
+// (accessLog: its ACCESS_LOG default) in front of one empty-answering pod
+// of reviews at 10.0.0.1.
+func telemetryOnlyMesh(t *testing.T, accessLog bool) (*mesh, *Telemetry) {
 	var tel *Telemetry
 	m := newMesh(t, meshOptions{telemetry: func(*prometheus.Registry) *Telemetry {
 		var err error
-		tel, err = NewTelemetry(t.Context(), TelemetryConfig{Name: waypointName, Base: otel.DefaultConfig(), AccessLog: true,
+		tel, err = NewTelemetry(t.Context(), TelemetryConfig{Name: waypointName, Base: otel.DefaultConfig(), AccessLog: accessLog,
 			Logger: zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))})
 		if err != nil {
 			t.Fatal(err)
@@ -371,6 +369,16 @@ func TestAccessLogSwitch(t *testing.T) {
 	m.addService(reviews, "10.0.0.1")
 	m.addPod("reviews-a", reviews, http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
 	m.setRoutes(serviceConfig(reviews, waypointv1alpha1.Protocol_HTTP, defaultRoute(reviews)))
+	return m, tel
+}
+
+// TestAccessLogSwitch: the access log follows the Telemetry resource's
+// access_logging (istiod-lite's compilation of Istio's accessLogFile,
+// defaultProviders.accessLogging and Telemetry accessLogging), and the
+// waypoint's own default (ACCESS_LOG) while no resource says, without a
+// request failing or the proxy restarting.
+func TestAccessLogSwitch(t *testing.T) {
+	m, tel := telemetryOnlyMesh(t, true)
 	c := m.httpClient(false)
 	ns, name, _ := strings.Cut(waypointName, "/")
 	send := func(n int, want int) {
@@ -415,19 +423,7 @@ func TestAccessLogSwitch(t *testing.T) {
 // field and the last good ones stay, and no override restores the full
 // label set.
 func TestMetricOverridesApplied(t *testing.T) {
-	var tel *Telemetry
-	m := newMesh(t, meshOptions{telemetry: func(*prometheus.Registry) *Telemetry {
-		var err error
-		tel, err = NewTelemetry(t.Context(), TelemetryConfig{Name: waypointName, Base: otel.DefaultConfig(),
-			Logger: zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return tel
-	}})
-	m.addService(reviews, "10.0.0.1")
-	m.addPod("reviews-a", reviews, http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
-	m.setRoutes(serviceConfig(reviews, waypointv1alpha1.Protocol_HTTP, defaultRoute(reviews)))
+	m, tel := telemetryOnlyMesh(t, false)
 	c := m.httpClient(false)
 	ns, name, _ := strings.Cut(waypointName, "/")
 	caller := m.caller.ID.String()

@@ -85,8 +85,11 @@ type telemetryState struct {
 	// accessLog: write the access log (the resource's access_logging, or
 	// TelemetryConfig.AccessLog without one).
 	accessLog bool
-	// overrides are the resource's metric_overrides; nil: none.
+	// overrides are the resource's metric_overrides (src) compiled; nil:
+	// none. Kept across applies while src is the same: request metrics
+	// cache their series per overrides.
 	overrides *telemetry.Overrides
+	src       []*waypointv1alpha1.MetricOverride
 }
 
 // customTag is a compiled Telemetry customTag: a literal or environment
@@ -264,7 +267,7 @@ func (t *Telemetry) apply(ctx context.Context, tel *waypointv1alpha1.Telemetry) 
 	if st.provider != old.provider {
 		t.retire(old.provider)
 	}
-	t.log.Info("telemetry applied", zap.Bool("export", st.provider.Enabled()), zap.Bool("spans", st.spans), zap.Bool("access_log", st.accessLog),
+	t.log.Info("telemetry applied", zap.Bool("export", st.provider.Enabled()), zap.Bool("spans", st.spans), zap.Bool("access_log", st.accessLog), zap.Int("metric_overrides", len(st.src)),
 		zap.Float64("sampling_percent", st.provider.SamplingPercent()), zap.Int("custom_tags", len(st.tags)))
 	return nil
 }
@@ -292,7 +295,12 @@ func (t *Telemetry) build(ctx context.Context, tel *waypointv1alpha1.Telemetry, 
 	if al := tel.GetAccessLogging(); al != nil {
 		st.accessLog = al.GetEnabled()
 	}
-	st.overrides = compileOverrides(tel.GetMetricOverrides())
+	st.src = tel.GetMetricOverrides()
+	if old != nil && slices.EqualFunc(old.src, st.src, func(a, b *waypointv1alpha1.MetricOverride) bool { return proto.Equal(a, b) }) {
+		st.overrides = old.overrides
+	} else {
+		st.overrides = compileOverrides(st.src)
+	}
 	if old != nil && old.key == key {
 		st.provider, st.tracer, st.metrics = old.provider, old.tracer, old.metrics
 	} else {

@@ -482,6 +482,15 @@ func TestMetricOverridesApplied(t *testing.T) {
 	if err := tel.Handle(telemetryDelta(t, overrides)); err != nil {
 		t.Fatal(err)
 	}
+	// The same overrides again (say, with a tracing change): the compiled
+	// ones are kept, so the cached series stay in use.
+	first := tel.metricOverrides()
+	if err := tel.Handle(telemetryDelta(t, overrides)); err != nil {
+		t.Fatal(err)
+	}
+	if tel.metricOverrides() != first {
+		t.Error("unchanged metric overrides were compiled anew")
+	}
 	send(3, 2, 3, 2)
 	bad := &waypointv1alpha1.Telemetry{Namespace: ns, Name: name, MetricOverrides: []*waypointv1alpha1.MetricOverride{{Metric: "REQUEST_BYTES", Disabled: true}}}
 	if err := tel.Handle(telemetryDelta(t, bad)); err == nil || !strings.Contains(err.Error(), "metric_overrides[0].metric") {

@@ -163,6 +163,26 @@ func compileOverrides(in []*waypointv1alpha1.MetricOverride) *telemetry.Override
 	return o
 }
 
+// TelemetryDump is what the admin config dump shows of the telemetry: the
+// last applied resource (nil: none yet) and the settings in force.
+type TelemetryDump struct {
+	Resource        *waypointv1alpha1.Telemetry
+	AccessLog       bool
+	Spans           bool
+	SamplingPercent float64
+	MetricOverrides []*waypointv1alpha1.MetricOverride
+}
+
+// Dump returns the telemetry's current configuration.
+func (t *Telemetry) Dump() TelemetryDump {
+	t.mu.Lock()
+	last := t.last
+	t.mu.Unlock()
+	st := t.cur.Load()
+	return TelemetryDump{Resource: last, AccessLog: st.accessLog, Spans: st.spans,
+		SamplingPercent: st.provider.SamplingPercent(), MetricOverrides: st.src}
+}
+
 // Provider returns the current provider (tests, benchmarks).
 func (t *Telemetry) Provider() *otel.Provider { return t.cur.Load().provider }
 

@@ -297,7 +297,7 @@ func (a *App) adminMux() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/config_dump", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write(ConfigDump(a.name, a.store.Snapshot(), a.routes, a.certInfo()))
+		_, _ = w.Write(ConfigDump(a.name, a.store.Snapshot(), a.routes, a.certInfo(), a.tel.Dump()))
 	})
 	mux.HandleFunc("/logging", proxyadmin.Logging(a.level))
 	proxyadmin.Profiles(mux)
@@ -321,9 +321,11 @@ func (a *App) certInfo() []CertInfo {
 	return []CertInfo{{Identity: a.id.String(), NotBefore: c.Leaf.NotBefore, NotAfter: c.Leaf.NotAfter, RefreshAt: c.RefreshAt, Serial: c.Leaf.SerialNumber.String()}}
 }
 
-// ConfigDump renders the waypoint's name, Address state, ServiceConfigs and
-// certificate (protos in their protojson form). It holds no keys.
-func ConfigDump(name string, snap *state.Snapshot, routes *waypoint.Routes, certs []CertInfo) []byte {
+// ConfigDump renders the waypoint's name, Address state, ServiceConfigs,
+// certificate and telemetry (the Telemetry resource and what is in force:
+// access log, spans, sampling, metric overrides), protos in their
+// protojson form. It holds no keys.
+func ConfigDump(name string, snap *state.Snapshot, routes *waypoint.Routes, certs []CertInfo, tel waypoint.TelemetryDump) []byte {
 	list := func(n int, item func(i int) []byte) []json.RawMessage {
 		out := make([]json.RawMessage, 0, n)
 		for i := range n {
@@ -332,6 +334,10 @@ func ConfigDump(name string, snap *state.Snapshot, routes *waypoint.Routes, cert
 		return out
 	}
 	ws, ss, cs := snap.Workloads(), snap.Services(), routes.Configs()
+	var resource json.RawMessage = []byte("null")
+	if tel.Resource != nil {
+		resource, _ = protojson.Marshal(tel.Resource)
+	}
 	out, _ := json.MarshalIndent(map[string]any{
 		"waypoint":        name,
 		"version":         snap.Version,
@@ -339,6 +345,13 @@ func ConfigDump(name string, snap *state.Snapshot, routes *waypoint.Routes, cert
 		"services":        list(len(ss), func(i int) []byte { b, _ := protojson.Marshal(ss[i]); return b }),
 		"service_configs": list(len(cs), func(i int) []byte { b, _ := protojson.Marshal(cs[i]); return b }),
 		"certificates":    certs,
+		"telemetry": map[string]any{
+			"resource":         resource,
+			"access_log":       tel.AccessLog,
+			"spans":            tel.Spans,
+			"sampling_percent": tel.SamplingPercent,
+			"metric_overrides": list(len(tel.MetricOverrides), func(i int) []byte { b, _ := protojson.Marshal(tel.MetricOverrides[i]); return b }),
+		},
 	}, "", "  ")
 	return out
 }

@@ -317,6 +317,11 @@ func TestAppEndToEnd(t *testing.T) {
 		Waypoint       string           `json:"waypoint"`
 		ServiceConfigs []map[string]any `json:"service_configs"`
 		Certificates   []CertInfo       `json:"certificates"`
+		Telemetry      struct {
+			Resource        json.RawMessage  `json:"resource"`
+			AccessLog       *bool            `json:"access_log"`
+			MetricOverrides []map[string]any `json:"metric_overrides"`
+		} `json:"telemetry"`
 	}
 	if err := json.Unmarshal(raw, &dump); err != nil {
 		t.Fatal(err)
@@ -324,6 +329,16 @@ func TestAppEndToEnd(t *testing.T) {
 	if dump.Waypoint != "demo/waypoint" || len(dump.ServiceConfigs) != 1 || len(dump.Certificates) != 1 ||
 		dump.Certificates[0].Identity != wpID.String() || dump.Certificates[0].Serial == "" {
 		t.Errorf("config dump %s", raw)
+	}
+	// The Telemetry resource sent above (tracing only): shown, with the
+	// ACCESS_LOG default in force since it does not say.
+	var res struct {
+		Name    string         `json:"name"`
+		Tracing map[string]any `json:"tracing"`
+	}
+	if err := json.Unmarshal(dump.Telemetry.Resource, &res); err != nil || res.Name != "waypoint" || res.Tracing == nil ||
+		dump.Telemetry.AccessLog == nil || !*dump.Telemetry.AccessLog || len(dump.Telemetry.MetricOverrides) != 0 {
+		t.Errorf("config dump telemetry %s (%v), want the Telemetry resource with tracing, the access log on, no metric overrides", raw, err)
 	}
 	if strings.Contains(string(raw), "PRIVATE KEY") {
 		t.Error("config dump holds a private key")

@@ -17,8 +17,9 @@ import (
 	waypointv1alpha1 "github.com/ambient-mesh/mesh/api/waypoint/v1alpha1"
 )
 
-// TelemetryTypeURL is the type of a waypoint's tracing configuration, one
-// resource per istio-waypoint Gateway, named "<namespace>/<name>".
+// TelemetryTypeURL is the type of a waypoint's telemetry configuration
+// (tracing, access log, metric overrides), one resource per
+// istio-waypoint Gateway, named "<namespace>/<name>".
 const TelemetryTypeURL = "type.googleapis.com/ambientmesh.waypoint.v1alpha1.Telemetry"
 
 // KindTelemetry is the kind of Istio's telemetry.istio.io Telemetry.
@@ -80,7 +81,9 @@ type telemetryCompiler struct {
 // mesh config's defaultConfig.tracing.sampling, else
 // DefaultTraceSamplingPercent. Selector-based Telemetries never apply to
 // waypoints (istiod's policy matcher), nor do targetRefs to Services (the
-// resource is per waypoint, not per Service): both are diagnosed.
+// resource is per waypoint, not per Service): both are diagnosed. The same
+// layers give the access log (accessLogging) and the metric overrides
+// (metricOverrides).
 func compileTelemetry(s Snapshot, idx *index) (map[string]*waypointv1alpha1.Telemetry, []Diagnostic) {
 	c := &telemetryCompiler{s: s, idx: idx, providers: map[string]*meshv1alpha1.MeshConfig_ExtensionProvider{}}
 	for _, p := range s.Mesh.Istio.GetExtensionProviders() {
@@ -145,7 +148,7 @@ func compileTelemetry(s Snapshot, idx *index) (map[string]*waypointv1alpha1.Tele
 					byClass = append(byClass, t)
 				}
 			case (ref.GetGroup() == "" || ref.GetGroup() == "core") && ref.GetKind() == "Service":
-				c.diag(t, f, "UnsupportedValue", "Telemetry for a Service through its waypoint is not supported (waypoint tracing is configured per waypoint); target the waypoint Gateway instead")
+				c.diag(t, f, "UnsupportedValue", "Telemetry for a Service through its waypoint is not supported (a waypoint's tracing, access log and metrics are configured per waypoint); target the waypoint Gateway instead")
 			default:
 				c.diag(t, f, "UnsupportedValue", fmt.Sprintf("target %s %q in group %q is not supported; use a waypoint Gateway (or GatewayClass %s from %s)",
 					ref.GetKind(), ref.GetName(), ref.GetGroup(), WaypointGatewayClassName, root))

@@ -24,7 +24,8 @@ import (
 	"github.com/ambient-mesh/mesh/pkg/ztunnel/telemetry"
 )
 
-// TelemetryTypeURL is the xDS type of the waypoint's tracing configuration:
+// TelemetryTypeURL is the xDS type of the waypoint's telemetry configuration
+// (tracing, access log, metric overrides):
 // one ambientmesh.waypoint.v1alpha1.Telemetry per waypoint Gateway, named
 // "<namespace>/<gateway>".
 const TelemetryTypeURL = "type.googleapis.com/ambientmesh.waypoint.v1alpha1.Telemetry"

@@ -2,6 +2,7 @@ package model
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
 	telemetryapi "istio.io/api/telemetry/v1alpha1"
@@ -17,20 +18,11 @@ const builtinAccessLogProvider = "envoy"
 // stdout is the only access-log destination of a waypoint.
 const stdout = "/dev/stdout"
 
-// accessLogSpec is the merged accessLogging of one waypoint.
-type accessLogSpec struct {
-	providers []string // names, as written
-	disabled  bool
-}
-
 // checkMeshAccessLog reports what a waypoint does not honour in the mesh
 // config's access-log settings: a destination other than stdout, a log
 // format, a default provider that does not exist or is not a file log.
 func (c *telemetryCompiler) checkMeshAccessLog() {
-	root := c.s.Mesh.RootNamespace
-	mesh := func(field, reason, msg string) {
-		c.diags = append(c.diags, Diagnostic{Kind: meshConfigMapKind, Namespace: root, Name: meshConfigMapName, Field: "data.mesh." + field, Reason: reason, Message: msg})
-	}
+	mesh := c.meshDiag
 	if f := c.s.Mesh.Istio.GetAccessLogFile(); f != "" && f != stdout {
 		mesh("accessLogFile", "UnsupportedValue", fmt.Sprintf("waypoints write their access log to their stdout, not to %q (it is on)", f))
 	}
@@ -80,19 +72,26 @@ func (c *telemetryCompiler) providerReason(name string) string {
 	return "UnsupportedValue"
 }
 
-// accessLogProviderProblem is "" for a provider a waypoint logs with (an
-// envoyFileAccessLog provider, or Istio's built-in "envoy"), else why not.
-func (c *telemetryCompiler) accessLogProviderProblem(name string) string {
-	p := c.providers[strings.ToLower(name)]
-	switch {
-	case p == nil && strings.EqualFold(name, builtinAccessLogProvider):
-		return ""
-	case p == nil:
-		return fmt.Sprintf("no extensionProvider %q in the mesh config (ConfigMap %s/%s, key mesh); it does not log", name, c.s.Mesh.RootNamespace, meshConfigMapName)
-	case p.GetEnvoyFileAccessLog() == nil:
-		return fmt.Sprintf("extensionProvider %q is not an envoyFileAccessLog provider; the waypoint writes its access log to stdout only, so this provider does not log", name)
+// isFileAccessLog tells whether the provider name is one a waypoint logs
+// with: an envoyFileAccessLog extensionProvider, or Istio's built-in
+// "envoy".
+func (c *telemetryCompiler) isFileAccessLog(name string) bool {
+	if p := c.providers[strings.ToLower(name)]; p != nil {
+		return p.GetEnvoyFileAccessLog() != nil
 	}
-	return ""
+	return strings.EqualFold(name, builtinAccessLogProvider)
+}
+
+// accessLogProviderProblem is "" for a provider a waypoint logs with, else
+// why it does not.
+func (c *telemetryCompiler) accessLogProviderProblem(name string) string {
+	switch {
+	case c.isFileAccessLog(name):
+		return ""
+	case c.providers[strings.ToLower(name)] == nil:
+		return fmt.Sprintf("no extensionProvider %q in the mesh config (ConfigMap %s/%s, key mesh); it does not log", name, c.s.Mesh.RootNamespace, meshConfigMapName)
+	}
+	return fmt.Sprintf("extensionProvider %q is not an envoyFileAccessLog provider; the waypoint writes its access log to stdout only, so this provider does not log", name)
 }
 
 // accessLogging merges the accessLogging entries of layers (least specific
@@ -109,31 +108,26 @@ func (c *telemetryCompiler) accessLogProviderProblem(name string) string {
 // So, as in Istio, a mesh with neither accessLogFile nor default providers
 // nor a Telemetry that enables them has no waypoint access log.
 func (c *telemetryCompiler) accessLogging(layers []*telemetryv1.Telemetry) *waypointv1alpha1.AccessLogging {
-	spec := accessLogSpec{providers: c.s.Mesh.Istio.GetDefaultProviders().GetAccessLogging()}
-	if len(spec.providers) == 0 && c.s.Mesh.Istio.GetAccessLogFile() != "" {
-		spec.providers = []string{builtinAccessLogProvider}
+	providers := c.s.Mesh.Istio.GetDefaultProviders().GetAccessLogging()
+	if len(providers) == 0 && c.s.Mesh.Istio.GetAccessLogFile() != "" {
+		providers = []string{builtinAccessLogProvider}
 	}
+	disabled := false
 	for _, t := range layers {
 		for _, al := range t.Spec.GetAccessLogging() {
 			if al.GetMatch().GetMode() == telemetryapi.WorkloadMode_CLIENT {
 				continue // a waypoint logs as a server
 			}
 			if ps := al.GetProviders(); len(ps) > 0 {
-				spec.providers = spec.providers[:0:0]
+				providers = providers[:0:0]
 				for _, p := range ps {
-					spec.providers = append(spec.providers, p.GetName())
+					providers = append(providers, p.GetName())
 				}
 			}
 			if v := al.GetDisabled(); v != nil {
-				spec.disabled = v.GetValue()
+				disabled = v.GetValue()
 			}
 		}
 	}
-	on := false
-	for _, name := range spec.providers {
-		if c.accessLogProviderProblem(name) == "" {
-			on = true
-		}
-	}
-	return &waypointv1alpha1.AccessLogging{Enabled: on && !spec.disabled}
+	return &waypointv1alpha1.AccessLogging{Enabled: !disabled && slices.ContainsFunc(providers, c.isFileAccessLog)}
 }

@@ -10,6 +10,7 @@ import (
 	telemetryv1 "istio.io/client-go/pkg/apis/telemetry/v1"
 
 	waypointv1alpha1 "github.com/ambient-mesh/mesh/api/waypoint/v1alpha1"
+	proxytelemetry "github.com/ambient-mesh/mesh/pkg/ztunnel/telemetry"
 )
 
 // builtinMetricsProvider is Istio's built-in metrics provider, the
@@ -17,13 +18,10 @@ import (
 const builtinMetricsProvider = "prometheus"
 
 // waypointMetrics are the Istio metrics a waypoint records, by
-// MetricSelector name. ALL_METRICS stands for all of them; the others
-// (sizes, gRPC messages) it does not record, so overrides of them change
-// nothing.
-var waypointMetrics = []string{
-	"REQUEST_COUNT", "REQUEST_DURATION",
-	"TCP_OPENED_CONNECTIONS", "TCP_CLOSED_CONNECTIONS", "TCP_SENT_BYTES", "TCP_RECEIVED_BYTES",
-}
+// MetricSelector name: the names its overrides accept. ALL_METRICS stands
+// for all of them; the others (sizes, gRPC messages) it does not record, so
+// overrides of them change nothing.
+var waypointMetrics = proxytelemetry.MetricNames
 
 // metricState is one metric's merged overrides.
 type metricState struct {

@@ -99,9 +99,8 @@ func compileTelemetry(s Snapshot, idx *index) (map[string]*waypointv1alpha1.Tele
 
 	root := s.Mesh.RootNamespace
 	if d := s.Mesh.Istio.GetDefaultProviders().GetTracing(); len(d) > 0 && c.providers[strings.ToLower(d[0])] == nil {
-		c.diags = append(c.diags, Diagnostic{Kind: meshConfigMapKind, Namespace: root, Name: meshConfigMapName,
-			Field: "data.mesh.defaultProviders.tracing[0]", Reason: "ProviderNotFound",
-			Message: fmt.Sprintf("no extensionProvider %q in the mesh config; waypoints without a Telemetry choosing a provider do not trace", d[0])})
+		c.meshDiag("defaultProviders.tracing[0]", "ProviderNotFound",
+			fmt.Sprintf("no extensionProvider %q in the mesh config; waypoints without a Telemetry choosing a provider do not trace", d[0]))
 	}
 	nsWide := map[string]*telemetryv1.Telemetry{}      // namespace -> its oldest namespace-wide Telemetry
 	byGateway := map[string][]*telemetryv1.Telemetry{} // "ns/name" of a waypoint -> Telemetries targeting it, oldest first
@@ -176,6 +175,13 @@ func compileTelemetry(s Snapshot, idx *index) (map[string]*waypointv1alpha1.Tele
 
 func (c *telemetryCompiler) diag(t *telemetryv1.Telemetry, field, reason, msg string) {
 	c.diags = append(c.diags, Diagnostic{Kind: KindTelemetry, Namespace: t.Namespace, Name: t.Name, Field: field, Reason: reason, Message: msg})
+}
+
+// meshDiag reports a problem of the mesh config at field (under its key
+// "mesh") on Istio's ConfigMap.
+func (c *telemetryCompiler) meshDiag(field, reason, msg string) {
+	c.diags = append(c.diags, Diagnostic{Kind: meshConfigMapKind, Namespace: c.s.Mesh.RootNamespace, Name: meshConfigMapName,
+		Field: "data.mesh." + field, Reason: reason, Message: msg})
 }
 
 // targetRefsOf returns targetRefs, or the deprecated targetRef.

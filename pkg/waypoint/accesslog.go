@@ -51,9 +51,10 @@ func (p *Proxy) report(c *call, rec *recorder, orig *requestSummary, reqID strin
 	if r.flags == "" && c.attempts > 1 && c.route != nil && c.route.retry.status(r.code) {
 		r.flags = flagRetryLimit
 	}
-	p.cfg.Metrics.request(r, p.cfg.Telemetry.metricOverrides())
+	// The Telemetry configuration the request started with (trace.st).
+	p.cfg.Metrics.request(r, trace.st.metricOverrides())
 	trace.end(c, rec, r, d)
-	if !p.cfg.Telemetry.accessLogOn() {
+	if !trace.st.accessLogOn() {
 		return
 	}
 	if ce := p.access.Check(zap.InfoLevel, "request complete"); ce != nil {

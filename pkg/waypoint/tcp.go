@@ -33,14 +33,14 @@ func (p *Proxy) dialTCP(ctx context.Context, st *stream) (net.Conn, error) {
 		Reporter: Reporter, Src: st.srcAddr, Dst: ep.addr.String(), HBONETarget: st.in.Target,
 		SrcWorkload: st.src, SrcIdentity: st.in.Peer,
 		DstWorkload: ep.workload, DstService: snap.Service(wb.backend.key), DstIdentity: ep.identity,
-		MutualTLS: true, Start: time.Now(), Overrides: p.cfg.Telemetry.metricOverrides(),
+		MutualTLS: true, Start: time.Now(), Overrides: p.cfg.Telemetry.state().metricOverrides(),
 	}
 	m := p.cfg.Metrics.tcpMetrics()
 	m.Opened(tc)
 	return &countingConn{Conn: conn, done: func(sent, recv int64) {
 		// sent: client -> backend (what the client sent); recv: back.
 		m.Closed(tc, sent, recv)
-		if p.cfg.Telemetry.accessLogOn() {
+		if p.cfg.Telemetry.state().accessLogOn() {
 			telemetry.Log(p.access, tc, sent, recv, nil)
 		}
 	}}, nil

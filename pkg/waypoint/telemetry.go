@@ -129,19 +129,18 @@ func (t *Telemetry) state() *telemetryState {
 	return t.cur.Load()
 }
 
-// accessLogOn tells whether the access log is to be written now; a nil
-// Telemetry leaves it to the Proxy's AccessLog logger alone.
-func (t *Telemetry) accessLogOn() bool {
-	st := t.state()
+// accessLogOn tells whether st has the access log written; a nil state (no
+// Telemetry) leaves it to the Proxy's AccessLog logger alone.
+func (st *telemetryState) accessLogOn() bool {
 	return st == nil || st.accessLog
 }
 
-// metricOverrides are the Telemetry metrics overrides in force (nil: none).
-func (t *Telemetry) metricOverrides() *telemetry.Overrides {
-	if st := t.state(); st != nil {
-		return st.overrides
+// metricOverrides are st's metrics overrides (nil: none, or no Telemetry).
+func (st *telemetryState) metricOverrides() *telemetry.Overrides {
+	if st == nil {
+		return nil
 	}
-	return nil
+	return st.overrides
 }
 
 // compileOverrides turns validated metric_overrides into lookups; nil for

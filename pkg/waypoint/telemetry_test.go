@@ -484,11 +484,11 @@ func TestMetricOverridesApplied(t *testing.T) {
 	}
 	// The same overrides again (say, with a tracing change): the compiled
 	// ones are kept, so the cached series stay in use.
-	first := tel.metricOverrides()
+	first := tel.state().metricOverrides()
 	if err := tel.Handle(telemetryDelta(t, overrides)); err != nil {
 		t.Fatal(err)
 	}
-	if tel.metricOverrides() != first {
+	if tel.state().metricOverrides() != first {
 		t.Error("unchanged metric overrides were compiled anew")
 	}
 	send(3, 2, 3, 2)

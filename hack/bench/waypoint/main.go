@@ -26,10 +26,18 @@
 // (-max-cpu; its container's cgroup, and a cgroup of its own for each
 // HAProxy) and driven as hard as the load generator can: the machine's
 // cores run the load generator, the backend and the ztunnels too, and
-// without the limit the proxy would not be the bottleneck. The three
-// proxies alternate over -max-rounds rounds, so that a slow spell of the
-// shared machine falls on all, and the figures pool the rounds (requests
-// over CPU-seconds), with the spread of the per-round ratio to each peer.
+// without the limit the proxy would not be the bottleneck. Each proxy runs
+// over each of the -max-c connection counts (16, 64, 256): the more
+// requests wait for a proxy, the more each wakeup and system call
+// carries, and proxies peak at different counts (HAProxy with TLS at 64,
+// the waypoint, which gets them multiplexed on a few HBONE connections,
+// higher); a proxy's maximum is its best count's, and the ratios at each
+// count are reported too. The three proxies alternate over -max-rounds
+// rounds, so that a slow spell of the shared machine falls on all, and the
+// figures pool the rounds (requests over CPU-seconds), with the spread of
+// the per-round ratio to each peer. The waypoint runs without its
+// per-request access log (-waypoint-access-log), as the HAProxy peers log
+// failures only.
 // The share of CFS periods in which each was throttled is recorded
 // (*max_rps_throttled, near 1 when saturated), and each run's CPU is
 // split per request into user and system time.
@@ -64,24 +72,34 @@ func main() {
 	haproxy := flag.String("haproxy", "/usr/sbin/haproxy", "HAProxy binary (Debian package haproxy)")
 	def := clusterbench.BenchDuration("bench-waypoint")
 	duration := flag.Duration("duration", def, "length of each fixed-rate run (env BENCH_DURATION)")
-	maxDuration := flag.Duration("max-duration", 15*time.Second, "length of each maximum-RPS run")
+	maxDuration := flag.Duration("max-duration", 10*time.Second, "length of each maximum-RPS run")
 	qps := flag.Int("qps", 1000, "requests per second of the fixed-rate runs")
 	conns := flag.Int("c", 4, "connections of the fixed-rate runs")
-	maxConns := flag.Int("max-c", 16, "connections of the maximum-RPS runs")
+	maxConns := flag.String("max-c", "16,64,256", "connection counts of the maximum-RPS runs (comma-separated); each proxy's maximum is its best count's")
 	maxRounds := flag.Int("max-rounds", 3, "maximum-RPS runs of each proxy, alternating")
 	maxCPU := flag.Float64("max-cpu", 0.25, "CPU limit (cores, CFS bandwidth) each proxy is held to in its maximum-RPS run, so that it, not the load generator, is the bottleneck; 0: no limit")
 	maxCPUPeriod := flag.Duration("max-cpu-period", 20*time.Millisecond, "CFS period of the -max-cpu limit")
+	accessLog := flag.Bool("waypoint-access-log", false, "keep the waypoint's per-request access log on (the mesh config's default); off, a Telemetry turns it off, as HAProxy logs failures only (dontlog-normal)")
 	profOut := flag.String("waypoint-profile", "", "also profile the waypoint's CPU during each of its runs and write the merged profile here, for go tool pprof (the profiler costs the waypoint a little CPU)")
-	timeout := flag.Duration("timeout", 0, "bound on the whole run (default 5x duration + (3x max-rounds + 1) x max-duration + 5 min)")
+	timeout := flag.Duration("timeout", 0, "bound on the whole run (default 5x duration + (3x max-rounds x connection counts + 1) x (max-duration + 5s) + 5 min)")
 	flag.Parse()
+	var levels []int
+	for _, f := range strings.Split(*maxConns, ",") {
+		c, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || c < 1 {
+			fmt.Fprintf(os.Stderr, "bench-waypoint: -max-c %q: %q is not a connection count (want positive integers, comma-separated)\n", *maxConns, f)
+			os.Exit(2)
+		}
+		levels = append(levels, c)
+	}
 	if *timeout == 0 {
-		*timeout = 5**duration + time.Duration(3*max(*maxRounds, 1)+1)**maxDuration + 5*time.Minute
+		*timeout = 5**duration + time.Duration(3*len(levels)*max(*maxRounds, 1)+1)*(*maxDuration+5*time.Second) + 5*time.Minute
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
 	b := &bench{k: clusterbench.Kubectl{Bin: *kubectlBin, Kubeconfig: *kubeconfig}, manifests: *manifests, haproxyBin: *haproxy,
-		duration: *duration, maxDuration: *maxDuration, qps: *qps, conns: *conns, maxConns: *maxConns,
-		maxCPU: *maxCPU, maxCPUPeriod: *maxCPUPeriod, maxRounds: max(*maxRounds, 1)}
+		duration: *duration, maxDuration: *maxDuration, qps: *qps, conns: *conns, maxConns: levels,
+		maxCPU: *maxCPU, maxCPUPeriod: *maxCPUPeriod, maxRounds: max(*maxRounds, 1), accessLog: *accessLog}
 	time.AfterFunc(*timeout+90*time.Second, func() {
 		fmt.Fprintln(os.Stderr, "bench-waypoint: timed out")
 		b.stopHAProxies()
@@ -104,12 +122,13 @@ func main() {
 	}
 	b.cleanup()
 	benchkit.Save("bench-waypoint", *out, fig, err)
-	fmt.Printf("bench-waypoint: %d qps x %s over %d conns, 1 KB: waypoint adds p50 %.3f ms, p99 %.3f ms vs direct (%.3f / %.3f ms vs ztunnel only; HAProxy adds %.3f / %.3f ms, with mTLS %.3f / %.3f ms); waypoint %.3f vCPU and %.1f MB per 1000 rps (HAProxy with mTLS %.3f vCPU); max %.0f rps per waypoint core vs HAProxy %.0f (%.2fx) and HAProxy with mTLS %.0f (%.2fx), all held to %.2f cores -> %s\n",
+	fmt.Printf("bench-waypoint: %d qps x %s over %d conns, 1 KB: waypoint adds p50 %.3f ms, p99 %.3f ms vs direct (%.3f / %.3f ms vs ztunnel only; HAProxy adds %.3f / %.3f ms, with mTLS %.3f / %.3f ms); waypoint %.3f vCPU and %.1f MB per 1000 rps (HAProxy with mTLS %.3f vCPU); max %.0f rps per waypoint core (best over %.0f connections) vs HAProxy %.0f (%.0f; %.2fx) and HAProxy with mTLS %.0f (%.0f; %.2fx), all held to %.2f cores -> %s\n",
 		*qps, *duration, *conns, fig["p50_added_ms"], fig["p99_added_ms"], fig["p50_added_vs_ztunnel_ms"], fig["p99_added_vs_ztunnel_ms"],
 		fig["haproxy_p50_added_ms"], fig["haproxy_p99_added_ms"], fig["haproxy_tls_p50_added_ms"], fig["haproxy_tls_p99_added_ms"],
 		fig["vcpu_per_krps"], fig["rss_mb_per_krps"], fig["haproxy_tls_vcpu_per_krps"],
-		fig["max_rps_one_core"], fig["haproxy_max_rps_one_core"], fig["max_rps_ratio_vs_haproxy"],
-		fig["haproxy_tls_max_rps_one_core"], fig["max_rps_ratio_vs_haproxy_tls"],
+		fig["max_rps_one_core"], fig["max_rps_best_connections"],
+		fig["haproxy_max_rps_one_core"], fig["haproxy_max_rps_best_connections"], fig["max_rps_ratio_vs_haproxy"],
+		fig["haproxy_tls_max_rps_one_core"], fig["haproxy_tls_max_rps_best_connections"], fig["max_rps_ratio_vs_haproxy_tls"],
 		fig["max_rps_cpu_limit_cores"], *out)
 }
 
@@ -117,10 +136,12 @@ type bench struct {
 	k                     clusterbench.Kubectl
 	manifests, haproxyBin string
 	duration, maxDuration time.Duration
-	qps, conns, maxConns  int
+	qps, conns            int
+	maxConns              []int // the maximum-RPS runs' connection counts
 	maxCPU                float64
 	maxRounds             int
 	maxCPUPeriod          time.Duration
+	accessLog             bool // the waypoint's per-request access log stays on
 
 	direct, meshed string // namespaces
 	namespaces     []string
@@ -168,6 +189,19 @@ spec:
   ports: [{name: http, port: 8080, targetPort: 8080}]
 `
 
+// noAccessLogManifest turns the bench waypoint's per-request access log
+// off through the Telemetry API, so that it does the HAProxy peers' work:
+// they log failures only (dontlog-normal). The mesh config shipped in
+// manifests/ logs every request, as Istio's demo profile; Istio's default
+// profile logs none.
+const noAccessLogManifest = `apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: bench-no-access-log}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: waypoint}]
+  accessLogging: [{disabled: true}]
+`
+
 func (b *bench) run(ctx context.Context) (map[string]float64, error) {
 	installed, err := b.k.InstallMesh(ctx, b.manifests)
 	b.installedMesh = installed
@@ -203,7 +237,11 @@ func (b *bench) run(ctx context.Context) (map[string]float64, error) {
 	if _, err := b.k.Run(ctx, serverManifest+"---\n"+tlsClientManifest, "-n", b.direct, "apply", "-f", "-"); err != nil {
 		return nil, err
 	}
-	if _, err := b.k.Run(ctx, serverManifest+"---\n"+waypointManifest, "-n", b.meshed, "apply", "-f", "-"); err != nil {
+	wp := serverManifest + "---\n" + waypointManifest
+	if !b.accessLog {
+		wp += "---\n" + noAccessLogManifest
+	}
+	if _, err := b.k.Run(ctx, wp, "-n", b.meshed, "apply", "-f", "-"); err != nil {
 		return nil, err
 	}
 	for _, ns := range []string{b.direct, b.meshed} {
@@ -277,7 +315,8 @@ func (b *bench) run(ctx context.Context) (map[string]float64, error) {
 	}
 	procs := map[string]int{"waypoint": wpid, "haproxy": hpid, "haproxy_tls": htpid}
 
-	fig := map[string]float64{"duration_s": b.duration.Seconds(), "target_qps": float64(b.qps), "connections": float64(b.conns)}
+	fig := map[string]float64{"duration_s": b.duration.Seconds(), "target_qps": float64(b.qps), "connections": float64(b.conns),
+		"waypoint_access_log": boolFigure(b.accessLog)}
 	res := map[string]*clusterbench.FortioResult{}
 	for _, p := range paths {
 		fmt.Fprintf(os.Stderr, "bench-waypoint: %s: %d qps over %d connections for %s\n", p.name, b.qps, b.conns, b.duration)
@@ -331,52 +370,77 @@ func (b *bench) run(ctx context.Context) (map[string]float64, error) {
 		fig["haproxy_tls_"+q+"_added_ms"] = fig["haproxy_tls_"+q+"_ms"] - fig["direct_"+q+"_ms"]
 	}
 
-	// Maximum RPS per core of each L7 hop, in rounds that alternate the
-	// proxies so that a slow spell of the shared machine falls on all;
-	// the figures pool the rounds (requests over CPU-seconds).
-	total := map[string]*maxRound{}
-	ratios := map[string][]float64{} // per peer, the waypoint's per-round ratio to it
-	for round := 1; round <= b.maxRounds; round++ {
-		perCore := map[string]float64{}
-		for _, p := range paths[2:] {
-			fmt.Fprintf(os.Stderr, "bench-waypoint: %s: maximum rate over %d connections for %s, held to %.2f cores (round %d of %d)\n", p.name, b.maxConns, b.maxDuration, b.maxCPU, round, b.maxRounds)
-			m, err := b.maxRun(ctx, load(p, 0, b.maxConns, b.maxDuration), procs[p.name], b.profilerOf(p.name))
-			if err != nil {
-				return nil, fmt.Errorf("%s maximum run: %w", p.name, err)
-			}
-			if b.maxCPU > 0 && m.throttled < 0.5 {
-				fmt.Fprintf(os.Stderr, "bench-waypoint: warning: %s was throttled in only %.0f%% of the CPU periods of its maximum run: it was not the bottleneck, so its rate per core is below its maximum (lower -max-cpu)\n", p.name, m.throttled*100)
-			}
-			perCore[p.name] = m.reqs / max(m.cpu(), 0.01)
-			if total[p.name] == nil {
-				total[p.name] = &maxRound{}
-			}
-			total[p.name].add(m)
-		}
-		for _, peer := range []string{"haproxy", "haproxy_tls"} {
-			ratios[peer] = append(ratios[peer], perCore["waypoint"]/perCore[peer])
+	// Maximum RPS per core of each L7 hop at each of the -max-c
+	// connection counts, in rounds that alternate the proxies so that a
+	// slow spell of the shared machine falls on all; the figures pool the
+	// rounds (requests over CPU-seconds). A proxy's maximum is its best
+	// count's: how many requests wait for it changes what each wakeup and
+	// system call carries, and proxies peak at different counts.
+	total := map[string]map[int]*maxRound{} // proxy, connections
+	perRound := map[string]map[int][]float64{}
+	for _, p := range paths[2:] {
+		total[p.name], perRound[p.name] = map[int]*maxRound{}, map[int][]float64{}
+		for _, c := range b.maxConns {
+			total[p.name][c] = &maxRound{}
 		}
 	}
-	for name, m := range total {
+	for round := 1; round <= b.maxRounds; round++ {
+		for _, c := range b.maxConns {
+			for _, p := range paths[2:] {
+				fmt.Fprintf(os.Stderr, "bench-waypoint: %s: maximum rate over %d connections for %s, held to %.2f cores (round %d of %d)\n", p.name, c, b.maxDuration, b.maxCPU, round, b.maxRounds)
+				m, err := b.maxRun(ctx, load(p, 0, c, b.maxDuration), procs[p.name], b.profilerOf(p.name))
+				if err != nil {
+					return nil, fmt.Errorf("%s maximum run over %d connections: %w", p.name, c, err)
+				}
+				if b.maxCPU > 0 && m.throttled < 0.5 {
+					fmt.Fprintf(os.Stderr, "bench-waypoint: warning: %s was throttled in only %.0f%% of the CPU periods of its maximum run over %d connections: it was not the bottleneck, so its rate per core is below its maximum (lower -max-cpu)\n", p.name, m.throttled*100, c)
+				}
+				perRound[p.name][c] = append(perRound[p.name][c], m.reqs/max(m.cpu(), 0.01))
+				total[p.name][c].add(m)
+			}
+		}
+	}
+	best := map[string]int{} // proxy: its best connection count
+	for name, byConns := range total {
 		prefix := name + "_"
 		if name == "waypoint" {
 			prefix = ""
 		}
+		var errors float64
+		for _, c := range b.maxConns {
+			m := byConns[c]
+			errors += m.errors
+			fig[prefix+"max_rps_one_core_c"+strconv.Itoa(c)] = m.perCore()
+			if bc, ok := best[name]; !ok || m.perCore() > byConns[bc].perCore() {
+				best[name] = c
+			}
+		}
+		m := byConns[best[name]]
+		fig[prefix+"max_rps_best_connections"] = float64(best[name])
 		fig[prefix+"max_rps"] = m.reqs / m.window
 		fig[prefix+"max_rps_cores_used"] = m.cpu() / m.window
-		fig[prefix+"max_rps_one_core"] = m.reqs / max(m.cpu(), 0.01)
-		fig[prefix+"max_rps_errors"] = m.errors
+		fig[prefix+"max_rps_one_core"] = m.perCore()
+		fig[prefix+"max_rps_errors"] = errors // over every run
 		fig[prefix+"max_rps_throttled"] = m.throttled / float64(b.maxRounds)
 		fig[prefix+"max_rps_user_us_per_req"] = m.user / m.reqs * 1e6
 		fig[prefix+"max_rps_sys_us_per_req"] = m.sys / m.reqs * 1e6
 	}
 	fig["max_rps_cpu_limit_cores"] = b.maxCPU
 	fig["max_rps_rounds"] = float64(b.maxRounds)
-	for peer, r := range ratios {
+	for _, peer := range []string{"haproxy", "haproxy_tls"} {
 		key := "max_rps_ratio_vs_" + peer
+		// Best against best, and per round (each at its best count).
 		fig[key] = fig["max_rps_one_core"] / fig[peer+"_max_rps_one_core"]
+		var r []float64
+		for i := range b.maxRounds {
+			r = append(r, perRound["waypoint"][best["waypoint"]][i]/perRound[peer][best[peer]][i])
+		}
 		fig[key+"_round_min"] = slices.Min(r)
 		fig[key+"_round_max"] = slices.Max(r)
+		// And at the same connection count.
+		for _, c := range b.maxConns {
+			fig[key+"_c"+strconv.Itoa(c)] = total["waypoint"][c].perCore() / total[peer][c].perCore()
+		}
 	}
 
 	var failed []string
@@ -391,6 +455,13 @@ func (b *bench) run(ctx context.Context) (map[string]float64, error) {
 	return fig, nil
 }
 
+func boolFigure(v bool) float64 {
+	if v {
+		return 1
+	}
+	return 0
+}
+
 // maxRound is one maximum-rate run of a proxy, or the sum of several.
 type maxRound struct {
 	reqs, window, user, sys, throttled, errors float64
@@ -398,6 +469,9 @@ type maxRound struct {
 
 // cpu is the proxy's CPU-seconds.
 func (t maxRound) cpu() float64 { return t.user + t.sys }
+
+// perCore is the proxy's requests per CPU-second.
+func (t maxRound) perCore() float64 { return t.reqs / max(t.cpu(), 0.01) }
 
 func (t *maxRound) add(m maxRound) {
 	t.reqs += m.reqs

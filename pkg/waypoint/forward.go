@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptrace"
 	"net/textproto"
 	"net/url"
 	"strings"
@@ -33,8 +32,14 @@ import (
 // body that fails midway aborts the response (http.ErrAbortHandler), so
 // the client sees it cut rather than complete.
 func (p *Proxy) forward(rec *recorder, r *http.Request, x *exchange) {
+	c := &x.call
+	// The outbound request: a copy of r in x (no allocation; same
+	// context). The 1xx relay goes to the transport through the call,
+	// not a client-trace context (two allocations per request).
 	x.ct.Got1xxResponse = x.got1xx
-	out := r.WithContext(httptrace.WithClientTrace(r.Context(), &x.ct))
+	c.trace1xx = &x.ct
+	x.out = *r
+	out := &x.out
 	x.url = *r.URL
 	out.URL = &x.url
 	if r.ContentLength == 0 {
@@ -44,22 +49,22 @@ func (p *Proxy) forward(rec *recorder, r *http.Request, x *exchange) {
 		// The transport closes what it sends; the server owns r.Body.
 		out.Body = &noClose{Reader: out.Body}
 	}
-	out.Header = outboundHeader(r.Header)
+	toOutbound(out.Header)
 	out.Close = false
 	out.URL.Scheme = "http"
 	out.URL.RawQuery = cleanQuery(out.URL.RawQuery)
 
-	res, err := roundTripper{p}.RoundTrip(out)
+	res, err := p.roundTrip(out, c)
 	x.mu1xx.Lock()
 	x.done1xx = true
 	x.mu1xx.Unlock()
 	if err != nil {
-		p.proxyError(rec, out, err)
+		p.callError(rec, out, c, err)
 		return
 	}
 	if res.StatusCode == http.StatusSwitchingProtocols {
 		_ = res.Body.Close()
-		p.proxyError(rec, out, fmt.Errorf("backend tried to switch protocol %q when %q was requested", upgradeType(res.Header), ""))
+		p.callError(rec, out, c, fmt.Errorf("backend tried to switch protocol %q when %q was requested", upgradeType(res.Header), ""))
 		return
 	}
 	dropHopByHop(res.Header)
@@ -188,44 +193,21 @@ func connectionListed(dst []string, h http.Header) []string {
 	return dst
 }
 
-// outboundHeader copies in without its hop-by-hop headers, in one pass
-// and one backing array for the values (as http.Header.Clone; nil values
-// stay nil), keeping "TE: trailers" and adding an empty User-Agent when
-// there is none (so no Go default is sent).
-func outboundHeader(in http.Header) http.Header {
-	var listedBuf [4]string
-	listed := connectionListed(listedBuf[:0], in)
-	n := 0
-	for _, vv := range in {
-		n += len(vv)
+// toOutbound turns the request's header into the one sent to the
+// endpoint, in place (the request is ours: our parser's, or net/http's
+// server's, and nothing reads its header after forward but the answer's
+// own code): the hop-by-hop headers dropped, "TE: trailers" kept, and an
+// empty User-Agent added when there is none (so no Go default is sent).
+// Copying it cost three allocations per request.
+func toOutbound(h http.Header) {
+	teTrailers := httpguts.HeaderValuesContainsToken(h["Te"], "trailers")
+	dropHopByHop(h)
+	if teTrailers {
+		h["Te"] = []string{"trailers"}
 	}
-	vals := make([]string, n)
-	out := make(http.Header, len(in)+1)
-next:
-	for k, vv := range in {
-		if isHopByHop(k) {
-			continue
-		}
-		for _, l := range listed {
-			if l == k {
-				continue next
-			}
-		}
-		if vv == nil {
-			out[k] = nil
-			continue
-		}
-		n := copy(vals, vv)
-		out[k] = vals[:n:n]
-		vals = vals[n:]
+	if _, ok := h["User-Agent"]; !ok {
+		h["User-Agent"] = []string{""}
 	}
-	if httpguts.HeaderValuesContainsToken(in["Te"], "trailers") {
-		out["Te"] = []string{"trailers"}
-	}
-	if _, ok := out["User-Agent"]; !ok {
-		out["User-Agent"] = []string{""}
-	}
-	return out
 }
 
 // dropHopByHop removes the hop-by-hop headers from h.

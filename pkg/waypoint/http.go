@@ -39,6 +39,10 @@ type call struct {
 	endpoint *endpoint
 	attempts int
 	flags    string
+
+	// trace1xx relays the endpoint's 1xx answers (forward's; the reverse
+	// proxy puts its own in the request context).
+	trace1xx *httptrace.ClientTrace
 }
 
 type callKey struct{}
@@ -49,7 +53,8 @@ type exchange struct {
 	rec   recorder
 	orig  requestSummary
 	trace requestTrace
-	// forward's: the outbound URL, the 1xx relay
+	// forward's: the outbound request and URL, the 1xx relay
+	out http.Request
 	url url.URL
 	ct  httptrace.ClientTrace
 	exchange1xx
@@ -230,13 +235,22 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request, rp *httputil.R
 	}
 	c.h2 = p.upstreamH2(pt, c.backend.backend)
 
-	ctx := context.WithValue(r.Context(), callKey{}, c)
-	if rt.requestTimeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, rt.requestTimeout)
-		defer cancel()
+	// The call goes into the context only for the reverse proxy (upgrades),
+	// which hands it to the transport and the error handler that way;
+	// forward passes it along itself (two allocations per request less).
+	upgrade := upgradeType(r.Header) != ""
+	if upgrade || rt.requestTimeout > 0 {
+		ctx := r.Context()
+		if upgrade {
+			ctx = context.WithValue(ctx, callKey{}, c)
+		}
+		if rt.requestTimeout > 0 {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, rt.requestTimeout)
+			defer cancel()
+		}
+		r = r.WithContext(ctx)
 	}
-	r = r.WithContext(ctx)
 	p.bufferBody(r, c, rt.retry.attempts > 0 || len(pl.mirrors) > 0)
 	for _, mi := range pl.mirrors {
 		p.mirror(mi, r, c)
@@ -253,7 +267,7 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request, rp *httputil.R
 	}
 	defer release()
 	defer rec.endStream()
-	if upgradeType(r.Header) != "" {
+	if upgrade {
 		rp.ServeHTTP(rec, r) // it does the upgrade: hijack, copy both ways
 		return
 	}
@@ -336,8 +350,15 @@ type readCloser struct {
 }
 
 // proxyError answers for a request the transport could not complete.
+// (The reverse proxy's error handler: the call is in the context.)
 func (p *Proxy) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	c, _ := r.Context().Value(callKey{}).(*call)
+	p.callError(w, r, c, err)
+}
+
+// callError answers for c's request r, which the transport could not
+// complete.
+func (p *Proxy) callError(w http.ResponseWriter, r *http.Request, c *call, err error) {
 	status, flags := http.StatusServiceUnavailable, flagReset
 	var de *dialError
 	switch {

@@ -8,6 +8,8 @@ import (
 	"math/rand/v2"
 	"mime"
 	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -29,7 +31,12 @@ func (t roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 	if c == nil {
 		return nil, errors.New("waypoint: request without routing state")
 	}
-	p := t.p
+	return t.p.roundTrip(req, c)
+}
+
+// roundTrip sends req, c's request, with c's retry policy: each try to an
+// endpoint picked by the balancer, through the h1Pool where it can.
+func (p *Proxy) roundTrip(req *http.Request, c *call) (*http.Response, error) {
 	tr := p.h1
 	if c.h2 {
 		tr = p.h2c
@@ -59,7 +66,11 @@ func (t roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 			ctx, cancel = context.WithTimeout(ctx, rt.tryTimeout)
 		}
 		out := req
-		if rt.tryTimeout > 0 || !usesH1Pool(req, c) || oneShot {
+		pooled := usesH1Pool(req, c)
+		if rt.tryTimeout > 0 || !pooled || oneShot {
+			if !pooled && c.trace1xx != nil {
+				ctx = httptrace.WithClientTrace(ctx, c.trace1xx) // the Transports' 1xx hook
+			}
 			out = req.WithContext(ctx) // shallow copy; the URL is ours below
 			u := *req.URL
 			out.URL = &u
@@ -82,7 +93,11 @@ func (t roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 		ep.active.Add(1)
 		var resp *http.Response
 		if usesH1Pool(out, c) {
-			resp, err = p.h1p.roundTrip(out, c.body)
+			var on1xx func(int, textproto.MIMEHeader) error
+			if c.trace1xx != nil {
+				on1xx = c.trace1xx.Got1xxResponse
+			}
+			resp, err = p.h1p.roundTrip(out, c.body, on1xx)
 		} else {
 			if c.body != nil && try > 0 {
 				out.Body = io.NopCloser(bytes.NewReader(c.body))

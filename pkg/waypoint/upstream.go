@@ -88,6 +88,7 @@ type h1Conn struct {
 	// stopCtx, when set, undoes the close of the connection at the end
 	// of the request's context (arm).
 	stopCtx func() bool
+	closer  func() // closes conn: arm's hook, made once per connection
 
 	mu    sync.Mutex
 	busy  bool // checked out by a request
@@ -103,6 +104,7 @@ type readabler interface {
 
 func (pl *h1Pool) newConn(c net.Conn, host string) *h1Conn {
 	pc := &h1Conn{conn: c, host: host, pl: pl, busy: true}
+	pc.closer = func() { _ = pc.conn.Close() }
 	pc.br = bufio.NewReader(pc)
 	pc.bw = bufio.NewWriter(pc)
 	if r, ok := c.(readabler); ok {
@@ -340,7 +342,10 @@ func (pl *h1Pool) closeIdle(stop bool) {
 
 // roundTrip sends req (its URL.Host is the endpoint; body is its buffered
 // body) and returns the response, whose body must be closed.
-func (pl *h1Pool) roundTrip(req *http.Request, body []byte) (*http.Response, error) {
+//
+// on1xx, if not nil, gets the endpoint's 1xx answers; else the request
+// context's client trace does, as with http.Transport.
+func (pl *h1Pool) roundTrip(req *http.Request, body []byte, on1xx func(int, textproto.MIMEHeader) error) (*http.Response, error) {
 	ctx := req.Context()
 	for try := 0; ; try++ {
 		if err := ctx.Err(); err != nil {
@@ -363,7 +368,7 @@ func (pl *h1Pool) roundTrip(req *http.Request, body []byte) (*http.Response, err
 			}
 			pc = pl.newConn(c, req.URL.Host)
 		}
-		resp, retry, err := pl.exchange(ctx, pc, req, body)
+		resp, retry, err := pl.exchange(ctx, pc, req, body, on1xx)
 		if err == nil {
 			return resp, nil
 		}
@@ -384,7 +389,7 @@ func (pl *h1Pool) roundTrip(req *http.Request, body []byte) (*http.Response, err
 // whatever I/O waits on it; that hook (context.AfterFunc, a few
 // allocations) is set only around I/O that may block: a write larger
 // than the buffer or with a body, and reads of bytes not buffered yet.
-func (pl *h1Pool) exchange(ctx context.Context, pc *h1Conn, req *http.Request, body []byte) (resp *http.Response, retry bool, err error) {
+func (pl *h1Pool) exchange(ctx context.Context, pc *h1Conn, req *http.Request, body []byte, on1xx func(int, textproto.MIMEHeader) error) (resp *http.Response, retry bool, err error) {
 	if (req.Body != nil && req.Body != http.NoBody) || !smallRequest(req) {
 		pc.arm(ctx)
 	}
@@ -439,8 +444,13 @@ func (pl *h1Pool) exchange(ctx context.Context, pc *h1Conn, req *http.Request, b
 			pc.disarm()
 			return nil, false, errors.New("net/http: too many 1xx informational responses")
 		}
-		if trace := httptrace.ContextClientTrace(ctx); trace != nil && trace.Got1xxResponse != nil {
-			if err := trace.Got1xxResponse(code, textproto.MIMEHeader(resp.Header)); err != nil {
+		if on1xx == nil {
+			if trace := httptrace.ContextClientTrace(ctx); trace != nil {
+				on1xx = trace.Got1xxResponse
+			}
+		}
+		if on1xx != nil {
+			if err := on1xx(code, textproto.MIMEHeader(resp.Header)); err != nil {
 				pc.disarm()
 				return nil, false, err
 			}
@@ -469,7 +479,7 @@ func (pl *h1Pool) exchange(ctx context.Context, pc *h1Conn, req *http.Request, b
 // arm closes pc's connection when ctx ends, until disarm.
 func (pc *h1Conn) arm(ctx context.Context) {
 	if pc.stopCtx == nil {
-		pc.stopCtx = context.AfterFunc(ctx, func() { _ = pc.conn.Close() })
+		pc.stopCtx = context.AfterFunc(ctx, pc.closer)
 	}
 }
 

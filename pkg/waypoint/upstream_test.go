@@ -127,35 +127,40 @@ func TestUpstreamClosedWhileIdle(t *testing.T) {
 }
 
 // TestUpstreamInformational: 1xx answers (103 Early Hints) are passed on
-// before the final answer.
+// before the final answer, from HTTP/1.1 endpoints (the h1Pool) and h2c
+// ones (the Transport) alike.
 func TestUpstreamInformational(t *testing.T) {
 	leakCheck(t)
-	m := newMesh(t, meshOptions{})
-	m.addService(reviews, "10.0.0.1")
-	m.addPod("reviews-a", reviews, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Link", "</style.css>; rel=preload")
-		w.WriteHeader(http.StatusEarlyHints)
-		_, _ = io.WriteString(w, "done")
-	}))
-	m.setRoutes(serviceConfig(reviews, waypointv1alpha1.Protocol_HTTP, defaultRoute(reviews)))
-	c := m.httpClient(false)
-	var got []string
-	trace := &httptrace.ClientTrace{Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
-		got = append(got, http.StatusText(code)+" "+h.Get("Link"))
-		return nil
-	}}
-	req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(t.Context(), trace), http.MethodGet, "http://10.0.0.1/", nil)
-	resp, err := c.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 200 || string(b) != "done" {
-		t.Errorf("answer %d %q, want 200 done", resp.StatusCode, b)
-	}
-	if len(got) != 1 || got[0] != "Early Hints </style.css>; rel=preload" {
-		t.Errorf("1xx answers %q, want the 103 with its Link", got)
+	for _, proto := range []waypointv1alpha1.Protocol{waypointv1alpha1.Protocol_HTTP, waypointv1alpha1.Protocol_HTTP2} {
+		t.Run(proto.String(), func(t *testing.T) {
+			m := newMesh(t, meshOptions{})
+			m.addService(reviews, "10.0.0.1")
+			m.addPod("reviews-a", reviews, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+				w.Header().Set("Link", "</style.css>; rel=preload")
+				w.WriteHeader(http.StatusEarlyHints)
+				_, _ = io.WriteString(w, "done")
+			}))
+			m.setRoutes(serviceConfig(reviews, proto, defaultRoute(reviews)))
+			c := m.httpClient(proto == waypointv1alpha1.Protocol_HTTP2)
+			var got []string
+			trace := &httptrace.ClientTrace{Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
+				got = append(got, http.StatusText(code)+" "+h.Get("Link"))
+				return nil
+			}}
+			req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(t.Context(), trace), http.MethodGet, "http://10.0.0.1/", nil)
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 || string(b) != "done" {
+				t.Errorf("answer %d %q, want 200 done", resp.StatusCode, b)
+			}
+			if len(got) != 1 || got[0] != "Early Hints </style.css>; rel=preload" {
+				t.Errorf("1xx answers %q, want the 103 with its Link", got)
+			}
+		})
 	}
 }
 
@@ -325,7 +330,7 @@ func TestUpstreamOneWritePerRequest(t *testing.T) {
 		if conn != nil {
 			before = conn.count()
 		}
-		resp, err := pl.roundTrip(req, body)
+		resp, err := pl.roundTrip(req, body, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
 
 	"go.uber.org/zap"
@@ -54,6 +55,15 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	log.Named("waypoint").Info("starting", zap.String("version", version.String()))
+	gc := app.TuneGC(os.Getenv, "/sys/fs/cgroup")
+	gogc, memLimit := os.Getenv("GOGC"), os.Getenv("GOMEMLIMIT")
+	if gc.GCPercent != 0 {
+		gogc = strconv.Itoa(gc.GCPercent)
+	}
+	if gc.MemoryLimit != 0 {
+		memLimit = strconv.FormatInt(gc.MemoryLimit, 10)
+	}
+	log.Named("waypoint").Info("garbage collector", zap.String("gogc", gogc), zap.String("memoryLimit", memLimit))
 	a, err := app.New(cfg, log, &level)
 	if err != nil {
 		log.Fatal("configure waypoint", zap.Error(err))

@@ -40,7 +40,7 @@ func (st *Store) Handler() xdsclient.Handler {
 func (st *Store) HandleAddress(d xdsclient.Delta) error {
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	next := st.cur.clone()
+	next := st.cur.Load().clone()
 	var errs []error
 	for _, name := range d.Removed {
 		ref, ok := st.addrNames[name]
@@ -91,7 +91,7 @@ func (st *Store) HandleAddress(d xdsclient.Delta) error {
 func (st *Store) HandleAuthorization(d xdsclient.Delta) error {
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	next := st.cur.clone()
+	next := st.cur.Load().clone()
 	var errs []error
 	for _, name := range d.Removed {
 		delete(next.policies, name)

@@ -384,3 +384,54 @@ func TestCoalescedWrites(t *testing.T) {
 		})
 	}
 }
+
+// TestLazyDeadlines: read deadlines moved lazily (see setDeadline) keep
+// net.Conn's meaning: a deadline cleared before it passes fails nothing,
+// one moved later fails at the later time (not at the timer's first due
+// time), one moved earlier than the pending timer at the earlier time,
+// and a cleared stream gets its data.
+func TestLazyDeadlines(t *testing.T) {
+	served := make(chan *h2stream, 1)
+	cl, _ := muxPair(t, testSettings(0, 0), func(s *h2stream, h *muxHeaders) { _ = s.respond(200, nil); served <- s })
+	s, err := cl.openStream("10.0.0.1:80", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-s.respReady
+	sv := <-served
+	read := func() (time.Duration, error) {
+		start := time.Now()
+		_, err := s.Read(make([]byte, 8))
+		return time.Since(start), err
+	}
+
+	// Later: due at 100 ms, moved to 400 ms before it fires.
+	start := time.Now()
+	_ = s.SetReadDeadline(start.Add(100 * time.Millisecond))
+	_ = s.SetReadDeadline(start.Add(400 * time.Millisecond))
+	if _, err := read(); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read with a deadline: %v, want a deadline error", err)
+	}
+	if d := time.Since(start); d < 400*time.Millisecond {
+		t.Errorf("deadline moved to 400 ms failed the read after %s", d)
+	}
+
+	// Earlier than the pending timer: an hour, then 100 ms.
+	_ = s.SetReadDeadline(time.Now().Add(time.Hour))
+	_ = s.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	if d, err := read(); !errors.Is(err, os.ErrDeadlineExceeded) || d > 5*time.Second {
+		t.Fatalf("deadline moved from an hour to 100 ms: %v after %s, want a deadline error at once", err, d)
+	}
+
+	// Cleared: the pending 100 ms timer fires and fails nothing; the data
+	// written at 300 ms arrives.
+	_ = s.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	_ = s.SetReadDeadline(time.Time{})
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		_, _ = sv.Write([]byte("late"))
+	}()
+	if d, err := read(); err != nil || d < 250*time.Millisecond {
+		t.Fatalf("read after the deadline was cleared: %v after %s, want the data written at 300 ms", err, d)
+	}
+}

@@ -81,6 +81,7 @@ type h2stream struct {
 	wDead        time.Time
 	rTimer       *time.Timer
 	wTimer       *time.Timer
+	rFire, wFire time.Time // when the timer is due to fire; zero: not pending
 
 	gotHeaders bool
 	respReady  chan struct{} // client: closed when the response headers arrived
@@ -110,6 +111,14 @@ func (s *h2stream) removeLocked() {
 		return
 	}
 	s.removed = true
+	// No deadline matters once the stream is gone (reads return its
+	// error or what is buffered): the timers, perhaps an hour ahead,
+	// would keep it in memory.
+	for _, tm := range []*time.Timer{s.rTimer, s.wTimer} {
+		if tm != nil {
+			tm.Stop()
+		}
+	}
 	if s.m.streams[s.id] == s {
 		delete(s.m.streams, s.id)
 	}
@@ -566,47 +575,65 @@ func (s *h2stream) Close() error {
 // SetReadDeadline and SetWriteDeadline are ordinary net.Conn deadlines:
 // a pending call fails with os.ErrDeadlineExceeded, the stream lives on.
 func (s *h2stream) SetReadDeadline(t time.Time) error {
-	s.setDeadline(&s.rDead, &s.rTimer, t)
+	s.setDeadline(&s.rDead, &s.rTimer, &s.rFire, t)
 	return nil
 }
 
 func (s *h2stream) SetWriteDeadline(t time.Time) error {
-	s.setDeadline(&s.wDead, &s.wTimer, t)
+	s.setDeadline(&s.wDead, &s.wTimer, &s.wFire, t)
 	return nil
 }
 
-func (s *h2stream) setDeadline(d *time.Time, tm **time.Timer, t time.Time) {
+// setDeadline sets the deadline *d to t with one timer per direction
+// (*tm, due at *fire), moved lazily: a deadline cleared or set later than
+// the pending timer leaves the timer as it is, and the timer, when it
+// fires, looks at the deadline then: none, nothing to do; later, it is due
+// again at that time; passed, the waiting calls wake. A server setting an
+// idle deadline before each request and clearing it after (the waypoint's
+// HTTP/1.1 loop, net/http's) then touches the runtime's timers about once
+// per idle period instead of twice per request. Only a deadline earlier
+// than the pending timer resets it.
+func (s *h2stream) setDeadline(d *time.Time, tm **time.Timer, fire *time.Time, t time.Time) {
 	m := s.m
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	*d = t
 	if t.IsZero() {
-		if *tm != nil {
-			(*tm).Stop()
-		}
-		return
+		return // a pending timer will find no deadline
 	}
 	dur := time.Until(t)
 	if dur <= 0 {
-		if *tm != nil {
-			(*tm).Stop()
-		}
 		s.rcond.Broadcast()
 		m.sendCond.Broadcast()
 		return
 	}
-	// One timer per direction, reset on each call: net/http sets read
-	// deadlines several times per request.
+	if s.removed || (!fire.IsZero() && !fire.After(t)) {
+		return // gone, or the pending timer fires first and moves on to t
+	}
+	*fire = t
 	if *tm == nil {
-		*tm = time.AfterFunc(dur, func() {
-			m.mu.Lock()
-			s.rcond.Broadcast()
-			m.sendCond.Broadcast()
-			m.mu.Unlock()
-		})
+		*tm = time.AfterFunc(dur, func() { s.deadlineTimer(d, tm, fire) })
 		return
 	}
 	(*tm).Reset(dur)
+}
+
+// deadlineTimer is a deadline timer firing: see setDeadline.
+func (s *h2stream) deadlineTimer(d *time.Time, tm **time.Timer, fire *time.Time) {
+	m := s.m
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	*fire = time.Time{}
+	if d.IsZero() || s.removed {
+		return
+	}
+	if rest := time.Until(*d); rest > 0 {
+		*fire = *d
+		(*tm).Reset(rest)
+		return
+	}
+	s.rcond.Broadcast()
+	m.sendCond.Broadcast()
 }
 
 // writeHeaders sends a header block (HEADERS + CONTINUATION as the peer's

@@ -27,7 +27,7 @@
 // HAProxy) and driven as hard as the load generator can: the machine's
 // cores run the load generator, the backend and the ztunnels too, and
 // without the limit the proxy would not be the bottleneck. Each proxy runs
-// over each of the -max-c connection counts (16, 64, 256): the more
+// over each of the -max-c connection counts (16 to 256, doubling): the more
 // requests wait for a proxy, the more each wakeup and system call
 // carries, and proxies peak at different counts (HAProxy with TLS at 64,
 // the waypoint, which gets them multiplexed on a few HBONE connections,
@@ -72,10 +72,10 @@ func main() {
 	haproxy := flag.String("haproxy", "/usr/sbin/haproxy", "HAProxy binary (Debian package haproxy)")
 	def := clusterbench.BenchDuration("bench-waypoint")
 	duration := flag.Duration("duration", def, "length of each fixed-rate run (env BENCH_DURATION)")
-	maxDuration := flag.Duration("max-duration", 10*time.Second, "length of each maximum-RPS run")
+	maxDuration := flag.Duration("max-duration", 8*time.Second, "length of each maximum-RPS run")
 	qps := flag.Int("qps", 1000, "requests per second of the fixed-rate runs")
 	conns := flag.Int("c", 4, "connections of the fixed-rate runs")
-	maxConns := flag.String("max-c", "16,64,256", "connection counts of the maximum-RPS runs (comma-separated); each proxy's maximum is its best count's")
+	maxConns := flag.String("max-c", "16,32,64,128,256", "connection counts of the maximum-RPS runs (comma-separated); each proxy's maximum is its best count's")
 	maxRounds := flag.Int("max-rounds", 3, "maximum-RPS runs of each proxy, alternating")
 	maxCPU := flag.Float64("max-cpu", 0.25, "CPU limit (cores, CFS bandwidth) each proxy is held to in its maximum-RPS run, so that it, not the load generator, is the bottleneck; 0: no limit")
 	maxCPUPeriod := flag.Duration("max-cpu-period", 20*time.Millisecond, "CFS period of the -max-cpu limit")

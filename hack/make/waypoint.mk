@@ -6,6 +6,6 @@ bench-waypoint: ## waypoint on the local cluster (root): fortio 1 KB HTTP at 100
 	hack/cluster/up.sh
 	hack/images.sh import
 	$(GO) build -o _output/bin/bench-waypoint ./hack/bench/waypoint
-	source hack/lib.sh && timeout 1200 _output/bin/bench-waypoint -kubectl "$$K8S_BIN/kubectl" -kubeconfig "$$KUBECONFIG_ADMIN" -out _output/bench/waypoint.json -timeout 1080s
+	source hack/lib.sh && timeout 1620 _output/bin/bench-waypoint -kubectl "$$K8S_BIN/kubectl" -kubeconfig "$$KUBECONFIG_ADMIN" -out _output/bench/waypoint.json -timeout 1500s
 
 BENCH_TARGETS += bench-waypoint

@@ -71,6 +71,7 @@ type h1conn struct {
 	remote string
 	idle   atomic.Bool // waiting for the next request: a drain may end it
 	w      h1writer
+	reqs   streamRequests // the request in flight, for the stream's end
 }
 
 // h1conns tracks the streams serveH1 serves, for the drain.
@@ -133,7 +134,11 @@ func (p *Proxy) serveH1(ctx context.Context, st *stream, c net.Conn, ln *streamL
 	if a := c.RemoteAddr(); a != nil {
 		hc.remote = a.String()
 	}
-	base := context.WithValue(ctx, streamKey{}, st)
+	// Each request's context (reqCtx) has the stream's values; the stream's
+	// end cancels the request in flight through one hook for the stream.
+	vals := context.WithValue(context.WithoutCancel(ctx), streamKey{}, st)
+	stopHook := context.AfterFunc(ctx, func() { hc.reqs.streamEnded(ctx) })
+	defer stopHook()
 	for {
 		head, handoff, ok := hc.readHead()
 		if handoff {
@@ -157,7 +162,7 @@ func (p *Proxy) serveH1(ctx context.Context, st *stream, c net.Conn, ln *streamL
 			}
 		}
 		req.RemoteAddr = hc.remote
-		if !hc.serve(base, req) {
+		if !hc.serve(ctx, vals, req) {
 			return
 		}
 	}
@@ -344,10 +349,11 @@ func (c *prefixConn) CloseWrite() error { return closeWrite(c.Conn) }
 
 // serve runs the handler for one request and finishes its answer; false:
 // the stream is not to carry another request.
-func (hc *h1conn) serve(base context.Context, req *http.Request) (keep bool) {
-	ctx, cancel := context.WithCancel(base)
-	defer cancel()
-	req = req.WithContext(ctx)
+func (hc *h1conn) serve(stream, vals context.Context, req *http.Request) (keep bool) {
+	rc := newReqCtx(vals)
+	hc.reqs.start(stream, rc)
+	defer hc.reqs.end(rc)
+	req = req.WithContext(rc)
 	body := req.Body
 	w := &hc.w
 	header, pending := w.header, w.pending[:0] // the last request's, reused

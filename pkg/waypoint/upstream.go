@@ -85,10 +85,14 @@ type h1Conn struct {
 	// The watcher's, otherwise (nil with ready).
 	avail  chan error    // the watcher: an answer is there (nil) or the connection failed
 	resume chan struct{} // to the watcher: the answer was read, wait for the next one
-	// stopCtx, when set, undoes the close of the connection at the end
-	// of the request's context (arm).
+	// armed: the connection closes if the request's context ends (arm),
+	// through the context's slot (armedOn, a serveH1 request's) or
+	// context.AfterFunc (stopCtx undoes it).
+	armed   bool
+	armedOn *reqCtx
 	stopCtx func() bool
-	closer  func() // closes conn: arm's hook, made once per connection
+	closer  func()  // closes conn: arm's hook, made once per connection
+	hook    *pcHook // closer, for a reqCtx's slot
 
 	mu    sync.Mutex
 	busy  bool // checked out by a request
@@ -105,6 +109,7 @@ type readabler interface {
 func (pl *h1Pool) newConn(c net.Conn, host string) *h1Conn {
 	pc := &h1Conn{conn: c, host: host, pl: pl, busy: true}
 	pc.closer = func() { _ = pc.conn.Close() }
+	pc.hook = &pcHook{f: pc.closer}
 	pc.br = bufio.NewReader(pc)
 	pc.bw = bufio.NewWriter(pc)
 	if r, ok := c.(readabler); ok {
@@ -410,7 +415,7 @@ func (pl *h1Pool) exchange(ctx context.Context, pc *h1Conn, req *http.Request, b
 		// context must unblock that read.
 		pc.arm(ctx)
 		_, err = pc.br.Peek(1)
-	} else if pc.stopCtx != nil {
+	} else if pc.armed {
 		err = <-pc.avail // the watcher saw the answer's first byte, or the end
 	} else {
 		select {
@@ -424,7 +429,7 @@ func (pl *h1Pool) exchange(ctx context.Context, pc *h1Conn, req *http.Request, b
 		return nil, pc.read.Load() == read && idempotent(req), err
 	}
 	for n1xx := 0; ; {
-		if pc.stopCtx == nil && !headerBuffered(pc.br) {
+		if !pc.armed && !headerBuffered(pc.br) {
 			pc.arm(ctx)
 		}
 		if resp = parseResponse(pc.br, req); resp == nil {
@@ -478,15 +483,34 @@ func (pl *h1Pool) exchange(ctx context.Context, pc *h1Conn, req *http.Request, b
 
 // arm closes pc's connection when ctx ends, until disarm.
 func (pc *h1Conn) arm(ctx context.Context) {
-	if pc.stopCtx == nil {
-		pc.stopCtx = context.AfterFunc(ctx, pc.closer)
+	if pc.armed {
+		return
 	}
+	pc.armed = true
+	if rc, ok := ctx.(*reqCtx); ok {
+		taken, ended := rc.armSlot(pc.hook)
+		switch {
+		case ended:
+			pc.armedOn = rc // disarm reports it
+			go pc.closer()
+			return
+		case !taken:
+			pc.armedOn = rc
+			return
+		}
+	}
+	pc.stopCtx = context.AfterFunc(ctx, pc.closer)
 }
 
 // disarm undoes arm; false: ctx ended and closed the connection.
 func (pc *h1Conn) disarm() bool {
-	if pc.stopCtx == nil {
+	if !pc.armed {
 		return true
+	}
+	pc.armed = false
+	if rc := pc.armedOn; rc != nil {
+		pc.armedOn = nil
+		return rc.disarmSlot(pc.hook)
 	}
 	ok := pc.stopCtx()
 	pc.stopCtx = nil
@@ -539,7 +563,7 @@ func (b *h1Body) Read(p []byte) (int, error) {
 	if b.done {
 		return 0, io.EOF
 	}
-	if b.pc.stopCtx == nil && (b.left < 0 || int64(b.pc.br.Buffered()) < b.left) {
+	if !b.pc.armed && (b.left < 0 || int64(b.pc.br.Buffered()) < b.left) {
 		b.pc.arm(b.ctx) // this read may wait for the endpoint
 	}
 	n, err := b.rc.Read(p)

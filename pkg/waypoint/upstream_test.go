@@ -429,3 +429,42 @@ func TestWriteRequestMatchesRequestWrite(t *testing.T) {
 		}
 	}
 }
+
+// TestClientGoneEndsUpstream: a client that resets its HBONE stream in the
+// middle of a request ends the upstream request: the endpoint sees its
+// request's context end (the waypoint's read of the answer is aborted and
+// its upstream stream closed), not only after the endpoint answers.
+func TestClientGoneEndsUpstream(t *testing.T) {
+	leakCheck(t)
+	m := newMesh(t, meshOptions{})
+	m.addService(reviews, "10.0.0.1")
+	started, gone := make(chan struct{}, 1), make(chan struct{})
+	m.addPod("reviews-a", reviews, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		started <- struct{}{}
+		select {
+		case <-r.Context().Done():
+			close(gone)
+		case <-time.After(20 * time.Second):
+		}
+	}))
+	m.setRoutes(serviceConfig(reviews, waypointv1alpha1.Protocol_HTTP, defaultRoute(reviews)))
+	c, err := m.tunnel(t.Context(), "10.0.0.1:80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.WriteString(c, "GET /slow HTTP/1.1\r\nHost: 10.0.0.1\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the request never reached the endpoint")
+	}
+	_ = c.SetReadDeadline(time.Unix(1, 0)) // terminal: resets the stream
+	_ = c.Close()
+	select {
+	case <-gone:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the endpoint's request still open 10 s after the client reset its stream")
+	}
+}

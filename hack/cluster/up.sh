@@ -58,17 +58,20 @@ wait_for() {
 # --- host network ----------------------------------------------------------
 # The CNI agent mounts /run/netns with HostToContainer propagation, to see the
 # pods' network namespaces created after it started; the runtime refuses that
-# unless the host path is a shared mount ("is mounted on / but it is not a
-# shared or slave mount"). A host without systemd has / private, and nothing
-# makes /run/netns a mount of its own until `ip netns add` runs once (as
-# iproute2 does: a bind mount onto itself, made shared). Do the same here;
-# --rbind keeps the namespaces already mounted under it.
+# unless the mount holding that path is shared ("is mounted on / but it is not
+# a shared or slave mount"). systemd makes / shared at boot; a host without it
+# (a container, a sandbox) has / private until `ip netns add` first runs (which
+# makes /run/netns a shared mount of its own). Make the mount that holds it
+# shared and recursive, as systemd does for /. (Bind-mounting /run/netns onto
+# itself instead would hide namespaces already mounted under it from the
+# cluster's teardown.)
 mkdir -p /run/netns
-if ! mountpoint -q /run/netns; then
-  log "mounts: /run/netns as a shared mount (the CNI agent's HostToContainer volume needs it)"
-  mount --rbind /run/netns /run/netns
-fi
-mount --make-rshared /run/netns
+read -r nsmnt nsprop < <(findmnt -n -o TARGET,PROPAGATION -T /run/netns)
+case "$nsprop" in
+  shared*|slave*) ;;
+  *) log "mounts: $nsmnt made shared (was $nsprop; the CNI agent's HostToContainer volume of /run/netns needs it)"
+     mount --make-rshared "$nsmnt" ;;
+esac
 if ! ip link show "$NODE_BRIDGE" >/dev/null 2>&1; then
   log "network: bridge $NODE_BRIDGE with node IP $NODE_IP"
   ip link add "$NODE_BRIDGE" type bridge

@@ -391,9 +391,10 @@ func (pl *h1Pool) roundTrip(req *http.Request, body []byte, on1xx func(int, text
 // tells whether the request may be sent again on another connection.
 //
 // The request's context ending closes the connection, which unblocks
-// whatever I/O waits on it; that hook (context.AfterFunc, a few
-// allocations) is set only around I/O that may block: a write larger
-// than the buffer or with a body, and reads of bytes not buffered yet.
+// whatever I/O waits on it; that hook (arm: a slot of a serveH1
+// request's context, else context.AfterFunc) is set only around I/O that
+// may block: a write larger than the buffer or with a body, and reads of
+// bytes not buffered yet.
 func (pl *h1Pool) exchange(ctx context.Context, pc *h1Conn, req *http.Request, body []byte, on1xx func(int, textproto.MIMEHeader) error) (resp *http.Response, retry bool, err error) {
 	if (req.Body != nil && req.Body != http.NoBody) || !smallRequest(req) {
 		pc.arm(ctx)

@@ -171,15 +171,6 @@ func (noClose) Close() error { return nil }
 // hopByHop are the headers of one connection, never forwarded.
 var hopByHop = [...]string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
 
-func isHopByHop(k string) bool {
-	for _, h := range hopByHop {
-		if h == k {
-			return true
-		}
-	}
-	return false
-}
-
 // connectionListed appends the canonical names the Connection header
 // lists.
 func connectionListed(dst []string, h http.Header) []string {

@@ -8,7 +8,7 @@ import (
 
 // reqCtx is the context of one request of serveH1's loop: done when the
 // request is (serve cancels it) or its HBONE stream is (one hook per
-// stream, streamCancel, cancels the request in flight).
+// stream, streamRequests.streamEnded, cancels the request in flight).
 //
 // Why not context.WithCancel of the stream's context: that registers each
 // request's context with the stream's and unregisters it after (a lock
@@ -16,7 +16,7 @@ import (
 // hook on it (context.AfterFunc, armed around every read of an answer)
 // costs four allocations more; the context machinery was about a tenth of
 // the waypoint's CPU at its maximum rate. Here the pool's hook is a slot
-// (afterFunc), and the rest of the context package sees an ordinary
+// (armSlot), and the rest of the context package sees an ordinary
 // context that implements AfterFunc, which it uses for derived contexts
 // (timeouts) and context.AfterFunc.
 //
@@ -30,7 +30,7 @@ type reqCtx struct {
 	err   error
 	done  chan struct{} // made by the first Done
 	hooks []*ctxHook    // context.AfterFunc's, until the context ends
-	slot  *pcHook       // the upstream connection's hook (afterFunc)
+	slot  *pcHook       // the upstream connection's hook (armSlot)
 }
 
 type ctxHook struct{ f func() }

@@ -29,15 +29,13 @@ type reqCtx struct {
 	mu    sync.Mutex
 	err   error
 	done  chan struct{} // made by the first Done
-	hooks []*ctxHook    // context.AfterFunc's, until the context ends
-	slot  *pcHook       // the upstream connection's hook (armSlot)
+	hooks []*hook       // context.AfterFunc's, until the context ends
+	slot  *hook         // the upstream connection's close hook (armSlot)
 }
 
-type ctxHook struct{ f func() }
-
-// pcHook is the upstream connection's close hook, armed while a read of
-// its answer may block.
-type pcHook struct{ f func() }
+// hook is a function to run when a reqCtx ends; its address tells it
+// from the others.
+type hook struct{ f func() }
 
 func newReqCtx(vals context.Context) *reqCtx { return &reqCtx{vals: vals} }
 
@@ -66,7 +64,7 @@ func (c *reqCtx) Err() error {
 // goroutine once the context ends; stop unregisters it, false once it
 // started (or was stopped).
 func (c *reqCtx) AfterFunc(f func()) (stop func() bool) {
-	h := &ctxHook{f: f}
+	h := &hook{f: f}
 	c.mu.Lock()
 	if c.err != nil {
 		c.mu.Unlock()
@@ -92,7 +90,7 @@ func (c *reqCtx) AfterFunc(f func()) (stop func() bool) {
 // time, to run (in its own goroutine) when the context ends. taken:
 // another hook has the slot (h is not set); ended: the context has ended
 // already (h is not set, nor run).
-func (c *reqCtx) armSlot(h *pcHook) (taken, ended bool) {
+func (c *reqCtx) armSlot(h *hook) (taken, ended bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	switch {
@@ -107,7 +105,7 @@ func (c *reqCtx) armSlot(h *pcHook) (taken, ended bool) {
 
 // disarmSlot undoes armSlot(h); false: the context ended and h runs (or
 // was never set because it had ended).
-func (c *reqCtx) disarmSlot(h *pcHook) bool {
+func (c *reqCtx) disarmSlot(h *hook) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.slot == h {

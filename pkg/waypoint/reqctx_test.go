@@ -33,13 +33,13 @@ func TestReqCtx(t *testing.T) {
 	}
 	child, cancelChild := context.WithTimeout(rc, time.Hour)
 	defer cancelChild()
-	h := &pcHook{}
+	h := &hook{}
 	slotRan := make(chan struct{})
 	h.f = func() { close(slotRan) }
 	if taken, ended := rc.armSlot(h); taken || ended {
 		t.Fatalf("armSlot = %v, %v on a live context", taken, ended)
 	}
-	if taken, _ := rc.armSlot(&pcHook{}); !taken {
+	if taken, _ := rc.armSlot(&hook{}); !taken {
 		t.Error("a second hook took the slot")
 	}
 	select {
@@ -85,7 +85,7 @@ func TestReqCtx(t *testing.T) {
 	var reqs streamRequests
 	rc2 := newReqCtx(vals)
 	reqs.start(stream, rc2)
-	h2 := &pcHook{f: func() {}}
+	h2 := &hook{f: func() {}}
 	rc2.armSlot(h2)
 	if !rc2.disarmSlot(h2) {
 		t.Error("disarmSlot on a live context said the hook ran")

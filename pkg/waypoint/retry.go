@@ -66,8 +66,9 @@ func (p *Proxy) roundTrip(req *http.Request, c *call) (*http.Response, error) {
 			ctx, cancel = context.WithTimeout(ctx, rt.tryTimeout)
 		}
 		out := req
-		pooled := usesH1Pool(req, c)
-		if rt.tryTimeout > 0 || !pooled || oneShot {
+		// The h1Pool takes what keeps its connection (oneShot closes it).
+		pooled := usesH1Pool(req, c) && !oneShot
+		if rt.tryTimeout > 0 || !pooled {
 			if !pooled && c.trace1xx != nil {
 				ctx = httptrace.WithClientTrace(ctx, c.trace1xx) // the Transports' 1xx hook
 			}
@@ -75,8 +76,8 @@ func (p *Proxy) roundTrip(req *http.Request, c *call) (*http.Response, error) {
 			u := *req.URL
 			out.URL = &u
 		}
-		// Else the h1Pool takes the reverse proxy's own outbound request
-		// (its URL a copy already) as it is, but for the endpoint, which
+		// Else the h1Pool takes forward's outbound request (its URL a
+		// copy already) as it is, but for the endpoint, which
 		// each try sets, and the body, which the pool sets from c.body.
 		out.URL.Host = ep.host
 		out.Close = out.Close || oneShot
@@ -92,7 +93,7 @@ func (p *Proxy) roundTrip(req *http.Request, c *call) (*http.Response, error) {
 		}
 		ep.active.Add(1)
 		var resp *http.Response
-		if usesH1Pool(out, c) {
+		if pooled {
 			var on1xx func(int, textproto.MIMEHeader) error
 			if c.trace1xx != nil {
 				on1xx = c.trace1xx.Got1xxResponse

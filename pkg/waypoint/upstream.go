@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptrace"
 	"net/textproto"
 	"strconv"
 	"strings"
@@ -36,7 +35,7 @@ import (
 // Anything else goes through the http.Transport (Proxy.h1), whose
 // behaviour this one follows: the same request serialisation
 // (Request.Write) and response parsing (http.ReadResponse), 1xx responses
-// passed to the reverse proxy's httptrace hook, idle connections reused
+// passed to the caller's relay (forward's), idle connections reused
 // most recent first, at most h1MaxIdlePerHost per endpoint and h1MaxIdle
 // in all, closed after h1IdleTimeout, and a request that fails on a reused
 // connection before anything was sent (or, idempotent, before any
@@ -85,14 +84,13 @@ type h1Conn struct {
 	// The watcher's, otherwise (nil with ready).
 	avail  chan error    // the watcher: an answer is there (nil) or the connection failed
 	resume chan struct{} // to the watcher: the answer was read, wait for the next one
-	// armed: the connection closes if the request's context ends (arm),
-	// through the context's slot (armedOn, a serveH1 request's) or
-	// context.AfterFunc (stopCtx undoes it).
-	armed   bool
+	// While armed, the connection closes if the request's context ends
+	// (arm): through the slot of armedOn, a serveH1 request's context, or
+	// context.AfterFunc, which stopCtx undoes. closer (made once per
+	// connection) closes conn.
 	armedOn *reqCtx
 	stopCtx func() bool
-	closer  func()  // closes conn: arm's hook, made once per connection
-	hook    *pcHook // closer, for a reqCtx's slot
+	closer  *hook
 
 	mu    sync.Mutex
 	busy  bool // checked out by a request
@@ -108,8 +106,7 @@ type readabler interface {
 
 func (pl *h1Pool) newConn(c net.Conn, host string) *h1Conn {
 	pc := &h1Conn{conn: c, host: host, pl: pl, busy: true}
-	pc.closer = func() { _ = pc.conn.Close() }
-	pc.hook = &pcHook{f: pc.closer}
+	pc.closer = &hook{f: func() { _ = pc.conn.Close() }}
 	pc.br = bufio.NewReader(pc)
 	pc.bw = bufio.NewWriter(pc)
 	if r, ok := c.(readabler); ok {
@@ -348,8 +345,8 @@ func (pl *h1Pool) closeIdle(stop bool) {
 // roundTrip sends req (its URL.Host is the endpoint; body is its buffered
 // body) and returns the response, whose body must be closed.
 //
-// on1xx, if not nil, gets the endpoint's 1xx answers; else the request
-// context's client trace does, as with http.Transport.
+// on1xx, if not nil, gets the endpoint's 1xx answers (the caller's relay;
+// http.Transport takes it from the context's client trace instead).
 func (pl *h1Pool) roundTrip(req *http.Request, body []byte, on1xx func(int, textproto.MIMEHeader) error) (*http.Response, error) {
 	ctx := req.Context()
 	for try := 0; ; try++ {
@@ -416,7 +413,7 @@ func (pl *h1Pool) exchange(ctx context.Context, pc *h1Conn, req *http.Request, b
 		// context must unblock that read.
 		pc.arm(ctx)
 		_, err = pc.br.Peek(1)
-	} else if pc.armed {
+	} else if pc.armed() {
 		err = <-pc.avail // the watcher saw the answer's first byte, or the end
 	} else {
 		select {
@@ -430,7 +427,7 @@ func (pl *h1Pool) exchange(ctx context.Context, pc *h1Conn, req *http.Request, b
 		return nil, pc.read.Load() == read && idempotent(req), err
 	}
 	for n1xx := 0; ; {
-		if !pc.armed && !headerBuffered(pc.br) {
+		if !pc.armed() && !headerBuffered(pc.br) {
 			pc.arm(ctx)
 		}
 		if resp = parseResponse(pc.br, req); resp == nil {
@@ -449,11 +446,6 @@ func (pl *h1Pool) exchange(ctx context.Context, pc *h1Conn, req *http.Request, b
 		if n1xx++; n1xx > h1Max1xx {
 			pc.disarm()
 			return nil, false, errors.New("net/http: too many 1xx informational responses")
-		}
-		if on1xx == nil {
-			if trace := httptrace.ContextClientTrace(ctx); trace != nil {
-				on1xx = trace.Got1xxResponse
-			}
 		}
 		if on1xx != nil {
 			if err := on1xx(code, textproto.MIMEHeader(resp.Header)); err != nil {
@@ -482,36 +474,35 @@ func (pl *h1Pool) exchange(ctx context.Context, pc *h1Conn, req *http.Request, b
 	return resp, false, nil
 }
 
+// armed tells whether arm is in force.
+func (pc *h1Conn) armed() bool { return pc.armedOn != nil || pc.stopCtx != nil }
+
 // arm closes pc's connection when ctx ends, until disarm.
 func (pc *h1Conn) arm(ctx context.Context) {
-	if pc.armed {
+	if pc.armed() {
 		return
 	}
-	pc.armed = true
 	if rc, ok := ctx.(*reqCtx); ok {
-		taken, ended := rc.armSlot(pc.hook)
-		switch {
-		case ended:
-			pc.armedOn = rc // disarm reports it
-			go pc.closer()
-			return
-		case !taken:
-			pc.armedOn = rc
+		taken, ended := rc.armSlot(pc.closer)
+		if ended {
+			go pc.closer.f()
+		}
+		if ended || !taken {
+			pc.armedOn = rc // disarm reports an ended one
 			return
 		}
 	}
-	pc.stopCtx = context.AfterFunc(ctx, pc.closer)
+	pc.stopCtx = context.AfterFunc(ctx, pc.closer.f)
 }
 
 // disarm undoes arm; false: ctx ended and closed the connection.
 func (pc *h1Conn) disarm() bool {
-	if !pc.armed {
-		return true
-	}
-	pc.armed = false
 	if rc := pc.armedOn; rc != nil {
 		pc.armedOn = nil
-		return rc.disarmSlot(pc.hook)
+		return rc.disarmSlot(pc.closer)
+	}
+	if pc.stopCtx == nil {
+		return true
 	}
 	ok := pc.stopCtx()
 	pc.stopCtx = nil
@@ -564,7 +555,7 @@ func (b *h1Body) Read(p []byte) (int, error) {
 	if b.done {
 		return 0, io.EOF
 	}
-	if !b.pc.armed && (b.left < 0 || int64(b.pc.br.Buffered()) < b.left) {
+	if !b.pc.armed() && (b.left < 0 || int64(b.pc.br.Buffered()) < b.left) {
 		b.pc.arm(b.ctx) // this read may wait for the endpoint
 	}
 	n, err := b.rc.Read(p)

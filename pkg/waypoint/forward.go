@@ -34,10 +34,10 @@ import (
 func (p *Proxy) forward(rec *recorder, r *http.Request, x *exchange) {
 	c := &x.call
 	// The outbound request: a copy of r in x (no allocation; same
-	// context). The 1xx relay goes to the transport through the call,
-	// not a client-trace context (two allocations per request).
-	x.ct.Got1xxResponse = x.got1xx
-	c.trace1xx = &x.ct
+	// context). The 1xx relay (x itself) goes to the transport through
+	// the call, not a client-trace context (three allocations per
+	// request); only a net/http Transport's try builds that trace.
+	c.relay = x
 	x.out = *r
 	out := &x.out
 	x.url = *r.URL
@@ -45,8 +45,9 @@ func (p *Proxy) forward(rec *recorder, r *http.Request, x *exchange) {
 	if r.ContentLength == 0 {
 		out.Body = nil // as the reverse proxy: nil, so the transport may retry
 	}
-	if out.Body != nil {
-		// The transport closes what it sends; the server owns r.Body.
+	if out.Body != nil && c.body == nil {
+		// The transport closes what it sends; the server owns r.Body
+		// (a buffered one is the call's, and Close does nothing to it).
 		out.Body = &noClose{Reader: out.Body}
 	}
 	toOutbound(out.Header)
@@ -69,14 +70,18 @@ func (p *Proxy) forward(rec *recorder, r *http.Request, x *exchange) {
 	}
 	dropHopByHop(res.Header)
 	h := rec.Header()
-	for k, vv := range res.Header {
-		if len(vv) == 0 {
-			continue
-		}
-		if have, ok := h[k]; ok {
-			h[k] = append(have, vv...)
-		} else {
-			h[k] = vv
+	if len(h) == 0 && rec.adoptHeader(res.Header) {
+		h = res.Header // the answer's header is the client's now: no copy
+	} else {
+		for k, vv := range res.Header {
+			if len(vv) == 0 {
+				continue
+			}
+			if have, ok := h[k]; ok {
+				h[k] = append(have, vv...)
+			} else {
+				h[k] = vv
+			}
 		}
 	}
 	announced := len(res.Trailer)
@@ -90,9 +95,9 @@ func (p *Proxy) forward(rec *recorder, r *http.Request, x *exchange) {
 	flushEach := res.ContentLength == -1 || eventStream(res.Header)
 	rec.WriteHeader(res.StatusCode)
 
-	buf := copyBuffers{}.Get()
-	copyErr := p.copyBody(rec, res.Body, buf, flushEach)
-	copyBuffers{}.Put(buf)
+	buf := copyBufferPool.Get().(*[]byte) // the pointer back, too: Put(&b) would allocate
+	copyErr := p.copyBody(rec, res.Body, *buf, flushEach)
+	copyBufferPool.Put(buf)
 	if copyErr != nil {
 		_ = res.Body.Close()
 		panic(http.ErrAbortHandler)
@@ -114,6 +119,13 @@ func (p *Proxy) forward(rec *recorder, r *http.Request, x *exchange) {
 			h.Add(http.TrailerPrefix+k, v)
 		}
 	}
+}
+
+// relay1xx passes the endpoint's informational (1xx) answers on to the
+// client: forward's exchange. An interface rather than a func, so that
+// handing the exchange to the transport allocates nothing.
+type relay1xx interface {
+	got1xx(code int, header textproto.MIMEHeader) error
 }
 
 // got1xx relays an informational answer of the endpoint, until the round
@@ -209,9 +221,28 @@ func dropHopByHop(h http.Header) {
 			delete(h, k)
 		}
 	}
+	if len(h) <= len(hopByHop) {
+		// Fewer names than hop-by-hop ones: a look at each name costs
+		// less than a hashed delete of each hop-by-hop name.
+		for k := range h {
+			if isHopByHop(k) {
+				delete(h, k)
+			}
+		}
+		return
+	}
 	for _, k := range hopByHop {
 		delete(h, k)
 	}
+}
+
+// isHopByHop tells whether k is one of hopByHop.
+func isHopByHop(k string) bool {
+	switch k {
+	case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade":
+		return true
+	}
+	return false
 }
 
 // upgradeType is the protocol a request or answer asks to switch to, or

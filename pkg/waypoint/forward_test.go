@@ -200,3 +200,37 @@ func TestToOutbound(t *testing.T) {
 		t.Errorf("User-Agent without one = %q, want an empty one", ua)
 	}
 }
+
+// TestDropHopByHop: both of dropHopByHop's ways (a look at each name of a
+// small header, a delete of each hop-by-hop name from a large one) drop
+// every hop-by-hop header and those Connection lists, and nothing else.
+func TestDropHopByHop(t *testing.T) {
+	for _, k := range hopByHop {
+		if !isHopByHop(k) {
+			t.Errorf("isHopByHop(%q) = false", k)
+		}
+	}
+	for _, k := range []string{"Host", "Content-Type", "Te-X", "Upgrade-Insecure-Requests", "connection"} {
+		if isHopByHop(k) {
+			t.Errorf("isHopByHop(%q) = true", k)
+		}
+	}
+	for _, extra := range []int{0, 3, 12} { // small, at the bound, large
+		h := http.Header{"Connection": {"x-listed"}, "X-Listed": {"1"}, "Upgrade": {"h2c"}, "Proxy-Authorization": {"b"}, "X-Keep": {"k"}}
+		want := map[string]bool{"X-Keep": true}
+		for i := range extra {
+			k := "X-Extra-" + itoa(i)
+			h[k] = []string{"v"}
+			want[k] = true
+		}
+		dropHopByHop(h)
+		if len(h) != len(want) {
+			t.Errorf("with %d more headers: %v left, want %d", extra, h, len(want))
+		}
+		for k := range want {
+			if _, ok := h[k]; !ok {
+				t.Errorf("with %d more headers: %s dropped", extra, k)
+			}
+		}
+	}
+}

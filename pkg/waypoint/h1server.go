@@ -148,8 +148,11 @@ func (p *Proxy) serveH1(ctx context.Context, st *stream, c net.Conn, ln *streamL
 		if !ok {
 			return
 		}
-		req := hc.parseHead(head)
-		if req == nil {
+		var req *http.Request
+		var rc *reqCtx
+		if pr := hc.parseHead(head); pr != nil {
+			req, rc = &pr.req, &pr.ctx
+		} else {
 			// Not the simplest form: net/http's parser and checks.
 			var err error
 			if req, err = http.ReadRequest(hc.br); err != nil {
@@ -162,7 +165,7 @@ func (p *Proxy) serveH1(ctx context.Context, st *stream, c net.Conn, ln *streamL
 			}
 		}
 		req.RemoteAddr = hc.remote
-		if !hc.serve(ctx, vals, req) {
+		if !hc.serve(ctx, vals, req, rc) {
 			return
 		}
 	}
@@ -349,8 +352,14 @@ func (c *prefixConn) CloseWrite() error { return closeWrite(c.Conn) }
 
 // serve runs the handler for one request and finishes its answer; false:
 // the stream is not to carry another request.
-func (hc *h1conn) serve(stream, vals context.Context, req *http.Request) (keep bool) {
-	rc := newReqCtx(vals)
+// rc, if not nil, is the request's context, not yet in use (parseHead
+// makes it with the request).
+func (hc *h1conn) serve(stream, vals context.Context, req *http.Request, rc *reqCtx) (keep bool) {
+	if rc == nil {
+		rc = newReqCtx(vals)
+	} else {
+		rc.vals = vals
+	}
 	hc.reqs.start(stream, rc)
 	defer hc.reqs.end(rc)
 	req = req.WithContext(rc)
@@ -423,6 +432,25 @@ type h1writer struct {
 }
 
 func (w *h1writer) Header() http.Header { return w.header }
+
+// adoptHeader makes h, an endpoint's answer's header that nothing else
+// uses any more, this answer's header, in place of the empty one (which
+// forward would otherwise fill with a map assignment per name); the next
+// request of the stream reuses it as it would have the old one. false:
+// the header is not empty, the final head is out, or h has a name without
+// values (which a copy leaves out).
+func (w *h1writer) adoptHeader(h http.Header) bool {
+	if w.code != 0 || len(w.header) != 0 {
+		return false
+	}
+	for _, vv := range h {
+		if len(vv) == 0 {
+			return false
+		}
+	}
+	w.header = h
+	return true
+}
 
 func (w *h1writer) WriteHeader(code int) {
 	if w.code != 0 {
@@ -577,18 +605,9 @@ func (w *h1writer) writeHead(final bool) {
 	if w.closeAfter && !httpguts.HeaderValuesContainsToken(h["Connection"], "close") {
 		lines = append(lines, "Connection: close")
 	}
-	var exclude map[string]bool
-	for k := range h {
-		if strings.HasPrefix(k, http.TrailerPrefix) {
-			if exclude == nil {
-				exclude = map[string]bool{}
-			}
-			exclude[k] = true
-		}
-	}
 	bw := w.hc.bw
 	writeStatusLine(bw, w.code)
-	_ = h.WriteSubset(bw, exclude)
+	writeHeader(bw, h, isTrailerPrefixed)
 	for _, l := range lines {
 		_, _ = bw.WriteString(l)
 		_, _ = bw.WriteString("\r\n")
@@ -646,6 +665,10 @@ func (w *h1writer) writeTrailers() {
 }
 
 func writeStatusLine(bw *bufio.Writer, code int) {
+	if code >= 0 && code < len(statusLines) && statusLines[code] != "" {
+		_, _ = bw.WriteString(statusLines[code])
+		return
+	}
 	var b [64]byte
 	line := append(b[:0], "HTTP/1.1 "...)
 	line = strconv.AppendInt(line, int64(code), 10)
@@ -659,6 +682,22 @@ func writeStatusLine(bw *bufio.Writer, code int) {
 	line = append(line, "\r\n"...)
 	_, _ = bw.Write(line)
 }
+
+// isTrailerPrefixed: a name the handler set for a trailer
+// (http.TrailerPrefix), which the head leaves out.
+func isTrailerPrefixed(k string) bool { return strings.HasPrefix(k, http.TrailerPrefix) }
+
+// statusLines are the status lines of the codes net/http has a text for,
+// made once: building one per answer cost an allocation (its buffer
+// escapes through bufio.Writer.Write).
+var statusLines = func() (t [600]string) {
+	for code := range t {
+		if text := http.StatusText(code); text != "" {
+			t[code] = "HTTP/1.1 " + strconv.Itoa(code) + " " + text + "\r\n"
+		}
+	}
+	return t
+}()
 
 // httpDate is the Date header's value, formatted once a second.
 func httpDate() string {
@@ -686,52 +725,125 @@ var dateCache atomic.Pointer[cachedDate]
 // one array for the header values, and consumes it; nil: it declined and
 // consumed nothing, http.ReadRequest is to parse it. A test holds it to
 // http.ReadRequest's results.
-func (hc *h1conn) parseHead(head string) *http.Request {
-	req := parseRequestHead(head)
-	if req == nil {
+func (hc *h1conn) parseHead(head string) *parsedRequest {
+	pr := parseRequest(head)
+	if pr == nil {
 		return nil
 	}
+	req := &pr.req
 	_, _ = hc.br.Discard(len(head))
 	if req.ContentLength > 0 {
-		req.Body = &lengthBody{br: hc.br, left: req.ContentLength}
+		pr.body.br, pr.body.left = hc.br, req.ContentLength
+		req.Body = &pr.body
 	} else {
 		req.Body = http.NoBody
 	}
-	return req
+	return pr
 }
 
 // parseRequestHead is parseHead's parser; nil: not in the form it takes.
 func parseRequestHead(s string) *http.Request {
+	if pr := parseRequest(s); pr != nil {
+		return &pr.req
+	}
+	return nil
+}
+
+// parseRequest parses the head s into a request, its URL and its context
+// (to be set up by serve), in one allocation; nil: not in the form it
+// takes.
+func parseRequest(s string) *parsedRequest {
 	line, rest := cutLine(s)
 	method, line, _ := strings.Cut(line, " ")
 	target, proto, _ := strings.Cut(line, " ")
 	if proto != "HTTP/1.1" || len(target) == 0 || target[0] != '/' || !validMethod(method) {
 		return nil
 	}
-	u, err := url.ParseRequestURI(target)
-	if err != nil {
-		return nil
-	}
-	h, clen, closing, ok := parseHeaderLines(rest, true)
+	// The request, its URL and its header values in one allocation.
+	pr := &parsedRequest{}
+	h, clen, closing, ok := parseHeaderLines(rest, true, pr.vals[:])
 	if !ok {
 		return nil
+	}
+	if !parsePlainTarget(target, &pr.url) {
+		u, err := url.ParseRequestURI(target)
+		if err != nil {
+			return nil
+		}
+		pr.url = *u
 	}
 	host := h["Host"][0]
 	delete(h, "Host")
 	if clen < 0 {
 		clen = 0
 	}
-	return &http.Request{Method: method, URL: u, Proto: proto, ProtoMajor: 1, ProtoMinor: 1,
+	pr.req = http.Request{Method: method, URL: &pr.url, Proto: proto, ProtoMajor: 1, ProtoMinor: 1,
 		Header: h, Host: host, RequestURI: target, ContentLength: clen, Close: closing}
+	return pr
 }
+
+// parsedRequest is a request parseRequest made, its URL, its context and
+// its body (parseHead's).
+type parsedRequest struct {
+	req  http.Request
+	url  url.URL
+	ctx  reqCtx
+	body lengthBody
+	vals [headerVals]string
+}
+
+// headerVals is how many header values a parsed head holds with it
+// (parseHeaderLines' spare); more take an allocation of their own.
+const headerVals = 12
+
+// parsePlainTarget parses an origin-form target ("/" path ["?" query])
+// whose path has no escapes and nothing its default encoding would escape
+// into u, as url.ParseRequestURI would (Path, RawQuery, ForceQuery, no
+// RawPath); false: it is not of that form (u untouched), ParseRequestURI
+// is to parse it. A test holds the two to the same URLs.
+func parsePlainTarget(target string, u *url.URL) bool {
+	path, query, hasQuery := strings.Cut(target, "?")
+	if len(path) == 0 || path[0] != '/' {
+		return false
+	}
+	for i := 0; i < len(path); i++ {
+		if !plainPathByte[path[i]] {
+			return false
+		}
+	}
+	for i := 0; i < len(query); i++ {
+		if c := query[i]; c < 0x21 || c == 0x7f || c == '?' {
+			return false // control bytes (refused), a space, a second '?'
+		}
+	}
+	*u = url.URL{Path: path, RawQuery: query, ForceQuery: hasQuery && query == ""}
+	return true
+}
+
+// plainPathByte: the bytes a path keeps as they are in its default
+// encoding (unreserved, and the sub-delimiters and separators
+// url.URL.EscapedPath leaves).
+var plainPathByte = func() (t [256]bool) {
+	for c := range t {
+		t[c] = 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("-._~$&+,/:;=@", byte(c)) >= 0
+	}
+	return t
+}()
 
 // parseHeaderLines parses header lines up to the empty one: each a valid
 // name and value on one line, at most one Content-Length (digits; -1
 // when none), no Trailer, Transfer-Encoding, Upgrade or Expect; for a
 // request exactly one valid Host. Pragma: no-cache implies Cache-Control
 // as net/http has it. !ok: not in this form.
-func parseHeaderLines(rest string, request bool) (h http.Header, clen int64, closing, ok bool) {
-	vals := make([]string, strings.Count(rest, "\n"))
+//
+// The values go into spare when it has room for them.
+func parseHeaderLines(rest string, request bool, spare []string) (h http.Header, clen int64, closing, ok bool) {
+	var vals []string
+	if n := strings.Count(rest, "\n"); n <= len(spare) {
+		vals = spare[:n]
+	} else {
+		vals = make([]string, n)
+	}
 	h = make(http.Header, len(vals))
 	hosts, clen := 0, int64(-1)
 	var line string
@@ -857,6 +969,25 @@ func (b *lengthBody) drain(max int64) bool {
 // and consumes the head; nil: it declined and consumed nothing,
 // http.ReadResponse is to read it. A test holds it to http.ReadResponse.
 func parseResponse(br *bufio.Reader, req *http.Request) *http.Response {
+	if a := parseAnswer(br, req); a != nil {
+		return &a.resp
+	}
+	return nil
+}
+
+// h1Answer is an answer parseAnswer parsed: the response, its body as
+// read from the connection, and the h1Pool's wrapper of that body, in
+// one allocation.
+type h1Answer struct {
+	resp http.Response
+	raw  lengthBody
+	body h1Body
+	vals [headerVals]string
+}
+
+// parseAnswer is parseResponse's parser. It allocates the answer, header
+// values included, once the status line is taken.
+func parseAnswer(br *bufio.Reader, req *http.Request) *h1Answer {
 	if req.Method == http.MethodHead {
 		return nil
 	}
@@ -876,7 +1007,8 @@ func parseResponse(br *bufio.Reader, req *http.Request) *http.Response {
 	if err != nil || code < 200 || code > 599 || code == http.StatusNoContent || code == http.StatusNotModified {
 		return nil
 	}
-	h, clen, closing, ok := parseHeaderLines(rest, false)
+	a := &h1Answer{}
+	h, clen, closing, ok := parseHeaderLines(rest, false, a.vals[:])
 	if !ok || clen < 0 {
 		return nil
 	}
@@ -884,12 +1016,13 @@ func parseResponse(br *bufio.Reader, req *http.Request) *http.Response {
 		delete(h, "Connection") // as http.ReadResponse
 	}
 	_, _ = br.Discard(end)
-	resp := &http.Response{Status: status, StatusCode: code, Proto: proto, ProtoMajor: 1, ProtoMinor: 1,
+	a.resp = http.Response{Status: status, StatusCode: code, Proto: proto, ProtoMajor: 1, ProtoMinor: 1,
 		Header: h, ContentLength: clen, Close: closing, Request: req}
 	if clen > 0 {
-		resp.Body = &lengthBody{br: br, left: clen}
+		a.raw.br, a.raw.left = br, clen
+		a.resp.Body = &a.raw
 	} else {
-		resp.Body = http.NoBody
+		a.resp.Body = http.NoBody
 	}
-	return resp
+	return a
 }

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"slices"
 	"strings"
 	"testing"
@@ -303,6 +304,15 @@ func TestParseRequestHeadMatchesNetHTTP(t *testing.T) {
 		{"GET / HTTP/1.0\r\nHost: reviews\r\n\r\n", false},
 		{"G(T / HTTP/1.1\r\nHost: reviews\r\n\r\n", false},
 		{"GET http://reviews/ HTTP/1.1\r\nHost: reviews\r\n\r\n", false},
+		// Targets: parsePlainTarget's, and ParseRequestURI's after it declined.
+		{"GET /p? HTTP/1.1\r\nHost: reviews\r\n\r\n", true},
+		{"GET /a;b=c,d@e:f$g&h+i~j_k.l-m/?q=1&r=%2F#x HTTP/1.1\r\nHost: reviews\r\n\r\n", true},
+		{"GET /a%2Fb?c HTTP/1.1\r\nHost: reviews\r\n\r\n", true},
+		{"GET /a!b*c(d)'e HTTP/1.1\r\nHost: reviews\r\n\r\n", true},
+		{"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: reviews\r\n\r\n", true},
+		{"GET /a?b?c HTTP/1.1\r\nHost: reviews\r\n\r\n", true},
+		{"GET /a?? HTTP/1.1\r\nHost: reviews\r\n\r\n", true},
+		{"GET //x/y HTTP/1.1\r\nHost: reviews\r\n\r\n", true},
 	}
 	for _, tc := range heads {
 		got := parseRequestHead(tc.head)
@@ -320,7 +330,7 @@ func TestParseRequestHeadMatchesNetHTTP(t *testing.T) {
 		if why := checkRequest(want); why != "" {
 			t.Errorf("%q: taken, but net/http's server refuses it: %s", tc.head, why)
 		}
-		if got.Method != want.Method || got.URL.String() != want.URL.String() || got.RequestURI != want.RequestURI ||
+		if got.Method != want.Method || *got.URL != *want.URL || got.RequestURI != want.RequestURI ||
 			got.Proto != want.Proto || got.ProtoMajor != want.ProtoMajor || got.ProtoMinor != want.ProtoMinor ||
 			got.Host != want.Host || got.ContentLength != want.ContentLength || got.Close != want.Close {
 			t.Errorf("%q:\n got %s %s %s %s host %q len %d close %v\nwant %s %s %s %s host %q len %d close %v", tc.head,
@@ -420,6 +430,93 @@ func TestParseResponseMatchesNetHTTP(t *testing.T) {
 		for k, v := range want.Header {
 			if !slices.Equal(got.Header[k], v) {
 				t.Errorf("%q: header %s = %q, want %q", tc.head, k, got.Header[k], v)
+			}
+		}
+	}
+}
+
+// TestParsePlainTarget: every target parsePlainTarget takes it parses as
+// url.ParseRequestURI does, and it takes the common forms.
+func TestParsePlainTarget(t *testing.T) {
+	for _, tc := range []struct {
+		target string
+		take   bool
+	}{
+		{"/", true}, {"/a/b", true}, {"/a/b?x=1&y=2", true}, {"/p?", true}, {"/p?#f", true},
+		{"/a;b=c,d@e:f$g&h+i~j_k.l-m", true}, {"//x", true}, {"/q?%zz", true}, {"/q?a=caf\xc3\xa9", true},
+		{"/a%2Fb", false}, {"/a!b", false}, {"/a*b", false}, {"/(x)", false}, {"/a'b", false},
+		{"/caf\xc3\xa9", false}, {"/a b", false}, {"/a?b?c", false}, {"/a??", false}, {"/q?a\x7f", false},
+		{"/q?a b", false}, {"*", false}, {"http://x/", false}, {"", false}, {"?x", false},
+	} {
+		var u url.URL
+		took := parsePlainTarget(tc.target, &u)
+		if took != tc.take {
+			t.Errorf("%q: taken %v, want %v", tc.target, took, tc.take)
+		}
+		if !took {
+			if u != (url.URL{}) {
+				t.Errorf("%q: declined but set %#v", tc.target, u)
+			}
+			continue
+		}
+		want, err := url.ParseRequestURI(tc.target)
+		if err != nil {
+			t.Errorf("%q: taken, but ParseRequestURI refuses it: %v", tc.target, err)
+			continue
+		}
+		if u != *want {
+			t.Errorf("%q: got %#v, want %#v", tc.target, u, *want)
+		}
+	}
+}
+
+// TestWriteStatusLine: the status lines made once are the ones built per
+// answer, for known and unknown codes.
+func TestWriteStatusLine(t *testing.T) {
+	for code, want := range map[int]string{
+		200: "HTTP/1.1 200 OK\r\n", 404: "HTTP/1.1 404 Not Found\r\n", 103: "HTTP/1.1 103 Early Hints\r\n",
+		599: "HTTP/1.1 599 status code 599\r\n", 999: "HTTP/1.1 999 status code 999\r\n",
+	} {
+		var b strings.Builder
+		bw := bufio.NewWriter(&b)
+		writeStatusLine(bw, code)
+		_ = bw.Flush()
+		if b.String() != want {
+			t.Errorf("writeStatusLine(%d) = %q, want %q", code, b.String(), want)
+		}
+	}
+}
+
+// TestWriteHeaderMatchesWriteSubset: writeHeader writes what
+// http.Header.WriteSubset writes, byte for byte, for few and many names,
+// with and without names to skip.
+func TestWriteHeaderMatchesWriteSubset(t *testing.T) {
+	small := http.Header{
+		"Content-Type": {"text/plain"}, "X-Multi": {"b", "a"}, "X Bad": {"dropped"}, "X-Nl": {"a\r\nb", "c\nd"},
+		"X-Pad": {"  padded\t "}, "X-Empty": {""}, "X-Nil": nil, "Trailer:Grpc-Status": {"0"}, "Host": {"h"},
+	}
+	large := http.Header{}
+	for i := range 40 {
+		large["X-H-"+itoa(39-i)] = []string{"v" + itoa(i)}
+	}
+	large["Host"] = []string{"h"}
+	for name, h := range map[string]http.Header{"small": small, "large": large, "empty": {}} {
+		for _, sk := range []struct {
+			name    string
+			skip    func(string) bool
+			exclude map[string]bool
+		}{
+			{"none", nil, nil},
+			{"request", requestExcluded, map[string]bool{"Host": true, "User-Agent": true, "Content-Length": true, "Transfer-Encoding": true, "Trailer": true}},
+			{"trailers", isTrailerPrefixed, map[string]bool{"Trailer:Grpc-Status": true}},
+		} {
+			var got, want strings.Builder
+			bw := bufio.NewWriter(&got)
+			writeHeader(bw, h, sk.skip)
+			_ = bw.Flush()
+			_ = h.WriteSubset(&want, sk.exclude)
+			if got.String() != want.String() {
+				t.Errorf("%s header, skipping %s:\n got %q\nwant %q", name, sk.name, got.String(), want.String())
 			}
 		}
 	}

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptrace"
 	"net/http/httputil"
 	"net/url"
 	"strings"
@@ -30,9 +29,10 @@ type call struct {
 	snap    *state.Snapshot
 	route   *route
 	backend *weightedBackend
-	h2      bool   // upstream speaks h2c
-	body    []byte // the buffered request body, when replayable
-	hasBody bool   // body != nil, or an unbuffered body is being streamed
+	h2      bool       // upstream speaks h2c
+	body    []byte     // the buffered request body, when replayable
+	replay  replayBody // the request's body once buffered (bufferBody)
+	hasBody bool       // body != nil, or an unbuffered body is being streamed
 
 	// Written by the transport (one try at a time) and read after the
 	// response: the last endpoint tried, how many tries, the flags.
@@ -40,9 +40,9 @@ type call struct {
 	attempts int
 	flags    string
 
-	// trace1xx relays the endpoint's 1xx answers (forward's; the reverse
-	// proxy puts its own in the request context).
-	trace1xx *httptrace.ClientTrace
+	// relay passes the endpoint's 1xx answers on (forward's; the reverse
+	// proxy puts its own client trace in the request context).
+	relay relay1xx
 }
 
 type callKey struct{}
@@ -56,8 +56,9 @@ type exchange struct {
 	// forward's: the outbound request and URL, the 1xx relay
 	out http.Request
 	url url.URL
-	ct  httptrace.ClientTrace
 	exchange1xx
+	// reqID holds a new x-request-id's value (ensureRequestID's slot).
+	reqID [1]string
 }
 
 // transports builds the shared upstream transports: HTTP/1.1 with a
@@ -167,7 +168,7 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request, rp *httputil.R
 	*c = call{st: st, rec: rec, snap: p.cfg.Addresses.Snapshot()}
 	*orig = requestSummary{method: r.Method, path: r.URL.RequestURI(), authority: r.Host, proto: r.Proto,
 		grpc: strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc")}
-	reqID := ensureRequestID(r.Header)
+	reqID := ensureRequestID(r.Header, &x.reqID)
 	trace := &x.trace
 	p.startTrace(trace, r, start)
 	defer func() { p.report(c, rec, orig, reqID, trace, start) }()
@@ -313,10 +314,30 @@ func (p *Proxy) bufferBody(r *http.Request, c *call, wanted bool) {
 		return
 	}
 	c.body = buf
-	r.Body = io.NopCloser(bytes.NewReader(buf))
+	// The h1Pool sends c.body itself, and a Transport's try gets a reader
+	// of it (retry.go): r.Body is read only on an upgrade. No allocation.
+	c.replay = replayBody{b: buf}
+	r.Body = &c.replay
 	r.ContentLength = int64(len(buf))
-	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(buf)), nil }
 }
+
+// replayBody reads a buffered request body (the call's) from its start;
+// closing it does nothing.
+type replayBody struct {
+	b   []byte
+	off int
+}
+
+func (r *replayBody) Read(p []byte) (int, error) {
+	if r.off >= len(r.b) {
+		return 0, io.EOF
+	}
+	n := copy(p, r.b[r.off:])
+	r.off += n
+	return n, nil
+}
+
+func (r *replayBody) Close() error { return nil }
 
 // readBody reads body to its end, or to limit+1 bytes. A body of known
 // length is read into one slice of that size (io.ReadAll would start at
@@ -518,6 +539,13 @@ func (r *recorder) flush() {
 }
 
 func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+// adoptHeader makes h the answer's header when the writer is serveH1's
+// and its header is still empty (see h1writer.adoptHeader).
+func (r *recorder) adoptHeader(h http.Header) bool {
+	w, ok := r.ResponseWriter.(*h1writer)
+	return ok && w.adoptHeader(h)
+}
 
 func (r *recorder) status() int {
 	if r.code == 0 {

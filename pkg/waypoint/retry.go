@@ -9,7 +9,6 @@ import (
 	"mime"
 	"net/http"
 	"net/http/httptrace"
-	"net/textproto"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -69,8 +68,8 @@ func (p *Proxy) roundTrip(req *http.Request, c *call) (*http.Response, error) {
 		// The h1Pool takes what keeps its connection (oneShot closes it).
 		pooled := usesH1Pool(req, c) && !oneShot
 		if rt.tryTimeout > 0 || !pooled {
-			if !pooled && c.trace1xx != nil {
-				ctx = httptrace.WithClientTrace(ctx, c.trace1xx) // the Transports' 1xx hook
+			if !pooled && c.relay != nil { // the Transports' 1xx hook
+				ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{Got1xxResponse: c.relay.got1xx})
 			}
 			out = req.WithContext(ctx) // shallow copy; the URL is ours below
 			u := *req.URL
@@ -94,16 +93,16 @@ func (p *Proxy) roundTrip(req *http.Request, c *call) (*http.Response, error) {
 		ep.active.Add(1)
 		var resp *http.Response
 		if pooled {
-			var on1xx func(int, textproto.MIMEHeader) error
-			if c.trace1xx != nil {
-				on1xx = c.trace1xx.Got1xxResponse
-			}
-			resp, err = p.h1p.roundTrip(out, c.body, on1xx)
+			resp, err = p.h1p.roundTrip(out, c.body, c.relay)
 		} else {
-			if c.body != nil && try > 0 {
-				out.Body = io.NopCloser(bytes.NewReader(c.body))
-				if len(c.body) == 0 {
-					out.Body = http.NoBody
+			if body := c.body; body != nil && (try > 0 || len(body) > 0) {
+				// The buffered body, on every try: as a reader net/http
+				// knows is in memory (it goes out with the head, in one
+				// write), and again for the Transport's own retries.
+				out.Body = http.NoBody
+				if len(body) > 0 {
+					out.Body = io.NopCloser(bytes.NewReader(body))
+					out.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
 				}
 			}
 			resp, err = tr.RoundTrip(out)

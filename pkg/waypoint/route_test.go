@@ -261,7 +261,7 @@ func TestFilters(t *testing.T) {
 func TestTraceContext(t *testing.T) {
 	const parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 	h := http.Header{"Traceparent": {parent}, "Tracestate": {"congo=t61rcWkgMzE"}}
-	id := propagateTrace(h)
+	id := propagateTrace(h, nil)
 	got := h.Get("Traceparent")
 	if id != "4bf92f3577b34da6a3ce929d0e0e4736" || !validTraceparent(got) || got[3:35] != id || got[36:52] == parent[36:52] || got[53:] != "01" {
 		t.Errorf("traceparent %q (trace %s), want the same trace and flags with a new span id", got, id)
@@ -270,18 +270,29 @@ func TestTraceContext(t *testing.T) {
 		t.Errorf("tracestate %q, want it unchanged", h.Get("Tracestate"))
 	}
 	h = http.Header{"Traceparent": {"garbage"}, "Tracestate": {"x=y"}}
-	propagateTrace(h)
+	propagateTrace(h, nil)
 	if !validTraceparent(h.Get("Traceparent")) || h.Get("Tracestate") != "" {
 		t.Errorf("after an invalid parent: traceparent %q tracestate %q, want a new valid one and no state", h.Get("Traceparent"), h.Get("Tracestate"))
 	}
 	h = http.Header{}
-	rid := ensureRequestID(h)
+	rid := ensureRequestID(h, nil)
 	if len(rid) != 36 || rid[14] != '4' || h.Get("X-Request-Id") != rid {
 		t.Errorf("x-request-id %q, want a UUID v4 set on the request", rid)
 	}
 	h = http.Header{"X-Request-Id": {"abc"}}
-	if ensureRequestID(h) != "abc" {
+	if ensureRequestID(h, nil) != "abc" {
 		t.Error("x-request-id of the client not kept")
+	}
+	// With the exchange's slots: the values live there, and a later
+	// append to the header copies instead of writing past them.
+	var idSlot, tpSlot [1]string
+	h = http.Header{}
+	rid = ensureRequestID(h, &idSlot)
+	tid := propagateTrace(h, &tpSlot)
+	h.Add("X-Request-Id", "second")
+	if idSlot[0] != rid || len(h["X-Request-Id"]) != 2 || h["X-Request-Id"][0] != rid ||
+		tpSlot[0] != h.Get("Traceparent") || tpSlot[0][3:35] != tid {
+		t.Errorf("with slots: x-request-id %q (slot %q, id %q), traceparent %q (slot %q)", h["X-Request-Id"], idSlot[0], rid, h.Get("Traceparent"), tpSlot[0])
 	}
 }
 

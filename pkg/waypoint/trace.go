@@ -19,8 +19,11 @@ import (
 // traceparent gets a new parent (span) id, as one span per waypoint hop
 // would; a missing or invalid one is replaced by a new, unsampled trace.
 // tracestate passes through unchanged. It returns the trace id.
-func propagateTrace(h http.Header) string {
-	tp := h.Get("Traceparent")
+func propagateTrace(h http.Header, slot *[1]string) string {
+	var tp string
+	if vs := h["Traceparent"]; len(vs) > 0 {
+		tp = vs[0]
+	}
 	// One allocation: "00-" trace id "-" span id "-" flags.
 	var b [55]byte
 	copy(b[:], "00-")
@@ -42,7 +45,7 @@ func propagateTrace(h http.Header) string {
 	if vs := h["Traceparent"]; len(vs) == 1 {
 		vs[0] = v // the request's own header: replace in place
 	} else {
-		h["Traceparent"] = []string{v}
+		h["Traceparent"] = headerValue(slot, v)
 	}
 	return v[3:35]
 }
@@ -68,9 +71,10 @@ func isLowerHex(s string) bool {
 }
 
 // ensureRequestID keeps the client's x-request-id or sets a new UUID v4.
-func ensureRequestID(h http.Header) string {
-	if id := h.Get("X-Request-Id"); id != "" {
-		return id
+// slot, when not nil, holds the new header's value (see headerValue).
+func ensureRequestID(h http.Header, slot *[1]string) string {
+	if vs := h["X-Request-Id"]; len(vs) > 0 && vs[0] != "" {
+		return vs[0]
 	}
 	var b [16]byte
 	putRandom(b[:])
@@ -87,8 +91,19 @@ func ensureRequestID(h http.Header) string {
 	u[23] = '-'
 	hex.Encode(u[24:36], b[10:16])
 	id := string(u[:])
-	h["X-Request-Id"] = []string{id}
+	h["X-Request-Id"] = headerValue(slot, id)
 	return id
+}
+
+// headerValue is a header's one-value slice: in slot, storage of the
+// request's own (the exchange's) when there is one, so that setting the
+// header allocates no slice; its capacity is 1, so an append copies.
+func headerValue(slot *[1]string, v string) []string {
+	if slot == nil {
+		return []string{v}
+	}
+	slot[0] = v
+	return slot[:]
 }
 
 func putRandom(b []byte) {
@@ -109,6 +124,8 @@ type requestTrace struct {
 	traceID string
 	method  string
 	proto   string
+	// tp holds a new traceparent's value (propagateTrace's slot).
+	tp [1]string
 }
 
 // startTrace starts the request's server span: the W3C context is
@@ -125,7 +142,7 @@ func (p *Proxy) startTrace(rt *requestTrace, r *http.Request, start time.Time) {
 		rt.proto = "2"
 	}
 	if st == nil || !st.spans {
-		rt.traceID = propagateTrace(r.Header)
+		rt.traceID = propagateTrace(r.Header, &rt.tp)
 		return
 	}
 	prop := st.provider.Propagator()

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/textproto"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -347,19 +348,11 @@ func (pl *h1Pool) closeIdle(stop bool) {
 //
 // on1xx, if not nil, gets the endpoint's 1xx answers (the caller's relay;
 // http.Transport takes it from the context's client trace instead).
-func (pl *h1Pool) roundTrip(req *http.Request, body []byte, on1xx func(int, textproto.MIMEHeader) error) (*http.Response, error) {
+func (pl *h1Pool) roundTrip(req *http.Request, body []byte, on1xx relay1xx) (*http.Response, error) {
 	ctx := req.Context()
 	for try := 0; ; try++ {
 		if err := ctx.Err(); err != nil {
 			return nil, err
-		}
-		if len(body) > 0 {
-			// The buffered body, also on the first try: as a reader
-			// net/http knows is in memory, the request goes out in one
-			// write. (ReverseProxy wraps the body it is given, and for
-			// any other reader Request.Write flushes the headers first,
-			// a second TLS record and system call per request.)
-			req.Body = io.NopCloser(bytes.NewReader(body))
 		}
 		pc := pl.get(req.URL.Host)
 		reused := pc != nil
@@ -392,12 +385,19 @@ func (pl *h1Pool) roundTrip(req *http.Request, body []byte, on1xx func(int, text
 // request's context, else context.AfterFunc) is set only around I/O that
 // may block: a write larger than the buffer or with a body, and reads of
 // bytes not buffered yet.
-func (pl *h1Pool) exchange(ctx context.Context, pc *h1Conn, req *http.Request, body []byte, on1xx func(int, textproto.MIMEHeader) error) (resp *http.Response, retry bool, err error) {
+func (pl *h1Pool) exchange(ctx context.Context, pc *h1Conn, req *http.Request, body []byte, on1xx relay1xx) (resp *http.Response, retry bool, err error) {
 	if (req.Body != nil && req.Body != http.NoBody) || !smallRequest(req) {
 		pc.arm(ctx)
 	}
 	written, read := pc.written, pc.read.Load()
 	if !writeRequest(pc.bw, req, body) {
+		if len(body) > 0 {
+			// The buffered body as a reader net/http knows is in
+			// memory: the request goes out in one write (for any other
+			// reader Request.Write flushes the head first, a second TLS
+			// record and system call).
+			req.Body = io.NopCloser(bytes.NewReader(body))
+		}
 		err = req.Write(pc.bw)
 	}
 	if err == nil {
@@ -426,11 +426,14 @@ func (pl *h1Pool) exchange(ctx context.Context, pc *h1Conn, req *http.Request, b
 		pc.disarm()
 		return nil, pc.read.Load() == read && idempotent(req), err
 	}
+	var ans *h1Answer
 	for n1xx := 0; ; {
 		if !pc.armed() && !headerBuffered(pc.br) {
 			pc.arm(ctx)
 		}
-		if resp = parseResponse(pc.br, req); resp == nil {
+		if ans = parseAnswer(pc.br, req); ans != nil {
+			resp = &ans.resp
+		} else {
 			pc.headLimit = pc.read.Load() + h1MaxHead
 			resp, err = http.ReadResponse(pc.br, req)
 			pc.headLimit = 0
@@ -448,7 +451,7 @@ func (pl *h1Pool) exchange(ctx context.Context, pc *h1Conn, req *http.Request, b
 			return nil, false, errors.New("net/http: too many 1xx informational responses")
 		}
 		if on1xx != nil {
-			if err := on1xx(code, textproto.MIMEHeader(resp.Header)); err != nil {
+			if err := on1xx.got1xx(code, textproto.MIMEHeader(resp.Header)); err != nil {
 				pc.disarm()
 				return nil, false, err
 			}
@@ -470,7 +473,14 @@ func (pl *h1Pool) exchange(ctx context.Context, pc *h1Conn, req *http.Request, b
 		pc.release(pc.disarm() && reuse)
 		return resp, false, nil
 	}
-	resp.Body = &h1Body{rc: resp.Body, pc: pc, ctx: ctx, left: resp.ContentLength, reuse: reuse}
+	var hb *h1Body
+	if ans != nil {
+		hb = &ans.body // allocated with the answer
+	} else {
+		hb = new(h1Body)
+	}
+	*hb = h1Body{rc: resp.Body, pc: pc, ctx: ctx, left: resp.ContentLength, reuse: reuse}
+	resp.Body = hb
 	return resp, false, nil
 }
 
@@ -648,7 +658,7 @@ func writeRequest(bw *bufio.Writer, req *http.Request, body []byte) bool {
 		_, _ = bw.Write(strconv.AppendInt(n[:0], int64(len(body)), 10))
 		_, _ = bw.WriteString("\r\n")
 	}
-	_ = req.Header.WriteSubset(bw, requestExcluded)
+	writeHeader(bw, req.Header, requestExcluded)
 	_, _ = bw.WriteString("\r\n")
 	_, _ = bw.Write(body)
 	return true
@@ -656,5 +666,53 @@ func writeRequest(bw *bufio.Writer, req *http.Request, body []byte) bool {
 
 var newlineToSpace = strings.NewReplacer("\n", " ", "\r", " ")
 
-// requestExcluded are the headers Request.Write writes itself.
-var requestExcluded = map[string]bool{"Host": true, "User-Agent": true, "Content-Length": true, "Transfer-Encoding": true, "Trailer": true}
+// requestExcluded tells the headers Request.Write writes itself.
+func requestExcluded(k string) bool {
+	switch k {
+	case "Host", "User-Agent", "Content-Length", "Transfer-Encoding", "Trailer":
+		return true
+	}
+	return false
+}
+
+// writeHeader writes h as http.Header.WriteSubset does, byte for byte:
+// sorted by name, names that are not tokens left out, CR and LF in values
+// made spaces, values trimmed; skip, if not nil, tells names not to
+// write. Without WriteSubset's sorter pool and exclude map it costs a
+// third less (a test holds the two to the same bytes).
+func writeHeader(bw *bufio.Writer, h http.Header, skip func(string) bool) {
+	type field struct {
+		name   string
+		values []string
+	}
+	var buf [16]field
+	fs := buf[:0]
+	for k, vv := range h {
+		if skip == nil || !skip(k) {
+			fs = append(fs, field{k, vv})
+		}
+	}
+	if len(fs) <= len(buf) {
+		for i := 1; i < len(fs); i++ { // insertion sort: few names
+			for j := i; j > 0 && fs[j].name < fs[j-1].name; j-- {
+				fs[j], fs[j-1] = fs[j-1], fs[j]
+			}
+		}
+	} else {
+		slices.SortFunc(fs, func(a, b field) int { return strings.Compare(a.name, b.name) })
+	}
+	for _, f := range fs {
+		if !httpguts.ValidHeaderFieldName(f.name) {
+			continue
+		}
+		for _, v := range f.values {
+			if strings.ContainsAny(v, "\r\n") {
+				v = newlineToSpace.Replace(v)
+			}
+			_, _ = bw.WriteString(f.name)
+			_, _ = bw.WriteString(": ")
+			_, _ = bw.WriteString(textproto.TrimString(v))
+			_, _ = bw.WriteString("\r\n")
+		}
+	}
+}

@@ -759,8 +759,10 @@ func parseRequest(s string) *parsedRequest {
 	if proto != "HTTP/1.1" || len(target) == 0 || target[0] != '/' || !validMethod(method) {
 		return nil
 	}
-	// The request, its URL and its header values in one allocation.
+	// The request, its URL, its header values and the state serveHTTP
+	// keeps for it in one allocation.
 	pr := &parsedRequest{}
+	pr.ctx.x = &pr.x
 	h, clen, closing, ok := parseHeaderLines(rest, true, pr.vals[:])
 	if !ok {
 		return nil
@@ -790,6 +792,7 @@ type parsedRequest struct {
 	ctx  reqCtx
 	body lengthBody
 	vals [headerVals]string
+	x    exchange // serveHTTP's state (takeExchange)
 }
 
 // headerVals is how many header values a parsed head holds with it

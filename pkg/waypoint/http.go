@@ -32,7 +32,13 @@ type call struct {
 	h2      bool       // upstream speaks h2c
 	body    []byte     // the buffered request body, when replayable
 	replay  replayBody // the request's body once buffered (bufferBody)
-	hasBody bool       // body != nil, or an unbuffered body is being streamed
+	// bodyBuf: body's buffer came from bodyPool; bodyShared: something
+	// that may outlive the request was given body (a mirror, a net/http
+	// Transport's try, an upgrade), so the buffer is not pooled again.
+	bodyBuf    *[]byte
+	bodyShared bool
+	answer     cancelBody // the final answer's body (roundTrip's)
+	hasBody    bool       // body != nil, or an unbuffered body is being streamed
 
 	// Written by the transport (one try at a time) and read after the
 	// response: the last endpoint tried, how many tries, the flags.
@@ -162,7 +168,7 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request, rp *httputil.R
 		http.Error(w, "no stream", http.StatusInternalServerError)
 		return
 	}
-	x := &exchange{}
+	x := takeExchange(r)
 	rec, c, orig := &x.rec, &x.call, &x.orig
 	rec.ResponseWriter = w
 	*c = call{st: st, rec: rec, snap: p.cfg.Addresses.Snapshot()}
@@ -171,7 +177,10 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request, rp *httputil.R
 	reqID := ensureRequestID(r.Header, &x.reqID)
 	trace := &x.trace
 	p.startTrace(trace, r, start)
-	defer func() { p.report(c, rec, orig, reqID, trace, start) }()
+	defer func() {
+		p.report(c, rec, orig, reqID, trace, start)
+		c.releaseBody()
+	}()
 
 	// The stream may outlive the config it was admitted with (keep-alive,
 	// h2c): route each request with the current one.
@@ -269,10 +278,22 @@ func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request, rp *httputil.R
 	defer release()
 	defer rec.endStream()
 	if upgrade {
+		c.bodyShared = true
 		rp.ServeHTTP(rec, r) // it does the upgrade: hijack, copy both ways
 		return
 	}
 	p.forward(rec, r, x)
+}
+
+// takeExchange is the request's exchange: the one allocated with it when
+// serveH1's parser made it (taken once), else a new one.
+func takeExchange(r *http.Request) *exchange {
+	if rc, ok := r.Context().(*reqCtx); ok && rc.x != nil {
+		x := rc.x
+		rc.x = nil
+		return x
+	}
+	return &exchange{}
 }
 
 // upstreamH2 tells whether the backend port speaks HTTP/2 (HTTP2, GRPC):
@@ -307,7 +328,14 @@ func (p *Proxy) bufferBody(r *http.Request, c *call, wanted bool) {
 	default:
 		return
 	}
-	buf, err := readBody(r.Body, r.ContentLength, limit)
+	var pooled *[]byte
+	if r.ContentLength > 0 && r.ContentLength <= pooledBody {
+		pooled = bodyPool.Get().(*[]byte)
+	}
+	buf, err := readBody(r.Body, r.ContentLength, limit, pooled)
+	if pooled != nil && err == nil && len(buf) == int(r.ContentLength) {
+		c.bodyBuf = pooled // back to the pool when the request is over
+	}
 	if err != nil || int64(len(buf)) > limit {
 		// Too large (or broken): stream what was read, then the rest.
 		r.Body = readCloser{io.MultiReader(bytes.NewReader(buf), r.Body), r.Body}
@@ -319,6 +347,22 @@ func (p *Proxy) bufferBody(r *http.Request, c *call, wanted bool) {
 	c.replay = replayBody{b: buf}
 	r.Body = &c.replay
 	r.ContentLength = int64(len(buf))
+}
+
+// pooledBody is the largest buffered request body whose buffer comes from
+// bodyPool (and goes back when the request is over, unless it may still
+// be read: see call.bodyShared).
+const pooledBody = 4 << 10
+
+var bodyPool = sync.Pool{New: func() any { b := make([]byte, 0, pooledBody+1); return &b }}
+
+// releaseBody gives the request's body buffer back to the pool, when it
+// came from there and nothing can still read it.
+func (c *call) releaseBody() {
+	if c.bodyBuf != nil && !c.bodyShared {
+		bodyPool.Put(c.bodyBuf)
+	}
+	c.bodyBuf = nil
 }
 
 // replayBody reads a buffered request body (the call's) from its start;
@@ -343,11 +387,19 @@ func (r *replayBody) Close() error { return nil }
 // length is read into one slice of that size (io.ReadAll would start at
 // 512 bytes and grow), then read once more to its EOF: the server starts
 // its next request only once the body reported EOF.
-func readBody(body io.Reader, length, limit int64) ([]byte, error) {
+//
+// into, if not nil, is where a body of known length goes (its capacity is
+// more than the length).
+func readBody(body io.Reader, length, limit int64, into *[]byte) ([]byte, error) {
 	if length <= 0 || length > limit {
 		return io.ReadAll(io.LimitReader(body, limit+1))
 	}
-	buf := make([]byte, length, length+1)
+	var buf []byte
+	if into != nil && int64(cap(*into)) > length {
+		buf = (*into)[:length]
+	} else {
+		buf = make([]byte, length, length+1)
+	}
 	if n, err := io.ReadFull(body, buf); err != nil {
 		return buf[:n], err
 	}

@@ -30,6 +30,7 @@ func (p *Proxy) mirror(mi *mirror, r *http.Request, c *call) {
 		p.log.Debug("mirror dropped: too many in flight", zap.String("backend", mi.backend.key))
 		return
 	}
+	c.bodyShared = true // the mirror's goroutine reads it
 	ctx, cancel := context.WithTimeout(context.Background(), mirrorTimeout)
 	out := r.Clone(ctx)
 	out.RequestURI = ""

@@ -31,6 +31,10 @@ type reqCtx struct {
 	done  chan struct{} // made by the first Done
 	hooks []*hook       // context.AfterFunc's, until the context ends
 	slot  *hook         // the upstream connection's close hook (armSlot)
+
+	// x is the exchange allocated with the request (parsedRequest), for
+	// serveHTTP to take once (takeExchange); the handler's goroutine's.
+	x *exchange
 }
 
 // hook is a function to run when a reqCtx ends; its address tells it

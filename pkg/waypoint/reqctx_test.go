@@ -3,6 +3,7 @@ package waypoint
 import (
 	"context"
 	"errors"
+	"net/http"
 	"testing"
 	"time"
 )
@@ -100,5 +101,26 @@ func TestReqCtx(t *testing.T) {
 	reqs.start(stream, rc3)
 	if rc3.Err() == nil {
 		t.Error("a request started on an ended stream is live")
+	}
+}
+
+// TestTakeExchange: a request made by serveH1's parser brings its
+// exchange, which serveHTTP takes once; any other request gets a new one.
+func TestTakeExchange(t *testing.T) {
+	pr := parseRequest("GET / HTTP/1.1\r\nHost: reviews\r\n\r\n")
+	if pr == nil || pr.ctx.x != &pr.x {
+		t.Fatal("parseRequest: no exchange with the request")
+	}
+	pr.ctx.vals = context.Background()
+	req := pr.req.WithContext(&pr.ctx)
+	if x := takeExchange(req); x != &pr.x {
+		t.Error("first take: not the request's own exchange")
+	}
+	if x := takeExchange(req); x == &pr.x || x == nil {
+		t.Error("second take: the same exchange again, or none")
+	}
+	other, _ := http.NewRequest(http.MethodGet, "http://reviews/", nil)
+	if x := takeExchange(other); x == nil {
+		t.Error("a request of net/http's: no exchange")
 	}
 }

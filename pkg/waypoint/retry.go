@@ -95,6 +95,7 @@ func (p *Proxy) roundTrip(req *http.Request, c *call) (*http.Response, error) {
 		if pooled {
 			resp, err = p.h1p.roundTrip(out, c.body, c.relay)
 		} else {
+			c.bodyShared = true // the Transport may write it after the answer came
 			if body := c.body; body != nil && (try > 0 || len(body) > 0) {
 				// The buffered body, on every try: as a reader net/http
 				// knows is in memory (it goes out with the head, in one
@@ -160,7 +161,8 @@ func (p *Proxy) roundTrip(req *http.Request, c *call) (*http.Response, error) {
 						}
 					}
 				}
-				resp.Body = &cancelBody{ReadCloser: resp.Body, cancel: cancel, active: ep.active, release: releaseConn, rec: c.rec}
+				c.answer = cancelBody{ReadCloser: resp.Body, cancel: cancel, active: ep.active, release: releaseConn, rec: c.rec}
+				resp.Body = &c.answer // one answer per call: no allocation
 				return resp, nil
 			}
 			// Retriable status: drop this answer (reading a little of it

@@ -706,7 +706,7 @@ func writeHeader(bw *bufio.Writer, h http.Header, skip func(string) bool) {
 			continue
 		}
 		for _, v := range f.values {
-			if strings.ContainsAny(v, "\r\n") {
+			if strings.IndexByte(v, '\n') >= 0 || strings.IndexByte(v, '\r') >= 0 { // ContainsAny costs more
 				v = newlineToSpace.Replace(v)
 			}
 			_, _ = bw.WriteString(f.name)

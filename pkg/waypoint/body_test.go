@@ -30,10 +30,9 @@ func TestReadBody(t *testing.T) {
 		for _, into := range []bool{false, true} { // a new buffer, a pooled one
 			t.Run(c.name+map[bool]string{false: "", true: " into"}[into], func(t *testing.T) {
 				r := &eofCounter{r: strings.NewReader(c.body)}
-				var buf *[]byte
+				var buf []byte
 				if into {
-					b := make([]byte, 0, 64)
-					buf = &b
+					buf = make([]byte, 0, 64)
 				}
 				got, err := readBody(r, c.length, c.limit, buf)
 				if (err != nil) != c.wantErr || !bytes.Equal(got, []byte(c.want)) {
@@ -42,7 +41,7 @@ func TestReadBody(t *testing.T) {
 				if int64(len(got)) <= c.limit && !c.wantErr && r.eofs == 0 {
 					t.Error("the body was not read to its EOF")
 				}
-				if into && c.length > 0 && c.length <= c.limit && len(got) > 0 && &got[0] != &(*buf)[:1][0] {
+				if into && c.length > 0 && c.length <= c.limit && len(got) > 0 && &got[0] != &buf[:1][0] {
 					t.Error("a body of known length was not read into the given buffer")
 				}
 			})

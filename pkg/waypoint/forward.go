@@ -238,9 +238,10 @@ func dropHopByHop(h http.Header) {
 
 // isHopByHop tells whether k is one of hopByHop.
 func isHopByHop(k string) bool {
-	switch k {
-	case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade":
-		return true
+	for _, h := range hopByHop {
+		if h == k {
+			return true
+		}
 	}
 	return false
 }

@@ -741,17 +741,9 @@ func (hc *h1conn) parseHead(head string) *parsedRequest {
 	return pr
 }
 
-// parseRequestHead is parseHead's parser; nil: not in the form it takes.
-func parseRequestHead(s string) *http.Request {
-	if pr := parseRequest(s); pr != nil {
-		return &pr.req
-	}
-	return nil
-}
-
-// parseRequest parses the head s into a request, its URL and its context
-// (to be set up by serve), in one allocation; nil: not in the form it
-// takes.
+// parseRequest is parseHead's parser: the head s into a request, its
+// URL, its header values, its context (to be set up by serve) and
+// serveHTTP's exchange, in one allocation; nil: not in the form it takes.
 func parseRequest(s string) *parsedRequest {
 	line, rest := cutLine(s)
 	method, line, _ := strings.Cut(line, " ")
@@ -964,32 +956,16 @@ func (b *lengthBody) drain(max int64) bool {
 	return b.left == 0
 }
 
-// parseResponse parses an answer whose head is whole in br when it is in
+// parseAnswer parses an answer whose head is whole in br when it is in
 // the simplest form (HTTP/1.1, a 2xx-5xx status other than 204 and 304,
 // to a request other than HEAD; one Content-Length of digits; no
 // Transfer-Encoding or Trailer; every header a valid name and value on
 // one line), with one string for the head and one array for the values,
 // and consumes the head; nil: it declined and consumed nothing,
 // http.ReadResponse is to read it. A test holds it to http.ReadResponse.
-func parseResponse(br *bufio.Reader, req *http.Request) *http.Response {
-	if a := parseAnswer(br, req); a != nil {
-		return &a.resp
-	}
-	return nil
-}
-
-// h1Answer is an answer parseAnswer parsed: the response, its body as
-// read from the connection, and the h1Pool's wrapper of that body, in
-// one allocation.
-type h1Answer struct {
-	resp http.Response
-	raw  lengthBody
-	body h1Body
-	vals [headerVals]string
-}
-
-// parseAnswer is parseResponse's parser. It allocates the answer, header
-// values included, once the status line is taken.
+//
+// The answer (h1Answer) is allocated once the status line is taken: the
+// response, its body readers and its header values in one allocation.
 func parseAnswer(br *bufio.Reader, req *http.Request) *h1Answer {
 	if req.Method == http.MethodHead {
 		return nil
@@ -1028,4 +1004,14 @@ func parseAnswer(br *bufio.Reader, req *http.Request) *h1Answer {
 		a.resp.Body = http.NoBody
 	}
 	return a
+}
+
+// h1Answer is an answer parseAnswer parsed: the response, its body as
+// read from the connection, the h1Pool's wrapper of that body, and its
+// header values.
+type h1Answer struct {
+	resp http.Response
+	raw  lengthBody
+	body h1Body
+	vals [headerVals]string
 }

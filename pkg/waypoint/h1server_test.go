@@ -315,7 +315,10 @@ func TestParseRequestHeadMatchesNetHTTP(t *testing.T) {
 		{"GET //x/y HTTP/1.1\r\nHost: reviews\r\n\r\n", true},
 	}
 	for _, tc := range heads {
-		got := parseRequestHead(tc.head)
+		var got *http.Request
+		if pr := parseRequest(tc.head); pr != nil {
+			got = &pr.req
+		}
 		if (got != nil) != tc.take {
 			t.Errorf("%q: taken %v, want %v", tc.head, got != nil, tc.take)
 		}
@@ -400,8 +403,11 @@ func TestParseResponseMatchesNetHTTP(t *testing.T) {
 	const next = "NEXT"
 	for _, tc := range answers {
 		br := bufio.NewReader(strings.NewReader(tc.head + tc.body + next))
-		_, _ = br.Peek(len(tc.head)) // the head is buffered, as parseResponse needs
-		got := parseResponse(br, tc.req)
+		_, _ = br.Peek(len(tc.head)) // the head is buffered, as parseAnswer needs
+		var got *http.Response
+		if a := parseAnswer(br, tc.req); a != nil {
+			got = &a.resp
+		}
 		if (got != nil) != tc.take {
 			t.Errorf("%q: taken %v, want %v", tc.head, got != nil, tc.take)
 		}

@@ -329,10 +329,12 @@ func (p *Proxy) bufferBody(r *http.Request, c *call, wanted bool) {
 		return
 	}
 	var pooled *[]byte
+	var into []byte
 	if r.ContentLength > 0 && r.ContentLength <= pooledBody {
 		pooled = bodyPool.Get().(*[]byte)
+		into = *pooled
 	}
-	buf, err := readBody(r.Body, r.ContentLength, limit, pooled)
+	buf, err := readBody(r.Body, r.ContentLength, limit, into)
 	if pooled != nil && err == nil && len(buf) == int(r.ContentLength) {
 		c.bodyBuf = pooled // back to the pool when the request is over
 	}
@@ -388,15 +390,15 @@ func (r *replayBody) Close() error { return nil }
 // 512 bytes and grow), then read once more to its EOF: the server starts
 // its next request only once the body reported EOF.
 //
-// into, if not nil, is where a body of known length goes (its capacity is
-// more than the length).
-func readBody(body io.Reader, length, limit int64, into *[]byte) ([]byte, error) {
+// A body of known length goes into into when its capacity is more than
+// the length.
+func readBody(body io.Reader, length, limit int64, into []byte) ([]byte, error) {
 	if length <= 0 || length > limit {
 		return io.ReadAll(io.LimitReader(body, limit+1))
 	}
 	var buf []byte
-	if into != nil && int64(cap(*into)) > length {
-		buf = (*into)[:length]
+	if int64(cap(into)) > length {
+		buf = into[:length]
 	} else {
 		buf = make([]byte, length, length+1)
 	}

@@ -692,15 +692,7 @@ func writeHeader(bw *bufio.Writer, h http.Header, skip func(string) bool) {
 			fs = append(fs, field{k, vv})
 		}
 	}
-	if len(fs) <= len(buf) {
-		for i := 1; i < len(fs); i++ { // insertion sort: few names
-			for j := i; j > 0 && fs[j].name < fs[j-1].name; j-- {
-				fs[j], fs[j-1] = fs[j-1], fs[j]
-			}
-		}
-	} else {
-		slices.SortFunc(fs, func(a, b field) int { return strings.Compare(a.name, b.name) })
-	}
+	slices.SortFunc(fs, func(a, b field) int { return strings.Compare(a.name, b.name) })
 	for _, f := range fs {
 		if !httpguts.ValidHeaderFieldName(f.name) {
 			continue
